@@ -83,6 +83,8 @@ def _incomplete(buf: str, exc: json.JSONDecodeError) -> bool:
     """True when the decode failed only because the value has not fully arrived."""
     if exc.msg.startswith("Unterminated string") or exc.pos >= len(buf):
         return True
+    if exc.msg.startswith("Invalid \\uXXXX escape") and exc.pos >= len(buf) - 6:
+        return True
     rest = buf[exc.pos:]
     if any(lit.startswith(rest) for lit in ("true", "false", "null")):
         return True

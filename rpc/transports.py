@@ -68,10 +68,11 @@ class StreamTransport:
             try:
                 return cls(_connect(kind, target, min(timeout, 10.0)), address)
             except OSError as exc:
-                if time.monotonic() + delay > deadline:
+                left = deadline - time.monotonic()
+                if left <= 0:
                     raise RpcConnectionError(_describe(kind, exc, address),
                                              address=address) from None
-            time.sleep(delay)
+            time.sleep(min(delay, max(left, 0.0)))
             delay = min(delay * 2, 0.5)
 
     def send(self, data: bytes, method: str) -> None:
