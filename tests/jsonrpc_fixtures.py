@@ -58,7 +58,8 @@ class StreamServer:
             threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
 
     def _serve(self, conn: socket.socket) -> None:
-        stream, held = JsonStream(), []
+        stream = JsonStream()
+        held: list[dict[str, Any]] = []
         with conn:
             try:
                 while True:

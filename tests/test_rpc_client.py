@@ -125,7 +125,7 @@ def test_pipeline_keeps_going_past_errors(unix_server: StreamServer) -> None:
 
 
 def test_bad_addresses_give_clear_errors(tmp_path: Path) -> None:
-    with pytest.raises(RpcConnectionError, match="no RPC socket at .*missing.sock"):
+    with pytest.raises(RpcConnectionError, match=r"no RPC socket at .*missing\.sock"):
         RpcClient.connect(str(tmp_path / "missing.sock"))
     probe = socket.socket()
     probe.bind(("127.0.0.1", 0))

@@ -22,7 +22,7 @@ def wait_for(cond: Callable[[], T], timeout: float = 10.0, interval: float = 0.0
             value = cond()
             if value:
                 return value
-        except Exception as exc:  # noqa: BLE001 - the condition may not be checkable yet
+        except Exception as exc:
             last_exc = exc
         if time.monotonic() >= deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}"
