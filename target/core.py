@@ -238,7 +238,11 @@ class TargetCore:
         sub.listeners[address] = Listener(address=address,
                                           ana_states={g: ana_state for g in groups},
                                           secure_channel=secure_channel)
-        self._emit(Event("listener_added", nqn=nqn, address=address))
+        try:   # the data path may refuse (address not bindable): then nothing changed
+            self._emit(Event("listener_added", nqn=nqn, address=address))
+        except TargetError:
+            del sub.listeners[address]
+            raise
 
     def remove_listener(self, nqn: str, address: ListenAddress) -> None:
         sub = self.subsystem(nqn)

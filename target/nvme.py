@@ -1,0 +1,313 @@
+"""NVMe structures: SQE, CQE, Connect, properties, Identify, log pages, status codes.
+
+Declared once, with field names from the NVMe Base and NVMe over Fabrics specifications
+(offsets checked against the specification tables). Target and initiator both use these
+structs and builders; nothing else packs or unpacks NVMe structures by hand.
+"""
+from __future__ import annotations
+
+import struct
+import uuid as uuidlib
+from collections.abc import Iterable
+
+# --- Submission / completion queue entries ---------------------------------------------
+# opcode, flags (fuse, psdt), cid, nsid, cdw2, cdw3, mptr, dptr (SGL: addr, length,
+# 3 reserved bytes, sgl identifier), cdw10..cdw15
+SQE = struct.Struct("<BBHIIIQQI3xBIIIIII")
+SQE_SIZE = 64
+# dw0, dw1, sqhd, sqid, cid, status (bit 0 phase, SC 1-8, SCT 9-11, CRD 12-13, M 14, DNR 15)
+CQE = struct.Struct("<IIHHHH")
+CQE_SIZE = 16
+
+SGL_DATA_BLOCK_OFFSET = 0x01      # type 0 (data block), subtype 1 (offset): in-capsule
+SGL_TRANSPORT_DATA_BLOCK = 0x5A   # type 5 (transport data block), subtype 0xA
+
+# --- Opcodes ------------------------------------------------------------------------------
+ADM_GET_LOG_PAGE, ADM_IDENTIFY, ADM_ABORT = 0x02, 0x06, 0x08
+ADM_SET_FEATURES, ADM_GET_FEATURES, ADM_AER, ADM_KEEP_ALIVE = 0x09, 0x0A, 0x0C, 0x18
+FABRICS = 0x7F
+FCTYPE_PROPERTY_SET, FCTYPE_CONNECT, FCTYPE_PROPERTY_GET = 0x00, 0x01, 0x04
+NVM_FLUSH, NVM_WRITE, NVM_READ, NVM_WRITE_ZEROES, NVM_DSM = 0x00, 0x01, 0x02, 0x08, 0x09
+
+# --- Status: (SCT << 8) | SC --------------------------------------------------------------
+SC_SUCCESS = 0x000
+SC_INVALID_OPCODE = 0x001
+SC_INVALID_FIELD = 0x002
+SC_COMMAND_ID_CONFLICT = 0x003
+SC_DATA_TRANSFER_ERROR = 0x004
+SC_INTERNAL = 0x006
+SC_ABORTED_BY_REQUEST = 0x007
+SC_ABORTED_SQ_DELETION = 0x008
+SC_INVALID_NS = 0x00B
+SC_SGL_INVALID_TYPE = 0x011
+SC_CMD_SEQUENCE_ERROR = 0x00C
+SC_NS_NOT_READY = 0x082
+SC_LBA_OUT_OF_RANGE = 0x080
+SC_CAPACITY_EXCEEDED = 0x081
+SC_INVALID_QUEUE_SIZE = 0x102
+SC_AER_LIMIT_EXCEEDED = 0x105
+SC_INVALID_LOG_PAGE = 0x109
+SC_FEATURE_NOT_SAVEABLE = 0x10D
+SC_CONNECT_INCOMPATIBLE_FORMAT = 0x180
+SC_CONNECT_CONTROLLER_BUSY = 0x181
+SC_CONNECT_INVALID_PARAMETERS = 0x182
+SC_CONNECT_INVALID_HOST = 0x184
+SC_ANA_PERSISTENT_LOSS = 0x301
+SC_ANA_INACCESSIBLE = 0x302
+SC_ANA_TRANSITION = 0x303
+STATUS_DNR = 0x8000
+
+STATUS_NAMES = {SC_SUCCESS: "success", SC_INVALID_OPCODE: "invalid opcode",
+                SC_INVALID_FIELD: "invalid field", SC_INVALID_NS: "invalid namespace",
+                SC_INTERNAL: "internal error", SC_LBA_OUT_OF_RANGE: "LBA out of range",
+                SC_CMD_SEQUENCE_ERROR: "command sequence error",
+                SC_ABORTED_BY_REQUEST: "aborted by request",
+                SC_CONNECT_INVALID_PARAMETERS: "connect invalid parameters",
+                SC_CONNECT_INVALID_HOST: "connect invalid host",
+                SC_CONNECT_CONTROLLER_BUSY: "controller busy",
+                SC_ANA_INACCESSIBLE: "ANA inaccessible", SC_ANA_TRANSITION: "ANA transition",
+                SC_ANA_PERSISTENT_LOSS: "ANA persistent loss",
+                SC_INVALID_LOG_PAGE: "invalid log page", SC_INVALID_QUEUE_SIZE:
+                "invalid queue size", SC_DATA_TRANSFER_ERROR: "data transfer error",
+                SC_NS_NOT_READY: "namespace not ready"}
+
+
+def status_word(sc: int, dnr: bool = False) -> int:
+    """The CQE status field (phase bit 0 unused on fabrics) for an (SCT<<8|SC) code."""
+    return ((sc & 0x7FF) << 1) | (STATUS_DNR if dnr else 0)
+
+
+def status_code(word: int) -> int:
+    """(SCT<<8|SC) from a CQE status field."""
+    return (word >> 1) & 0x7FF
+
+
+def status_name(code: int) -> str:
+    return STATUS_NAMES.get(code, f"status sct={code >> 8:#x} sc={code & 0xFF:#x}")
+
+
+# --- Fabrics ------------------------------------------------------------------------------
+# Fabrics command-specific bytes 40..63 of the SQE
+CONNECT_SQE = struct.Struct("<40xHHHBxI12x")      # recfmt, qid, sqsize, cattr, kato
+PROPERTY_SQE = struct.Struct("<40xB3xIQ8x")        # attrib, ofst, value (set)
+CONNECT_DATA = struct.Struct("<16sH238x256s256s256x")   # hostid, cntlid, subnqn, hostnqn
+CONNECT_DATA_SIZE = 1024
+FABRICS_FCTYPE = struct.Struct("<4xB")             # fctype at byte 4 of a fabrics SQE
+
+PROP_CAP, PROP_VS, PROP_CC, PROP_CSTS = 0x00, 0x08, 0x14, 0x1C
+CC_EN = 0x1
+CC_SHN_MASK = 0x3 << 14
+CSTS_RDY = 0x1
+CSTS_CFS = 0x2
+CSTS_SHST_COMPLETE = 0x2 << 2
+NVME_VS_1_3 = 0x00010300
+
+# --- Features -----------------------------------------------------------------------------
+FEAT_ARBITRATION, FEAT_POWER_MGMT, FEAT_TEMP_THRESHOLD = 0x01, 0x02, 0x04
+FEAT_ERROR_RECOVERY, FEAT_VOLATILE_WC, FEAT_NUM_QUEUES = 0x05, 0x06, 0x07
+FEAT_IRQ_COALESCE, FEAT_IRQ_CONFIG, FEAT_WRITE_ATOMIC = 0x08, 0x09, 0x0A
+FEAT_ASYNC_EVENT, FEAT_AUTO_PST, FEAT_TIMESTAMP, FEAT_KATO = 0x0B, 0x0C, 0x0E, 0x0F
+FEAT_HOST_ID = 0x81
+
+# --- Asynchronous events ----------------------------------------------------------------------
+AER_TYPE_NOTICE = 0x2
+AER_NOTICE_NS_ATTR_CHANGED = 0x00
+AER_NOTICE_ANA_CHANGE = 0x03
+AEC_NS_ATTR = 1 << 8     # Async Event Configuration / OAES bits
+AEC_ANA_CHANGE = 1 << 11
+
+
+def aer_dw0(info: int, log_page: int, event_type: int = AER_TYPE_NOTICE) -> int:
+    return event_type | (info << 8) | (log_page << 16)
+
+
+# --- Log pages ----------------------------------------------------------------------------
+LOG_ERROR, LOG_SMART, LOG_FW_SLOT, LOG_CHANGED_NS = 0x01, 0x02, 0x03, 0x04
+LOG_CMD_EFFECTS, LOG_ANA, LOG_DISCOVERY = 0x05, 0x0C, 0x70
+ANA_STATE_CODES = {"optimized": 0x1, "non_optimized": 0x2, "inaccessible": 0x3,
+                   "persistent_loss": 0x4, "change": 0xF}
+
+# --- Identify -----------------------------------------------------------------------------
+CNS_NAMESPACE, CNS_CONTROLLER, CNS_ACTIVE_NS_LIST, CNS_NS_DESC_LIST = 0x00, 0x01, 0x02, 0x03
+CNS_CS_NAMESPACE, CNS_CS_CONTROLLER, CNS_CS_ACTIVE_NS_LIST = 0x05, 0x06, 0x07
+NIDT_EUI64, NIDT_NGUID, NIDT_UUID, NIDT_CSI = 0x1, 0x2, 0x3, 0x4
+CNTRLTYPE_IO, CNTRLTYPE_DISCOVERY = 1, 2
+IDENTIFY_SIZE = 4096
+
+
+def _ascii(text: str, size: int) -> bytes:
+    """Space-padded ASCII, as Identify wants for SN, MN and FR."""
+    return text.encode("ascii", "replace")[:size].ljust(size, b" ")
+
+
+def _nqn(text: str) -> bytes:
+    return text.encode()[:255].ljust(256, b"\0")
+
+
+def identify_controller(*, cntlid: int, serial: str, model: str, firmware: str, subnqn: str,
+                        mqes: int, nn: int, kas: int, cntrltype: int, ioccsz_bytes: int,
+                        ana_reporting: bool, anagrpmax: int, mdts: int = 5) -> bytes:
+    """Identify Controller (CNS 01h) for a fabrics controller."""
+    buf = bytearray(IDENTIFY_SIZE)
+    struct.pack_into("<HH20s40s8sB3sBBH", buf, 0, 0x1B36, 0x1B36, _ascii(serial, 20),
+                     _ascii(model, 40), _ascii(firmware, 8), 6, b"\0\0\0",
+                     0x0B if ana_reporting else 0x02, mdts, cntlid)  # CMIC: multi-ctrl, ANA
+    struct.pack_into("<I", buf, 80, NVME_VS_1_3)
+    struct.pack_into("<I", buf, 92, AEC_NS_ATTR | (AEC_ANA_CHANGE if ana_reporting else 0))
+    buf[111] = cntrltype
+    # ACL, AERL (0-based), FRMW (slot 1 read-only), LPA (cmd effects + ext data), ELPE, NPSS
+    struct.pack_into("<BBBBBB", buf, 258, 3, 3, 0x03, 0x06, 63, 0)
+    struct.pack_into("<H", buf, 320, kas)
+    if ana_reporting:
+        # ANATT 10 s; ANACAP: reports optimized/non-optimized/inaccessible/persistent
+        # loss/change, ANAGRPID not changed while attached.
+        struct.pack_into("<BBII", buf, 342, 10, 0x1F | 0x40, anagrpmax, anagrpmax)
+    # SQES, CQES, MAXCMD, NN, ONCS (DSM, write zeroes), FUSES, FNA, VWC (present)
+    struct.pack_into("<BBHIHHBB", buf, 512, 0x66, 0x44, mqes + 1, nn, 0x000C, 0, 0, 0x01)
+    struct.pack_into("<I", buf, 536, 0x00100005)   # SGLS: keyed/unkeyed, offset, transport
+    buf[768:1024] = _nqn(subnqn)
+    struct.pack_into("<IIHBB", buf, 1792, ioccsz_bytes // 16, 1, 0, 0, 1)
+    return bytes(buf)
+
+
+def identify_namespace(*, nsze: int, lbads: int, nguid: str | None, eui64: str | None,
+                       anagrpid: int, shared: bool = True) -> bytes:
+    """Identify Namespace (CNS 00h): one LBA format, deallocated blocks read as zeroes."""
+    buf = bytearray(IDENTIFY_SIZE)
+    # NSZE, NCAP, NUSE, NSFEAT (thin provisioning + deallocated-error unsupported), NLBAF,
+    # FLBAS, MC, DPC, DPS, NMIC, RESCAP, FPI, DLFEAT (deallocated reads zeroes)
+    struct.pack_into("<QQQBBBBBBBBBB", buf, 0, nsze, nsze, nsze, 0x00, 0, 0, 0, 0, 0,
+                     1 if shared else 0, 0, 0, 0x01)
+    struct.pack_into("<I", buf, 92, anagrpid)
+    if nguid:
+        buf[104:120] = bytes.fromhex(nguid)
+    if eui64:
+        buf[120:128] = bytes.fromhex(eui64)
+    struct.pack_into("<HBB", buf, 128, 0, lbads, 0)
+    return bytes(buf)
+
+
+def ns_descriptors(*, uuid: str | None, nguid: str | None, eui64: str | None) -> bytes:
+    """Namespace Identification Descriptor list (CNS 03h)."""
+    out = bytearray()
+    if eui64:
+        out += struct.pack("<BBH", NIDT_EUI64, 8, 0) + bytes.fromhex(eui64)
+    if nguid:
+        out += struct.pack("<BBH", NIDT_NGUID, 16, 0) + bytes.fromhex(nguid)
+    if uuid:
+        out += struct.pack("<BBH", NIDT_UUID, 16, 0) + uuidlib.UUID(uuid).bytes
+    out += struct.pack("<BBHB", NIDT_CSI, 1, 0, 0)
+    return bytes(out.ljust(IDENTIFY_SIZE, b"\0"))
+
+
+def ns_list(nsids: Iterable[int], above: int = 0) -> bytes:
+    """Active namespace list (CNS 02h): ids greater than ``above``, ascending, 1024 max."""
+    ids = sorted(n for n in nsids if n > above)[:1024]
+    return struct.pack(f"<{len(ids)}I", *ids).ljust(IDENTIFY_SIZE, b"\0")
+
+
+def parse_ns_descriptors(data: bytes) -> dict[int, bytes]:
+    """NIDT -> NID from a CNS 03h list (used by the initiator and tests)."""
+    out, pos = {}, 0
+    while pos + 4 <= len(data):
+        nidt, nidl = data[pos], data[pos + 1]
+        if nidt == 0:
+            break
+        out[nidt] = bytes(data[pos + 4:pos + 4 + nidl])
+        pos += 4 + nidl
+    return out
+
+
+def smart_log() -> bytes:
+    """SMART / Health Information: healthy, 25 degC, nothing used up."""
+    buf = bytearray(512)
+    struct.pack_into("<BHBB", buf, 0, 0, 298, 100, 10)
+    return bytes(buf)
+
+
+def firmware_slot_log(firmware: str) -> bytes:
+    buf = bytearray(512)
+    buf[0] = 0x01   # AFI: slot 1 active
+    buf[8:16] = _ascii(firmware, 8)
+    return bytes(buf)
+
+
+def changed_ns_log(nsids: Iterable[int]) -> bytes:
+    ids = sorted(set(nsids))
+    if len(ids) > 1023:
+        ids = [0xFFFFFFFF]   # more than fit: the spec's "scan everything" marker
+    return struct.pack(f"<{len(ids)}I", *ids).ljust(4096, b"\0")
+
+
+def cmd_effects_log(admin: Iterable[int], io: Iterable[int]) -> bytes:
+    """Commands Supported and Effects: CSUPP for each supported opcode, LBCC for writes."""
+    buf = bytearray(4096)
+    for op in admin:
+        struct.pack_into("<I", buf, op * 4, 0x1)
+    for op in io:
+        lbcc = 0x2 if op in (NVM_WRITE, NVM_WRITE_ZEROES, NVM_DSM) else 0
+        struct.pack_into("<I", buf, 1024 + op * 4, 0x1 | lbcc)
+    return bytes(buf)
+
+
+ANA_HDR = struct.Struct("<QH6x")          # CHGCNT, NGRPS
+ANA_GROUP = struct.Struct("<IIQB15x")     # ANAGRPID, NNSID, CHGCNT, ANAS
+
+
+def ana_log(chgcnt: int, groups: list[tuple[int, int, list[int]]], rgo: bool = False) -> bytes:
+    """ANA log: ``groups`` is [(anagrpid, state code, nsids)], ascending by group."""
+    out = bytearray(ANA_HDR.pack(chgcnt, len(groups)))
+    for grp, state, nsids in groups:
+        ids = [] if rgo else nsids
+        out += ANA_GROUP.pack(grp, len(ids), chgcnt, state)
+        out += struct.pack(f"<{len(ids)}I", *ids)
+    return bytes(out)
+
+
+def parse_ana_log(data: bytes) -> tuple[int, dict[int, tuple[int, list[int]]]]:
+    chgcnt, ngrps = ANA_HDR.unpack_from(data, 0)
+    pos, groups = ANA_HDR.size, {}
+    for _ in range(ngrps):
+        grp, nnsid, _, state = ANA_GROUP.unpack_from(data, pos)
+        pos += ANA_GROUP.size
+        groups[grp] = (state, list(struct.unpack_from(f"<{nnsid}I", data, pos)))
+        pos += 4 * nnsid
+    return chgcnt, groups
+
+
+# --- Discovery log page -------------------------------------------------------------------
+DISC_HDR = struct.Struct("<QQH1006x")                          # GENCTR, NUMREC, RECFMT
+DISC_ENTRY = struct.Struct("<BBBBHHHH20x32s192x256s256sB255x")  # see discovery_entry()
+TRTYPE_TCP = 3
+ADRFAM_CODES = {"IPv4": 1, "IPv6": 2}
+SUBTYPE_REFERRAL, SUBTYPE_NVME, SUBTYPE_CURRENT_DISCOVERY = 1, 2, 3
+
+
+def discovery_entry(*, subtype: int, portid: int, trsvcid: str, subnqn: str, traddr: str,
+                    adrfam: str = "IPv4", treq: int = 0x2) -> bytes:
+    """One 1024-byte entry: TRTYPE, ADRFAM, SUBTYPE, TREQ, PORTID, CNTLID (FFFFh: dynamic),
+    ASQSZ, EFLAGS, TRSVCID, SUBNQN, TRADDR, TSAS (SECTYPE none)."""
+    return DISC_ENTRY.pack(TRTYPE_TCP, ADRFAM_CODES.get(adrfam, 1), subtype, treq, portid,
+                           0xFFFF, 32, 0, trsvcid.encode().ljust(32, b" "),
+                           _nqn(subnqn), traddr.encode().ljust(256, b" "), 0)
+
+
+def discovery_log(genctr: int, entries: list[bytes]) -> bytes:
+    return DISC_HDR.pack(genctr, len(entries), 0) + b"".join(entries)
+
+
+def parse_discovery_log(data: bytes) -> tuple[int, list[dict[str, object]]]:
+    genctr, numrec, _ = DISC_HDR.unpack_from(data, 0)
+    out: list[dict[str, object]] = []
+    for i in range(numrec):
+        off = 1024 + i * 1024
+        if off + 1024 > len(data):
+            break
+        (trtype, adrfam, subtype, treq, portid, cntlid, asqsz, _, trsvcid, subnqn, traddr,
+         _) = DISC_ENTRY.unpack_from(data, off)
+        out.append({"trtype": trtype, "adrfam": adrfam, "subtype": subtype, "treq": treq,
+                    "portid": portid, "cntlid": cntlid, "asqsz": asqsz,
+                    "trsvcid": trsvcid.decode().strip(" \0"),
+                    "subnqn": subnqn.rstrip(b"\0").decode(),
+                    "traddr": traddr.decode().strip(" \0")})
+    return genctr, out
