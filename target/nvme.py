@@ -311,3 +311,31 @@ def parse_discovery_log(data: bytes) -> tuple[int, list[dict[str, object]]]:
                     "subnqn": subnqn.rstrip(b"\0").decode(),
                     "traddr": traddr.decode().strip(" \0")})
     return genctr, out
+
+
+def parse_identify_controller(data: bytes) -> dict[str, object]:
+    """The Identify Controller fields hosts and tests look at."""
+    vid, ssvid, sn, mn, fr, _rab, _ieee, cmic, mdts, cntlid = struct.unpack_from(
+        "<HH20s40s8sB3sBBH", data, 0)
+    (ver,) = struct.unpack_from("<I", data, 80)
+    (oaes,) = struct.unpack_from("<I", data, 92)
+    (kas,) = struct.unpack_from("<H", data, 320)
+    sqes, cqes, maxcmd, nn, oncs = struct.unpack_from("<BBHIH", data, 512)
+    ioccsz, iorcsz = struct.unpack_from("<II", data, 1792)
+    anagrpmax, nanagrpid = struct.unpack_from("<II", data, 344)
+    return {"vid": vid, "ssvid": ssvid, "sn": sn.decode().rstrip(), "mn": mn.decode().rstrip(),
+            "fr": fr.decode().rstrip(), "cmic": cmic, "mdts": mdts, "cntlid": cntlid,
+            "ver": ver, "oaes": oaes, "cntrltype": data[111], "kas": kas, "sqes": sqes,
+            "cqes": cqes, "maxcmd": maxcmd, "nn": nn, "oncs": oncs,
+            "subnqn": data[768:1024].rstrip(b"\0").decode(), "ioccsz": ioccsz,
+            "iorcsz": iorcsz, "anagrpmax": anagrpmax, "nanagrpid": nanagrpid}
+
+
+def parse_identify_namespace(data: bytes) -> dict[str, object]:
+    nsze, ncap, nuse, nsfeat, nlbaf, flbas = struct.unpack_from("<QQQBBB", data, 0)
+    (anagrpid,) = struct.unpack_from("<I", data, 92)
+    _ms, lbads, _rp = struct.unpack_from("<HBB", data, 128 + 4 * (flbas & 0xF))
+    return {"nsze": nsze, "ncap": ncap, "nuse": nuse, "nsfeat": nsfeat, "nlbaf": nlbaf,
+            "flbas": flbas, "anagrpid": anagrpid, "nmic": data[30], "dlfeat": data[33],
+            "nguid": data[104:120].hex().upper(), "eui64": data[120:128].hex(),
+            "block_size": 1 << lbads if lbads else 0}
