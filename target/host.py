@@ -137,7 +137,7 @@ class Host:
         for qid in range(1, n + 1):
             q = QueueConn(self.traddr, self.trsvcid, self.hdgst, self.ddgst, self.timeout)
             self._fabrics_connect(q, qid, sqsize, self.cntlid)
-            q.icd_size = max(0, self.identity["ioccsz"] * 16 - 64)  # type: ignore[operator]
+            q.icd_size = max(0, int(self.identity["ioccsz"]) * 16 - 64)
             self.io.append(q)
 
     def _io(self, qid: int) -> QueueConn:

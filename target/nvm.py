@@ -47,7 +47,7 @@ def execute_io(qp: QueuePair, sqe: bytes, opcode: int, cid: int, nsid: int,
         qp.complete(cid, nvme.SC_SUCCESS)
         return
     if opcode == nvme.NVM_DSM:
-        _dsm(qp, dev, cid, cdw12 & 0xFF, lo, data)
+        _dsm(qp, dev, cid, lo & 0xFF, hi, data)
         return
     slba = lo | (hi << 32)
     nlb = (cdw12 & 0xFFFF) + 1
