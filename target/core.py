@@ -162,6 +162,7 @@ class TargetCore:
         if key in self.state.transports:
             raise TargetError(INTERNAL_ERROR, f"Transport type '{trtype}' already exists")
         self.state.transports[key] = Transport(trtype=key, options=dict(options))
+        self._emit(Event("transport_changed", name=key))
 
     # -- subsystems --------------------------------------------------------------------
     def create_subsystem(self, sub: Subsystem) -> None:

@@ -1,0 +1,62 @@
+"""SPDK-style parameter decoding: exact names, exact types, no extras.
+
+SPDK decodes params with a table per method and answers any mismatch (unknown key,
+missing key, wrong type) with -32602 "Invalid parameters". So do we, with the ``detail``
+naming the offending key for our own logs and CLI.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from nvmf_phoenix.target.core import TargetError, invalid
+
+# A spec maps a parameter name to (accepted type or types, required).
+Spec = dict[str, tuple[type | tuple[type, ...], bool]]
+
+
+def decode(params: Any, spec: Spec, relaxed: bool = False) -> dict[str, Any]:
+    """Check ``params`` against ``spec``; return only the keys given.
+
+    ``relaxed`` ignores unknown keys, as SPDK does where a method passes its params on to
+    a module (nvmf_create_transport hands transport options to the transport).
+    """
+    if params is None:
+        params = {}
+    if not isinstance(params, dict):
+        raise invalid("params must be an object")
+    for key in params:
+        if key not in spec and not relaxed:
+            raise invalid(f"unknown parameter {key!r}")
+    out: dict[str, Any] = {}
+    for key, (types, required) in spec.items():
+        if key not in params:
+            if required:
+                raise invalid(f"missing parameter {key!r}")
+            continue
+        value = params[key]
+        if not _is(value, types):
+            raise invalid(f"parameter {key!r} has the wrong type ({type(value).__name__})")
+        out[key] = value
+    return out
+
+
+def _is(value: Any, types: type | tuple[type, ...]) -> bool:
+    types = types if isinstance(types, tuple) else (types,)
+    if isinstance(value, bool):
+        return bool in types
+    if isinstance(value, int) and int in types:
+        return -(1 << 63) <= value < (1 << 64)
+    return isinstance(value, tuple(t for t in types if t is not bool))
+
+
+def no_params(params: Any) -> None:
+    if params not in (None, {}):
+        raise invalid("this method takes no parameters")
+
+
+def not_found(detail: str) -> TargetError:
+    return TargetError(-19, "No such device", detail)
+
+
+ADDRESS_SPEC: Spec = {"trtype": (str, True), "adrfam": (str, False), "traddr": (str, True),
+                      "trsvcid": (str, False), "subnqn": (str, False)}
