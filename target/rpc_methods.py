@@ -156,7 +156,8 @@ MALLOC_SPEC = {"name": (str, False), "num_blocks": (int, True), "block_size": (i
                "dif_is_head_of_md": (bool, False), "dif_pi_format": (int, False),
                "numa_id": (int, False)}
 AIO_SPEC = {"name": (str, True), "filename": (str, True), "block_size": (int, False),
-            "readonly": (bool, False), "fallocate": (bool, False), "uuid": (str, False)}
+            "readonly": (bool, False), "fallocate": (bool, False), "uuid": (str, False),
+            "nowait": (bool, False)}
 
 
 def _check_uuid(value: str | None) -> str:

@@ -4,7 +4,12 @@ from __future__ import annotations
 import ipaddress
 from typing import Any
 
-from nvmf_phoenix.target.config_io import TRANSPORT_DEFAULTS, listener_info, subsystem_info
+from nvmf_phoenix.target.config_io import (
+    TRANSPORT_DEFAULTS,
+    TRANSPORT_REPORTED,
+    listener_info,
+    subsystem_info,
+)
 from nvmf_phoenix.target.core import INTERNAL_ERROR, TargetError, invalid
 from nvmf_phoenix.target.rpc_methods import RpcContext, rpc
 from nvmf_phoenix.target.rpc_params import ADDRESS_SPEC, decode, no_params
@@ -93,7 +98,9 @@ def nvmf_create_transport(ctx: RpcContext, params: Any) -> Any:
 @rpc("nvmf_get_transports")
 def nvmf_get_transports(ctx: RpcContext, params: Any) -> Any:
     p = decode(params, {"trtype": (str, False), "tgt_name": (str, False)})
-    out = [{"trtype": t.trtype, **t.options} for t in ctx.core.state.transports.values()
+    out = [{"trtype": t.trtype, **{k: t.options.get(k, TRANSPORT_DEFAULTS[k])
+                                   for k in TRANSPORT_REPORTED}}
+           for t in ctx.core.state.transports.values()
            if "trtype" not in p or t.trtype == p["trtype"].upper()]
     if "trtype" in p and not out:
         raise invalid(f"no transport {p['trtype']}")

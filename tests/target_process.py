@@ -1,0 +1,65 @@
+"""Run the embedded target as a real process (``python -m nvmf_phoenix.target``)."""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from tests.waiting import wait_for
+
+
+class TargetProcess:
+    def __init__(self, sock: str, *args: str) -> None:
+        self.sock = sock
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "nvmf_phoenix.target", "-r", sock, *args],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        wait_for(lambda: self._ready(), timeout=20, what=f"target RPC socket {sock}")
+
+    def _ready(self) -> bool:
+        if self.proc.poll() is not None:
+            out = self.proc.stdout.read() if self.proc.stdout else ""
+            raise AssertionError(f"target exited with {self.proc.returncode}: {out}")
+        if not os.path.exists(self.sock):
+            return False
+        probe = socket.socket(socket.AF_UNIX)
+        try:
+            probe.connect(self.sock)   # a stale file from a killed target refuses
+            return True
+        except OSError:
+            return False
+        finally:
+            probe.close()
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=10)
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+        if self.proc.stdout:
+            self.proc.stdout.close()
+        return self.proc.returncode
+
+
+@contextmanager
+def target_process(tmp_path: Path, *args: str, name: str = "spdk.sock"
+                   ) -> Iterator[TargetProcess]:
+    tp = TargetProcess(str(tmp_path / name), *args)
+    try:
+        yield tp
+    finally:
+        tp.stop()
