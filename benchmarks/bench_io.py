@@ -126,7 +126,7 @@ def main() -> None:
     print(f"{'op':10} {'digests':7} {'qd':>3} {'IOPS':>8} {'p50 us':>8} {'p99 us':>8} "
           f"{'p99.9 us':>9}")
     for r in rows:
-        print(f"{r['op']:10} {str(r['digests']):7} {r['qd']:>3} {r['iops']:>8} "
+        print(f"{r['op']:10} {r['digests']!s:7} {r['qd']:>3} {r['iops']:>8} "
               f"{r['p50_us']:>8} {r['p99_us']:>8} {r['p999_us']:>9}")
 
 

@@ -134,6 +134,7 @@ class Host:
     def create_io_queues(self, count: int, sqsize: int = 127) -> None:
         granted = self.set_features(nvme.FEAT_NUM_QUEUES, (count - 1) | ((count - 1) << 16))
         n = min(count, (granted & 0xFFFF) + 1)
+        sqsize = min(sqsize, self.cap & 0xFFFF)   # CAP.MQES bounds every queue
         for qid in range(1, n + 1):
             q = QueueConn(self.traddr, self.trsvcid, self.hdgst, self.ddgst, self.timeout)
             self._fabrics_connect(q, qid, sqsize, self.cntlid)

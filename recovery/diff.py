@@ -1,0 +1,49 @@
+"""Compare two target states: readable paths to every difference, config first."""
+from __future__ import annotations
+
+from typing import Any
+
+from nvmf_phoenix.model import TargetState
+
+
+def diff(a: TargetState, b: TargetState, runtime: bool = False) -> list[str]:
+    """Differences between ``a`` and ``b`` as ``path: a-value != b-value`` lines."""
+    da = a.to_dict() if runtime else a.config_dict()
+    db = b.to_dict() if runtime else b.config_dict()
+    out: list[str] = []
+    _walk(_keyed(da), _keyed(db), "", out)
+    return out
+
+
+def _keyed(obj: Any) -> Any:
+    """Turn lists of named objects into dicts so differences have stable paths."""
+    if isinstance(obj, list):
+        if obj and all(isinstance(x, dict) for x in obj):
+            key = next((k for k in ("nqn", "name", "nsid", "trtype", "address")
+                        if all(k in x for x in obj)), None)
+            if key is not None:
+                return {_label(x[key]): _keyed(x) for x in obj}
+        return [_keyed(x) for x in obj]
+    if isinstance(obj, dict):
+        return {k: _keyed(v) for k, v in obj.items()}
+    return obj
+
+
+def _label(v: Any) -> str:
+    if isinstance(v, dict) and "traddr" in v:
+        return f"{v['traddr']}:{v.get('trsvcid', '')}"
+    return str(v)
+
+
+def _walk(a: Any, b: Any, path: str, out: list[str]) -> None:
+    if isinstance(a, dict) and isinstance(b, dict):
+        for k in list(a) + [k for k in b if k not in a]:
+            sub = f"{path}[{k}]" if path else str(k)
+            if k not in a:
+                out.append(f"{sub}: missing != {b[k]!r}")
+            elif k not in b:
+                out.append(f"{sub}: {a[k]!r} != missing")
+            else:
+                _walk(a[k], b[k], sub, out)
+    elif a != b:
+        out.append(f"{path}: {a!r} != {b!r}")

@@ -1,0 +1,75 @@
+"""Run a plan against a target: stage by stage, calls within a stage pipelined.
+
+Tolerant, like rtslib's restore: a failing call is recorded with its JSON-RPC code and
+message and the rest still run; calls that depend on a failed object (the namespaces of a
+subsystem that could not be created) are skipped and reported as such, not sent to fail.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from nvmf_phoenix.recovery.planner import Call, Plan
+
+
+@dataclass
+class Failure:
+    key: str
+    method: str
+    code: int | None
+    message: str
+
+    def __str__(self) -> str:
+        code = f" (code {self.code})" if self.code is not None else ""
+        return f"{self.key}: {self.method} failed: {self.message}{code}"
+
+
+@dataclass
+class ExecReport:
+    done: int = 0
+    failures: list[Failure] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures and not self.skipped
+
+
+def _outcomes(client: Any, calls: list[Call]) -> list[Any]:
+    pairs = [(c.method, c.params) for c in calls]
+    if hasattr(client, "pipeline"):
+        return list(client.pipeline(pairs))
+    out: list[Any] = []
+    for m, p in pairs:
+        try:
+            out.append(client.call(m, p))
+        except Exception as exc:
+            out.append(exc)
+    return out
+
+
+def execute(client: Any, plan: Plan) -> ExecReport:
+    report = ExecReport()
+    failed: set[str] = set()
+    for stage in plan.by_stage():
+        start = time.perf_counter()
+        runnable = []
+        for call in stage:
+            blocked = [d for d in call.deps if d in failed]
+            if blocked:
+                report.skipped.append(f"{call.key}: skipped, needs {', '.join(blocked)}")
+                failed.add(call.key)
+            else:
+                runnable.append(call)
+        for call, outcome in zip(runnable, _outcomes(client, runnable), strict=True):
+            if isinstance(outcome, Exception):
+                failed.add(call.key)
+                report.failures.append(Failure(call.key, call.method,
+                                               getattr(outcome, "code", None),
+                                               getattr(outcome, "message", str(outcome))))
+            else:
+                report.done += 1
+        report.stage_seconds[stage[0].stage] = time.perf_counter() - start
+    return report
