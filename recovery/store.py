@@ -1,0 +1,167 @@
+"""Checkpoints: one TargetState kept in the shared-memory region and the durable journal.
+
+``save`` writes the journal record (fsync'd unless the caller batches) and the region
+snapshot; ``load`` reads both, reports what is wrong with either, and uses shared memory
+when it is valid and at least as new as the journal, the journal (or its compacted
+snapshot) otherwise, saying which and why.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+
+from nvmf_phoenix.recovery.journal import (
+    KIND_STATE,
+    Journal,
+    JournalError,
+    read_journal,
+    read_snapshot,
+)
+from nvmf_phoenix.recovery.region import Region, RegionError
+
+from nvmf_phoenix.model import TargetState
+
+COMPACT_AT = 8 << 20
+
+
+@dataclass
+class Loaded:
+    state: TargetState | None
+    source: str                  # "shared memory", "journal", "snapshot" or "none"
+    seq: int
+    saved_at: float
+    reason: str
+    problems: list[str] = field(default_factory=list)
+
+
+def _encode(state: TargetState, seq: int) -> bytes:
+    return json.dumps({"seq": seq, "saved_at": time.time(), "state": state.to_dict()},
+                      separators=(",", ":")).encode()
+
+
+def _decode(payload: bytes) -> tuple[int, float, TargetState]:
+    doc = json.loads(payload)
+    return int(doc["seq"]), float(doc["saved_at"]), TargetState.from_dict(doc["state"])
+
+
+class CheckpointStore:
+    def __init__(self, directory: str, name: str = "nvmf-phoenix",
+                 region_dir: str | None = None, slot_size: int = 8 << 20) -> None:
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        self.directory = directory
+        self.journal_path = os.path.join(directory, "journal")
+        self.snapshot_path = os.path.join(directory, "snapshot")
+        self.region_name = f"{name}.region"
+        self.region_dir = region_dir
+        self.slot_size = slot_size
+        self._journal: Journal | None = None
+        self._region: Region | None = None
+
+    @property
+    def journal(self) -> Journal:
+        if self._journal is None:
+            self._journal = Journal(self.journal_path)
+            # After compaction the journal restarts empty: sequence numbers continue
+            # from the snapshot (or the region) so "newer" keeps its meaning.
+            problems: list[str] = []
+            known = [x[0] for x in (self._load_disk(problems), self._load_region(problems))
+                     if x is not None]
+            self._journal.last_seq = max([self._journal.last_seq, *known])
+        return self._journal
+
+    @property
+    def region(self) -> Region:
+        if self._region is None:
+            path = self.region_path()
+            try:
+                self._region = Region.open(path) if path else None
+            except RegionError:
+                self._region = None
+            if self._region is None:
+                self._region = Region.create(self.region_name, self.slot_size,
+                                             directory=self.region_dir)
+        return self._region
+
+    def region_path(self) -> str | None:
+        from nvmf_phoenix.recovery.region import _candidates
+        for base, _ in _candidates(self.region_dir):
+            p = os.path.join(base, self.region_name)
+            if os.path.exists(p):
+                return p
+        return None
+
+    def save(self, state: TargetState, durable: bool = True) -> int:
+        seq = self.journal.last_seq + 1
+        payload = _encode(state, seq)
+        self.journal.append(KIND_STATE, payload, sync=durable)
+        self.region.write_snapshot(payload)
+        if self.journal.size() > COMPACT_AT:
+            self.journal.compact(self.snapshot_path, payload)
+        return seq
+
+    def close(self) -> None:
+        if self._journal is not None:
+            self._journal.close()
+            self._journal = None
+        if self._region is not None:
+            self._region.close()
+            self._region = None
+
+    def load(self) -> Loaded:
+        problems: list[str] = []
+        disk = self._load_disk(problems)
+        shm = self._load_region(problems)
+        if shm and (not disk or shm[0] >= disk[0]):
+            seq, at, st = shm
+            why = "valid and newest" if not disk or shm[0] > disk[0] else \
+                "valid and as new as the journal"
+            return Loaded(st, "shared memory", seq, at, f"shared memory {why}", problems)
+        if disk:
+            seq, at, st, src = disk
+            why = "shared memory unusable" if not shm else "journal newer than shared memory"
+            return Loaded(st, src, seq, at, f"{src}: {why}", problems)
+        return Loaded(None, "none", 0, 0.0, "no checkpoint found", problems)
+
+    def _load_region(self, problems: list[str]) -> tuple[int, float, TargetState] | None:
+        path = self.region_path()
+        if path is None:
+            problems.append("no shared-memory region (node restarted or never saved)")
+            return None
+        try:
+            region = Region.open(path)
+            try:
+                snap = region.read_snapshot()
+            finally:
+                region.close()
+            if snap is None:
+                problems.append(f"region {path}: no complete snapshot")
+                return None
+            return _decode(snap[1])
+        except (RegionError, ValueError, KeyError) as exc:
+            problems.append(str(exc))
+            return None
+
+    def _load_disk(self, problems: list[str]) -> tuple[int, float, TargetState, str] | None:
+        best: tuple[int, float, TargetState, str] | None = None
+        if os.path.exists(self.snapshot_path):
+            try:
+                _, payload = read_snapshot(self.snapshot_path)
+                best = (*_decode(payload), "snapshot")
+            except (JournalError, ValueError, KeyError) as exc:
+                problems.append(str(exc))
+        if os.path.exists(self.journal_path):
+            try:
+                res = read_journal(self.journal_path)
+                if res.problem:
+                    problems.append(f"journal {self.journal_path}: {res.problem}")
+                for rec in reversed(res.records):
+                    if rec.kind == KIND_STATE:
+                        seq, at, st = _decode(rec.payload)
+                        if best is None or seq > best[0]:
+                            best = (seq, at, st, "journal")
+                        break
+            except (JournalError, ValueError, KeyError) as exc:
+                problems.append(str(exc))
+        return best
