@@ -219,8 +219,6 @@ def _candidates(directory: str | None) -> list[tuple[str, bool]]:
     mount = hugetlbfs_mount()
     if mount:
         out.append((os.path.join(mount, "nvmf-phoenix"), True))
-    else:
-        log.warning("no hugetlbfs mount found in /proc/mounts")
     out.append(("/dev/shm/nvmf-phoenix", False))
     return out
 
