@@ -1,0 +1,135 @@
+"""A real Linux NVMe/TCP host (Debian's kernel under qemu) against the embedded target.
+
+Marked ``realhost``; skipped only where qemu cannot run at all. Each guest run is bounded
+(boot about 3 s under TCG, a whole scenario about 10 s).
+"""
+from __future__ import annotations
+
+import re
+import threading
+from pathlib import Path
+
+import pytest
+from nvmf_phoenix.recovery.capture import capture
+from nvmf_phoenix.recovery.restore import restore
+from nvmf_phoenix.rpc import RpcClient
+from nvmf_phoenix.rpc import bdev as rb
+from nvmf_phoenix.rpc import nvmf as rn
+from nvmf_phoenix.target.host import Host
+
+from tests import realhost
+from tests.target_fixture import NQN, free_port, running_target
+from tests.target_process import TargetProcess
+
+pytestmark = [pytest.mark.realhost,
+              pytest.mark.skipif(realhost.unavailable_reason() is not None,
+                                 reason=f"qemu cannot run: {realhost.unavailable_reason()}")]
+HOSTNQN = "nqn.2014-08.org.nvmexpress:uuid:0b0e1e2f-3a4b-4c5d-8e9f-a0b1c2d3e4f5"
+
+
+def _namespaces(run: realhost.GuestRun) -> list[dict[str, str]]:
+    return [m.fields for m in run.all("namespace") if re.fullmatch(r"nvme\d+n\d+",
+                                                                  m.fields["dev"])]
+
+
+@pytest.mark.parametrize("opts", ["", "hdr_digest,data_digest"])
+def test_linux_host_discovers_connects_and_verifies_data(opts: str) -> None:
+    with running_target(num_blocks=16384) as rt:
+        run = realhost.boot("host", port=rt.port, nqn=NQN, hostnqn=HOSTNQN, opts=opts,
+                            seconds=3, timeout=150)
+    assert run.first("done") is not None, "\n".join(run.console[-30:])
+    disc = run.first("discovery")
+    assert disc and disc.fields["subsysnqn"] == "nqn.2014-08.org.nvmexpress.discovery"
+    ident = run.first("identity")
+    assert ident is not None
+    assert (ident.fields["serial"], ident.fields["model"], ident.fields["subsysnqn"]) == (
+        "PHX0001", "nvmf-phoenix_test", NQN)
+    (ns,) = _namespaces(run)
+    assert ns["nsid"] == "1" and ns["uuid"] == "6f5c8e0a-7d3b-4c2e-9a1f-0b2c3d4e5f60"
+    assert int(ns["blocks"]) * 512 == 16384 * 4096
+    pattern = run.first("pattern")
+    assert pattern and pattern.fields["ok"] == "1"
+    work = run.first("workload")
+    assert work is not None and int(work.fields["ops"]) > 10
+    assert (work.fields["errors"], work.fields["mismatches"]) == ("0", "0")
+    assert not run.all("ioerror") and run.first("disconnected") is not None
+
+
+def test_project_initiator_talks_to_kernel_nvmet() -> None:
+    port = free_port()
+    ready = threading.Event()
+    nqn = "nqn.2016-06.io.phx:kernel"
+    thread, box = realhost.boot_in_thread(
+        scenario="nvmet", nqn=nqn, seconds=25, hostfwd=port, timeout=120,
+        on_marker=lambda m: ready.set() if m.event == "nvmet-ready" else None)
+    assert ready.wait(60), "guest nvmet never became ready"
+    host = None
+    for _ in range(50):   # slirp forwards before the guest listens: retry the connect
+        try:
+            host = Host("127.0.0.1", port, nqn, timeout=10)
+            break
+        except Exception:
+            threading.Event().wait(0.2)
+    assert host is not None, "could not connect to the guest's nvmet"
+    with host:
+        assert host.identity["subnqn"] == nqn and host.identity["mn"] == "Linux"
+        assert host.active_namespaces() == [1]
+        host.create_io_queues(1)
+        data = bytes(range(256)) * 16
+        host.write(1, 8, data, 512)
+        assert host.read(1, 8, 8, 512) == data
+    thread.join(60)
+    assert box and box[0].first("done") is not None
+
+
+def _configure(sock: str, image: Path, port: int) -> None:
+    with RpcClient.connect(sock) as c:
+        rb.bdev_aio_create(c, str(image), "Disk0", block_size=512,
+                           uuid="5f3c1d2e-0000-4000-8000-00000000c0de")
+        rn.nvmf_create_transport(c, "TCP")
+        rn.nvmf_create_subsystem(c, NQN, serial_number="PHXCRASH", allow_any_host=True)
+        rn.nvmf_subsystem_add_ns(c, NQN, "Disk0")
+        addr = rn.listen_address("127.0.0.1", port)
+        rn.nvmf_subsystem_add_listener(c, NQN, addr)
+        rn.nvmf_subsystem_add_listener(c, "nqn.2014-08.org.nvmexpress.discovery", addr)
+
+
+def test_crash_scenario_sigkill_during_verified_workload(tmp_path: Path) -> None:
+    """SIGKILL the target mid-workload, restart and restore it; report what the host saw."""
+    image = tmp_path / "disk.img"
+    with open(image, "wb") as f:
+        f.truncate(64 << 20)
+    sock = str(tmp_path / "spdk.sock")
+    port = free_port()
+    target = TargetProcess(sock)
+    _configure(sock, image, port)
+    with RpcClient.connect(sock) as c:
+        saved = capture(c, runtime=False)
+    events: dict[str, float] = {}
+    holder = {"target": target}
+
+    def on_marker(m: realhost.Marker) -> None:
+        if m.event == "progress" and int(m.fields["ops"]) >= 10 and "killed" not in events:
+            holder["target"].kill()
+            events["killed"] = m.at
+            fresh = TargetProcess(sock, "--wait-for-rpc")
+            with RpcClient.connect(sock) as c:
+                assert restore(c, saved).ok
+            events["restored"] = realhost.time.monotonic()
+            holder["target"] = fresh
+
+    try:
+        run = realhost.boot("host", port=port, nqn=NQN, hostnqn=HOSTNQN, seconds=10,
+                            opts="reconnect_delay=1,ctrl_loss_tmo=60", timeout=150,
+                            on_marker=on_marker)
+    finally:
+        holder["target"].stop()
+    work = run.first("workload")
+    assert "killed" in events and work is not None, "\n".join(run.console[-30:])
+    report = {"errors": int(work.fields["errors"]), "mismatches": int(work.fields[
+        "mismatches"]), "max_gap_ms": int(work.fields["max_gap_ms"]),
+        "reconnected": run.reconnected(),
+        "death_to_restored_ms": round((events["restored"] - events["killed"]) * 1000)}
+    print(f"crash report: {report}")
+    assert report["reconnected"], run.kmsg()
+    assert report["errors"] == 0 and report["mismatches"] == 0, run.kmsg()
