@@ -103,8 +103,8 @@ def build_initrd(root: Path, out: Path) -> None:
     cpio = subprocess.run(["cpio", "-o", "-H", "newc", "--quiet"], input=listing.encode(),
                           cwd=str(stage), capture_output=True, check=True, timeout=120)
     tmp = out.with_suffix(".tmp")
-    subprocess.run(["gzip", "-1"], input=cpio.stdout, stdout=open(tmp, "wb"), check=True,
-                   timeout=120)
+    with open(tmp, "wb") as f:
+        subprocess.run(["gzip", "-1"], input=cpio.stdout, stdout=f, check=True, timeout=120)
     tmp.rename(out)
 
 
