@@ -5,13 +5,22 @@ from typing import Any
 
 from nvmf_phoenix.model import TargetState
 
+# Containers of options where a desired state may leave a key for the target to fill in
+# with its default (SPDK adds every option it has to what it reports).
+OPEN = ("[params]", "[options]", "[nvmf_config]", "[crdt]", "startup")
 
-def diff(a: TargetState, b: TargetState, runtime: bool = False) -> list[str]:
-    """Differences between ``a`` and ``b`` as ``path: a-value != b-value`` lines."""
+
+def diff(a: TargetState, b: TargetState, runtime: bool = False,
+         desired: bool = False) -> list[str]:
+    """Differences between ``a`` and ``b`` as ``path: a-value != b-value`` lines.
+
+    With ``desired``, ``a`` is a desired state: an option it does not set is not a
+    difference (identity fields are never options, so they are always compared).
+    """
     da = a.to_dict() if runtime else a.config_dict()
     db = b.to_dict() if runtime else b.config_dict()
     out: list[str] = []
-    _walk(_keyed(da), _keyed(db), "", out)
+    _walk(_keyed(da), _keyed(db), "", out, desired)
     return out
 
 
@@ -35,15 +44,16 @@ def _label(v: Any) -> str:
     return str(v)
 
 
-def _walk(a: Any, b: Any, path: str, out: list[str]) -> None:
+def _walk(a: Any, b: Any, path: str, out: list[str], desired: bool = False) -> None:
     if isinstance(a, dict) and isinstance(b, dict):
         for k in list(a) + [k for k in b if k not in a]:
             sub = f"{path}[{k}]" if path else str(k)
             if k not in a:
-                out.append(f"{sub}: missing != {b[k]!r}")
+                if not (desired and path.endswith(OPEN)):
+                    out.append(f"{sub}: missing != {b[k]!r}")
             elif k not in b:
                 out.append(f"{sub}: {a[k]!r} != missing")
             else:
-                _walk(a[k], b[k], sub, out)
+                _walk(a[k], b[k], sub, out, desired)
     elif a != b:
         out.append(f"{path}: {a!r} != {b!r}")

@@ -57,17 +57,25 @@ class QPairRecord:
     peer: str
 
 
-def hugetlbfs_mount() -> str | None:
-    """The first hugetlbfs mount point, if any."""
+def hugetlbfs_mounts() -> list[str]:
+    """Every hugetlbfs mount point, in /proc/mounts order."""
     try:
         with open("/proc/mounts") as f:
-            for line in f:
-                parts = line.split()
-                if len(parts) > 2 and parts[2] == "hugetlbfs":
-                    return parts[1]
+            return [p[1] for p in (line.split() for line in f)
+                    if len(p) > 2 and p[2] == "hugetlbfs"]
     except OSError:
-        pass
-    return None
+        return []
+
+
+def hugetlbfs_mount() -> str | None:
+    mounts = hugetlbfs_mounts()
+    return mounts[0] if mounts else None
+
+
+def on_hugetlbfs(path: str) -> bool:
+    real = os.path.realpath(path)
+    return any(real == m or real.startswith(m.rstrip("/") + "/")
+               for m in hugetlbfs_mounts())
 
 
 def _round(n: int, unit: int) -> int:
@@ -134,7 +142,7 @@ class Region:
         (crc,) = struct.unpack_from("<I", mm, HEADER.size)
         if crc != crc32c.crc32c(mm[:HEADER.size]):
             raise RegionError(f"region {path}: header CRC mismatch")
-        region = cls(path, mm, path.startswith(hugetlbfs_mount() or "\0"))
+        region = cls(path, mm, on_hugetlbfs(path))
         if region.size > size:
             raise RegionError(f"region {path}: truncated ({size} < {region.size} bytes)")
         return region
@@ -214,7 +222,7 @@ def _text(raw: bytes) -> str:
 
 def _candidates(directory: str | None) -> list[tuple[str, bool]]:
     if directory is not None:
-        return [(directory, directory.startswith(hugetlbfs_mount() or "\0"))]
+        return [(directory, on_hugetlbfs(directory))]
     out = []
     mount = hugetlbfs_mount()
     if mount:

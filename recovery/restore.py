@@ -56,7 +56,7 @@ def restore(client: Any, desired: TargetState, prune: bool = False) -> RestoreRe
     report = execute(client, the_plan)
     t3 = time.perf_counter()
     after = capture_config(client)
-    differences = diff(desired, after)
+    differences = diff(desired, after, desired=True)
     t4 = time.perf_counter()
     return RestoreReport(the_plan, report, differences,
                          {"capture_live": t1 - t0, "plan": t2 - t1, "execute": t3 - t2,

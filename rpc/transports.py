@@ -63,7 +63,7 @@ class StreamTransport:
              retry_for: float) -> StreamTransport:
         """Connect, retrying with backoff for ``retry_for`` seconds (a target restarting)."""
         deadline = time.monotonic() + retry_for
-        delay = 0.01
+        delay = 0.005   # a restarting target's socket appears within ~0.1 s: poll finely
         while True:
             try:
                 return cls(_connect(kind, target, min(timeout, 10.0)), address)
@@ -73,7 +73,7 @@ class StreamTransport:
                     raise RpcConnectionError(_describe(kind, exc, address),
                                              address=address) from None
             time.sleep(min(delay, max(left, 0.0)))
-            delay = min(delay * 2, 0.5)
+            delay = min(delay * 2, 0.05)
 
     def send(self, data: bytes, method: str) -> None:
         try:

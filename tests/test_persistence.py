@@ -246,3 +246,24 @@ def test_store_compaction_keeps_sequence(tmp_path: Path, monkeypatch: pytest.Mon
     got = store2.load()
     assert got.seq == 4 and got.state is not None
     assert got.state.subsystems["nqn.2016-06.io.spdk:x"].serial_number == "S3"
+
+
+def test_region_on_real_hugepages(tmp_path: Path) -> None:
+    from tests.hugepages import ensure_hugetlbfs, release
+
+    mnt = tmp_path / "huge"
+    why = ensure_hugetlbfs(mnt)
+    if why:
+        pytest.skip(why)
+    try:
+        r = Region.create("h.region", slot_size=1 << 20, qp_slots=64, directory=str(mnt))
+        assert r.hugepages and os.path.getsize(r.path) % (2 << 20) == 0
+        r.write_snapshot(_payload(5, 100_000))
+        r.close()
+        again = Region.open(str(mnt / "h.region"))
+        snap = again.read_snapshot()
+        assert snap is not None and _check(snap[1]) == 5
+        again.close()
+        again.unlink()
+    finally:
+        release(mnt)
