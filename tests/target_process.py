@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import signal
 import socket
 import subprocess
@@ -13,11 +14,23 @@ from pathlib import Path
 from tests.waiting import wait_for
 
 
+def target_command(kind: str = "embedded") -> list[str]:
+    """The command for a target: the embedded one, or SPDK's nvmf_tgt named by
+    $SPDK_NVMF_TGT (extra flags in $SPDK_NVMF_TGT_ARGS, e.g. "-m 0x1 --no-huge -s 1024")."""
+    if kind == "spdk":
+        return [os.environ["SPDK_NVMF_TGT"],
+                *shlex.split(os.environ.get("SPDK_NVMF_TGT_ARGS", "-m 0x1"))]
+    return [sys.executable, "-m", "nvmf_phoenix.target"]
+
+
+TARGET_KINDS = ["embedded"] + (["spdk"] if os.environ.get("SPDK_NVMF_TGT") else [])
+
+
 class TargetProcess:
-    def __init__(self, sock: str, *args: str) -> None:
+    def __init__(self, sock: str, *args: str, kind: str = "embedded") -> None:
         self.sock = sock
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "nvmf_phoenix.target", "-r", sock, *args],
+            [*target_command(kind), "-r", sock, *args],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         wait_for(lambda: self._ready(), timeout=20, what=f"target RPC socket {sock}")
 

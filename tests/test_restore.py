@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+import pytest
 from nvmf_phoenix.recovery.capture import capture, capture_config
 from nvmf_phoenix.recovery.diff import diff
 from nvmf_phoenix.recovery.planner import plan
@@ -14,17 +15,17 @@ from nvmf_phoenix.target.host import Host
 
 from nvmf_phoenix.model import TargetState
 from tests.target_fixture import free_port
-from tests.target_process import TargetProcess
+from tests.target_process import TARGET_KINDS, TargetProcess
 from tests.test_rpc_server import _rich_config
 
 HOST1 = "nqn.2014-08.org.nvmexpress:uuid:00000001-0000-0000-0000-000000000000"
 
 
-def _build(tmp_path: Path, sock: str) -> tuple[TargetProcess, str]:
+def _build(tmp_path: Path, sock: str, kind: str = "embedded") -> tuple[TargetProcess, str]:
     image = tmp_path / "a0.img"
     image.write_bytes(bytes(1 << 20))
     port = str(free_port())
-    tp = TargetProcess(sock)
+    tp = TargetProcess(sock, kind=kind)
     with RpcClient.connect(sock) as c:
         _rich_config(c, image, port)
         addr = rn.listen_address("127.0.0.1", port)
@@ -35,9 +36,11 @@ def _build(tmp_path: Path, sock: str) -> tuple[TargetProcess, str]:
     return tp, port
 
 
-def test_round_trip_through_kill_9(tmp_path: Path) -> None:
+@pytest.mark.parametrize("kind", TARGET_KINDS)
+def test_round_trip_through_kill_9(tmp_path: Path, kind: str) -> None:
+    """Runs against SPDK's nvmf_tgt too when $SPDK_NVMF_TGT names one."""
     sock = str(tmp_path / "spdk.sock")
-    tp, port = _build(tmp_path, sock)
+    tp, port = _build(tmp_path, sock, kind)
     with RpcClient.connect(sock) as c, Host("127.0.0.1", port, "nqn.2016-06.io.spdk:rt1",
                                             hostnqn=HOST1) as h:
         h.create_io_queues(2)
@@ -46,7 +49,7 @@ def test_round_trip_through_kill_9(tmp_path: Path) -> None:
     assert before.subsystems["nqn.2016-06.io.spdk:rt1"].namespaces[3].eui64 == \
         "0011223344556677"
     tp.kill()
-    fresh = TargetProcess(sock, "--wait-for-rpc")
+    fresh = TargetProcess(sock, "--wait-for-rpc", kind=kind)
     try:
         with RpcClient.connect(sock) as c:
             report = restore(c, before)
