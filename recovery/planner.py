@@ -72,6 +72,10 @@ def plan(desired: TargetState, live: TargetState, phase: str = "running",
                   f"transport:{trtype}")
     for nqn, sub in desired.subsystems.items():
         _subsystem(p, sub, live.subsystems.get(nqn))
+    for ref in desired.referrals:
+        if ref not in live.referrals:
+            p.add("listeners", "nvmf_discovery_add_referral", ref.to_dict(),
+                  f"referral:{ref.address.traddr}:{ref.address.trsvcid}")
     if prune:
         _prune(p, desired, live)
     else:

@@ -14,6 +14,7 @@ in the configuration, so a restart shows the host the same thing.
 """
 from __future__ import annotations
 
+import os
 import uuid as uuidlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,9 +25,11 @@ from nvmf_phoenix.model import (
     DISCOVERY_NQN,
     Bdev,
     Host,
+    Key,
     ListenAddress,
     Listener,
     Namespace,
+    Referral,
     Subsystem,
     TargetState,
     Transport,
@@ -153,6 +156,40 @@ class TargetCore:
         if dev is not None:
             dev.close()
         self._emit(Event("bdev_removed", name=name))
+
+    # -- keys and referrals -------------------------------------------------------------
+    def add_key(self, key: Key) -> None:
+        """A keyring file key: the file must exist and be private, as SPDK demands."""
+        if key.name in self.state.keys:
+            raise TargetError(-17, "File exists", f"key {key.name} already exists")
+        try:
+            mode = os.stat(key.path).st_mode
+        except OSError as exc:
+            raise invalid(f"key file {key.path}: {exc.strerror}") from None
+        if not os.path.isabs(key.path) or mode & 0o077:
+            raise invalid(f"key file {key.path} must be an absolute path readable by its "
+                          "owner only (mode 0600)")
+        self.state.keys[key.name] = key
+
+    def remove_key(self, name: str) -> None:
+        if name not in self.state.keys:
+            raise TargetError(-19, "No such device", f"no key named {name}")
+        del self.state.keys[name]
+
+    def add_referral(self, ref: Referral) -> None:
+        if any(r.address == ref.address and r.subnqn == ref.subnqn
+               for r in self.state.referrals):
+            raise invalid(f"referral {ref.address} already exists")
+        self.state.referrals.append(ref)
+        self._emit(Event("referral_changed"))
+
+    def remove_referral(self, address: ListenAddress, subnqn: str | None) -> None:
+        keep = [r for r in self.state.referrals
+                if not (r.address == address and (subnqn is None or r.subnqn == subnqn))]
+        if len(keep) == len(self.state.referrals):
+            raise invalid(f"no referral {address}")
+        self.state.referrals = keep
+        self._emit(Event("referral_changed"))
 
     # -- transports --------------------------------------------------------------------
     def create_transport(self, trtype: str, options: dict[str, Any]) -> None:

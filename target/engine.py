@@ -140,7 +140,8 @@ class Engine:
     def apply(self, ev: Event) -> None:
         """React to a configuration change (called on the I/O loop's thread)."""
         if ev.kind in ("subsystem_added", "subsystem_removed", "listener_added",
-                       "listener_removed", "host_added", "host_removed", "allow_any_host"):
+                       "listener_removed", "host_added", "host_removed", "allow_any_host",
+                       "referral_changed"):
             self.discovery_genctr += 1
             for ctrl in self.controllers.values():
                 if ctrl.discovery:

@@ -14,7 +14,15 @@ from nvmf_phoenix.target.core import INTERNAL_ERROR, TargetError, invalid
 from nvmf_phoenix.target.rpc_methods import RpcContext, rpc
 from nvmf_phoenix.target.rpc_params import ADDRESS_SPEC, decode, no_params
 
-from nvmf_phoenix.model import ANA_STATES, Host, ListenAddress, Namespace, Subsystem
+from nvmf_phoenix.model import (
+    ANA_STATES,
+    Host,
+    Key,
+    ListenAddress,
+    Namespace,
+    Referral,
+    Subsystem,
+)
 
 SUBSYSTEM_SPEC = {"nqn": (str, True), "serial_number": (str, False),
                   "model_number": (str, False), "tgt_name": (str, False),
@@ -278,6 +286,48 @@ def nvmf_get_stats(ctx: RpcContext, params: Any) -> Any:
     return {"tick_rate": 1_000_000_000, "poll_groups": [
         {"name": "nvmf_tgt_poll_group_000", **stats,
          "transports": [{"trtype": t} for t in ctx.core.state.transports]}]}
+
+
+REFERRAL_SPEC = {"address": (dict, True), "subnqn": (str, False),
+                 "secure_channel": (bool, False), "tgt_name": (str, False)}
+
+
+@rpc("nvmf_discovery_add_referral")
+def nvmf_discovery_add_referral(ctx: RpcContext, params: Any) -> Any:
+    p = decode(params, REFERRAL_SPEC)
+    ref = Referral(address=_address(p["address"]), subnqn=p.get("subnqn"),
+                   secure_channel=p.get("secure_channel", False))
+    ctx.mutate(lambda: ctx.core.add_referral(ref))
+    return True
+
+
+@rpc("nvmf_discovery_remove_referral")
+def nvmf_discovery_remove_referral(ctx: RpcContext, params: Any) -> Any:
+    p = decode(params, REFERRAL_SPEC)
+    addr = _address(p["address"])
+    ctx.mutate(lambda: ctx.core.remove_referral(addr, p.get("subnqn")))
+    return True
+
+
+@rpc("keyring_file_add_key")
+def keyring_file_add_key(ctx: RpcContext, params: Any) -> Any:
+    p = decode(params, {"name": (str, True), "path": (str, True)})
+    ctx.mutate(lambda: ctx.core.add_key(Key(name=p["name"], path=p["path"])))
+    return True
+
+
+@rpc("keyring_file_remove_key")
+def keyring_file_remove_key(ctx: RpcContext, params: Any) -> Any:
+    p = decode(params, {"name": (str, True)})
+    ctx.mutate(lambda: ctx.core.remove_key(p["name"]))
+    return True
+
+
+@rpc("keyring_get_keys")
+def keyring_get_keys(ctx: RpcContext, params: Any) -> Any:
+    no_params(params)
+    return [{"name": k.name, "path": k.path, "removed": False, "probed": True}
+            for k in ctx.core.state.keys.values()]
 
 
 @rpc("nvmf_discovery_get_referrals")

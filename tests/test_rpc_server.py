@@ -66,6 +66,11 @@ def test_spdk_rpc_drives_a_full_scenario(tmp_path: Path) -> None:
 
 
 def _rich_config(client: RpcClient, image: Path, port: str) -> None:
+    key = image.parent / "psk0.key"
+    key.write_text("NVMeTLSkey-1:01:not-a-real-key:\n")
+    key.chmod(0o600)
+    rf.keyring_file_add_key(client, "psk0", str(key))
+    rn.nvmf_discovery_add_referral(client, rn.listen_address("127.0.0.2", 8009))
     rb.bdev_malloc_create(client, 2048, 512, name="M0")
     rb.bdev_malloc_create(client, 256, 4096, name="M1", uuid="00000000-0000-0000-0000-0000000000aa")
     rb.bdev_aio_create(client, str(image), "A0", block_size=512)
