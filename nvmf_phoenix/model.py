@@ -344,6 +344,14 @@ class TargetState:
     referrals: list[Referral] = field(default_factory=list)
     runtime: Runtime = field(default_factory=Runtime)
 
+    @classmethod
+    def empty(cls) -> TargetState:
+        """A freshly started target: nothing but its discovery subsystem."""
+        st = cls()
+        st.subsystems[DISCOVERY_NQN] = Subsystem(nqn=DISCOVERY_NQN, subtype="Discovery",
+                                                 allow_any_host=True, max_namespaces=0)
+        return st
+
     def config_dict(self) -> dict[str, Any]:
         """The configuration part only: what restore must reproduce, what diff compares."""
         return {"layout_version": LAYOUT_VERSION, "startup": self.startup.to_dict(),

@@ -15,6 +15,7 @@ import logging
 import os
 import socket
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from nvmf_phoenix.rpc.client import JsonStream
@@ -36,8 +37,12 @@ def error(rid: Any, code: int, message: str) -> dict[str, Any]:
 
 
 class RpcServer:
-    def __init__(self, ctx: RpcContext, path: str) -> None:
+    """``dispatch`` runs one method; the nvmf-phoenix front passes its own."""
+
+    def __init__(self, ctx: RpcContext | Any, path: str,
+                 dispatch: Callable[[Any, str, Any], Any] = dispatch) -> None:
         self.ctx = ctx
+        self.dispatch = dispatch
         self.path = path
         self._lock_fd = _take_lock(path)
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -119,7 +124,7 @@ class RpcServer:
             return error(rid, -32600, "Invalid request")
         rid = req.get("id")
         try:
-            result = dispatch(self.ctx, req["method"], req.get("params"))
+            result = self.dispatch(self.ctx, req["method"], req.get("params"))
         except TargetError as err:
             log.info("%s failed: %s", req["method"], err.detail)
             return None if "id" not in req else error(rid, err.code, err.message)
