@@ -46,7 +46,7 @@ def start_target(sock: str, port: int) -> subprocess.Popen[bytes]:
 
 
 def worker(port: int, op: str, qd: int, seconds: float, digests: bool, cpu: int,
-           out: mp.Queue) -> None:   # type: ignore[type-arg]
+           out: mp.Queue) -> None:
     os.sched_setaffinity(0, {cpu})
     h = Host("127.0.0.1", port, NQN, hdgst=digests, ddgst=digests)
     h.create_io_queues(1)
@@ -83,7 +83,7 @@ def worker(port: int, op: str, qd: int, seconds: float, digests: bool, cpu: int,
 
 
 def run_case(port: int, op: str, qd: int, seconds: float, procs: int, digests: bool) -> dict:
-    out: mp.Queue = mp.Queue()   # type: ignore[type-arg]
+    out: mp.Queue = mp.Queue()
     cpus = sorted(os.sched_getaffinity(0) - {0}) or [0]
     ps = [mp.Process(target=worker, args=(port, op, max(1, qd // procs), seconds, digests,
                                           cpus[i % len(cpus)], out)) for i in range(procs)]

@@ -11,6 +11,7 @@ status.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 import signal
@@ -54,8 +55,10 @@ class Supervisor:
                  drift_interval: float = 10.0) -> None:
         self.target_cmd = list(target_cmd)
         self.private_sock = private_sock
-        self.store = CheckpointStore(state_dir, name=f"supervisor-{os.getpid()}",
-                                     region_dir=None)
+        # The region's name follows the state directory, so a restarted supervisor finds
+        # the shared memory its predecessor left.
+        tag = hashlib.sha1(os.path.abspath(state_dir).encode()).hexdigest()[:12]
+        self.store = CheckpointStore(state_dir, name=f"supervisor-{tag}", region_dir=None)
         self.ping_interval = ping_interval
         self.misses = misses
         self.max_restarts = max_restarts

@@ -25,3 +25,36 @@ def test_usage_errors_exit_2() -> None:
     run = subprocess.run([str(BIN), "no-such-command"], capture_output=True, text=True,
                          timeout=60)
     assert run.returncode == 2 and "invalid choice" in run.stderr
+
+
+def test_supervise_restart_and_status_commands(tmp_path: Path) -> None:
+    from nvmf_phoenix.rpc import RpcClient
+    from nvmf_phoenix.rpc import nvmf as rn
+
+    from tests.waiting import wait_for
+
+    pub = str(tmp_path / "pub.sock")
+    proc = subprocess.Popen([str(BIN), "supervise", "-s", pub, "--target-socket",
+                             str(tmp_path / "priv.sock"), "--state-dir",
+                             str(tmp_path / "state")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        assert "supervisor ready" in proc.stdout.readline()
+        with RpcClient.connect(pub) as c:
+            rn.nvmf_create_subsystem(c, "nqn.2016-06.io.phx:cli", serial_number="CLI1")
+        run = subprocess.run([str(BIN), "restart", "-s", pub], capture_output=True,
+                             text=True, timeout=120)
+        assert run.returncode == 0, run.stderr
+        assert json.loads(run.stdout)["restarts"] == 1
+        run = subprocess.run([str(BIN), "status", "-s", pub], capture_output=True,
+                             text=True, timeout=60)
+        assert run.returncode == 0 and json.loads(run.stdout)["state"] == "ready"
+        with RpcClient.connect(pub) as c:
+            wait_for(lambda: rn.nvmf_get_subsystems(c, "nqn.2016-06.io.phx:cli"), 10,
+                     what="subsystem after restart")
+    finally:
+        proc.terminate()
+        assert proc.wait(timeout=30) == 0
+    run = subprocess.run([str(BIN), "status", "-s", pub], capture_output=True, text=True,
+                         timeout=60)
+    assert run.returncode == 1 and "no RPC socket" in run.stderr

@@ -7,6 +7,7 @@ top-level module fails here rather than on a user's machine.
 """
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -43,8 +44,18 @@ def test_every_package_folder_is_mapped() -> None:
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("wheel")
+    # Build from a copy of the tracked files: setuptools leaves build/ beside the sources,
+    # and a wheel must not depend on anything that is not committed.
+    src = tmp_path_factory.mktemp("src")
+    files = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True,
+                           check=True, timeout=60).stdout.decode().split("\0")
+    for name in filter(None, files):
+        dest = src / name
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        if (ROOT / name).is_file():
+            shutil.copy2(ROOT / name, dest)
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(out),
-                    str(ROOT)], check=True, timeout=300)
+                    str(src)], check=True, timeout=300)
     (whl,) = out.glob("nvmf_phoenix-*.whl")
     return whl
 

@@ -51,9 +51,9 @@ def test_queue_depth_many_outstanding() -> None:
                 for lba, d in pattern.items()]
         for cid in cids:
             assert q.wait(cid).status == 0
-        cids = {q.submit(make_sqe(nvme.NVM_READ, 1, lba, 0, 0), data_in=BS): lba
-                for lba in pattern}
-        for cid, lba in cids.items():
+        reads = {q.submit(make_sqe(nvme.NVM_READ, 1, lba, 0, 0), data_in=BS): lba
+                 for lba in pattern}
+        for cid, lba in reads.items():
             assert bytes(q.wait(cid).data or b"") == pattern[lba]
         assert rt.dp.stats()["completed_nvme_io"] >= 128
 

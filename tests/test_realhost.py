@@ -133,3 +133,44 @@ def test_crash_scenario_sigkill_during_verified_workload(tmp_path: Path) -> None
     print(f"crash report: {report}")
     assert report["reconnected"], run.kmsg()
     assert report["errors"] == 0 and report["mismatches"] == 0, run.kmsg()
+
+
+def test_supervised_target_sigkill_during_linux_host_workload(tmp_path: Path) -> None:
+    """Issue 7: kill -9 under the supervisor while the Linux host runs a verified
+    workload (reconnect_delay=1): zero I/O errors; report the gap and restore time."""
+    import sys
+
+    from nvmf_phoenix.recovery.supervisor import Supervisor
+
+    image = tmp_path / "disk.img"
+    with open(image, "wb") as f:
+        f.truncate(64 << 20)
+    port = free_port()
+    sup = Supervisor([sys.executable, "-m", "nvmf_phoenix.target"],
+                     str(tmp_path / "priv.sock"), str(tmp_path / "pub.sock"),
+                     str(tmp_path / "state"))
+    sup.start()
+    try:
+        _configure(str(tmp_path / "pub.sock"), image, port)
+        killed: dict[str, float] = {}
+
+        def on_marker(m: realhost.Marker) -> None:
+            if m.event == "progress" and int(m.fields["ops"]) >= 10 and not killed:
+                assert sup.proc is not None
+                sup.proc.kill()
+                killed["at"] = m.at
+
+        run = realhost.boot("host", port=port, nqn=NQN, hostnqn=HOSTNQN, seconds=10,
+                            opts="reconnect_delay=1,ctrl_loss_tmo=60", timeout=150,
+                            on_marker=on_marker)
+        status = sup.status.to_dict()
+    finally:
+        sup.stop()
+        sup.store.region.unlink()
+    work = run.first("workload")
+    assert killed and work is not None, "\n".join(run.console[-30:])
+    print(f"supervised crash: errors={work.fields['errors']} "
+          f"max_gap_ms={work.fields['max_gap_ms']} "
+          f"death_to_ready_s={status['last_death_to_ready_s']} restarts={status['restarts']}")
+    assert status["restarts"] == 1 and run.reconnected()
+    assert work.fields["errors"] == "0" and work.fields["mismatches"] == "0", run.kmsg()

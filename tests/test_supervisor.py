@@ -24,7 +24,7 @@ EMBEDDED = [sys.executable, "-m", "nvmf_phoenix.target"]
 def supervised(tmp_path: Path, cmd: list[str] | None = None, **kw: object
                ) -> Iterator[Supervisor]:
     sup = Supervisor(cmd or EMBEDDED, str(tmp_path / "private.sock"),
-                     str(tmp_path / "public.sock"), str(tmp_path / "state"), **kw)  # type: ignore[arg-type]
+                     str(tmp_path / "public.sock"), str(tmp_path / "state"), **kw)
     try:
         sup.start()
         yield sup
