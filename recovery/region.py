@@ -16,21 +16,28 @@ other slot holds the previous complete snapshot: a reader never sees a torn stat
 from __future__ import annotations
 
 import contextlib
-import errno
 import logging
 import mmap
 import os
 import struct
 from dataclasses import dataclass
-from pathlib import Path
 
 import crc32c
+from nvmf_phoenix.recovery.shm import (  # noqa: F401  (re-exported for callers)
+    HUGEPAGE,
+    candidates,
+    hugetlbfs_mount,
+    hugetlbfs_mounts,
+    map_file,
+    on_hugetlbfs,
+    place,
+    round_up,
+)
 
 log = logging.getLogger(__name__)
 
 MAGIC = b"PHXREGN1"
 LAYOUT_VERSION = 1
-HUGEPAGE = 2 << 20
 HEADER = struct.Struct("<8sIIQIIQQQQ")   # magic, version, hdr size, slot size, qp slots,
 HEADER_SIZE = 4096                        # qp record size, slot0, slot1, qp table, total
 SLOT_HDR = struct.Struct("<QQI")          # generation, payload length, payload CRC
@@ -57,31 +64,6 @@ class QPairRecord:
     peer: str
 
 
-def hugetlbfs_mounts() -> list[str]:
-    """Every hugetlbfs mount point, in /proc/mounts order."""
-    try:
-        with open("/proc/mounts") as f:
-            return [p[1] for p in (line.split() for line in f)
-                    if len(p) > 2 and p[2] == "hugetlbfs"]
-    except OSError:
-        return []
-
-
-def hugetlbfs_mount() -> str | None:
-    mounts = hugetlbfs_mounts()
-    return mounts[0] if mounts else None
-
-
-def on_hugetlbfs(path: str) -> bool:
-    real = os.path.realpath(path)
-    return any(real == m or real.startswith(m.rstrip("/") + "/")
-               for m in hugetlbfs_mounts())
-
-
-def _round(n: int, unit: int) -> int:
-    return (n + unit - 1) // unit * unit
-
-
 class Region:
     """An open region (created or attached)."""
 
@@ -96,9 +78,9 @@ class Region:
     # -- creation and attachment ---------------------------------------------------------
     @classmethod
     def create(cls, name: str, slot_size: int = 4 << 20, qp_slots: int = 4096,
-               directory: str | None = None) -> Region:
+               directory: str | None = None, sub: str = "") -> Region:
         """Create (or replace) a region; hugetlbfs first, /dev/shm as the fallback."""
-        slot_size = _round(slot_size, 4096)
+        slot_size = round_up(slot_size, 4096)
         s0 = HEADER_SIZE
         s1 = s0 + slot_size
         qp_off = s1 + slot_size
@@ -106,29 +88,22 @@ class Region:
         header = HEADER.pack(MAGIC, LAYOUT_VERSION, HEADER_SIZE, slot_size, qp_slots,
                              QP_RECORD_SIZE, s0, s1, qp_off, size)
         header += struct.pack("<I", crc32c.crc32c(header))
-        for base, huge in _candidates(directory):
-            path = os.path.join(base, name)
-            try:
-                mm = _map(path, _round(size, HUGEPAGE) if huge else size, create=True)
-            except OSError as exc:
-                log.warning("cannot place region on %s (%s): %s", base,
-                            "hugetlbfs" if huge else "tmpfs", os.strerror(exc.errno or 0))
-                with contextlib.suppress(OSError):
-                    os.unlink(path)
-                continue
-            mm[:len(header)] = header
-            if not huge:
-                log.warning("no hugepages available: region %s is on %s (4 KiB pages)",
-                            name, base)
-            return cls(path, mm, huge)
-        raise RegionError(f"cannot create region {name}: no hugetlbfs mount or /dev/shm")
+        try:
+            path, mm, huge = place(name, size, directory, sub)
+        except OSError as exc:
+            raise RegionError(f"cannot create region {name}: {exc.strerror}") from None
+        mm[:len(header)] = header
+        if not huge:
+            log.warning("no hugepages available: region %s is on %s (4 KiB pages)", name,
+                        os.path.dirname(path))
+        return cls(path, mm, huge)
 
     @classmethod
     def open(cls, path: str) -> Region:
         """Attach to an existing region, checking magic, version, geometry and CRC."""
         try:
             size = os.path.getsize(path)
-            mm = _map(path, size, create=False)
+            mm = map_file(path, size, create=False)
         except OSError as exc:
             raise RegionError(f"region {path}: {exc.strerror}") from None
         if size < HEADER.size + 4:
@@ -218,30 +193,3 @@ class Region:
 
 def _text(raw: bytes) -> str:
     return raw.split(b"\0", 1)[0].decode(errors="replace")
-
-
-def _candidates(directory: str | None) -> list[tuple[str, bool]]:
-    if directory is not None:
-        return [(directory, on_hugetlbfs(directory))]
-    out = []
-    mount = hugetlbfs_mount()
-    if mount:
-        out.append((os.path.join(mount, "nvmf-phoenix"), True))
-    out.append(("/dev/shm/nvmf-phoenix", False))
-    return out
-
-
-def _map(path: str, size: int, create: bool) -> mmap.mmap:
-    if create:
-        Path(path).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
-    else:
-        fd = os.open(path, os.O_RDWR)
-    try:
-        if create:
-            os.ftruncate(fd, size)
-        if size == 0:
-            raise OSError(errno.EINVAL, "empty file")
-        return mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
-    finally:
-        os.close(fd)

@@ -12,6 +12,7 @@ import os
 import time
 from dataclasses import dataclass, field
 
+from nvmf_phoenix.recovery import shm
 from nvmf_phoenix.recovery.journal import (
     KIND_STATE,
     Journal,
@@ -85,12 +86,7 @@ class CheckpointStore:
         return self._region
 
     def region_path(self) -> str | None:
-        from nvmf_phoenix.recovery.region import _candidates
-        for base, _ in _candidates(self.region_dir):
-            p = os.path.join(base, self.region_name)
-            if os.path.exists(p):
-                return p
-        return None
+        return shm.find(self.region_name, self.region_dir)
 
     def save(self, state: TargetState, durable: bool = True) -> int:
         seq = self.journal.last_seq + 1

@@ -26,6 +26,8 @@ def execute_admin(qp: QueuePair, sqe: bytes, opcode: int, cid: int, nsid: int,
         qp.complete(cid, nvme.SC_SUCCESS)
         return
     if opcode == nvme.ADM_AER:
+        if cid in ctrl.aer_cids:
+            return   # already outstanding (a successor replaying the same capsule)
         if len(ctrl.aer_cids) >= MAX_AER:
             qp.complete(cid, nvme.SC_AER_LIMIT_EXCEEDED)
             return
@@ -37,6 +39,10 @@ def execute_admin(qp: QueuePair, sqe: bytes, opcode: int, cid: int, nsid: int,
     elif opcode == nvme.ADM_GET_LOG_PAGE:
         numd = ((cdw11 & 0xFFFF) << 16 | cdw10 >> 16) + 1
         offset = cdw12 | (cdw13 << 32)
+        if numd * 4 > nvme.MAX_TRANSFER:
+            # Beyond MDTS: refuse rather than build a reply of up to 16 GiB.
+            qp.complete(cid, nvme.SC_INVALID_FIELD)
+            return
         status, dw0, data = handler.get_log_page(ctrl, sub, cdw10 & 0xFF, (cdw10 >> 8) & 0xF,
                                                  bool(cdw10 & (1 << 15)), offset, numd * 4)
     elif opcode == nvme.ADM_SET_FEATURES:

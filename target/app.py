@@ -3,25 +3,22 @@
 ``python -m nvmf_phoenix.target`` (or ``nvmf-phoenix target``) accepts the nvmf_tgt flags
 that matter here (``-r``, ``--wait-for-rpc``, ``-c/--json``) and ignores the DPDK ones
 (``-m``, ``-i``, ``-s``, ``--no-huge``), so scripts written for nvmf_tgt run it unchanged.
+
+With ``--crash-transparent`` the process started is the socket keeper (target/keeper.py):
+it owns the sockets and runs the target in worker processes, so the serving process can be
+killed at any moment without a host noticing. Modules are imported where they are used, so
+the keeper stays small.
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
+import os
 import signal
 import sys
 import threading
-
-from nvmf_phoenix.target.bdev import open_bdev
-from nvmf_phoenix.target.config_io import load_config
-from nvmf_phoenix.target.core import TargetCore
-from nvmf_phoenix.target.rpc_methods import RUNTIME, STARTUP, RpcContext
-from nvmf_phoenix.target.rpc_server import RpcServer, SocketInUse
-from nvmf_phoenix.target.server import DataPath
-
-# Importing registers the nvmf_* methods.
-from nvmf_phoenix.target import rpc_nvmf  # noqa: F401  isort: skip
 
 DEFAULT_SOCKET = "/var/tmp/spdk.sock"
 log = logging.getLogger("nvmf_phoenix.target")
@@ -34,6 +31,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--wait-for-rpc", action="store_true",
                    help="stay in the STARTUP phase until framework_start_init")
     p.add_argument("-c", "--json", dest="config", help="JSON config in save_config format")
+    p.add_argument("--crash-transparent", action="store_true",
+                   help="keep TCP connections and queue pairs alive across the death of the "
+                   "serving process (a socket keeper owns the sockets; state lives in "
+                   "hugepage shared memory)")
+    p.add_argument("--inflight", choices=("replay", "abort"), default="replay",
+                   help="with --crash-transparent: commands the dead process had read but "
+                   "not completed are re-executed (replay) or completed with a retryable "
+                   "status (abort)")
+    p.add_argument("--worker", metavar="KEEPER_SOCKET", help=argparse.SUPPRESS)
+    p.add_argument("--scratch", help=argparse.SUPPRESS)
     for flag in ("-m", "--cpumask", "-i", "--shm-id", "-s", "--mem-size", "--huge-dir"):
         p.add_argument(flag, help=argparse.SUPPRESS)
     p.add_argument("--no-huge", action="store_true", help=argparse.SUPPRESS)
@@ -45,6 +52,50 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.worker:
+        from nvmf_phoenix.target.worker import run
+        return run(args)
+    if args.crash_transparent:
+        return run_keeper(args)
+    return run_plain(args)
+
+
+def scratch_name(rpc_socket: str) -> str:
+    """The shared-memory directory of the target serving ``rpc_socket``."""
+    return "t-" + hashlib.sha1(os.path.abspath(rpc_socket).encode()).hexdigest()[:12]
+
+
+def run_keeper(args: argparse.Namespace) -> int:
+    from nvmf_phoenix.recovery import shm
+    from nvmf_phoenix.target.keeper import serve
+
+    scratch = scratch_name(args.rpc_socket)
+    shm.wipe(scratch)   # a new target starts from nothing, as nvmf_tgt does
+    cmd = [sys.executable, "-m", "nvmf_phoenix.target", "--worker",
+           args.rpc_socket + ".keeper", "--scratch", scratch, "-r", args.rpc_socket,
+           "--inflight", args.inflight, "--log-level", args.log_level]
+    if args.config:
+        cmd += ["-c", os.path.abspath(args.config)]
+    if args.wait_for_rpc:
+        cmd.append("--wait-for-rpc")
+    try:
+        return serve(args.rpc_socket, cmd)
+    finally:
+        shm.wipe(scratch)
+
+
+def run_plain(args: argparse.Namespace) -> int:
+    from nvmf_phoenix.target.bdev import open_bdev
+    from nvmf_phoenix.target.config_io import load_config
+    from nvmf_phoenix.target.core import TargetCore
+    from nvmf_phoenix.target.rpc_methods import RUNTIME, STARTUP, RpcContext
+    from nvmf_phoenix.target.rpc_server import RpcServer
+    from nvmf_phoenix.target.server import DataPath
+    from nvmf_phoenix.target.sockpath import SocketInUse
+
+    # Importing registers the nvmf_* methods.
+    from nvmf_phoenix.target import rpc_nvmf  # noqa: F401  isort: skip
+
     core = TargetCore(bdev_opener=open_bdev)
     dp = DataPath(core)
     stop = threading.Event()

@@ -6,12 +6,15 @@ buffered I/O plus fsync on Flush where it does not (tmpfs), saying so in the log
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
+import hashlib
 import logging
 import mmap
 import os
 
+from nvmf_phoenix.recovery import shm
 from nvmf_phoenix.target.core import BlockDevice, TargetError
 
 from nvmf_phoenix.model import Bdev
@@ -30,14 +33,17 @@ def check_geometry(block_size: int, num_blocks: int) -> None:
 
 
 class MallocDevice:
-    """RAM-backed: contents live as long as the process (as with SPDK's malloc bdev)."""
+    """RAM-backed: contents live as long as the process (as with SPDK's malloc bdev),
+    or as long as the shared-memory file ``mem`` maps, when one is given."""
 
-    def __init__(self, block_size: int, num_blocks: int) -> None:
+    def __init__(self, block_size: int, num_blocks: int, mem: mmap.mmap | None = None,
+                 path: str | None = None) -> None:
         check_geometry(block_size, num_blocks)
         self.block_size = block_size
         self.num_blocks = num_blocks
-        self.mem = mmap.mmap(-1, block_size * num_blocks)
-        self.view = memoryview(self.mem)
+        self.mem = mem if mem is not None else mmap.mmap(-1, block_size * num_blocks)
+        self.view = memoryview(self.mem)[:block_size * num_blocks]
+        self.path = path
 
     def read(self, offset: int, length: int) -> memoryview:
         return self.view[offset:offset + length]
@@ -55,8 +61,12 @@ class MallocDevice:
         self.view[offset:offset + length] = bytes(length)
 
     def close(self) -> None:
+        """The bdev is deleted: its memory goes, shared or not."""
         self.view.release()
         self.mem.close()
+        if self.path is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(self.path)
 
 
 class FileDevice:
@@ -132,6 +142,35 @@ def _punch_hole(fd: int, offset: int, length: int) -> None:
     """fallocate(PUNCH_HOLE|KEEP_SIZE) through libc; deallocated blocks then read zeroes."""
     if _LIBC.fallocate(fd, 0x02 | 0x01, ctypes.c_long(offset), ctypes.c_long(length)) != 0:
         raise OSError(ctypes.get_errno(), "fallocate")
+
+
+class SharedBdevs:
+    """Bdev opener for the crash-transparent target: RAM bdevs live in shared-memory
+    files under the target's scratch directory, so what a host wrote survives the
+    serving process. With ``attach`` set (a successor resuming) an existing file is
+    mapped as it is; otherwise it is created zeroed, as a new malloc bdev must be."""
+
+    def __init__(self, sub: str, directory: str | None = None) -> None:
+        self.sub = sub
+        self.directory = directory
+        self.attach = False
+
+    def __call__(self, bdev: Bdev) -> BlockDevice:
+        if bdev.kind != "malloc":
+            return open_bdev(bdev)
+        check_geometry(bdev.block_size, bdev.num_blocks)
+        size = bdev.block_size * bdev.num_blocks
+        name = "bdev-" + hashlib.sha1(bdev.name.encode()).hexdigest()
+        path = shm.find(name, self.directory, self.sub) if self.attach else None
+        try:
+            if path is not None and os.path.getsize(path) >= size:
+                mem = shm.map_file(path, os.path.getsize(path), create=False)
+            else:
+                path, mem, _ = shm.place(name, size, self.directory, self.sub)
+        except OSError as exc:
+            raise TargetError(-12, "Cannot allocate memory",
+                              f"malloc bdev {bdev.name}: {exc.strerror}") from None
+        return MallocDevice(bdev.block_size, bdev.num_blocks, mem, path)
 
 
 def open_bdev(bdev: Bdev) -> BlockDevice:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from nvmf_phoenix.target import nvme
 
@@ -45,6 +45,28 @@ class Controller:
     changed_nsids: set[int] = field(default_factory=set)
     io_queues: set[int] = field(default_factory=set)
     num_io_queues: int = 0   # granted by Set Features Number of Queues (0-based + 1)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data for a successor process; I/O queues are re-derived from the queue
+        pairs themselves, and last_seen restarts (a restart counts as activity)."""
+        return {"nqn": self.nqn, "cntlid": self.cntlid, "hostnqn": self.hostnqn,
+                "hostid": self.hostid, "discovery": self.discovery, "kato_ms": self.kato_ms,
+                "cc": self.cc, "csts": self.csts,
+                "features": [[k, v] for k, v in self.features.items()],
+                "aer_cids": self.aer_cids, "pending_events": self.pending_events,
+                "changed_nsids": sorted(self.changed_nsids),
+                "num_io_queues": self.num_io_queues}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], now: float) -> Controller:
+        return cls(nqn=d["nqn"], cntlid=int(d["cntlid"]), hostnqn=d["hostnqn"],
+                   hostid=d["hostid"], discovery=bool(d["discovery"]),
+                   kato_ms=int(d["kato_ms"]), last_seen=now, cc=int(d["cc"]),
+                   csts=int(d["csts"]), features={int(k): int(v) for k, v in d["features"]},
+                   aer_cids=[int(c) for c in d["aer_cids"]],
+                   pending_events=[int(e) for e in d["pending_events"]],
+                   changed_nsids={int(n) for n in d["changed_nsids"]},
+                   num_io_queues=int(d["num_io_queues"]))
 
     @property
     def enabled(self) -> bool:

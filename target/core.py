@@ -108,6 +108,19 @@ class TargetCore:
         self._bdev_opener = bdev_opener
         self._subscribers: list[Callable[[Event], None]] = []
 
+    def adopt(self, state: TargetState) -> list[str]:
+        """Take a saved configuration as it is (a successor resuming a dead process's
+        work) and open its bdevs; returns what could not be opened, for the log."""
+        self.state = state
+        problems = []
+        if self._bdev_opener is not None:
+            for bdev in state.bdevs.values():
+                try:
+                    self.block_devices[bdev.name] = self._bdev_opener(bdev)
+                except TargetError as err:
+                    problems.append(f"bdev {bdev.name}: {err.detail}")
+        return problems
+
     # -- events ------------------------------------------------------------------------
     def subscribe(self, fn: Callable[[Event], None]) -> None:
         self._subscribers.append(fn)

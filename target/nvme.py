@@ -40,6 +40,8 @@ SC_ABORTED_BY_REQUEST = 0x007
 SC_ABORTED_SQ_DELETION = 0x008
 SC_INVALID_NS = 0x00B
 SC_SGL_INVALID_TYPE = 0x011
+SC_SGL_LENGTH_INVALID = 0x00F
+SC_COMMAND_INTERRUPTED = 0x021   # retryable: the host re-issues it
 SC_CMD_SEQUENCE_ERROR = 0x00C
 SC_NS_NOT_READY = 0x082
 SC_LBA_OUT_OF_RANGE = 0x080
@@ -133,6 +135,8 @@ CNS_CS_NAMESPACE, CNS_CS_CONTROLLER, CNS_CS_ACTIVE_NS_LIST = 0x05, 0x06, 0x07
 NIDT_EUI64, NIDT_NGUID, NIDT_UUID, NIDT_CSI = 0x1, 0x2, 0x3, 0x4
 CNTRLTYPE_IO, CNTRLTYPE_DISCOVERY = 1, 2
 IDENTIFY_SIZE = 4096
+MDTS = 5                      # maximum data transfer: 2^MDTS pages of 4 KiB
+MAX_TRANSFER = 4096 << MDTS
 
 
 def _ascii(text: str, size: int) -> bytes:
@@ -146,7 +150,7 @@ def _nqn(text: str) -> bytes:
 
 def identify_controller(*, cntlid: int, serial: str, model: str, firmware: str, subnqn: str,
                         mqes: int, nn: int, kas: int, cntrltype: int, ioccsz_bytes: int,
-                        ana_reporting: bool, anagrpmax: int, mdts: int = 5) -> bytes:
+                        ana_reporting: bool, anagrpmax: int, mdts: int = MDTS) -> bytes:
     """Identify Controller (CNS 01h) for a fabrics controller."""
     buf = bytearray(IDENTIFY_SIZE)
     struct.pack_into("<HH20s40s8sB3sBBH", buf, 0, 0x1B36, 0x1B36, _ascii(serial, 20),

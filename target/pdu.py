@@ -108,28 +108,44 @@ class PduReader:
     """
 
     def __init__(self, max_plen: int = 1 << 20) -> None:
-        self.buf = bytearray()
+        self.buf: bytearray | memoryview = bytearray()
         self.pos = 0
+        self.end = 0
         self.hdgst = False
         self.ddgst = False
         self.max_plen = max_plen
 
+    @classmethod
+    def over(cls, buf: memoryview, pos: int, end: int, max_plen: int) -> PduReader:
+        """A reader of bytes already placed in ``buf`` (a shared-memory receive ring) by
+        someone else: they announce more with :meth:`extend`; nothing is copied."""
+        reader = cls(max_plen)
+        reader.buf, reader.pos, reader.end = buf, pos, end
+        return reader
+
     def feed(self, data: bytes | bytearray | memoryview) -> None:
-        if self.pos and self.pos == len(self.buf):
-            self.buf.clear()
+        buf = self.buf
+        assert isinstance(buf, bytearray), "feed() is for readers that own their buffer"
+        if self.pos and self.pos == len(buf):
+            buf.clear()
             self.pos = 0
         elif self.pos > 65536:
-            del self.buf[:self.pos]
+            del buf[:self.pos]
             self.pos = 0
-        self.buf += data
+        buf += data
+        self.end = len(buf)
+
+    def extend(self, n: int) -> None:
+        """``n`` more bytes were placed after ``end`` in an external buffer."""
+        self.end += n
 
     def pending(self) -> int:
-        return len(self.buf) - self.pos
+        return self.end - self.pos
 
     def next(self) -> Pdu | None:
         """The next complete PDU, or None if more bytes are needed."""
-        buf, pos = self.buf, self.pos
-        if len(buf) - pos < 8:
+        buf, pos, end = self.buf, self.pos, self.end
+        if end - pos < 8:
             return None
         ptype, flags, hlen, pdo, plen = CH.unpack_from(buf, pos)
         shape = _SHAPE.get(ptype)
@@ -145,9 +161,9 @@ class PduReader:
             raise ProtocolError(f"{PDU_NAMES[ptype]} with plen {plen}",
                                 FES_DATA_LIMIT_EXCEEDED if plen > self.max_plen
                                 else FES_INVALID_HEADER_FIELD, 4, header)
-        if len(buf) - pos < plen:
+        if end - pos < plen:
             return None
-        view = memoryview(buf)
+        view = buf if isinstance(buf, memoryview) else memoryview(buf)
         hdr = view[pos:pos + hlen]
         if hd:
             (got,) = DIGEST.unpack_from(buf, pos + hlen)

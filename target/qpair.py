@@ -2,7 +2,8 @@
 
 ``receive(data, now)`` consumes bytes from the host and appends every PDU to send to
 ``writer.out``; the I/O loop moves the bytes. All state is plain data (ints, bytes, small
-dicts), which is what lets a later process resume a queue pair from shared memory.
+dicts): :meth:`QueuePair.dump` turns it into a dict and :meth:`QueuePair.load` back, which
+is what lets a later process resume a queue pair from shared memory (target/transparent.py).
 A protocol violation produces a C2HTermReq and ``closing`` is set: only this connection
 ends, never the target.
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 from nvmf_phoenix.target import nvme, pdu
 from nvmf_phoenix.target.admin import execute_admin
@@ -25,15 +27,26 @@ SQE_DPTR = struct.Struct("<24xQI3xB")              # SGL addr, length, sgl ident
 IPO_SQSIZE, IPO_CNTLID, IPO_SUBNQN, IPO_HOSTNQN = 44, 16, 256, 512
 
 
+class Staging(Protocol):
+    """Where writes gather their H2CData: fixed slots, allocated lowest-first so that a
+    process replaying the same PDUs from the same committed state picks the same slot."""
+
+    def alloc(self) -> int | None: ...
+    def view(self, slot: int, length: int) -> memoryview: ...
+    def free(self, slot: int) -> None: ...
+
+
 @dataclass(slots=True)
 class PendingWrite:
-    """A write waiting for H2CData after our R2T: the SQE and the data gathered so far."""
+    """A write waiting for H2CData after our R2T: the SQE and the data gathered so far.
+    ``slot`` is its staging slot, or -1 when ``buf`` is private memory."""
 
     sqe: bytes
-    buf: bytearray
+    buf: bytearray | memoryview
     received: int
     r2t_end: int
     ttag: int
+    slot: int = -1
 
 
 class QueuePair:
@@ -53,19 +66,29 @@ class QueuePair:
         self.sqhd = 0
         self.closing: str | None = None
         self.pending: dict[int, PendingWrite] = {}
+        self.r2t_wait: list[bytes] = []     # writes waiting for a free staging slot
         self.next_ttag = 1
+        self.staging: Staging | None = None
+        self.interrupt_io = False           # complete I/O with a retryable status instead
 
     # -- bytes in ----------------------------------------------------------------------
     def receive(self, data: bytes | memoryview, now: float) -> None:
         if self.closing:
             return
         self.reader.feed(data)
+        self.process(now)
+
+    def process(self, now: float, room: int | None = None) -> None:
+        """Execute every whole PDU the reader holds; with ``room``, stop before the output
+        waiting to be sent exceeds it (a transmit ring must never overflow)."""
+        out = self.writer.out
         try:
-            while not self.closing:
+            while not self.closing and (room is None or len(out) < room):
                 p = self.reader.next()
                 if p is None:
                     break
                 self._dispatch(p, now)
+                out = self.writer.out
         except pdu.ProtocolError as err:
             self.terminate(str(err), err.fes, err.fei, err.header)
 
@@ -135,9 +158,16 @@ class QueuePair:
             self.close("command before Connect")
             return
         _, length, sgl_id = SQE_DPTR.unpack_from(sqe)
-        if self.qid and opcode == nvme.NVM_WRITE and sgl_id == nvme.SGL_TRANSPORT_DATA_BLOCK:
-            self._start_r2t(sqe, cid, length)
-            return
+        if self.qid:
+            if self.interrupt_io:
+                self.complete(cid, nvme.SC_COMMAND_INTERRUPTED)
+                return
+            if length > max(self.engine.opts.max_io_size, 4096):
+                self.complete(cid, nvme.SC_SGL_LENGTH_INVALID)
+                return
+            if opcode == nvme.NVM_WRITE and sgl_id == nvme.SGL_TRANSPORT_DATA_BLOCK:
+                self._start_r2t(sqe, cid, length)
+                return
         data = p.data if len(p.data) else None
         if data is not None and (sgl_id != nvme.SGL_DATA_BLOCK_OFFSET or len(data) != length
                                  or length > self.engine.opts.in_capsule_data_size):
@@ -152,11 +182,33 @@ class QueuePair:
         if cid in self.pending or length > self.engine.opts.max_io_size or length == 0:
             self.complete(cid, nvme.SC_INVALID_FIELD)
             return
+        slot = -1
+        if self.staging is not None:
+            got = self.staging.alloc()
+            if got is None:
+                # Every slot busy: ask for this write's data once one frees (R2T timing
+                # is the target's to choose).
+                self.r2t_wait.append(sqe)
+                return
+            slot = got
+        buf = self.staging.view(slot, length) if self.staging is not None else \
+            bytearray(length)
         ttag = self.next_ttag
         self.next_ttag = self.next_ttag % 0xFFFE + 1
         chunk = min(length, self.engine.opts.max_io_size)
-        self.pending[cid] = PendingWrite(sqe, bytearray(length), 0, chunk, ttag)
+        self.pending[cid] = PendingWrite(sqe, buf, 0, chunk, ttag, slot)
         self.writer.r2t(cid, ttag, 0, chunk)
+
+    def _finish_write(self, w: PendingWrite) -> None:
+        """All data is in: execute the write, free its slot, start a waiting one."""
+        opcode, _f, cid, nsid = SQE_HEAD.unpack_from(w.sqe)
+        execute_io(self, w.sqe, opcode, cid, nsid, memoryview(w.buf))
+        if self.staging is not None and w.slot >= 0:
+            self.staging.free(w.slot)
+            if self.r2t_wait:
+                sqe = self.r2t_wait.pop(0)
+                _, length, _ = SQE_DPTR.unpack_from(sqe)
+                self._start_r2t(sqe, SQE_HEAD.unpack_from(sqe)[2], length)
 
     def _h2c_data(self, p: pdu.Pdu, now: float) -> None:
         cccid, ttag, datao, datal = pdu.parse_data_hdr(p)
@@ -178,8 +230,7 @@ class QueuePair:
         del self.pending[cccid]
         if self.ctrl is not None:
             self.ctrl.last_seen = now
-        opcode, _f, cid, nsid = SQE_HEAD.unpack_from(w.sqe)
-        execute_io(self, w.sqe, opcode, cid, nsid, memoryview(w.buf))
+        self._finish_write(w)
 
     # -- fabrics -----------------------------------------------------------------------
     def _fabrics(self, sqe: bytes, cid: int, data: memoryview, now: float) -> None:
@@ -267,6 +318,40 @@ class QueuePair:
             self.engine.destroy_controller(ctrl, "admin queue closed")
         else:
             ctrl.io_queues.discard(self.qid)
+
+    # -- plain-data state, for resuming in another process --------------------------------
+    def dump(self) -> dict[str, Any]:
+        """Everything a successor needs besides the byte streams; the admin queue also
+        carries its controller."""
+        d: dict[str, Any] = {"phase": self.phase, "qid": self.qid, "sqsize": self.sqsize,
+                             "sqhd": self.sqhd, "ttag": self.next_ttag,
+                             "hd": self.reader.hdgst, "dd": self.reader.ddgst}
+        if self.closing:
+            d["closing"] = self.closing
+        if self.ctrl is not None:
+            d["ctrl"] = [self.ctrl.nqn, self.ctrl.cntlid]
+            if self.qid == 0:
+                d["controller"] = self.ctrl.to_dict()
+        if self.pending:
+            d["pending"] = [[cid, w.sqe.hex(), w.received, w.r2t_end, w.ttag, w.slot,
+                             len(w.buf)] for cid, w in self.pending.items()]
+        if self.r2t_wait:
+            d["wait"] = [sqe.hex() for sqe in self.r2t_wait]
+        return d
+
+    def load(self, d: dict[str, Any]) -> None:
+        """Take the state :meth:`dump` produced (the controller is linked by the caller)."""
+        self.phase, self.qid, self.sqsize = d["phase"], int(d["qid"]), int(d["sqsize"])
+        self.sqhd, self.next_ttag = int(d["sqhd"]), int(d["ttag"])
+        self.reader.hdgst = self.writer.hdgst = bool(d["hd"])
+        self.reader.ddgst = self.writer.ddgst = bool(d["dd"])
+        self.closing = d.get("closing")
+        for cid, sqe, received, r2t_end, ttag, slot, length in d.get("pending", []):
+            buf = self.staging.view(slot, length) if self.staging is not None and slot >= 0 \
+                else bytearray(length)
+            self.pending[int(cid)] = PendingWrite(bytes.fromhex(sqe), buf, received, r2t_end,
+                                                  ttag, slot)
+        self.r2t_wait = [bytes.fromhex(x) for x in d.get("wait", [])]
 
     # -- admin -------------------------------------------------------------------------
     def _admin(self, sqe: bytes, opcode: int, cid: int, nsid: int, data: memoryview | None,

@@ -9,7 +9,6 @@ sends, or sends half a request, holds up nobody else.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import logging
 import os
@@ -22,14 +21,11 @@ from nvmf_phoenix.rpc.client import JsonStream
 from nvmf_phoenix.rpc.errors import RpcProtocolError
 from nvmf_phoenix.target.core import TargetError
 from nvmf_phoenix.target.rpc_methods import RpcContext, dispatch
+from nvmf_phoenix.target.sockpath import SocketInUse, take_lock  # noqa: F401  (re-exported)
 
 log = logging.getLogger(__name__)
 MAX_CLIENTS = 128
 MAX_REQUEST = 16 << 20
-
-
-class SocketInUse(RuntimeError):
-    """Another live target owns the RPC socket."""
 
 
 def error(rid: Any, code: int, message: str) -> dict[str, Any]:
@@ -40,18 +36,29 @@ class RpcServer:
     """``dispatch`` runs one method; the nvmf-phoenix front passes its own."""
 
     def __init__(self, ctx: RpcContext | Any, path: str,
-                 dispatch: Callable[[Any, str, Any], Any] = dispatch) -> None:
+                 dispatch: Callable[[Any, str, Any], Any] = dispatch,
+                 sock: socket.socket | None = None,
+                 after_batch: Callable[[], None] | None = None) -> None:
+        """``sock``: serve a listening socket someone else bound and owns (the socket
+        keeper), instead of binding ``path``. ``after_batch`` runs after each batch of
+        requests from one client and before any of their answers is sent (the
+        crash-transparent target saves its configuration there)."""
         self.ctx = ctx
         self.dispatch = dispatch
         self.path = path
-        self._lock_fd = _take_lock(path)
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        old = os.umask(0o077)   # the socket is 0600: only our user may drive the target
-        try:
-            self.sock.bind(path)
-        finally:
-            os.umask(old)
-        self.sock.listen(64)
+        self.after_batch = after_batch
+        self._lock_fd: int | None = None
+        if sock is not None:
+            self.sock = sock
+        else:
+            self._lock_fd = take_lock(path)
+            self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            old = os.umask(0o077)   # the socket is 0600: only our user may drive the target
+            try:
+                self.sock.bind(path)
+            finally:
+                os.umask(old)
+            self.sock.listen(64)
         self._stop = threading.Event()
         self._clients: set[socket.socket] = set()
         self._guard = threading.Lock()
@@ -70,9 +77,10 @@ class RpcServer:
             for c in list(self._clients):
                 with contextlib.suppress(OSError):
                     c.close()
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.path)
-        os.close(self._lock_fd)
+        if self._lock_fd is not None:   # only the owner of the path removes it
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path)
+            os.close(self._lock_fd)
 
     def _accept_loop(self) -> None:
         while not self._stop.is_set():
@@ -100,10 +108,11 @@ class RpcServer:
                 except (RpcProtocolError, RecursionError):
                     _send(conn, error(None, -32700, "Parse error"))
                     return
-                for req in requests:
-                    resp = self.handle(req)
-                    if resp is not None:
-                        _send(conn, resp)
+                answers = [r for r in (self.handle(req) for req in requests) if r is not None]
+                if requests and self.after_batch is not None:
+                    self.after_batch()
+                for resp in answers:
+                    _send(conn, resp)
         except OSError:
             return
         finally:
@@ -136,18 +145,3 @@ class RpcServer:
 
 def _send(conn: socket.socket, obj: Any) -> None:
     conn.sendall(json.dumps(obj, indent=2).encode() + b"\n")
-
-
-def _take_lock(path: str) -> int:
-    """flock ``<path>.lock``; remove a stale socket; refuse if a live target holds it."""
-    fd = os.open(path + ".lock", os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        raise SocketInUse(f"RPC socket {path} is in use by another target "
-                          f"(lock {path}.lock is held)") from None
-    if os.path.exists(path):
-        log.warning("removing stale RPC socket %s", path)
-        os.unlink(path)
-    return fd

@@ -113,6 +113,8 @@ class DataPath:
                 for key, mask in self.sel.select(TICK):
                     if key.data == "wake":
                         self._drain_wake()
+                    elif isinstance(key.data, str):
+                        self._control(key.data)
                     elif isinstance(key.data, ListenAddress):
                         self._accept(key.fileobj, key.data)   # type: ignore[arg-type]
                     else:
@@ -125,6 +127,9 @@ class DataPath:
                     next_tick = now + TICK
         finally:
             self._shutdown()
+
+    def _control(self, name: str) -> None:
+        """A control socket a subclass registered under ``name`` is readable."""
 
     def _drain_wake(self) -> None:
         try:

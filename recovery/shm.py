@@ -1,0 +1,111 @@
+"""Placing shared-memory files: hugetlbfs first, /dev/shm when no hugepages can be had.
+
+A file on hugetlbfs mapped MAP_SHARED survives the SIGKILL of every process that maps it
+and costs no page faults on first touch; a file on /dev/shm (tmpfs) survives the same way
+with 4 KiB pages. Both the checkpoint region (recovery/region.py) and the embedded target's
+per-connection state (target/connstate.py) are placed here. Failures to use hugepages are
+never silent: the fallback is logged with the reason (no mount, pool exhausted, ...).
+"""
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import mmap
+import os
+import shutil
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+HUGEPAGE = 2 << 20
+SHM_DIR = "/dev/shm"
+
+
+def hugetlbfs_mounts() -> list[str]:
+    """Every hugetlbfs mount point, in /proc/mounts order."""
+    try:
+        with open("/proc/mounts") as f:
+            return [p[1] for p in (line.split() for line in f)
+                    if len(p) > 2 and p[2] == "hugetlbfs"]
+    except OSError:
+        return []
+
+
+def hugetlbfs_mount() -> str | None:
+    mounts = hugetlbfs_mounts()
+    return mounts[0] if mounts else None
+
+
+def on_hugetlbfs(path: str) -> bool:
+    real = os.path.realpath(path)
+    return any(real == m or real.startswith(m.rstrip("/") + "/")
+               for m in hugetlbfs_mounts())
+
+
+def round_up(n: int, unit: int) -> int:
+    return (n + unit - 1) // unit * unit
+
+
+def candidates(directory: str | None, sub: str = "") -> list[tuple[str, bool]]:
+    """(directory, is hugetlbfs) in order of preference; an explicit directory is the
+    only candidate."""
+    if directory is not None:
+        return [(directory, on_hugetlbfs(directory))]
+    out = []
+    mount = hugetlbfs_mount()
+    if mount:
+        out.append((os.path.join(mount, "nvmf-phoenix", sub), True))
+    out.append((os.path.join(SHM_DIR, "nvmf-phoenix", sub), False))
+    return out
+
+
+def map_file(path: str, size: int, create: bool) -> mmap.mmap:
+    """Map a file MAP_SHARED read-write; created files are 0600 in 0700 directories.
+    MAP_NORESERVE is never used: an exhausted hugepage pool must fail here (ENOMEM), not
+    as a SIGBUS later."""
+    if create:
+        Path(path).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+    else:
+        fd = os.open(path, os.O_RDWR)
+    try:
+        if create:
+            os.ftruncate(fd, size)
+        if size == 0:
+            raise OSError(errno.EINVAL, "empty file")
+        return mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+    finally:
+        os.close(fd)
+
+
+def place(name: str, size: int, directory: str | None = None, sub: str = ""
+          ) -> tuple[str, mmap.mmap, bool]:
+    """Create ``name`` of at least ``size`` bytes where it can live; (path, map, huge)."""
+    for base, huge in candidates(directory, sub):
+        path = os.path.join(base, name)
+        try:
+            mm = map_file(path, round_up(size, HUGEPAGE) if huge else size, create=True)
+        except OSError as exc:
+            log.warning("cannot place %s on %s (%s): %s", name, base,
+                        "hugetlbfs" if huge else "tmpfs", os.strerror(exc.errno or 0))
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+            continue
+        return path, mm, huge
+    raise OSError(errno.ENOSPC, f"cannot place {name}: no hugetlbfs mount or /dev/shm")
+
+
+def find(name: str, directory: str | None = None, sub: str = "") -> str | None:
+    """The existing file ``name`` among the candidates, or None."""
+    for base, _ in candidates(directory, sub):
+        path = os.path.join(base, name)
+        if os.path.exists(path):
+            return path
+    return None
+
+
+def wipe(sub: str) -> None:
+    """Remove a scratch directory (every candidate location) and what is in it."""
+    for base, _ in candidates(None, sub):
+        shutil.rmtree(base, ignore_errors=True)
