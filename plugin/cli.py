@@ -71,7 +71,8 @@ def _cmd_supervise(args: argparse.Namespace) -> int:
         from nvmf_phoenix.plugin import metrics
 
         collector = metrics.PhoenixCollector(args.target_socket, args.state_dir,
-                                             status=lambda _c: sup.status.to_dict())
+                                             status=lambda _c: sup.status.to_dict(),
+                                             hosts_interval=args.metrics_hosts_interval)
         try:
             server = metrics.serve(collector, args.metrics_port, args.metrics_address)
         except OSError as exc:
@@ -179,6 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--restart-window", type=float, default=60.0)
     p.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
     p.add_argument("--metrics-address", default="0.0.0.0", help="metrics bind address")
+    p.add_argument("--metrics-hosts-interval", type=float, default=10.0, metavar="SECONDS",
+                   help="poll connected hosts for metrics at most this often")
     p.add_argument("--floating-address", metavar="ADDR[/PREFIX]", help="put this address "
                    "on --floating-dev before restoring (listeners on it can then bind)")
     p.add_argument("--floating-dev", metavar="DEV", help="interface for --floating-address")
