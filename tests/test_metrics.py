@@ -5,6 +5,7 @@ import os
 import signal
 import subprocess
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 from nvmf_phoenix.rpc import RpcClient
@@ -37,6 +38,18 @@ def scrape(port: int) -> dict[str, float]:
             if s.labels:
                 out[s.name] = out.get(s.name, 0) + s.value
     return out
+
+
+def scrape_until(port: int, pred: Callable[[dict[str, float]], bool], timeout: float,
+                 what: str) -> dict[str, float]:
+    seen: list[dict[str, float]] = []
+
+    def check() -> bool:
+        seen.append(scrape(port))
+        return pred(seen[-1])
+
+    wait_for(check, timeout, interval=0.1, what=what)
+    return seen[-1]
 
 
 def configure(sock: str, port: int) -> None:
@@ -94,16 +107,15 @@ def test_supervisor_metrics_follow_a_kill_and_the_host_coming_back(tmp_path: Pat
             assert m["nvmf_phoenix_nvmf_completed_nvme_io_total"] >= 8
             assert m["nvmf_phoenix_hosts_expected"] == 1
             os.kill(child_target(proc.pid), signal.SIGKILL)
-            m = wait_for(lambda: (lambda s: s if s["nvmf_phoenix_restarts_total"] == 1 and
-                                  s["nvmf_phoenix_target_up"] == 1 else None)(scrape(mport)),
-                         30, interval=0.1, what="restart in the metrics")
+            m = scrape_until(mport, lambda s: s["nvmf_phoenix_restarts_total"] == 1 and
+                             s["nvmf_phoenix_target_up"] == 1, 30, "restart in the metrics")
         assert m["nvmf_phoenix_hosts_expected"] == 1 and m["nvmf_phoenix_hosts_missing"] == 1
         assert m["nvmf_phoenix_restore_seconds"] > 0
         assert m["nvmf_phoenix_death_to_ready_seconds"] >= m["nvmf_phoenix_restore_seconds"]
         assert m["nvmf_phoenix_nvmf_completed_nvme_io_total"] == 0    # a new target's count
         with Host("127.0.0.1", tport, NQN, hostnqn=HOSTNQN) as h:
-            m = wait_for(lambda: (lambda s: s if s["nvmf_phoenix_hosts_reconnected"] == 1
-                                  else None)(scrape(mport)), 10, what="host back in metrics")
+            m = scrape_until(mport, lambda s: s["nvmf_phoenix_hosts_reconnected"] == 1, 10,
+                             "host back in metrics")
             assert m["nvmf_phoenix_hosts_missing"] == 0
     finally:
         proc.terminate()
