@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -33,8 +34,10 @@ DEFAULT_SOCKET = "/var/tmp/spdk.sock"
 
 
 def add_socket(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-s", "--rpc-socket", default=DEFAULT_SOCKET,
-                   help=f"the target's (or supervisor's) RPC socket (default {DEFAULT_SOCKET})")
+    default = os.environ.get("NVMF_PHOENIX_RPC_SOCKET", DEFAULT_SOCKET)
+    p.add_argument("-s", "--rpc-socket", default=default,
+                   help="the target's (or supervisor's) RPC socket (default "
+                   "$NVMF_PHOENIX_RPC_SOCKET or /var/tmp/spdk.sock)")
     p.add_argument("-t", "--timeout", type=float, default=120.0, help="RPC timeout, seconds")
 
 
