@@ -66,7 +66,7 @@ class Supervisor:
         self.status = Status()
         self.proc: subprocess.Popen[bytes] | None = None
         self._stop = threading.Event()
-        self._restart_lock = threading.Lock()
+        self._restart_lock = threading.RLock()
         self.generation = 0   # bumped each time a (re)started target is ready
         self.front = Front(public_sock, private_sock, self.store, self.ready,
                            control=self._control, generation=lambda: self.generation,
@@ -237,7 +237,9 @@ class Supervisor:
             return self.status.to_dict()
         if method == "phoenix_restart":
             cmd = (params or {}).get("target_cmd")
-            with self.front.lock:
+            # Holding the restart lock while the old target is stopped keeps the watcher
+            # from taking this death for a crash and restarting it a second time.
+            with self.front.lock, self._restart_lock:
                 self.front.checkpoint()
                 self.ready.clear()
                 self._terminate()
