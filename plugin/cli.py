@@ -2,13 +2,26 @@
 
 Sub-commands are thin: each parses its arguments and hands over to the module that does
 the work, so the same operations are reachable from Python, from ``spdk-rpc --plugin`` and
-from here. Exit codes: 0 success, 1 the operation failed, 2 usage error.
+from here. Checkpoint, restore, status and address commands live in :mod:`.cli_checkpoint`;
+exit codes are listed in :mod:`.cli_common` (0 ok, 1 failed, 2 usage, 3 unreachable,
+4 no checkpoint).
 """
 from __future__ import annotations
 
 import argparse
 import logging
 import sys
+
+from nvmf_phoenix.plugin import cli_checkpoint
+from nvmf_phoenix.plugin.cli_common import (
+    EXIT_CODES,
+    add_json,
+    add_socket,
+    add_state_dir,
+    guarded,
+)
+from nvmf_phoenix.plugin.ops import PhoenixError
+from nvmf_phoenix.rpc import RpcError
 
 from nvmf_phoenix import __version__
 
@@ -44,35 +57,60 @@ def _cmd_supervise(args: argparse.Namespace) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     try:
+        if args.floating_address:
+            from nvmf_phoenix.plugin import netplumb
+
+            addr, _, prefix = args.floating_address.partition("/")
+            netplumb.add_address(addr, args.floating_dev, int(prefix) if prefix else None)
         sup.start(adopt=args.adopt)
     except Exception as exc:
         print(f"nvmf-phoenix supervise: cannot start: {exc}", file=sys.stderr)
         return 1
+    server = None
+    if args.metrics_port is not None:
+        from nvmf_phoenix.plugin import metrics
+
+        collector = metrics.PhoenixCollector(args.target_socket, args.state_dir,
+                                             status=lambda _c: sup.status.to_dict(),
+                                             hosts_interval=args.metrics_hosts_interval)
+        try:
+            server = metrics.serve(collector, args.metrics_port, args.metrics_address)
+        except OSError as exc:
+            print(f"nvmf-phoenix supervise: metrics port {args.metrics_port}: "
+                  f"{exc.strerror}", file=sys.stderr)
+            sup.stop()
+            return 1
     print(f"nvmf-phoenix supervisor ready: rpc={args.rpc_socket} "
-          f"target={args.target_socket} state={args.state_dir}", flush=True)
+          f"target={args.target_socket} state={args.state_dir}"
+          + (f" metrics=http://{args.metrics_address}:{args.metrics_port}/metrics"
+             if server else ""), flush=True)
+    failed = False
     while not stop.wait(0.5):
         if sup.status.state == "failed":
             print(f"nvmf-phoenix supervise: {sup.status.last_error}", file=sys.stderr)
-            sup.stop()
-            return 1
+            failed = True
+            break
+    if server is not None:
+        server.shutdown()
+        server.server_close()
     sup.stop()
-    return 0
+    return 1 if failed else 0
 
 
 def _control_call(args: argparse.Namespace, method: str, params: dict | None) -> int:
-    import json
+    from nvmf_phoenix.plugin.cli_common import connect, emit
 
-    from nvmf_phoenix.rpc import RpcClient, RpcError
-
-    try:
-        with RpcClient.connect(args.rpc_socket, timeout=args.timeout) as c:
+    with connect(args) as c:
+        try:
             result = c.call(method, params)
-    except RpcError as err:
-        hint = " (is `nvmf-phoenix supervise` serving this socket?)" if err.code in (
-            None, -32601) else ""
-        print(f"nvmf-phoenix: {err}{hint}", file=sys.stderr)
-        return 1
-    print(json.dumps(result, indent=2))
+        except RpcError as err:
+            if err.code == -32601:
+                raise PhoenixError(f"{args.rpc_socket} is not served by `nvmf-phoenix "
+                                   "supervise`: point -s at the supervisor's socket") from None
+            raise
+    emit(args, result, lambda r: f"supervisor: {r['state']}, {r['restarts']} restarts, "
+         f"last restore {r['last_restore_s']} s" + (f"; last error: {r['last_error']}"
+                                                     if r["last_error"] else ""))
     return 0 if result.get("state") == "ready" else 1
 
 
@@ -84,18 +122,39 @@ def _cmd_restart(args: argparse.Namespace) -> int:
     return _control_call(args, "phoenix_restart", params)
 
 
-def _cmd_status(args: argparse.Namespace) -> int:
-    return _control_call(args, "phoenix_status", None)
+def _cmd_metrics(args: argparse.Namespace) -> int:
+    """Serve Prometheus metrics for a target (or supervisor) and its state directory."""
+    import signal
+    import threading
+
+    from nvmf_phoenix.plugin import metrics
+
+    collector = metrics.PhoenixCollector(args.rpc_socket, args.state_dir,
+                                         hosts_interval=args.hosts_interval)
+    try:
+        server = metrics.serve(collector, args.port, args.address)
+    except OSError as exc:
+        raise PhoenixError(f"cannot listen on {args.address}:{args.port}: {exc.strerror} "
+                           "(choose another --port)") from None
+    print(f"nvmf-phoenix metrics: http://{args.address}:{server.server_port}/metrics "
+          f"(target {args.rpc_socket}, state {args.state_dir})", flush=True)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+    server.shutdown()
+    server.server_close()
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="nvmf-phoenix",
+        prog="nvmf-phoenix", epilog=EXIT_CODES,
         description="NVMe-oF targets that come back from kill -9 as if nothing happened.")
     parser.add_argument("--version", action="version", version=f"nvmf-phoenix {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    p = sub.add_parser("target", help="run the embedded NVMe/TCP target (nvmf_tgt options)",
-                       add_help=False)
+    p = sub.add_parser("target", help="run the embedded NVMe/TCP target (nvmf_tgt options; "
+                       "`nvmf-phoenix target --help` lists them)", add_help=False)
     p.add_argument("target_args", nargs=argparse.REMAINDER)
     p.set_defaults(func=_cmd_target)
     p = sub.add_parser("demo", help="configure, checkpoint, kill -9 and restore an embedded "
@@ -119,20 +178,38 @@ def build_parser() -> argparse.ArgumentParser:
                    "target is declared dead")
     p.add_argument("--max-restarts", type=int, default=10)
     p.add_argument("--restart-window", type=float, default=60.0)
+    p.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
+    p.add_argument("--metrics-address", default="0.0.0.0", help="metrics bind address")
+    p.add_argument("--metrics-hosts-interval", type=float, default=10.0, metavar="SECONDS",
+                   help="poll connected hosts for metrics at most this often")
+    p.add_argument("--floating-address", metavar="ADDR[/PREFIX]", help="put this address "
+                   "on --floating-dev before restoring (listeners on it can then bind)")
+    p.add_argument("--floating-dev", metavar="DEV", help="interface for --floating-address")
     p.set_defaults(func=_cmd_supervise)
-    for name, fn, text in (("restart", _cmd_restart, "planned restart or upgrade of a "
-                            "supervised target"),
-                           ("status", _cmd_status, "the supervisor's status")):
-        p = sub.add_parser(name, help=text)
-        p.add_argument("-s", "--rpc-socket", default="/var/tmp/spdk.sock")
-        p.add_argument("-t", "--timeout", type=float, default=120.0)
-        if name == "restart":
-            p.add_argument("--target-cmd", help="start this command instead (upgrade)")
-        p.set_defaults(func=fn)
+    p = sub.add_parser("restart", help="planned restart or upgrade of a supervised target")
+    add_socket(p), add_json(p)
+    p.add_argument("--target-cmd", help="start this command instead (upgrade)")
+    p.set_defaults(func=guarded(_cmd_restart))
+    cli_checkpoint.add_parsers(sub)
+    p = sub.add_parser("metrics", help="serve Prometheus metrics for a target or supervisor")
+    add_socket(p), add_state_dir(p)
+    p.add_argument("--port", type=int, default=9556, help="HTTP port (default 9556; 0 picks "
+                   "a free one)")
+    p.add_argument("--address", default="0.0.0.0", help="bind address (default 0.0.0.0)")
+    p.add_argument("--hosts-interval", type=float, default=10.0, metavar="SECONDS",
+                   help="poll connected hosts at most this often (it pauses admin queues)")
+    p.set_defaults(func=guarded(_cmd_metrics))
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["target"]:
+        # Everything after `target` is the target's, unchanged: argparse would try to
+        # read options such as -r itself.
+        from nvmf_phoenix.target import app
+
+        return int(app.main(argv[1:]) or 0)
     logging.basicConfig(level=logging.WARNING, format="nvmf-phoenix: %(levelname)s: "
                         "%(message)s")
     parser = build_parser()

@@ -7,6 +7,7 @@ subsystem that could not be created) are skipped and reported as such, not sent 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,8 +51,13 @@ def _outcomes(client: Any, calls: list[Call]) -> list[Any]:
     return out
 
 
-def execute(client: Any, plan: Plan) -> ExecReport:
+# progress(stage, calls done so far, calls in the plan), called after each stage
+Progress = Callable[[str, int, int], None]
+
+
+def execute(client: Any, plan: Plan, progress: Progress | None = None) -> ExecReport:
     report = ExecReport()
+    total, finished = len(plan.calls), 0
     failed: set[str] = set()
     for stage in plan.by_stage():
         start = time.perf_counter()
@@ -72,4 +78,7 @@ def execute(client: Any, plan: Plan) -> ExecReport:
             else:
                 report.done += 1
         report.stage_seconds[stage[0].stage] = time.perf_counter() - start
+        finished += len(stage)
+        if progress is not None:
+            progress(stage[0].stage, finished, total)
     return report

@@ -11,7 +11,7 @@ from typing import Any
 
 from nvmf_phoenix.recovery.capture import capture_config
 from nvmf_phoenix.recovery.diff import diff
-from nvmf_phoenix.recovery.executor import ExecReport, execute
+from nvmf_phoenix.recovery.executor import ExecReport, Progress, execute
 from nvmf_phoenix.recovery.planner import Plan, plan
 
 from nvmf_phoenix.model import TargetState
@@ -45,7 +45,8 @@ def target_phase(client: Any) -> str:
     return "startup" if "framework_start_init" in methods else "running"
 
 
-def restore(client: Any, desired: TargetState, prune: bool = False) -> RestoreReport:
+def restore(client: Any, desired: TargetState, prune: bool = False,
+            progress: Progress | None = None) -> RestoreReport:
     t0 = time.perf_counter()
     phase = target_phase(client)
     # A target in STARTUP holds nothing yet but its discovery subsystem.
@@ -53,7 +54,7 @@ def restore(client: Any, desired: TargetState, prune: bool = False) -> RestoreRe
     t1 = time.perf_counter()
     the_plan = plan(desired, live, phase, prune)
     t2 = time.perf_counter()
-    report = execute(client, the_plan)
+    report = execute(client, the_plan, progress)
     t3 = time.perf_counter()
     after = capture_config(client)
     differences = diff(desired, after, desired=True)

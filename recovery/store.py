@@ -7,6 +7,8 @@ snapshot) otherwise, saying which and why.
 """
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import json
 import os
 import time
@@ -47,7 +49,36 @@ def _decode(payload: bytes) -> tuple[int, float, TargetState]:
     return int(doc["seq"]), float(doc["saved_at"]), TargetState.from_dict(doc["state"])
 
 
+class StateDirBusy(Exception):
+    """Another process (a supervisor, another CLI) is writing checkpoints to the directory."""
+
+
+def lock_state_dir(directory: str) -> int:
+    """Take the state directory's writer lock (flock on ``<dir>/lock``); return its fd.
+
+    One writer per journal: two appenders would interleave records and each would cut
+    the other's "torn" tail on open. The lock goes when the fd is closed or the process
+    dies, so a SIGKILLed writer never leaves it held.
+    """
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    fd = os.open(os.path.join(directory, "lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise StateDirBusy(f"{directory} is in use by another nvmf-phoenix process "
+                           "(a running supervisor?)") from None
+    return fd
+
+
 class CheckpointStore:
+    @classmethod
+    def for_state_dir(cls, directory: str, **kwargs: object) -> CheckpointStore:
+        """The store of a state directory, its shared-memory region named after the
+        directory's path, so every process using the directory finds the same region."""
+        tag = hashlib.sha1(os.path.abspath(directory).encode()).hexdigest()[:12]
+        return cls(directory, name=f"supervisor-{tag}", **kwargs)  # type: ignore[arg-type]
+
     def __init__(self, directory: str, name: str = "nvmf-phoenix",
                  region_dir: str | None = None, slot_size: int = 8 << 20) -> None:
         os.makedirs(directory, mode=0o700, exist_ok=True)

@@ -11,7 +11,6 @@ status.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import os
 import signal
@@ -24,7 +23,7 @@ from typing import Any
 from nvmf_phoenix.recovery.capture import capture_config
 from nvmf_phoenix.recovery.front import Front
 from nvmf_phoenix.recovery.restore import restore
-from nvmf_phoenix.recovery.store import CheckpointStore
+from nvmf_phoenix.recovery.store import CheckpointStore, lock_state_dir
 from nvmf_phoenix.rpc import RpcClient, RpcConnectionError, RpcError
 
 from nvmf_phoenix.model import TargetState
@@ -57,8 +56,7 @@ class Supervisor:
         self.private_sock = private_sock
         # The region's name follows the state directory, so a restarted supervisor finds
         # the shared memory its predecessor left.
-        tag = hashlib.sha1(os.path.abspath(state_dir).encode()).hexdigest()[:12]
-        self.store = CheckpointStore(state_dir, name=f"supervisor-{tag}", region_dir=None)
+        self.store = CheckpointStore.for_state_dir(state_dir, region_dir=None)
         self.ping_interval = ping_interval
         self.misses = misses
         self.max_restarts = max_restarts
@@ -68,7 +66,7 @@ class Supervisor:
         self.status = Status()
         self.proc: subprocess.Popen[bytes] | None = None
         self._stop = threading.Event()
-        self._restart_lock = threading.Lock()
+        self._restart_lock = threading.RLock()
         self.generation = 0   # bumped each time a (re)started target is ready
         self.front = Front(public_sock, private_sock, self.store, self.ready,
                            control=self._control, generation=lambda: self.generation,
@@ -77,6 +75,8 @@ class Supervisor:
 
     # -- lifecycle -----------------------------------------------------------------------
     def start(self, adopt: bool = False) -> None:
+        # One writer per state directory (raises StateDirBusy otherwise).
+        self._lock_fd = lock_state_dir(self.store.directory)
         if adopt and self._alive():
             with RpcClient.connect(self.private_sock, timeout=10) as c:
                 self.store.save(capture_config(c))
@@ -95,6 +95,9 @@ class Supervisor:
         self._watcher.join(timeout=5)
         self.status.state = "stopped"
         self.store.close()
+        if getattr(self, "_lock_fd", None) is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
 
     def _launch_and_restore(self, cmd: list[str] | None = None) -> float:
         """Start the target with --wait-for-rpc and restore the checkpoint into it."""
@@ -234,7 +237,9 @@ class Supervisor:
             return self.status.to_dict()
         if method == "phoenix_restart":
             cmd = (params or {}).get("target_cmd")
-            with self.front.lock:
+            # Holding the restart lock while the old target is stopped keeps the watcher
+            # from taking this death for a crash and restarting it a second time.
+            with self.front.lock, self._restart_lock:
                 self.front.checkpoint()
                 self.ready.clear()
                 self._terminate()

@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.phoenix_tools import drop_region
+
 BIN = Path(sys.executable).parent / "nvmf-phoenix"
 
 
@@ -42,19 +44,27 @@ def test_supervise_restart_and_status_commands(tmp_path: Path) -> None:
         assert "supervisor ready" in proc.stdout.readline()
         with RpcClient.connect(pub) as c:
             rn.nvmf_create_subsystem(c, "nqn.2016-06.io.phx:cli", serial_number="CLI1")
-        run = subprocess.run([str(BIN), "restart", "-s", pub], capture_output=True,
+        run = subprocess.run([str(BIN), "restart", "-s", pub, "--json"], capture_output=True,
                              text=True, timeout=120)
         assert run.returncode == 0, run.stderr
         assert json.loads(run.stdout)["restarts"] == 1
-        run = subprocess.run([str(BIN), "status", "-s", pub], capture_output=True,
-                             text=True, timeout=60)
-        assert run.returncode == 0 and json.loads(run.stdout)["state"] == "ready"
+        run = subprocess.run([str(BIN), "status", "-s", pub, "--json", "--state-dir",
+                              str(tmp_path / "state")], capture_output=True, text=True,
+                             timeout=60)
+        assert run.returncode == 0, run.stderr
+        status = json.loads(run.stdout)
+        assert status["supervisor"]["state"] == "ready"
+        assert status["target"]["subsystems"] == 1
+        # The supervisor's checkpoint is the state directory's checkpoint.
+        assert status["checkpoint"]["summary"]["subsystems"] == 1
         with RpcClient.connect(pub) as c:
             wait_for(lambda: rn.nvmf_get_subsystems(c, "nqn.2016-06.io.phx:cli"), 10,
                      what="subsystem after restart")
     finally:
         proc.terminate()
         assert proc.wait(timeout=30) == 0
+        drop_region(tmp_path / "state")
     run = subprocess.run([str(BIN), "status", "-s", pub], capture_output=True, text=True,
                          timeout=60)
-    assert run.returncode == 1 and "no RPC socket" in run.stderr
+    assert run.returncode == 3 and "no RPC socket" in run.stderr
+    assert f"nvmf-phoenix supervise -s {pub}" in run.stderr

@@ -21,3 +21,47 @@ def test_readme_opens_with_two_commands() -> None:
 def test_ci_runs_the_readme_test_command() -> None:
     ci = (ROOT / ".ci" / "run").read_text().splitlines()
     assert readme_commands()[1] in [line.strip() for line in ci]
+
+
+def _run_section(heading: str, tmp_path: Path, extra: dict[str, str] | None = None) -> str:
+    """Run a README section's shell block as written, with its /tmp/phx paths moved into
+    the test's own directory (and any ``extra`` replacements, e.g. a free port)."""
+    import subprocess
+    import sys
+
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index(heading):]
+    block = re.search(r"```sh\n(.*?)```", section, re.S)
+    assert block is not None, heading
+    script = block.group(1).replace("/tmp/phx", str(tmp_path / "phx"))
+    script = script.replace(".venv/bin/", f"{Path(sys.executable).parent}/")
+    for old, new in (extra or {}).items():
+        script = script.replace(old, new)
+    # Whatever happens, nothing the block started in the background outlives it.
+    script = "trap 'kill $(jobs -p) 2>/dev/null || true' EXIT\n" + script
+    run = subprocess.run(["bash", "-e", "-c", script], capture_output=True, text=True,
+                         timeout=120, cwd=ROOT)
+    assert run.returncode == 0, run.stdout + run.stderr
+    return run.stdout
+
+
+def test_readme_by_hand_section_runs_as_written(tmp_path: Path) -> None:
+    from tests.phoenix_tools import drop_region
+
+    try:
+        out = _run_section("## Checkpoint and restore by hand", tmp_path)
+    finally:
+        drop_region(tmp_path / "phx-state")
+    assert "restore complete: 9 of 9 calls" in out and "live target matches" in out
+
+
+def test_readme_supervised_section_runs_as_written(tmp_path: Path) -> None:
+    from tests.phoenix_tools import drop_region
+    from tests.target_fixture import free_port
+
+    try:
+        out = _run_section("## Supervised, with Prometheus metrics", tmp_path,
+                           {"9556": str(free_port())})
+    finally:
+        drop_region(tmp_path / "phx-sup-state")
+    assert "nvmf_phoenix_restarts_total 1.0" in out and "supervisor: ready" in out
