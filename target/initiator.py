@@ -95,8 +95,11 @@ class QueueConn:
         if p.type == pdu.CAPSULE_RESP:
             dw0, dw1, _sqhd, _sqid, cid, status = nvme.CQE.unpack_from(p.header, 8)
             cmd = self.cmds.pop(cid, None)
-            self.done[cid] = Completion(cid, nvme.status_code(status), dw0, dw1,
-                                        cmd.data if cmd else None)
+            if cmd is None:
+                # As for the Linux host: a second completion, or one for a command never
+                # sent, is a fatal error of the target.
+                raise NvmeError(f"completion for command {cid}, which is not outstanding")
+            self.done[cid] = Completion(cid, nvme.status_code(status), dw0, dw1, cmd.data)
         elif p.type == pdu.C2H_DATA:
             cccid, _ttag, datao, datal = pdu.parse_data_hdr(p)
             cmd = self.cmds.get(cccid)
@@ -166,6 +169,28 @@ class QueueConn:
             except NvmeError as exc:
                 if "timed out" not in str(exc):
                     raise
+        while (p := self.reader.next()) is not None:
+            self._handle(p)
+        out = list(self.done.values())
+        self.done.clear()
+        return out
+
+    def pump(self, timeout: float) -> list[Completion]:
+        """Read what arrives within ``timeout`` (once), handle every whole PDU, and return
+        the completions collected; for callers that multiplex many queues."""
+        self.sock.settimeout(timeout)
+        try:
+            data = self.sock.recv(1 << 18)
+        except (TimeoutError, BlockingIOError):
+            data = None
+        except OSError as exc:
+            raise NvmeError(f"connection failed: {exc}") from None
+        finally:
+            self.sock.settimeout(self.timeout)
+        if data == b"":
+            raise NvmeError("target closed the connection")
+        if data:
+            self.reader.feed(data)
         while (p := self.reader.next()) is not None:
             self._handle(p)
         out = list(self.done.values())
