@@ -179,6 +179,15 @@ class ConnState:
                           crc32c.crc32c(blob))
         view[off:off + COMMIT.size + 4] = rec + struct.pack("<I", crc32c.crc32c(rec))
 
+    def commit_torn(self, c: Commit, blob: bytes) -> None:
+        """What a writer killed in the middle of :meth:`commit` leaves (failpoint tests):
+        the blob and half of the record."""
+        off = self._slot_off(c.seq & 1)
+        self._view[off + COMMIT_HDR_SIZE:off + COMMIT_HDR_SIZE + len(blob)] = blob
+        rec = COMMIT.pack(c.seq, c.rx_done, c.rx_base, c.tx_done, c.tx_base, len(blob),
+                          crc32c.crc32c(blob))
+        self._view[off:off + COMMIT.size // 2] = rec[:COMMIT.size // 2]
+
     def _read_slot(self, i: int) -> tuple[Commit, bytes] | None:
         off = self._slot_off(i)
         rec = bytes(self._view[off:off + COMMIT.size + 4])

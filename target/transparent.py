@@ -31,7 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from nvmf_phoenix.target import nvme, pdu
+from nvmf_phoenix.target import failpoints, nvme, pdu
 from nvmf_phoenix.target.connstate import (
     Commit,
     ConnState,
@@ -229,6 +229,9 @@ class TransparentDataPath(DataPath):
                 if n > 0:
                     conn.rx_w += n
                     conn.qp.reader.extend(n)
+                    if failpoints.ARMED and conn.qp.qid > 0 and \
+                            conn.qp.reader.pending() > 4200:
+                        failpoints.hit("io-read")   # whole commands read, none executed
         self._send(conn)
 
     def _send(self, conn: Any) -> None:
@@ -248,6 +251,8 @@ class TransparentDataPath(DataPath):
             unsent = conn.c.tx_done - conn.tx_sent
             if unsent:
                 start = conn.tx_sent - conn.c.tx_base
+                if failpoints.ARMED and qp.qid > 0:
+                    self._failpoint_send(conn, start, unsent)
                 try:
                     conn.tx_sent += conn.sock.send(conn.st.tx[start:start + unsent])
                 except (BlockingIOError, InterruptedError):
@@ -267,6 +272,15 @@ class TransparentDataPath(DataPath):
                 self.sel.modify(conn.sock, want, conn)
             else:   # both rings full: wait for the next wake-up of the loop (tick)
                 self.sel.modify(conn.sock, selectors.EVENT_WRITE, conn)
+
+    def _failpoint_send(self, conn: TConn, start: int, unsent: int) -> None:
+        failpoints.hit("io-committed")              # committed, nothing of it sent
+
+        def half() -> None:
+            conn.sock.setblocking(True)             # make the half really leave
+            conn.sock.sendall(conn.st.tx[start:start + unsent // 2])
+        if unsent > 8:
+            failpoints.hit("io-half-sent", half)
 
     def _tx_used(self, conn: TConn) -> int:
         return 0 if conn.tx_sent == conn.c.tx_done else conn.c.tx_done - conn.c.tx_base
@@ -302,7 +316,10 @@ class TransparentDataPath(DataPath):
             if left:
                 conn.st.rx[0:left] = conn.st.rx[reader.pos:reader.end]
             new.rx_base = rx_done
-        conn.st.commit(new, json.dumps(qp.dump(), separators=(",", ":")).encode())
+        blob = json.dumps(qp.dump(), separators=(",", ":")).encode()
+        if failpoints.ARMED and qp.qid > 0:
+            failpoints.hit("io-torn-commit", lambda: conn.st.commit_torn(new, blob))
+        conn.st.commit(new, blob)
         if compact_rx:
             reader.end -= reader.pos
             reader.pos = 0

@@ -24,14 +24,14 @@ from tests.waiting import wait_for
 
 
 class TransparentTarget:
-    def __init__(self, workdir: Path, *args: str) -> None:
+    def __init__(self, workdir: Path, *args: str, env: dict[str, str] | None = None) -> None:
         self.sock = str(workdir / "spdk.sock")
         self.log_path = workdir / "target.log"
         self.log = open(self.log_path, "w")   # noqa: SIM115  (closed in stop)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "nvmf_phoenix.target", "--crash-transparent", "-r",
              self.sock, "--log-level", "INFO", *args],
-            stdout=self.log, stderr=subprocess.STDOUT)
+            stdout=self.log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
         self.port = 0
         wait_for(lambda: self._serving(), timeout=30, what="crash-transparent target")
 
@@ -94,8 +94,9 @@ class TransparentTarget:
 
 
 @contextmanager
-def transparent_target(workdir: Path, *args: str) -> Iterator[TransparentTarget]:
-    t = TransparentTarget(workdir, *args)
+def transparent_target(workdir: Path, *args: str, env: dict[str, str] | None = None
+                       ) -> Iterator[TransparentTarget]:
+    t = TransparentTarget(workdir, *args, env=env)
     try:
         yield t
     finally:
