@@ -9,7 +9,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from nvmf_phoenix.target.host import Host
 from nvmf_phoenix.target.workload import VerifiedWorkload
 
