@@ -124,6 +124,7 @@ class Keeper:
                 os.unlink(self.ctl_path)
             self.ctl = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
             self.ctl.bind(self.ctl_path)
+            os.chmod(self.ctl_path, 0o600)
         finally:
             os.umask(old)
         self.ctl.listen(16)
@@ -478,6 +479,7 @@ def serve(rpc_path: str, worker_cmd: list[str]) -> int:
     old = os.umask(0o077)
     try:
         rpc.bind(rpc_path)
+        os.chmod(rpc_path, 0o600)
     finally:
         os.umask(old)
     rpc.listen(64)

@@ -56,6 +56,7 @@ class RpcServer:
             old = os.umask(0o077)   # the socket is 0600: only our user may drive the target
             try:
                 self.sock.bind(path)
+                os.chmod(path, 0o600)
             finally:
                 os.umask(old)
             self.sock.listen(64)

@@ -11,6 +11,7 @@ so an acknowledged change survives the next kill.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -48,24 +49,32 @@ class ConfigKeeper:
         self.dp = dp
         self.local = threading.local()
         path = find(CONFIG_REGION, None, scratch)
-        self.region = Region.open(path) if path else \
-            Region.create(CONFIG_REGION, 8 << 20, qp_slots=1, sub=scratch)
+        region = None
+        with contextlib.suppress(RegionError):   # damaged: replaced by a new one
+            region = Region.open(path) if path else None
+        self.region = region or Region.create(CONFIG_REGION, 8 << 20, qp_slots=1,
+                                              sub=scratch)
 
     @staticmethod
-    def load(scratch: str) -> dict[str, Any] | None:
+    def load(scratch: str) -> tuple[dict[str, Any] | None, str | None]:
+        """(saved document, None), (None, None) on a first start, or (None, what is
+        wrong) when a saved configuration exists but cannot be trusted."""
         path = find(CONFIG_REGION, None, scratch)
         if path is None:
-            return None
+            return None, None
         try:
             region = Region.open(path)
             try:
                 snap = region.read_snapshot()
             finally:
                 region.close()
-        except RegionError as exc:
-            log.error("saved configuration unusable: %s", exc)
-            return None
-        return json.loads(snap[1]) if snap else None
+            if snap is None:
+                return None, f"region {path}: no complete snapshot"
+            doc = json.loads(snap[1])
+            TargetState.from_dict(doc["state"])
+            return doc, None
+        except (RegionError, ValueError, KeyError, TypeError) as exc:
+            return None, str(exc)
 
     def dispatch(self, ctx: RpcContext, method: str, params: Any) -> Any:
         result = dispatch(ctx, method, params)
@@ -98,7 +107,13 @@ def run(args: argparse.Namespace) -> int:
     if take is None:
         return 0
     started = time.monotonic()
-    doc = ConfigKeeper.load(args.scratch)
+    doc, problem = ConfigKeeper.load(args.scratch)
+    if problem is not None:
+        # Connections without the configuration they were made under cannot be served
+        # correctly: close them (hosts reconnect) and start empty, for a supervisor to
+        # restore from its durable journal.
+        log.error("saved configuration unusable (%s): closing every connection and "
+                  "starting empty", problem)
     opener = SharedBdevs(args.scratch)
     core = TargetCore(bdev_opener=opener)
     phase = STARTUP if args.wait_for_rpc or args.config else RUNTIME
@@ -115,7 +130,7 @@ def run(args: argparse.Namespace) -> int:
         dp.engine.ana_chgcnt = int(doc["ana_chgcnt"])
     ctx = RpcContext(core, dp, phase=phase,
                      on_kill=lambda sig: keeper.send({"op": "shutdown"}))
-    report = dp.resume(take.conns, take.reset, take.listeners)
+    report = dp.resume(take.conns, take.reset or problem is not None, take.listeners)
     dp.start_in_thread()
     config = ConfigKeeper(args.scratch, ctx, dp)
     if doc is None:

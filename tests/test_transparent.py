@@ -6,14 +6,27 @@ completion and a digest error as fatal, exactly as the Linux host does.
 """
 from __future__ import annotations
 
+import functools
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import textwrap
+import time
 from pathlib import Path
 
 import pytest
+from nvmf_phoenix.recovery import shm
+from nvmf_phoenix.target.app import scratch_name
 from nvmf_phoenix.target.host import Host
+from nvmf_phoenix.target.initiator import NvmeError, QueueConn
 from nvmf_phoenix.target.workload import VerifiedWorkload
 
+from nvmf_phoenix.model import DISCOVERY_NQN
 from tests.target_fixture import HOSTNQN, NQN
-from tests.transparent_target import torture, transparent_target
+from tests.transparent_target import TransparentTarget, torture, transparent_target
+from tests.waiting import wait_for
 
 
 @pytest.mark.parametrize("max_nlb", [1, 8], ids=["in-capsule", "r2t"])
@@ -68,3 +81,145 @@ def test_kill_at_the_worst_instant(tmp_path: Path, point: str, policy: str) -> N
         assert work.stats.retries >= 1
     else:
         assert work.stats.retries == 0
+
+
+def _state_file(t: TransparentTarget, name: str) -> Path:
+    found = shm.find(name, None, scratch_name(t.sock))
+    assert found is not None, f"no {name} in the target's shared memory"
+    return Path(found)
+
+
+def _flip(path: Path, offset: int) -> None:
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        byte = f.read(1)
+        f.seek(offset)
+        f.write(bytes([byte[0] ^ 0xFF]))
+
+
+def test_damaged_queue_state_closes_only_that_connection(tmp_path: Path) -> None:
+    """A queue pair whose shared state cannot be trusted is closed cleanly (the host
+    reconnects it, as after any target restart); the rest resume untouched."""
+    with transparent_target(tmp_path) as t:
+        t.configure()
+        seen = t.wait_standby()["takeovers"]
+        host = Host("127.0.0.1", t.port, NQN, hostnqn=HOSTNQN)
+        try:
+            host.create_io_queues(2)
+            data = os.urandom(4096)
+            host.write(1, 9, data, 4096, qid=2)
+            _flip(_state_file(t, "conn-2"), 0)      # admin is conn-1, qid 1 is conn-2
+            t.kill_active()
+            t.wait_standby(seen + 1)
+            with pytest.raises(NvmeError, match="closed"):
+                host.read(1, 9, 1, 4096, qid=1)
+            assert host.read(1, 9, 1, 4096, qid=2) == data
+            host.keep_alive()
+            host.io[0] = QueueConn("127.0.0.1", t.port)     # the host reconnects qid 1
+            host._fabrics_connect(host.io[0], 1, 127, host.cntlid)
+            assert host.read(1, 9, 1, 4096, qid=1) == data
+        finally:
+            host.close()
+    assert "cannot be resumed" in t.log_path.read_text()
+
+
+def test_damaged_configuration_falls_back_to_reconnects(tmp_path: Path) -> None:
+    """Without a trustworthy configuration no connection can be served correctly: all
+    are closed, the target starts empty and says why (a supervisor restores from its
+    durable journal)."""
+    with transparent_target(tmp_path) as t:
+        t.configure()
+        seen = t.wait_standby()["takeovers"]
+        host = Host("127.0.0.1", t.port, NQN, hostnqn=HOSTNQN)
+        try:
+            host.create_io_queues(1)
+            region = _state_file(t, "config")
+            for slot in (4096, 4096 + (8 << 20)):            # both snapshot slots
+                _flip(region, slot + 70)
+            t.kill_active()
+            t.wait_standby(seen + 1)
+            with pytest.raises(NvmeError, match="closed"):
+                host.read(1, 0, 1, 4096)
+        finally:
+            host.close()
+        with t.rpc() as c:
+            assert [s["nqn"] for s in c.call("nvmf_get_subsystems")] == [DISCOVERY_NQN]
+    assert "saved configuration unusable" in t.log_path.read_text()
+
+
+def test_dead_keeper_ends_connections_cleanly(tmp_path: Path) -> None:
+    """With the keeper gone no successor can take over: the worker closes every
+    connection at once (the host sees FIN, not a silence until its keep-alive timeout)
+    and every worker exits."""
+    with transparent_target(tmp_path) as t:
+        t.configure()
+        st = t.wait_standby()
+        host = Host("127.0.0.1", t.port, NQN, hostnqn=HOSTNQN)
+        try:
+            host.create_io_queues(1)
+            t.proc.kill()
+            t.proc.wait(10)
+            started = time.monotonic()
+            with pytest.raises(NvmeError, match="closed"):
+                while time.monotonic() - started < 10:
+                    host.io[0].pump(0.5)
+            def gone(pid: int) -> bool:
+                stat = Path(f"/proc/{pid}/stat")
+                return not stat.exists() or stat.read_text().split()[2] == "Z"
+            for pid in (st["active"], *st["standby"]):
+                wait_for(functools.partial(gone, pid), timeout=10, what=f"worker {pid} exit")
+        finally:
+            host.close()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as a second user")
+def test_other_users_get_no_descriptors_and_no_state(request: pytest.FixtureRequest) -> None:
+    """Another uid can neither obtain connection descriptors from the keeper (even with
+    the socket's mode opened up, SO_PEERCRED refuses it), nor read queue-pair state, nor
+    use the RPC socket."""
+    # Somewhere the other user can reach (pytest's own directory is private), so that
+    # only the modes of our files and the keeper's peer check stand in the way.
+    workdir = Path(tempfile.mkdtemp(prefix="phx-access-", dir="/tmp"))
+    workdir.chmod(0o755)
+    request.addfinalizer(lambda: shutil.rmtree(workdir, ignore_errors=True))
+    with transparent_target(workdir) as t:
+        t.configure()
+        host = Host("127.0.0.1", t.port, NQN, hostnqn=HOSTNQN)
+        try:
+            conn_state = _state_file(t, "conn-1")
+            assert conn_state.stat().st_mode & 0o777 == 0o600
+            assert conn_state.parent.stat().st_mode & 0o777 == 0o700
+            ctl = t.sock + ".keeper"
+            assert Path(ctl).stat().st_mode & 0o777 == 0o600
+            Path(ctl).chmod(0o666)
+            probe = textwrap.dedent(f"""
+                import json, socket
+                out = {{}}
+                s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+                s.settimeout(5)
+                s.connect({ctl!r})
+                try:
+                    s.send(json.dumps({{"op": "hello", "pid": 1}}).encode())
+                    data, fds, _, _ = socket.recv_fds(s, 65536, 16)
+                    out["keeper"] = "descriptors" if fds else "refused"
+                except OSError:
+                    out["keeper"] = "refused"
+                for name, path in (("state", {str(conn_state)!r}), ("rpc", {t.sock!r})):
+                    try:
+                        if name == "rpc":
+                            socket.socket(socket.AF_UNIX).connect(path)
+                        else:
+                            open(path, "rb").read(1)
+                        out[name] = "allowed"
+                    except PermissionError:
+                        out[name] = "denied"
+                print(json.dumps(out))
+                """)
+            run = subprocess.run(["/usr/bin/python3", "-c", probe], capture_output=True,
+                                 text=True, timeout=30, user=65534, group=65534)
+            assert run.returncode == 0, run.stderr
+            got = json.loads(run.stdout)
+            assert got == {"keeper": "refused", "state": "denied", "rpc": "denied"}, got
+            assert t.status()["connections"] == 1   # the keeper still holds the host's
+        finally:
+            host.close()
