@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 from nvmf_phoenix.recovery import shm
+from nvmf_phoenix.target import nvme
 from nvmf_phoenix.target.app import scratch_name
 from nvmf_phoenix.target.host import Host
 from nvmf_phoenix.target.initiator import NvmeError, QueueConn
@@ -223,3 +224,38 @@ def test_other_users_get_no_descriptors_and_no_state(request: pytest.FixtureRequ
             assert t.status()["connections"] == 1   # the keeper still holds the host's
         finally:
             host.close()
+
+
+def test_acknowledged_change_and_pending_event_survive_a_kill(tmp_path: Path) -> None:
+    """A namespace added over RPC and acknowledged, then an immediate SIGKILL: the
+    successor has it, and the host's outstanding Asynchronous Event Request completes
+    with the namespace notice exactly once."""
+    with transparent_target(tmp_path) as t:
+        t.configure()
+        seen = t.wait_standby()["takeovers"]
+        host = Host("127.0.0.1", t.port, NQN, hostnqn=HOSTNQN)
+        try:
+            host.set_features(nvme.FEAT_ASYNC_EVENT, nvme.AEC_NS_ATTR)
+            aer = host.submit_aer()
+            with t.rpc() as c:
+                c.call("bdev_malloc_create", {"name": "Malloc1", "num_blocks": 256,
+                                              "block_size": 4096})
+                c.call("nvmf_subsystem_add_ns", {"nqn": NQN, "namespace": {
+                    "bdev_name": "Malloc1", "nsid": 2}})
+            t.kill_active()
+            t.wait_standby(seen + 1)
+            dw0 = host.wait_aer(aer, timeout=10)
+            assert dw0 == nvme.aer_dw0(nvme.AER_NOTICE_NS_ATTR_CHANGED, nvme.LOG_CHANGED_NS)
+            assert host.active_namespaces() == [1, 2]
+            host.keep_alive()
+        finally:
+            host.close()
+
+
+def test_digests_across_kills(tmp_path: Path) -> None:
+    """Header and data digests negotiated before the kills stay in force after them."""
+    with transparent_target(tmp_path) as t:
+        t.configure()
+        report = torture(t, kills=4, max_nlb=8, digests=True)
+    assert report["errors"] == 0 and report["mismatches"] == 0, report
+    assert report["status"]["connections"] == 3

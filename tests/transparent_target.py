@@ -105,7 +105,7 @@ def transparent_target(workdir: Path, *args: str, env: dict[str, str] | None = N
 
 def torture(t: TransparentTarget, kills: int, qd: int = 32, queues: int = 2,
             max_nlb: int = 4, max_delay: float = 0.2, kato_ms: int = 4000,
-            seed: int = 1) -> dict[str, Any]:
+            seed: int = 1, digests: bool = False) -> dict[str, Any]:
     """Verified mixed I/O at ``qd`` while the serving worker is SIGKILLed ``kills`` times,
     each at a random moment after a standby is ready. Keep-alives keep flowing on the
     admin queue (a controller expired by the restarts would fail the run). Returns the
@@ -118,7 +118,8 @@ def torture(t: TransparentTarget, kills: int, qd: int = 32, queues: int = 2,
     from nvmf_phoenix.target.workload import VerifiedWorkload
 
     rng = random.Random(seed)
-    host = Host("127.0.0.1", t.port, NQN, hostnqn=HOSTNQN, kato_ms=kato_ms)
+    host = Host("127.0.0.1", t.port, NQN, hostnqn=HOSTNQN, kato_ms=kato_ms, hdgst=digests,
+                ddgst=digests)
     host.create_io_queues(queues)
     work = VerifiedWorkload(host.io, 1, 4096, 4096, qd=qd, max_nlb=max_nlb, seed=seed)
     killed_at: list[float] = []
