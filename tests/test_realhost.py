@@ -174,3 +174,45 @@ def test_supervised_target_sigkill_during_linux_host_workload(tmp_path: Path) ->
           f"death_to_ready_s={status['last_death_to_ready_s']} restarts={status['restarts']}")
     assert status["restarts"] == 1 and run.reconnected()
     assert work.fields["errors"] == "0" and work.fields["mismatches"] == "0", run.kmsg()
+
+
+def test_crash_transparent_target_sigkills_unseen_by_linux_host(tmp_path: Path) -> None:
+    """Issue 8: the crash-transparent target's worker is SIGKILLed again and again during
+    the Linux host's verified workload: zero I/O errors, and the host's kernel log shows
+    no reset, no reconnect, no timeout: it never noticed."""
+    from tests.transparent_target import transparent_target
+
+    image = tmp_path / "disk.img"
+    with open(image, "wb") as f:
+        f.truncate(64 << 20)
+    port = free_port()
+    kills: list[float] = []
+    with transparent_target(tmp_path) as t:
+        _configure(t.sock, image, port)
+        seen = [t.wait_standby()["takeovers"]]
+
+        def on_marker(m: realhost.Marker) -> None:
+            if m.event != "progress" or int(m.fields["ops"]) < 10 or len(kills) >= 8:
+                return
+            st = t.status()
+            if st["takeovers"] >= seen[0] and st["ready"] and st["standby"]:
+                t.kill_active()
+                kills.append(m.at)
+                seen[0] = st["takeovers"] + 1
+
+        run = realhost.boot("host", port=port, nqn=NQN, hostnqn=HOSTNQN, seconds=12,
+                            opts="reconnect_delay=1,ctrl_loss_tmo=60", timeout=180,
+                            on_marker=on_marker)
+        takeovers = t.status()["takeovers"]
+    work = run.first("workload")
+    assert work is not None, "\n".join(run.console[-30:])
+    # What the host driver logs when it notices anything (the kernel command line, which
+    # names these words as options, is not that).
+    noticed = [k for k in run.kmsg() if "ommand line" not in k and re.search(
+        r"reset|reconnect|timeout|I/O error|error recovery|failed", k, re.I)]
+    print(f"transparent crash report: kills={len(kills)} ops={work.fields['ops']} "
+          f"errors={work.fields['errors']} mismatches={work.fields['mismatches']} "
+          f"max_gap_ms={work.fields['max_gap_ms']} kernel_noticed={noticed}")
+    assert len(kills) >= 3 and takeovers == len(kills) + 1
+    assert (work.fields["errors"], work.fields["mismatches"]) == ("0", "0"), run.kmsg()
+    assert noticed == [], run.kmsg()
