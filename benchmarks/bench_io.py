@@ -31,10 +31,12 @@ BS = 4096
 NUM_BLOCKS = 65536   # 256 MiB RAM namespace
 
 
-def start_target(sock: str, port: int) -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen([sys.executable, "-m", "nvmf_phoenix.target", "-r", sock],
-                            stdout=subprocess.DEVNULL)
-    os.sched_setaffinity(proc.pid, {0})
+def start_target(sock: str, port: int, *extra: str) -> subprocess.Popen[bytes]:
+    """The target on CPU 0 (with --crash-transparent its keeper and every worker it
+    starts inherit that), configured with one RAM namespace."""
+    proc = subprocess.Popen([sys.executable, "-m", "nvmf_phoenix.target", "-r", sock, *extra],
+                            stdout=subprocess.DEVNULL,
+                            preexec_fn=lambda: os.sched_setaffinity(0, {0}))
     c = RpcClient.connect(sock, retry_for=20)
     rb.bdev_malloc_create(c, NUM_BLOCKS, BS, name="M0")
     rn.nvmf_create_transport(c, "TCP")

@@ -31,13 +31,13 @@ import crc32c
 from nvmf_phoenix.recovery import shm
 
 MAGIC = b"PHXCONN1"
-LAYOUT_VERSION = 1
+LAYOUT_VERSION = 2
 HEADER_SIZE = 4096
 # magic, version, rx size, tx size, staging slot size, staging slots, commit slot size,
 # connection id, baseline bytes_received - SIOCINQ, baseline bytes_acked + SIOCOUTQ
 HEADER = struct.Struct("<8sIIIIIIQQQ")
-# seq, rx_done, rx_base, tx_done, tx_base, blob length, blob CRC
-COMMIT = struct.Struct("<QQQQQII")
+# seq, rx_done, rx_base, tx_done, tx_base, SQ head, next transfer tag, blob length, blob CRC
+COMMIT = struct.Struct("<QQQQQHHII")
 COMMIT_HDR_SIZE = 64
 TCP_INFO = struct.Struct("<120xQQ")   # tcpi_bytes_acked, tcpi_bytes_received (6.x layout)
 TCP_INFO_LEN = 512
@@ -68,6 +68,8 @@ class Commit:
     rx_base: int = 0
     tx_done: int = 0
     tx_base: int = 0
+    sqhd: int = 0      # the queue pair's fields that change with every command live here,
+    ttag: int = 1      # so the blob is re-encoded only when its colder state changes
 
 
 def kernel_progress(sock: socket.socket) -> tuple[int, int, int]:
@@ -175,8 +177,8 @@ class ConnState:
         off = self._slot_off(c.seq & 1)
         view = self._view
         view[off + COMMIT_HDR_SIZE:off + COMMIT_HDR_SIZE + len(blob)] = blob
-        rec = COMMIT.pack(c.seq, c.rx_done, c.rx_base, c.tx_done, c.tx_base, len(blob),
-                          crc32c.crc32c(blob))
+        rec = COMMIT.pack(c.seq, c.rx_done, c.rx_base, c.tx_done, c.tx_base, c.sqhd, c.ttag,
+                          len(blob), crc32c.crc32c(blob))
         view[off:off + COMMIT.size + 4] = rec + struct.pack("<I", crc32c.crc32c(rec))
 
     def commit_torn(self, c: Commit, blob: bytes) -> None:
@@ -184,8 +186,8 @@ class ConnState:
         the blob and half of the record."""
         off = self._slot_off(c.seq & 1)
         self._view[off + COMMIT_HDR_SIZE:off + COMMIT_HDR_SIZE + len(blob)] = blob
-        rec = COMMIT.pack(c.seq, c.rx_done, c.rx_base, c.tx_done, c.tx_base, len(blob),
-                          crc32c.crc32c(blob))
+        rec = COMMIT.pack(c.seq, c.rx_done, c.rx_base, c.tx_done, c.tx_base, c.sqhd, c.ttag,
+                          len(blob), crc32c.crc32c(blob))
         self._view[off:off + COMMIT.size // 2] = rec[:COMMIT.size // 2]
 
     def _read_slot(self, i: int) -> tuple[Commit, bytes] | None:
@@ -193,13 +195,14 @@ class ConnState:
         rec = bytes(self._view[off:off + COMMIT.size + 4])
         if struct.unpack_from("<I", rec, COMMIT.size)[0] != crc32c.crc32c(rec[:COMMIT.size]):
             return None
-        seq, rx_done, rx_base, tx_done, tx_base, blen, bcrc = COMMIT.unpack_from(rec)
+        seq, rx_done, rx_base, tx_done, tx_base, sqhd, ttag, blen, bcrc = \
+            COMMIT.unpack_from(rec)
         if seq == 0 or blen > self.geo.commit_size - COMMIT_HDR_SIZE:
             return None
         blob = bytes(self._view[off + COMMIT_HDR_SIZE:off + COMMIT_HDR_SIZE + blen])
         if crc32c.crc32c(blob) != bcrc:
             return None
-        return Commit(seq, rx_done, rx_base, tx_done, tx_base), blob
+        return Commit(seq, rx_done, rx_base, tx_done, tx_base, sqhd, ttag), blob
 
     def latest(self) -> tuple[Commit, bytes]:
         """The newest complete commit; ConnStateError if neither slot holds one, or if it

@@ -82,6 +82,8 @@ class TConn:
     rx_w: int                  # stream position: bytes read from the socket so far
     tx_sent: int               # stream position: bytes written to the socket so far
     closing: str | None = None   # qp.closing as last committed
+    blob: bytes = b""          # the last encoded queue-pair state, and what it encoded
+    blob_key: tuple[object, ...] | None = None
 
 
 class TransparentDataPath(DataPath):
@@ -296,7 +298,8 @@ class TransparentDataPath(DataPath):
             reader.end > geo.rx_size // 2 and reader.end - reader.pos <= reader.pos))
         if not out and rx_done == c.rx_done and qp.closing == conn.closing and not compact_rx:
             return
-        new = Commit(c.seq + 1, rx_done, c.rx_base, c.tx_done, c.tx_base)
+        new = Commit(c.seq + 1, rx_done, c.rx_base, c.tx_done, c.tx_base, qp.sqhd,
+                     qp.next_ttag)
         if conn.tx_sent == c.tx_done:
             new.tx_base = c.tx_done          # all sent: start the ring over
         offset = new.tx_done - new.tx_base
@@ -316,7 +319,7 @@ class TransparentDataPath(DataPath):
             if left:
                 conn.st.rx[0:left] = conn.st.rx[reader.pos:reader.end]
             new.rx_base = rx_done
-        blob = json.dumps(qp.dump(), separators=(",", ":")).encode()
+        blob = self._blob(conn)
         if failpoints.ARMED and qp.qid > 0:
             failpoints.hit("io-torn-commit", lambda: conn.st.commit_torn(new, blob))
         conn.st.commit(new, blob)
@@ -325,6 +328,21 @@ class TransparentDataPath(DataPath):
             reader.pos = 0
         conn.c = new
         conn.closing = qp.closing
+
+    @staticmethod
+    def _blob(conn: TConn) -> bytes:
+        """The queue pair's state as JSON. An I/O queue with no write in progress changes
+        nothing but its SQ head and transfer tag between commands, and those travel in the
+        commit record: its blob is reused while what it encodes stays the same."""
+        qp = conn.qp
+        key = None
+        if qp.qid > 0 and not qp.pending and not qp.r2t_wait:
+            key = (qp.phase, qp.closing, id(qp.ctrl), qp.reader.hdgst, qp.reader.ddgst)
+            if key == conn.blob_key:
+                return conn.blob
+        conn.blob = json.dumps(qp.dump(), separators=(",", ":")).encode()
+        conn.blob_key = key
+        return conn.blob
 
     # -- taking over -------------------------------------------------------------------------
     def resume(self, handed: list[Handed], reset: bool = False,
@@ -399,6 +417,7 @@ class TransparentDataPath(DataPath):
                 conn.qp.staging = SlotStaging(st.staging, self.geo.slot_size, self.geo.slots,
                                               used)
                 conn.qp.load(d)
+                conn.qp.sqhd, conn.qp.next_ttag = c.sqhd, c.ttag
                 conn.closing = conn.qp.closing
         except BaseException:
             st.close()

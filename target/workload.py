@@ -43,7 +43,7 @@ class Stats:
     errors: list[str] = field(default_factory=list)
     mismatches: list[int] = field(default_factory=list)
     max_gap: float = 0.0
-    gaps: list[tuple[float, float]] = field(default_factory=list)   # (at, length) > 10 ms
+    gaps: list[tuple[float, float]] = field(default_factory=list)   # (at, length)
     latencies: list[float] = field(default_factory=list)
 
     def summary(self) -> dict[str, object]:
@@ -56,10 +56,11 @@ class Stats:
 class VerifiedWorkload:
     def __init__(self, queues: list[QueueConn], nsid: int, block_size: int, blocks: int,
                  qd: int = 32, write_fraction: float = 0.5, max_nlb: int = 1,
-                 seed: int | None = None) -> None:
+                 seed: int | None = None, gap_threshold: float = 0.010) -> None:
         self.queues = queues
         self.nsid, self.bs, self.blocks = nsid, block_size, blocks
         self.qd, self.write_fraction, self.max_nlb = qd, write_fraction, max_nlb
+        self.gap_threshold = gap_threshold      # gaps longer than this are recorded
         self.rng = random.Random(seed)
         self.expected: dict[int, bytes] = {}     # lba -> block last written (else zeroes)
         self.busy: set[int] = set()
@@ -122,7 +123,7 @@ class VerifiedWorkload:
         gap = now - self.last_completion
         if gap > self.stats.max_gap:
             self.stats.max_gap = gap
-        if gap > 0.010:
+        if gap > self.gap_threshold:
             self.stats.gaps.append((now, gap))
         self.last_completion = now
         self.stats.completed += 1

@@ -105,7 +105,8 @@ def transparent_target(workdir: Path, *args: str, env: dict[str, str] | None = N
 
 def torture(t: TransparentTarget, kills: int, qd: int = 32, queues: int = 2,
             max_nlb: int = 4, max_delay: float = 0.2, kato_ms: int = 4000,
-            seed: int = 1, digests: bool = False) -> dict[str, Any]:
+            seed: int = 1, digests: bool = False, gap_threshold: float = 0.010
+            ) -> dict[str, Any]:
     """Verified mixed I/O at ``qd`` while the serving worker is SIGKILLed ``kills`` times,
     each at a random moment after a standby is ready. Keep-alives keep flowing on the
     admin queue (a controller expired by the restarts would fail the run). Returns the
@@ -121,7 +122,8 @@ def torture(t: TransparentTarget, kills: int, qd: int = 32, queues: int = 2,
     host = Host("127.0.0.1", t.port, NQN, hostnqn=HOSTNQN, kato_ms=kato_ms, hdgst=digests,
                 ddgst=digests)
     host.create_io_queues(queues)
-    work = VerifiedWorkload(host.io, 1, 4096, 4096, qd=qd, max_nlb=max_nlb, seed=seed)
+    work = VerifiedWorkload(host.io, 1, 4096, 4096, qd=qd, max_nlb=max_nlb, seed=seed,
+                            gap_threshold=gap_threshold)
     killed_at: list[float] = []
     failure: list[BaseException] = []
     done = threading.Event()
@@ -153,6 +155,7 @@ def torture(t: TransparentTarget, kills: int, qd: int = 32, queues: int = 2,
         work.drain()
         host.keep_alive()
         unreadable = work.verify_all(lambda lba, n: host.read(1, lba, n, 4096))
+        status = t.status()   # while the host is still connected
     finally:
         done.set()
         thread.join(30)
@@ -160,9 +163,9 @@ def torture(t: TransparentTarget, kills: int, qd: int = 32, queues: int = 2,
     if failure:
         raise failure[0]
     # The host-visible stall of a kill: the gap between completions that spans it (gaps
-    # under 10 ms are not recorded: those kills count as 10 ms).
-    stalls = [max((g for at, g in work.stats.gaps if at - g <= k <= at), default=0.010)
-              for k in killed_at]
+    # under the threshold are not recorded: those kills count as the threshold).
+    stalls = [max((g for at, g in work.stats.gaps if at - g <= k <= at),
+                  default=gap_threshold) for k in killed_at]
     return {**work.stats.summary(), "kills": len(killed_at), "unreadable": len(unreadable),
             "seconds": round(time.monotonic() - start, 1), "stalls": stalls,
-            "outstanding": sum(len(f) for f in work.inflight), "status": t.status()}
+            "outstanding": sum(len(f) for f in work.inflight), "status": status}
