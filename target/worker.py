@@ -101,11 +101,14 @@ def run(args: argparse.Namespace) -> int:
     """Standby until the keeper says take over; then serve until stopped."""
     keeper = KeeperClient(args.worker)
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, signal.SIG_IGN)   # the keeper decides when workers stop
+    # A standby holds nothing yet: told to stop, it just goes. The keeper decides when
+    # workers stop, so an interrupt from the terminal is not for us.
+    signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     take = keeper.wait_takeover()
     if take is None:
         return 0
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
     started = time.monotonic()
     doc, problem = ConfigKeeper.load(args.scratch)
     if problem is not None:
