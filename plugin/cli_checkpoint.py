@@ -134,9 +134,24 @@ def _human_status(d: dict[str, Any]) -> str:
         lines.append("supervisor: none on this socket (unsupervised target)")
     lines.append(f"target: {tgt['socket']}: {tgt['version']}, {tgt['phase']}, "
                  f"{tgt['subsystems']} subsystems")
+    if d.get("keeper"):
+        k = d["keeper"]
+        lines.append(f"crash-transparent: worker {k['active']} serving, standby "
+                     f"{', '.join(map(str, k['standby'])) or 'starting'}, {k['takeovers']} "
+                     f"takeovers, {k['connections']} connections held")
     lines.append(_human_info(ck) if ck else "checkpoint: none in "
                  f"{d['state_dir']} (take one with `nvmf-phoenix checkpoint now`)")
     return "\n".join(lines)
+
+
+def _keeper(args: argparse.Namespace) -> dict[str, Any] | None:
+    """The socket keeper's view, when the target is crash-transparent."""
+    from nvmf_phoenix.target.keeper import keeper_status
+
+    try:
+        return keeper_status(args.rpc_socket + ".keeper", timeout=args.timeout)
+    except OSError:
+        return None
 
 
 def _status(args: argparse.Namespace) -> int:
@@ -159,7 +174,7 @@ def _status(args: argparse.Namespace) -> int:
         ck = None
     doc = {"supervisor": sup, "target": {"socket": args.rpc_socket, "version": version,
                                          "phase": phase, "subsystems": subs},
-           "checkpoint": ck, "state_dir": args.state_dir}
+           "checkpoint": ck, "state_dir": args.state_dir, "keeper": _keeper(args)}
     emit(args, doc, _human_status)
     return ops.EXIT_OK if sup is None or sup["state"] == "ready" else ops.EXIT_FAIL
 

@@ -65,3 +65,10 @@ def test_readme_supervised_section_runs_as_written(tmp_path: Path) -> None:
     finally:
         drop_region(tmp_path / "phx-sup-state")
     assert "nvmf_phoenix_restarts_total 1.0" in out and "supervisor: ready" in out
+
+
+def test_readme_crash_transparent_section_runs_as_written(tmp_path: Path) -> None:
+    from tests.target_fixture import free_port
+
+    out = _run_section("## Crash-transparent target", tmp_path, {"4420": str(free_port())})
+    assert "crash-transparent: worker" in out and "standby" in out
