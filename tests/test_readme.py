@@ -48,8 +48,11 @@ def _run_section(heading: str, tmp_path: Path, extra: dict[str, str] | None = No
 def test_readme_by_hand_section_runs_as_written(tmp_path: Path) -> None:
     from tests.phoenix_tools import drop_region
 
+    from tests.target_fixture import free_port
+
     try:
-        out = _run_section("## Checkpoint and restore by hand", tmp_path)
+        out = _run_section("## Checkpoint and restore by hand", tmp_path,
+                           {"4420": str(free_port())})
     finally:
         drop_region(tmp_path / "phx-state")
     assert "restore complete: 9 of 9 calls" in out and "live target matches" in out
