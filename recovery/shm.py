@@ -32,7 +32,18 @@ def hugetlbfs_mounts() -> list[str]:
         return []
 
 
+_preferred: str | None = None
+
+
+def prefer_mount(path: str | None) -> None:
+    """Use this hugetlbfs mount (SPDK's --huge-dir) rather than the first one found."""
+    global _preferred
+    _preferred = path
+
+
 def hugetlbfs_mount() -> str | None:
+    if _preferred is not None and on_hugetlbfs(_preferred):
+        return _preferred
     mounts = hugetlbfs_mounts()
     return mounts[0] if mounts else None
 

@@ -41,7 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "status (abort)")
     p.add_argument("--worker", metavar="KEEPER_SOCKET", help=argparse.SUPPRESS)
     p.add_argument("--scratch", help=argparse.SUPPRESS)
-    for flag in ("-m", "--cpumask", "-i", "--shm-id", "-s", "--mem-size", "--huge-dir"):
+    p.add_argument("--huge-dir", help="hugetlbfs mount for shared memory (with "
+                   "--crash-transparent; default: the first one mounted, else /dev/shm)")
+    for flag in ("-m", "--cpumask", "-i", "--shm-id", "-s", "--mem-size"):
         p.add_argument(flag, help=argparse.SUPPRESS)
     p.add_argument("--no-huge", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--log-level", default="WARNING", help="Python logging level")
@@ -52,6 +54,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.huge_dir:
+        from nvmf_phoenix.recovery import shm
+        shm.prefer_mount(args.huge_dir)
     if args.worker:
         from nvmf_phoenix.target.worker import run
         return run(args)
@@ -78,6 +83,8 @@ def run_keeper(args: argparse.Namespace) -> int:
         cmd += ["-c", os.path.abspath(args.config)]
     if args.wait_for_rpc:
         cmd.append("--wait-for-rpc")
+    if args.huge_dir:
+        cmd += ["--huge-dir", args.huge_dir]
     try:
         return serve(args.rpc_socket, cmd)
     finally:

@@ -47,7 +47,6 @@ def _run_section(heading: str, tmp_path: Path, extra: dict[str, str] | None = No
 
 def test_readme_by_hand_section_runs_as_written(tmp_path: Path) -> None:
     from tests.phoenix_tools import drop_region
-
     from tests.target_fixture import free_port
 
     try:

@@ -25,6 +25,7 @@ from nvmf_phoenix.target.initiator import NvmeError, QueueConn
 from nvmf_phoenix.target.workload import VerifiedWorkload
 
 from nvmf_phoenix.model import DISCOVERY_NQN
+from tests.hugepages import ensure_hugetlbfs, release
 from tests.target_fixture import HOSTNQN, NQN
 from tests.transparent_target import TransparentTarget, torture, transparent_target
 from tests.waiting import wait_for
@@ -98,9 +99,17 @@ def _flip(path: Path, offset: int) -> None:
         f.write(bytes([byte[0] ^ 0xFF]))
 
 
-def test_damaged_queue_state_closes_only_that_connection(tmp_path: Path) -> None:
-    """A queue pair whose shared state cannot be trusted is closed cleanly (the host
-    reconnects it, as after any target restart); the rest resume untouched."""
+def _older_layout(path: Path) -> None:
+    with open(path, "r+b") as f:
+        f.seek(8)
+        f.write((1).to_bytes(4, "little"))
+
+
+@pytest.mark.parametrize("damage", ["bad-magic", "older-layout"])
+def test_damaged_queue_state_closes_only_that_connection(tmp_path: Path, damage: str) -> None:
+    """A queue pair whose shared state cannot be trusted (damaged, or written by another
+    layout version) is closed cleanly (the host reconnects it, as after any target
+    restart); the rest resume untouched."""
     with transparent_target(tmp_path) as t:
         t.configure()
         seen = t.wait_standby()["takeovers"]
@@ -109,7 +118,8 @@ def test_damaged_queue_state_closes_only_that_connection(tmp_path: Path) -> None
             host.create_io_queues(2)
             data = os.urandom(4096)
             host.write(1, 9, data, 4096, qid=2)
-            _flip(_state_file(t, "conn-2"), 0)      # admin is conn-1, qid 1 is conn-2
+            state = _state_file(t, "conn-2")        # admin is conn-1, qid 1 is conn-2
+            _flip(state, 0) if damage == "bad-magic" else _older_layout(state)
             t.kill_active()
             t.wait_standby(seen + 1)
             with pytest.raises(NvmeError, match="closed"):
@@ -121,7 +131,9 @@ def test_damaged_queue_state_closes_only_that_connection(tmp_path: Path) -> None
             assert host.read(1, 9, 1, 4096, qid=1) == data
         finally:
             host.close()
-    assert "cannot be resumed" in t.log_path.read_text()
+    log = t.log_path.read_text()
+    assert "cannot be resumed" in log
+    assert ("bad magic" if damage == "bad-magic" else "layout version 1") in log
 
 
 def test_damaged_configuration_falls_back_to_reconnects(tmp_path: Path) -> None:
@@ -259,3 +271,27 @@ def test_digests_across_kills(tmp_path: Path) -> None:
         report = torture(t, kills=4, max_nlb=8, digests=True)
     assert report["errors"] == 0 and report["mismatches"] == 0, report
     assert report["status"]["connections"] == 3
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to reserve hugepages")
+def test_on_real_hugepages(tmp_path: Path) -> None:
+    """With a hugetlbfs mount given as --huge-dir, connection state, configuration and
+    RAM bdevs live on hugepages, and kills are still invisible."""
+    mount = tmp_path / "huge"
+    why = ensure_hugetlbfs(mount, pages=96)
+    if why:
+        pytest.skip(why)
+    try:
+        with transparent_target(tmp_path, "--huge-dir", str(mount)) as t:
+            t.configure()
+            t.wait_standby()
+            assert shm.on_hugetlbfs(str(_state_file(t, "config")))
+            with Host("127.0.0.1", t.port, NQN, hostnqn=HOSTNQN) as host:
+                host.create_io_queues(1)
+                on_huge = [p.name for p in (mount / "nvmf-phoenix").rglob("*")]
+            report = torture(t, kills=3, queues=1)
+        assert report["errors"] == 0 and report["mismatches"] == 0, report
+        assert {"config", "conn-1", "conn-2"} <= set(on_huge), on_huge
+        assert any(n.startswith("bdev-") for n in on_huge)
+    finally:
+        release(mount)
