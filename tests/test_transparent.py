@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import functools
 import json
+import mmap
 import os
 import shutil
 import subprocess
 import tempfile
 import textwrap
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -91,18 +93,18 @@ def _state_file(t: TransparentTarget, name: str) -> Path:
     return Path(found)
 
 
+def _poke(path: Path, offset: int, new: Callable[[bytes], bytes], size: int = 1) -> None:
+    """Change bytes in place through a mapping (hugetlbfs files have no write(2))."""
+    with open(path, "r+b") as f, mmap.mmap(f.fileno(), 0) as mm:
+        mm[offset:offset + size] = new(mm[offset:offset + size])
+
+
 def _flip(path: Path, offset: int) -> None:
-    with open(path, "r+b") as f:
-        f.seek(offset)
-        byte = f.read(1)
-        f.seek(offset)
-        f.write(bytes([byte[0] ^ 0xFF]))
+    _poke(path, offset, lambda b: bytes([b[0] ^ 0xFF]))
 
 
 def _older_layout(path: Path) -> None:
-    with open(path, "r+b") as f:
-        f.seek(8)
-        f.write((1).to_bytes(4, "little"))
+    _poke(path, 8, lambda _: (1).to_bytes(4, "little"), 4)
 
 
 @pytest.mark.parametrize("damage", ["bad-magic", "older-layout"])
