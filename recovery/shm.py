@@ -41,11 +41,17 @@ def prefer_mount(path: str | None) -> None:
     _preferred = path
 
 
+# Where hugetlbfs is mounted for applications (systemd's dev-hugepages.mount, DPDK and
+# SPDK guides). A hugetlbfs mounted anywhere else belongs to someone else (a test, another
+# application's private pool) and is used only when named with --huge-dir.
+STANDARD_MOUNTS = ("/dev/hugepages", "/mnt/huge", "/hugepages")
+
+
 def hugetlbfs_mount() -> str | None:
-    if _preferred is not None and on_hugetlbfs(_preferred):
-        return _preferred
+    if _preferred is not None:
+        return _preferred if on_hugetlbfs(_preferred) else None
     mounts = hugetlbfs_mounts()
-    return mounts[0] if mounts else None
+    return next((m for m in mounts if m in STANDARD_MOUNTS), None)
 
 
 def on_hugetlbfs(path: str) -> bool:
@@ -120,3 +126,14 @@ def wipe(sub: str) -> None:
     """Remove a scratch directory (every candidate location) and what is in it."""
     for base, _ in candidates(None, sub):
         shutil.rmtree(base, ignore_errors=True)
+
+
+def where() -> str:
+    """Where new shared memory goes, and why, for the log."""
+    mount = hugetlbfs_mount()
+    if mount:
+        return f"hugepages (hugetlbfs at {mount}; /dev/shm if its pool runs out)"
+    if _preferred is not None:
+        return f"{SHM_DIR} (4 KiB pages): --huge-dir {_preferred} is not a hugetlbfs mount"
+    return (f"{SHM_DIR} (4 KiB pages): no hugetlbfs mounted at "
+            f"{' or '.join(STANDARD_MOUNTS)} (mount one, or name one with --huge-dir)")

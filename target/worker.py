@@ -21,6 +21,7 @@ import threading
 import time
 from typing import Any
 
+from nvmf_phoenix.recovery import shm
 from nvmf_phoenix.recovery.front import is_read_only
 from nvmf_phoenix.recovery.region import Region, RegionError
 from nvmf_phoenix.recovery.shm import find
@@ -110,6 +111,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     started = time.monotonic()
+    log.info("shared memory: %s", shm.where())
     doc, problem = ConfigKeeper.load(args.scratch)
     if problem is not None:
         # Connections without the configuration they were made under cannot be served
