@@ -283,6 +283,7 @@ def test_on_real_hugepages(tmp_path: Path) -> None:
     why = ensure_hugetlbfs(mount, pages=96)
     if why:
         pytest.skip(why)
+    shm.prefer_mount(str(mount))    # where this test process looks, as the target does
     try:
         with transparent_target(tmp_path, "--huge-dir", str(mount)) as t:
             t.configure()
@@ -296,4 +297,5 @@ def test_on_real_hugepages(tmp_path: Path) -> None:
         assert {"config", "conn-1", "conn-2"} <= set(on_huge), on_huge
         assert any(n.startswith("bdev-") for n in on_huge)
     finally:
+        shm.prefer_mount(None)
         release(mount)
