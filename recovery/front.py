@@ -2,10 +2,18 @@
 
 Read-only calls pass straight through. A mutating call is journaled (intent, fsync)
 before it is forwarded; once the target answers, the configuration is captured and
-checkpointed, then the outcome is journaled, and only then is the client answered. So an
-acknowledged change is always in the checkpoint, and a change whose outcome was never
-recorded was never acknowledged. Calls that arrive, or were in flight, while the target
-restarts wait (bounded) for the restore to finish and are then served.
+checkpointed, then the outcome is journaled (one fsync makes both durable), and only then
+is the client answered. So an acknowledged change is always in the checkpoint, and a
+change whose outcome was never recorded was never acknowledged. Mutations run one at a
+time (``lock``), so the checkpoint before a call never contains it.
+
+A mutating call whose answer is lost (the target died, or the connection dropped, at any
+point between forwarding and checkpointing) is never sent again blindly: the front waits
+for the target to be back, captures its live configuration and asks
+:mod:`~.inflight` whether the call's effect is there. If it is, the call is answered as
+done; if not, it is sent once to the target as it is now. Calls that arrive, or were in
+flight, while the target restarts wait (bounded) for the restore to finish and are then
+served.
 """
 from __future__ import annotations
 
@@ -16,11 +24,14 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from nvmf_phoenix.recovery import inflight
 from nvmf_phoenix.recovery.capture import capture_config
 from nvmf_phoenix.recovery.journal import KIND_INTENT, KIND_OUTCOME
 from nvmf_phoenix.recovery.store import CheckpointStore
-from nvmf_phoenix.rpc import RpcClient, RpcConnectionError, RpcError
+from nvmf_phoenix.rpc import RpcClient, RpcConnectionError, RpcError, RpcTimeout
 from nvmf_phoenix.target.rpc_server import RpcServer
+
+from nvmf_phoenix.model import TargetState
 
 log = logging.getLogger(__name__)
 READ_ONLY_PREFIXES = ("spdk_get_version", "rpc_get_methods", "framework_wait_init",
@@ -33,24 +44,34 @@ def is_read_only(method: str) -> bool:
 
 
 class Front:
-    """Serves ``public_sock``; forwards to the target at ``private_sock``."""
+    """Serves ``public_sock``; forwards to the target at ``private_sock``.
+
+    ``generation()`` counts completed (re)starts of the target; ``gave_up()`` returns the
+    supervisor's final error once it stopped restarting (calls then fail at once).
+    ``failpoint``, when set, is called with the name of each step of a mutation
+    ("after-intent", "after-forward", "after-checkpoint"): tests use it to kill the
+    target at an exact moment.
+    """
 
     def __init__(self, public_sock: str, private_sock: str, store: CheckpointStore,
                  ready: threading.Event, wait_s: float = 60.0,
                  control: Callable[[str, Any], Any] | None = None,
-                 generation: Callable[[], int] = lambda: 0, notice_s: float = 1.0) -> None:
+                 generation: Callable[[], int] = lambda: 0, notice_s: float = 1.0,
+                 gave_up: Callable[[], str | None] = lambda: None) -> None:
         self.private_sock = private_sock
         self.store = store
         self.ready = ready
         self.wait_s = wait_s
         self.control = control
         self.generation = generation
+        self.gave_up = gave_up
         self.notice_s = notice_s
+        self.failpoint: Callable[[str], None] | None = None
         self.lock = threading.Lock()        # one mutation at a time: journal order
         self.local = threading.local()
-        self.stats = {"forwarded": 0, "mutations": 0, "retried": 0}
-        self.server = RpcServer(_Dispatch(self), public_sock,
-                                _dispatch)
+        self.stats = {"forwarded": 0, "mutations": 0, "retried": 0, "resolved_applied": 0,
+                      "resolved_resent": 0}
+        self.server = RpcServer(_Dispatch(self), public_sock, _dispatch)
 
     def start(self) -> None:
         self.server.start()
@@ -58,11 +79,17 @@ class Front:
     def close(self) -> None:
         self.server.close()
 
+    # -- the connection to the target, one per serving thread ----------------------------
     def _client(self) -> RpcClient:
+        """This thread's connection, renewed when the target has been replaced since."""
+        gen = self.generation()
         c = getattr(self.local, "client", None)
+        if c is not None and self.local.gen != gen:
+            self._drop_client()
+            c = None
         if c is None:
-            c = RpcClient.connect(self.private_sock, timeout=30)
-            self.local.client = c
+            c = RpcClient.connect(self.private_sock, timeout=self.wait_s)
+            self.local.client, self.local.gen = c, gen
         return c
 
     def _drop_client(self) -> None:
@@ -71,12 +98,32 @@ class Front:
             c.close()
         self.local.client = None
 
+    def _wait_ready(self, deadline: float, method: str) -> None:
+        while not self.ready.wait(min(0.1, max(0.0, deadline - time.monotonic()))):
+            why = self.gave_up()
+            if why:
+                raise RpcConnectionError(f"the supervisor gave up on the target: {why}",
+                                         method)
+            if time.monotonic() >= deadline:
+                raise RpcConnectionError(f"target did not come back within "
+                                         f"{self.wait_s:.0f} s", method)
+
+    def _await_restart(self, gen: int, deadline: float) -> None:
+        """After a lost connection: give the supervisor a moment to notice a death (it
+        clears ``ready``, then bumps the generation once restored). If nothing happens
+        within ``notice_s`` the target is alive and the error was the connection's."""
+        notice_by = min(deadline, time.monotonic() + self.notice_s)
+        while self.ready.is_set() and self.generation() == gen and \
+                time.monotonic() < notice_by:
+            threading.Event().wait(0.002)
+
+    # -- read-only calls -----------------------------------------------------------------
     def forward(self, method: str, params: Any) -> Any:
         """Forward once the target is ready; retry across a restart (bounded)."""
         deadline = time.monotonic() + self.wait_s
         while True:
-            if not self.ready.wait(max(0.0, deadline - time.monotonic())):
-                raise RpcConnectionError("target did not come back in time", method)
+            self._wait_ready(deadline, method)
+            gen = self.generation()
             try:
                 self.stats["forwarded"] += 1
                 return self._client().call(method, params)
@@ -85,18 +132,9 @@ class Front:
                 if time.monotonic() >= deadline:
                     raise
                 self.stats["retried"] += 1
-                self._await_restart(deadline)
+                self._await_restart(gen, deadline)
 
-    def _await_restart(self, deadline: float) -> None:
-        """After a lost connection: never retry against a target that is still being
-        restored. Give the watcher a moment to notice a death (ready is cleared); if it
-        does not, the error was transient and the caller retries at once."""
-        gen = self.generation()
-        notice_by = min(deadline, time.monotonic() + self.notice_s)
-        while self.ready.is_set() and self.generation() == gen and \
-                time.monotonic() < notice_by:
-            threading.Event().wait(0.005)
-
+    # -- mutating calls ------------------------------------------------------------------
     def mutate(self, method: str, params: Any) -> Any:
         with self.lock:
             journal = self.store.journal
@@ -104,35 +142,101 @@ class Front:
                 {"method": method, "params": params}).encode(), sync=True)
             outcome: dict[str, Any] = {"intent": seq}
             try:
-                result = self._apply_and_checkpoint(method, params)
-                outcome.update(ok=True)
+                result, how = self._apply(method, params)
+                outcome.update(ok=True, how=how)
                 return result
             except RpcError as err:
                 outcome.update(ok=False, code=err.code, message=err.message)
                 raise
             finally:
+                # Also makes the checkpoint taken in _apply durable: one fsync for both.
                 journal.append(KIND_OUTCOME, json.dumps(outcome).encode(), sync=True)
                 self.stats["mutations"] += 1
 
-    def _apply_and_checkpoint(self, method: str, params: Any) -> Any:
-        """Forward, then checkpoint. If the target dies between the two, the restored
-        target (from the previous checkpoint) never saw the call: run it again there."""
+    def _fail(self, step: str) -> None:
+        if self.failpoint is not None:
+            self.failpoint(step)
+
+    def _apply(self, method: str, params: Any) -> tuple[Any, str]:
+        """Forward, then checkpoint; an answer lost on the way is resolved by looking."""
         deadline = time.monotonic() + self.wait_s
+        applied, result, how = False, None, "answered"
         while True:
-            result = self.forward(method, params)
+            self._wait_ready(deadline, method)
+            gen = self.generation()
+            if not applied:
+                try:
+                    self._fail("after-intent")
+                    result = self._client().call(method, params)
+                    self._fail("after-forward")
+                except RpcConnectionError as exc:
+                    self._drop_client()
+                    applied, result = self._resolve(method, params, gen, deadline, exc)
+                    if not applied:
+                        continue                       # send it to the target as it is now
+                    how = "lost answer; change found on the target"
+                except RpcError:
+                    self._check_unchanged(method)
+                    raise
             try:
-                self.checkpoint()
-                return result
+                self.checkpoint(durable=False)
+                self._fail("after-checkpoint")
+                return result, how
+            except RpcConnectionError as exc:
+                # Died before the checkpoint: a restored target comes from the previous
+                # one and lacks the change; resolve decides (and resends) as above.
+                self._drop_client()
+                applied, result = self._resolve(method, params, gen, deadline, exc)
+                how = "checkpoint after the change found it" if applied else how
+
+    def _resolve(self, method: str, params: Any, gen: int, deadline: float,
+                 exc: RpcConnectionError) -> tuple[bool, Any]:
+        """The outcome of ``method`` is unknown: compare the live target with the last
+        checkpoint. Returns (applied, result); never sends the call itself."""
+        self._await_restart(gen, deadline)
+        while True:
+            self._wait_ready(deadline, method)
+            seen = self.generation()
+            try:
+                live = capture_config(self._client())
+                break
             except RpcConnectionError:
                 self._drop_client()
                 if time.monotonic() >= deadline:
                     raise
-                self._await_restart(deadline)
+                self._await_restart(seen, deadline)
+        before = self.store.last_saved or self.store.load().state or TargetState.empty()
+        if inflight.effect_present(method, params, before, live):
+            self.stats["resolved_applied"] += 1
+            log.warning("%s: answer lost (%s); the target has the change, not sending it "
+                        "again", method, exc.message)
+            return True, inflight.result_of(method, params, before, live)
+        if isinstance(exc, RpcTimeout) and self.generation() == gen:
+            # Still the same, live target: the call may yet complete there. Sending it
+            # again could apply it twice, so say so instead.
+            raise RpcConnectionError(f"no answer from the target within {self.wait_s:.0f}"
+                                     " s and no change yet; not sent again", method)
+        self.stats["resolved_resent"] += 1
+        log.warning("%s: answer lost (%s); the target does not have the change, sending "
+                    "it again", method, exc.message)
+        return False, None
 
-    def checkpoint(self) -> None:
+    def _check_unchanged(self, method: str) -> None:
+        """A call the target refused should have changed nothing; if it did, keep what
+        the target now has (and say so) rather than lose it at the next restart."""
+        try:
+            live = capture_config(self._client())
+        except RpcConnectionError:
+            self._drop_client()
+            return
+        saved = self.store.last_saved
+        if saved is not None and saved.config_dict() != live.config_dict():
+            log.warning("%s failed but changed the configuration; checkpointing it", method)
+            self.store.save(live, durable=False)
+
+    def checkpoint(self, durable: bool = True) -> None:
         """Capture the configuration and save it (the caller holds the lock)."""
-        state = capture_config(self._client())
-        self.store.save(state)
+        self.store.save(capture_config(self._client()), durable=durable)
 
 
 class _Dispatch:

@@ -1,0 +1,204 @@
+"""In-flight policy: a mutating call caught by a death is applied once, never twice.
+
+The front's ``failpoint`` picks the exact moment (after the intent is journaled, after the
+target answered, after the checkpoint); what happens then is real: the real target process
+is SIGKILLed, or the real supervisor process is. The call used, nvmf_subsystem_add_ns with
+no nsid, is the kind that must not be repeated: sent twice it would fail (the bdev is
+claimed) or add a second namespace.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+from nvmf_phoenix.recovery import inflight
+from nvmf_phoenix.recovery.journal import KIND_INTENT, KIND_OUTCOME, read_journal
+from nvmf_phoenix.recovery.process import socket_owner
+from nvmf_phoenix.rpc import RpcClient, RpcConnectionError, RpcError
+from nvmf_phoenix.rpc import bdev as rb
+from nvmf_phoenix.rpc import nvmf as rn
+
+from nvmf_phoenix.model import Namespace, Subsystem, TargetState
+from tests.test_supervisor import supervised
+from tests.waiting import wait_for
+
+NQN = "nqn.2016-06.io.phx:inflight"
+BIN = Path(sys.executable).parent / "nvmf-phoenix"
+
+
+def _setup(sock: str) -> None:
+    with RpcClient.connect(sock) as c:
+        rb.bdev_malloc_create(c, 64, 512, name="M0")
+        rn.nvmf_create_subsystem(c, NQN, serial_number="INFLIGHT")
+
+
+def _namespaces(sock: str) -> dict[int, str]:
+    with RpcClient.connect(sock, timeout=60) as c:
+        (sub,) = rn.nvmf_get_subsystems(c, NQN)
+    return {ns["nsid"]: ns["bdev_name"] for ns in sub["namespaces"]}
+
+
+def _outcomes(journal: str, method: str) -> list[dict[str, Any]]:
+    """The outcome records of every journaled ``method`` call."""
+    recs = read_journal(journal).records
+    intents = {r.seq for r in recs if r.kind == KIND_INTENT and
+               json.loads(r.payload)["method"] == method}
+    return [doc for r in recs if r.kind == KIND_OUTCOME and
+            (doc := json.loads(r.payload))["intent"] in intents]
+
+
+@pytest.mark.parametrize("step", ["after-intent", "after-forward", "after-checkpoint"])
+def test_target_killed_mid_call_applies_it_exactly_once(tmp_path: Path, step: str) -> None:
+    with supervised(tmp_path) as sup:
+        pub = str(tmp_path / "public.sock")
+        _setup(pub)
+        killed: list[int] = []
+
+        def kill_once(name: str) -> None:
+            if name == step and not killed and sup.proc is not None:
+                killed.append(sup.proc.pid)
+                sup.proc.send_signal(signal.SIGKILL)
+                sup.proc.wait(10)
+
+        sup.front.failpoint = kill_once
+        with RpcClient.connect(pub, timeout=60) as c:
+            nsid = rn.nvmf_subsystem_add_ns(c, NQN, "M0")
+        sup.front.failpoint = None
+        assert killed and nsid == 1
+        assert _namespaces(pub) == {1: "M0"}
+        wait_for(lambda: sup.status.restarts == 1, 10, what="one restart")
+        (outcome,) = _outcomes(str(tmp_path / "state" / "journal"), "nvmf_subsystem_add_ns")
+        assert outcome["ok"] is True
+        # And the checkpoint has it: one more restart brings it back as it was.
+        assert sup.proc is not None
+        sup.proc.send_signal(signal.SIGKILL)
+        assert _namespaces(pub) == {1: "M0"}
+
+
+@pytest.mark.parametrize("method", ["nvmf_subsystem_add_ns", "nvmf_create_subsystem"])
+def test_answer_lost_from_a_live_target_is_resolved_by_looking(tmp_path: Path,
+                                                               method: str) -> None:
+    """The target applied the call and stays up, but its answer never reaches the front:
+    the front must find the change on the target instead of sending the call again."""
+    params = {"nqn": NQN, "namespace": {"bdev_name": "M0"}} \
+        if method == "nvmf_subsystem_add_ns" else {"nqn": "nqn.2016-06.io.phx:lost"}
+    with supervised(tmp_path) as sup:
+        pub = str(tmp_path / "public.sock")
+        _setup(pub)
+        lost: list[str] = []
+
+        def lose_answer(name: str) -> None:
+            if name == "after-forward" and not lost:
+                lost.append(name)
+                raise RpcConnectionError("answer lost on the way (test)", method)
+
+        sup.front.failpoint = lose_answer
+        with RpcClient.connect(pub, timeout=60) as c:
+            result = c.call(method, params)
+            subs = {s["nqn"]: s for s in rn.nvmf_get_subsystems(c)}
+        sup.front.failpoint = None
+        assert lost and sup.status.restarts == 0
+        assert sup.front.stats["resolved_applied"] == 1
+        assert sup.front.stats["resolved_resent"] == 0
+        if method == "nvmf_subsystem_add_ns":
+            assert result == 1 and _namespaces(pub) == {1: "M0"}
+        else:
+            assert result is True and "nqn.2016-06.io.phx:lost" in subs
+        outcome = _outcomes(str(tmp_path / "state" / "journal"), method)[-1]
+        assert outcome["ok"] is True and "found on the target" in outcome["how"]
+
+
+def _kill_supervisor_mid_call(tmp_path: Path) -> tuple[int, Path]:
+    """Run ``nvmf-phoenix supervise``; freeze its target; send add_ns through it; once
+    the intent is journaled, SIGKILL the supervisor. Returns the target's pid, stopped."""
+    state = tmp_path / "state"
+    pub, priv = str(tmp_path / "public.sock"), str(tmp_path / "private.sock")
+    sup = subprocess.Popen([str(BIN), "supervise", "-s", pub, "--target-socket", priv,
+                            "--state-dir", str(state)], stdout=subprocess.PIPE, text=True)
+    client = None
+    try:
+        assert sup.stdout is not None and "supervisor ready" in sup.stdout.readline()
+        _setup(pub)
+        target = socket_owner(priv)
+        os.kill(target, signal.SIGSTOP)           # the call will sit in its socket
+        client = RpcClient.connect(pub, timeout=60)
+        threading.Thread(target=_swallow, args=(client,), daemon=True).start()
+        wait_for(lambda: any(r.kind == KIND_INTENT and b"nvmf_subsystem_add_ns" in r.payload
+                             for r in read_journal(str(state / "journal")).records),
+                 10, what="intent journaled")
+    finally:
+        sup.kill()
+        sup.wait(10)
+        if client is not None:
+            client.close()
+    return target, state
+
+
+def _swallow(client: RpcClient) -> None:
+    # The supervisor dies under this call: no answer, as expected.
+    with contextlib.suppress(RpcError):
+        rn.nvmf_subsystem_add_ns(client, NQN, "M0")
+
+
+def _resolutions(state: Path) -> list[dict[str, Any]]:
+    return [doc for r in read_journal(str(state / "journal")).records
+            if r.kind == KIND_OUTCOME and "resolved" in (doc := json.loads(r.payload))]
+
+
+def test_supervisor_killed_mid_call_then_target_applies_it(tmp_path: Path) -> None:
+    target, state = _kill_supervisor_mid_call(tmp_path)
+    os.kill(target, signal.SIGCONT)                # the target now applies the call
+    wait_for(lambda: _namespaces(str(tmp_path / "private.sock")) == {1: "M0"}, 10,
+             what="the call applied by the orphaned target")
+    with supervised(tmp_path) as sup:              # adopts the live target, never a second
+        assert sup.proc is not None and sup.proc.pid == target
+        (verdict,) = _resolutions(state)
+        assert verdict["resolved"] == "applied"
+        assert _namespaces(str(tmp_path / "public.sock")) == {1: "M0"}
+        saved = sup.store.load().state
+        assert saved is not None and list(saved.subsystems[NQN].namespaces) == [1]
+        sup.proc.send_signal(signal.SIGKILL)       # the adopted target is watched too
+        wait_for(lambda: sup.status.restarts == 1, 20, what="adopted target replaced")
+        assert _namespaces(str(tmp_path / "public.sock")) == {1: "M0"}
+
+
+def test_supervisor_and_target_killed_mid_call_leave_it_unapplied(tmp_path: Path) -> None:
+    target, state = _kill_supervisor_mid_call(tmp_path)
+    os.kill(target, signal.SIGKILL)                # the node-wide crash: both gone
+    with supervised(tmp_path):
+        (verdict,) = _resolutions(state)
+        assert verdict["resolved"] == "not applied"
+        pub = str(tmp_path / "public.sock")
+        assert _namespaces(pub) == {}              # never acknowledged, not half-present
+        with RpcClient.connect(pub) as c:          # the client's retry applies it once
+            assert rn.nvmf_subsystem_add_ns(c, NQN, "M0") == 1
+        assert _namespaces(pub) == {1: "M0"}
+
+
+def test_effect_checks_are_specific_to_the_call() -> None:
+    before = TargetState.empty()
+    before.subsystems[NQN] = Subsystem(nqn=NQN)
+    after = TargetState.from_dict(before.to_dict())
+    after.subsystems[NQN].namespaces[1] = Namespace(nsid=1, bdev_name="M0")
+    add = {"nqn": NQN, "namespace": {"bdev_name": "M0"}}
+    assert inflight.effect_present("nvmf_subsystem_add_ns", add, before, after)
+    assert inflight.result_of("nvmf_subsystem_add_ns", add, before, after) == 1
+    assert not inflight.effect_present("nvmf_subsystem_add_ns", add, after, after)
+    other = {"nqn": NQN, "namespace": {"bdev_name": "M1"}}
+    assert not inflight.effect_present("nvmf_subsystem_add_ns", other, before, after)
+    rm = {"nqn": NQN, "nsid": 1}
+    assert inflight.effect_present("nvmf_subsystem_remove_ns", rm, after, before)
+    assert not inflight.effect_present("nvmf_subsystem_remove_ns", rm, before, before)
+    host = {"nqn": NQN, "host": "nqn.2014-08.org.h:1"}
+    assert not inflight.effect_present("nvmf_subsystem_add_host", host, before, after)
+    # Unknown methods: any configuration change counts as theirs.
+    assert inflight.effect_present("vendor_frob", {}, before, after)
+    assert not inflight.effect_present("vendor_frob", {}, before, before)
