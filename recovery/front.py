@@ -26,6 +26,7 @@ from typing import Any
 
 from nvmf_phoenix.recovery import inflight
 from nvmf_phoenix.recovery.capture import capture_config
+from nvmf_phoenix.recovery.carry import Carried, overlay
 from nvmf_phoenix.recovery.journal import KIND_INTENT, KIND_OUTCOME
 from nvmf_phoenix.recovery.store import CheckpointStore
 from nvmf_phoenix.rpc import RpcClient, RpcConnectionError, RpcError, RpcTimeout
@@ -49,8 +50,8 @@ class Front:
     ``generation()`` counts completed (re)starts of the target; ``gave_up()`` returns the
     supervisor's final error once it stopped restarting (calls then fail at once).
     ``failpoint``, when set, is called with the name of each step of a mutation
-    ("after-intent", "after-forward", "after-checkpoint"): tests use it to kill the
-    target at an exact moment.
+    ("after-intent", "after-forward", "after-checkpoint") and the method: tests use it to
+    kill the target, or the supervisor itself, at an exact moment.
     """
 
     def __init__(self, public_sock: str, private_sock: str, store: CheckpointStore,
@@ -66,7 +67,8 @@ class Front:
         self.generation = generation
         self.gave_up = gave_up
         self.notice_s = notice_s
-        self.failpoint: Callable[[str], None] | None = None
+        self.failpoint: Callable[[str, str], None] | None = None
+        self.carried = Carried()     # what the last restore could not bring back (carry.py)
         self.lock = threading.Lock()        # one mutation at a time: journal order
         self.local = threading.local()
         self.stats = {"forwarded": 0, "mutations": 0, "retried": 0, "resolved_applied": 0,
@@ -153,9 +155,9 @@ class Front:
                 journal.append(KIND_OUTCOME, json.dumps(outcome).encode(), sync=True)
                 self.stats["mutations"] += 1
 
-    def _fail(self, step: str) -> None:
+    def _fail(self, step: str, method: str) -> None:
         if self.failpoint is not None:
-            self.failpoint(step)
+            self.failpoint(step, method)
 
     def _apply(self, method: str, params: Any) -> tuple[Any, str]:
         """Forward, then checkpoint; an answer lost on the way is resolved by looking."""
@@ -166,9 +168,9 @@ class Front:
             gen = self.generation()
             if not applied:
                 try:
-                    self._fail("after-intent")
+                    self._fail("after-intent", method)
                     result = self._client().call(method, params)
-                    self._fail("after-forward")
+                    self._fail("after-forward", method)
                 except RpcConnectionError as exc:
                     self._drop_client()
                     applied, result = self._resolve(method, params, gen, deadline, exc)
@@ -180,7 +182,7 @@ class Front:
                     raise
             try:
                 self.checkpoint(durable=False)
-                self._fail("after-checkpoint")
+                self._fail("after-checkpoint", method)
                 return result, how
             except RpcConnectionError as exc:
                 # Died before the checkpoint: a restored target comes from the previous
@@ -198,7 +200,7 @@ class Front:
             self._wait_ready(deadline, method)
             seen = self.generation()
             try:
-                live = capture_config(self._client())
+                live = overlay(capture_config(self._client()), self.carried)[0]
                 break
             except RpcConnectionError:
                 self._drop_client()
@@ -225,7 +227,7 @@ class Front:
         """A call the target refused should have changed nothing; if it did, keep what
         the target now has (and say so) rather than lose it at the next restart."""
         try:
-            live = capture_config(self._client())
+            live = self.with_carried(capture_config(self._client()))
         except RpcConnectionError:
             self._drop_client()
             return
@@ -234,9 +236,22 @@ class Front:
             log.warning("%s failed but changed the configuration; checkpointing it", method)
             self.store.save(live, durable=False)
 
+    def with_carried(self, live: TargetState) -> TargetState:
+        """``live`` plus what a restore could not bring back and is still missing."""
+        if not self.carried:
+            return live
+        state, still = overlay(live, self.carried)
+        gone = set(self.carried.describe()) - set(still.describe())
+        if gone:
+            log.warning("no longer carried over from an incomplete restore (the target "
+                        "has them again, or their subsystem was deleted): %s",
+                        "; ".join(sorted(gone)))
+        self.carried = still
+        return state
+
     def checkpoint(self, durable: bool = True) -> None:
         """Capture the configuration and save it (the caller holds the lock)."""
-        self.store.save(capture_config(self._client()), durable=durable)
+        self.store.save(self.with_carried(capture_config(self._client())), durable=durable)
 
 
 class _Dispatch:

@@ -32,6 +32,7 @@ from typing import Any, TypeAlias
 
 from nvmf_phoenix.recovery import inflight
 from nvmf_phoenix.recovery.capture import capture_config
+from nvmf_phoenix.recovery.carry import Carried, missing
 from nvmf_phoenix.recovery.diff import diff
 from nvmf_phoenix.recovery.front import Front
 from nvmf_phoenix.recovery.journal import KIND_OUTCOME
@@ -51,7 +52,8 @@ class Status:
     state: str = "starting"        # starting, ready, restarting, failed, stopped
     restarts: int = 0
     generation: int = 0            # bumped each time a (re)started target is ready
-    last_restore_s: float = 0.0
+    last_start_s: float = 0.0      # process start to its RPC socket answering
+    last_restore_s: float = 0.0    # from there to restored and verified
     last_death_to_ready_s: float = 0.0
     last_error: str = ""
     ready_at: float = 0.0          # time.monotonic() when the target was last ready
@@ -60,6 +62,7 @@ class Status:
     def to_dict(self) -> dict[str, Any]:
         return {"state": self.state, "restarts": self.restarts,
                 "generation": self.generation,
+                "last_start_s": round(self.last_start_s, 4),
                 "last_restore_s": round(self.last_restore_s, 4),
                 "last_death_to_ready_s": round(self.last_death_to_ready_s, 4),
                 "last_error": self.last_error}
@@ -156,25 +159,33 @@ class Supervisor:
         if os.path.exists(self.private_sock):
             with contextlib.suppress(OSError):   # a dead target's socket file
                 os.unlink(self.private_sock)
+        loaded = self.store.load()
+        desired = loaded.state or TargetState.empty()
+        start = time.monotonic()
         with open(os.path.join(self.state_dir, "target.log"), "ab") as out:
             proc = subprocess.Popen([*(cmd or self.target_cmd), "-r", self.private_sock,
                                      "--wait-for-rpc"], stdout=out, stderr=out)
         self._watch_process(proc)
-        loaded = self.store.load()
-        desired = loaded.state or TargetState.empty()
-        start = time.monotonic()
         with self._connect_new(proc) as c:
+            answering = time.monotonic()
             report = restore(c, desired)
             if loaded.state is None:
                 self.store.save(capture_config(c))
+            self.front.carried = Carried()
             if not report.ok:
                 self.status.last_error = "restore incomplete: " + "; ".join(
                     [str(f) for f in report.execution.failures] + report.plan.conflicts
                     + report.differences)[:2000]
                 log.warning(self.status.last_error)
-        self.status.last_restore_s = time.monotonic() - start
-        log.info("target restored from %s in %.3f s", loaded.source,
-                 self.status.last_restore_s)
+                # Keep what failed in every checkpoint until it can come back.
+                self.front.carried = missing(desired, capture_config(c))
+                if self.front.carried:
+                    log.warning("kept in the checkpoint until they can be restored: %s",
+                                "; ".join(self.front.carried.describe()))
+        self.status.last_start_s = answering - start
+        self.status.last_restore_s = time.monotonic() - answering
+        log.info("target answering %.3f s after start; restored from %s in %.3f s",
+                 self.status.last_start_s, loaded.source, self.status.last_restore_s)
         return self.status.last_restore_s
 
     def _watch_process(self, proc: Proc) -> None:
@@ -321,7 +332,7 @@ class Supervisor:
             return
         try:
             with RpcClient.connect(self.private_sock, timeout=10) as c:
-                live = capture_config(c)
+                live = self.front.with_carried(capture_config(c))
             saved = self.store.last_saved or self.store.load().state
             changes = diff(saved, live) if saved is not None else ["no checkpoint"]
             if changes:

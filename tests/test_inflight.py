@@ -2,19 +2,17 @@
 
 The front's ``failpoint`` picks the exact moment (after the intent is journaled, after the
 target answered, after the checkpoint); what happens then is real: the real target process
-is SIGKILLed, or the real supervisor process is. The call used, nvmf_subsystem_add_ns with
+is SIGKILLed, or the real supervisor process kills itself. The call used, nvmf_subsystem_add_ns with
 no nsid, is the kind that must not be repeated: sent twice it would fail (the bdev is
 claimed) or add a second namespace.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +20,7 @@ import pytest
 from nvmf_phoenix.recovery import inflight
 from nvmf_phoenix.recovery.journal import KIND_INTENT, KIND_OUTCOME, read_journal
 from nvmf_phoenix.recovery.process import socket_owner
-from nvmf_phoenix.rpc import RpcClient, RpcConnectionError, RpcError
+from nvmf_phoenix.rpc import RpcClient, RpcConnectionError
 from nvmf_phoenix.rpc import bdev as rb
 from nvmf_phoenix.rpc import nvmf as rn
 
@@ -31,7 +29,6 @@ from tests.test_supervisor import supervised
 from tests.waiting import wait_for
 
 NQN = "nqn.2016-06.io.phx:inflight"
-BIN = Path(sys.executable).parent / "nvmf-phoenix"
 
 
 def _setup(sock: str) -> None:
@@ -62,7 +59,7 @@ def test_target_killed_mid_call_applies_it_exactly_once(tmp_path: Path, step: st
         _setup(pub)
         killed: list[int] = []
 
-        def kill_once(name: str) -> None:
+        def kill_once(name: str, method: str) -> None:
             if name == step and not killed and sup.proc is not None:
                 killed.append(sup.proc.pid)
                 sup.proc.send_signal(signal.SIGKILL)
@@ -95,7 +92,7 @@ def test_answer_lost_from_a_live_target_is_resolved_by_looking(tmp_path: Path,
         _setup(pub)
         lost: list[str] = []
 
-        def lose_answer(name: str) -> None:
+        def lose_answer(name: str, _method: str) -> None:
             if name == "after-forward" and not lost:
                 lost.append(name)
                 raise RpcConnectionError("answer lost on the way (test)", method)
@@ -116,36 +113,40 @@ def test_answer_lost_from_a_live_target_is_resolved_by_looking(tmp_path: Path,
         assert outcome["ok"] is True and "found on the target" in outcome["how"]
 
 
-def _kill_supervisor_mid_call(tmp_path: Path) -> tuple[int, Path]:
-    """Run ``nvmf-phoenix supervise``; freeze its target; send add_ns through it; once
-    the intent is journaled, SIGKILL the supervisor. Returns the target's pid, stopped."""
+SUPERVISOR = """
+import os, signal, sys, threading
+from nvmf_phoenix.recovery.supervisor import Supervisor
+priv, pub, state, step = sys.argv[1:5]
+sup = Supervisor([sys.executable, "-m", "nvmf_phoenix.target"], priv, pub, state)
+def die(at, method):
+    if (at, method) == (step, "nvmf_subsystem_add_ns"):
+        os.kill(os.getpid(), signal.SIGKILL)
+sup.front.failpoint = die
+sup.start()
+print("ready", flush=True)
+threading.Event().wait()
+"""
+
+
+def _kill_supervisor_mid_call(tmp_path: Path, step: str) -> tuple[int, Path]:
+    """Run a supervisor process that SIGKILLs itself at ``step`` of an add_ns call; its
+    target lives on. Returns the target's pid."""
     state = tmp_path / "state"
     pub, priv = str(tmp_path / "public.sock"), str(tmp_path / "private.sock")
-    sup = subprocess.Popen([str(BIN), "supervise", "-s", pub, "--target-socket", priv,
-                            "--state-dir", str(state)], stdout=subprocess.PIPE, text=True)
-    client = None
+    sup = subprocess.Popen([sys.executable, "-c", SUPERVISOR, priv, pub, str(state), step],
+                           stdout=subprocess.PIPE, text=True)
     try:
-        assert sup.stdout is not None and "supervisor ready" in sup.stdout.readline()
+        assert sup.stdout is not None and sup.stdout.readline().strip() == "ready"
         _setup(pub)
         target = socket_owner(priv)
-        os.kill(target, signal.SIGSTOP)           # the call will sit in its socket
-        client = RpcClient.connect(pub, timeout=60)
-        threading.Thread(target=_swallow, args=(client,), daemon=True).start()
-        wait_for(lambda: any(r.kind == KIND_INTENT and b"nvmf_subsystem_add_ns" in r.payload
-                             for r in read_journal(str(state / "journal")).records),
-                 10, what="intent journaled")
+        with RpcClient.connect(pub, timeout=60) as c, pytest.raises(RpcConnectionError):
+            rn.nvmf_subsystem_add_ns(c, NQN, "M0")      # no answer: the front died
+        assert sup.wait(10) == -signal.SIGKILL
     finally:
-        sup.kill()
-        sup.wait(10)
-        if client is not None:
-            client.close()
+        if sup.poll() is None:
+            sup.kill()
+            sup.wait(10)
     return target, state
-
-
-def _swallow(client: RpcClient) -> None:
-    # The supervisor dies under this call: no answer, as expected.
-    with contextlib.suppress(RpcError):
-        rn.nvmf_subsystem_add_ns(client, NQN, "M0")
 
 
 def _resolutions(state: Path) -> list[dict[str, Any]]:
@@ -153,32 +154,42 @@ def _resolutions(state: Path) -> list[dict[str, Any]]:
             if r.kind == KIND_OUTCOME and "resolved" in (doc := json.loads(r.payload))]
 
 
-def test_supervisor_killed_mid_call_then_target_applies_it(tmp_path: Path) -> None:
-    target, state = _kill_supervisor_mid_call(tmp_path)
-    os.kill(target, signal.SIGCONT)                # the target now applies the call
-    wait_for(lambda: _namespaces(str(tmp_path / "private.sock")) == {1: "M0"}, 10,
-             what="the call applied by the orphaned target")
-    with supervised(tmp_path) as sup:              # adopts the live target, never a second
+@pytest.mark.parametrize("step,verdict", [("after-intent", "not applied"),
+                                          ("after-forward", "applied"),
+                                          ("after-checkpoint", "applied")])
+def test_supervisor_killed_mid_call_resolves_it_by_looking(tmp_path: Path, step: str,
+                                                           verdict: str) -> None:
+    """The target survives the supervisor: the next supervisor adopts it (never starts a
+    second one), finds whether the call took effect and records that, sending nothing."""
+    target, state = _kill_supervisor_mid_call(tmp_path, step)
+    with supervised(tmp_path) as sup:
         assert sup.proc is not None and sup.proc.pid == target
-        (verdict,) = _resolutions(state)
-        assert verdict["resolved"] == "applied"
-        assert _namespaces(str(tmp_path / "public.sock")) == {1: "M0"}
+        assert [v["resolved"] for v in _resolutions(state)] == [verdict]
+        want = {1: "M0"} if verdict == "applied" else {}
+        assert _namespaces(str(tmp_path / "public.sock")) == want
         saved = sup.store.load().state
-        assert saved is not None and list(saved.subsystems[NQN].namespaces) == [1]
-        sup.proc.send_signal(signal.SIGKILL)       # the adopted target is watched too
+        assert saved is not None and list(saved.subsystems[NQN].namespaces) == list(want)
+        sup.proc.send_signal(signal.SIGKILL)           # the adopted target is watched too
         wait_for(lambda: sup.status.restarts == 1, 20, what="adopted target replaced")
-        assert _namespaces(str(tmp_path / "public.sock")) == {1: "M0"}
+        assert _namespaces(str(tmp_path / "public.sock")) == want
 
 
-def test_supervisor_and_target_killed_mid_call_leave_it_unapplied(tmp_path: Path) -> None:
-    target, state = _kill_supervisor_mid_call(tmp_path)
-    os.kill(target, signal.SIGKILL)                # the node-wide crash: both gone
+@pytest.mark.parametrize("step,verdict", [("after-forward", "not applied"),
+                                          ("after-checkpoint", "applied")])
+def test_supervisor_and_target_killed_mid_call(tmp_path: Path, step: str,
+                                               verdict: str) -> None:
+    """Both die (as when the node does): the new target comes from the checkpoint, which
+    has the call only if it was taken; either way it is whole, and never applied twice."""
+    target, state = _kill_supervisor_mid_call(tmp_path, step)
+    os.kill(target, signal.SIGKILL)
     with supervised(tmp_path):
-        (verdict,) = _resolutions(state)
-        assert verdict["resolved"] == "not applied"
+        assert [v["resolved"] for v in _resolutions(state)] == [verdict]
         pub = str(tmp_path / "public.sock")
-        assert _namespaces(pub) == {}              # never acknowledged, not half-present
-        with RpcClient.connect(pub) as c:          # the client's retry applies it once
+        if verdict == "applied":
+            assert _namespaces(pub) == {1: "M0"}
+            return
+        assert _namespaces(pub) == {}
+        with RpcClient.connect(pub) as c:               # the client's retry applies it once
             assert rn.nvmf_subsystem_add_ns(c, NQN, "M0") == 1
         assert _namespaces(pub) == {1: "M0"}
 

@@ -176,3 +176,45 @@ def test_upgrade_to_a_new_binary_and_a_failed_upgrade_rolls_back(tmp_path: Path)
             assert sup.status.state == "ready" and sup.target_cmd == [str(new)]
             assert diff(before, capture_config(c)) == []
         assert ran.read_text() == "v2\n" * 4
+
+
+def test_what_a_restore_could_not_bring_back_stays_in_the_checkpoint(tmp_path: Path) -> None:
+    """The backing file is missing at a restart: the bdev and its namespace fail, the rest
+    comes back. Later checkpoints must keep them, so the next restart, with the file back,
+    restores them with the same identity; a deleted subsystem stops carrying its parts."""
+    image = tmp_path / "disk.img"
+    image.write_bytes(bytes(1 << 20))
+    away = tmp_path / "disk.img.away"
+    nqn = "nqn.2016-06.io.phx:degraded"
+    with supervised(tmp_path) as sup, RpcClient.connect(str(tmp_path / "public.sock"),
+                                                        timeout=60) as c:
+        rb.bdev_aio_create(c, str(image), "A0", block_size=512)
+        rn.nvmf_create_subsystem(c, nqn)
+        rn.nvmf_subsystem_add_ns(c, nqn, "A0")
+        (ns_before,) = rn.nvmf_get_subsystems(c, nqn)[0]["namespaces"]
+
+        def kill_and_wait() -> None:
+            assert sup.proc is not None
+            gen = sup.generation
+            sup.proc.send_signal(signal.SIGKILL)
+            wait_for(lambda: sup.generation > gen, 30, what="restored")
+
+        image.rename(away)
+        kill_and_wait()
+        assert "restore incomplete" in sup.status.last_error
+        assert rn.nvmf_get_subsystems(c, nqn)[0]["namespaces"] == []
+        rn.nvmf_create_subsystem(c, "nqn.2016-06.io.phx:later")     # checkpoints
+        saved = sup.store.load().state
+        assert saved is not None and "A0" in saved.bdevs
+        assert list(saved.subsystems[nqn].namespaces) == [1]
+        away.rename(image)
+        kill_and_wait()
+        assert rn.nvmf_get_subsystems(c, nqn)[0]["namespaces"] == [ns_before]
+        assert not sup.front.carried
+        # Parts carried for a subsystem the user then deletes are dropped with it.
+        image.rename(away)
+        kill_and_wait()
+        rn.nvmf_delete_subsystem(c, nqn)
+        saved = sup.store.load().state
+        assert saved is not None and nqn not in saved.subsystems
+        assert "A0" in saved.bdevs                # the bdev itself is still carried
