@@ -49,6 +49,9 @@ class Adopted:
 
     def _exited(self) -> None:
         self.returncode = -1             # only a parent could learn how it ended
+
+    def __del__(self) -> None:
+        # Closed only here: the reaper and a stopping supervisor may both select on it.
         os.close(self._fd)
 
     def send_signal(self, sig: int) -> None:

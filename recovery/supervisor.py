@@ -294,9 +294,10 @@ class Supervisor:
                 try:
                     self._launch_and_restore(attempt)
                     break
-                except (RpcError, OSError) as exc:
+                except Exception as exc:   # whatever it was, count it and try again
                     self.status.last_error = f"restart failed: {exc}"
-                    log.error(self.status.last_error)
+                    log.error(self.status.last_error, exc_info=not isinstance(
+                        exc, (RpcError, OSError)))
                     self._end_target(planned=False)
                     if cmd and attempt == list(cmd) and attempt != self.target_cmd:
                         upgrade_error = f"{' '.join(cmd)} did not come up ({exc})"
