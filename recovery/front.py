@@ -40,6 +40,12 @@ READ_ONLY_PREFIXES = ("spdk_get_version", "rpc_get_methods", "framework_wait_ini
                       "nvmf_subsystem_get_", "nvmf_discovery_get_", "save_config")
 
 
+# Sent through the front these would end the target the supervisor then restores; a
+# lost answer would even be resent (a kill loop). Refused, with what to do instead.
+REFUSED = {"spdk_kill_instance": "the target is supervised: stop the supervisor (it stops "
+                                 "the target) or use phoenix_restart (nvmf-phoenix restart)"}
+
+
 def is_read_only(method: str) -> bool:
     return method.startswith(READ_ONLY_PREFIXES)
 
@@ -268,6 +274,8 @@ def _dispatch(ctx: Any, method: str, params: Any) -> Any:
     try:
         if method.startswith("phoenix_") and front.control is not None:
             return front.control(method, params)
+        if method in REFUSED:
+            raise RpcError(-1, f"Operation not permitted: {REFUSED[method]}", method)
         if is_read_only(method):
             return front.forward(method, params)
         return front.mutate(method, params)

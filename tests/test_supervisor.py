@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from nvmf_phoenix.recovery.capture import capture_config
 from nvmf_phoenix.recovery.supervisor import Supervisor
-from nvmf_phoenix.rpc import RpcClient
+from nvmf_phoenix.rpc import RpcClient, RpcError
 from nvmf_phoenix.rpc import bdev as rb
 from nvmf_phoenix.rpc import nvmf as rn
 
@@ -51,6 +51,14 @@ def test_calls_during_a_restart_wait_and_are_served(tmp_path: Path) -> None:
         wait_for(lambda: sup.status.restarts == 1, timeout=10, what="restart counted")
         status = c.call("phoenix_status")
         assert status["state"] == "ready" and status["restarts"] == 1
+
+
+def test_kill_instance_through_the_front_is_refused(tmp_path: Path) -> None:
+    with supervised(tmp_path) as sup, RpcClient.connect(str(tmp_path / "public.sock")) as c:
+        with pytest.raises(RpcError) as err:
+            c.call("spdk_kill_instance", {"sig_name": "SIGTERM"})
+        assert err.value.code == -1 and "supervised" in err.value.message
+        assert c.call("spdk_get_version") and sup.status.restarts == 0
 
 
 def test_slow_but_alive_target_is_not_killed(tmp_path: Path) -> None:
