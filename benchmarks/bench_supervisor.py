@@ -13,7 +13,8 @@
 2. Front latency: the same calls one at a time, directly on the target's private socket
    and through the supervisor's public socket; read-only pass-through, and mutations
    (journal intent fsync + forward + capture + checkpoint + outcome fsync before the
-   answer) on an empty target and on one holding the 64x4 configuration.
+   answer: nvmf_create_subsystem, each undone by an untimed delete so the configuration
+   keeps its size) on an empty target and on one holding the 64x4 configuration.
 3. Torture (tests/torture.py): a stream of mutating RPCs and verified host I/O while the
    target is SIGKILLed ``--kills`` times at random moments; integrity counts and
    kill-to-ready times under load.
@@ -115,18 +116,27 @@ def kill_to_restored(cmd: list[str], runs: int, subsystems: int, per_sub: int
 
 
 def latency(sock: str, method: str, n: int,
-            params: Callable[[int], dict[str, Any]] | None = None) -> list[float]:
+            params: Callable[[int], dict[str, Any]] | None = None,
+            undo: Callable[[int], tuple[str, dict[str, Any]]] | None = None) -> list[float]:
+    """Time ``n`` calls one at a time; ``undo`` (untimed) after each keeps the
+    configuration the same size throughout."""
     with RpcClient.connect(sock) as c:
         samples = []
         for i in range(n):
             t = time.perf_counter()
             c.call(method, params(i) if params else None)
             samples.append(time.perf_counter() - t)
+            if undo is not None:
+                c.call(*undo(i))
     return samples
 
 
 def _new_subsystem(prefix: str) -> Callable[[int], dict[str, Any]]:
     return lambda i: {"nqn": f"nqn.2016-06.io.phx:lat-{prefix}{i}"}
+
+
+def _delete_subsystem(prefix: str) -> Callable[[int], tuple[str, dict[str, Any]]]:
+    return lambda i: ("nvmf_delete_subsystem", {"nqn": f"nqn.2016-06.io.phx:lat-{prefix}{i}"})
 
 
 def front_latency(cmd: list[str], calls: int, subsystems: int, per_sub: int
@@ -142,7 +152,8 @@ def front_latency(cmd: list[str], calls: int, subsystems: int, per_sub: int
                                                 out["read_direct_median_us"], 1)
         n = max(20, calls // 20)
         for where, sock in (("direct", priv), ("front", pub)):
-            s = latency(sock, "nvmf_create_subsystem", n, _new_subsystem(where))
+            s = latency(sock, "nvmf_create_subsystem", n, _new_subsystem(where),
+                        _delete_subsystem(where))
             out[f"mutate_{where}_median_us"] = round(statistics.median(s) * 1e6, 1)
             out[f"mutate_{where}_p99_us"] = round(pct(s, 0.99) * 1e6, 1)
         out["mutate_added_median_us"] = round(out["mutate_front_median_us"] -
