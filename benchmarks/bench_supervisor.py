@@ -59,7 +59,7 @@ def supervisor(cmd: list[str], subsystems: int = 0, per_sub: int = 0,
         pub, priv = f"{d}/pub.sock", f"{d}/priv.sock"
         # Kills come faster than any real crash loop: no crash-loop guard or backoff.
         sup = Supervisor(cmd, priv, pub, f"{d}/state", drift_interval=3600,
-                         max_restarts=1_000_000, restart_window=1.0)
+                         max_restarts=1_000_000, restart_window=1e-3)
         sup.start()
         try:
             if subsystems:
