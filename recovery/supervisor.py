@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 
 from nvmf_phoenix.recovery import inflight
-from nvmf_phoenix.recovery.capture import capture_config
+from nvmf_phoenix.recovery.capture import capture_config, capture_runtime
 from nvmf_phoenix.recovery.carry import Carried, missing
 from nvmf_phoenix.recovery.diff import diff
 from nvmf_phoenix.recovery.front import Front
@@ -39,9 +39,10 @@ from nvmf_phoenix.recovery.journal import KIND_OUTCOME
 from nvmf_phoenix.recovery.process import Adopted, socket_owner
 from nvmf_phoenix.recovery.restore import restore
 from nvmf_phoenix.recovery.store import CheckpointStore
+from nvmf_phoenix.recovery.verify import Expectation, expectations, verify_reconnect
 from nvmf_phoenix.rpc import RpcClient, RpcConnectionError, RpcError
 
-from nvmf_phoenix.model import TargetState
+from nvmf_phoenix.model import Runtime, TargetState
 
 log = logging.getLogger(__name__)
 Proc: TypeAlias = "subprocess.Popen[bytes] | Adopted"
@@ -58,6 +59,11 @@ class Status:
     last_error: str = ""
     ready_at: float = 0.0          # time.monotonic() when the target was last ready
     restart_times: list[float] = field(default_factory=list)
+    # After the last restart: hosts that had queues and came back (seconds after ready),
+    # hosts still awaited, and whether the verification is still running.
+    reconnected: dict[str, float] = field(default_factory=dict)
+    missing: list[str] = field(default_factory=list)
+    verifying: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return {"state": self.state, "restarts": self.restarts,
@@ -65,7 +71,13 @@ class Status:
                 "last_start_s": round(self.last_start_s, 4),
                 "last_restore_s": round(self.last_restore_s, 4),
                 "last_death_to_ready_s": round(self.last_death_to_ready_s, 4),
-                "last_error": self.last_error}
+                "last_error": self.last_error,
+                "hosts": {"reconnected": {h: round(t, 3) for h, t in self.reconnected.items()},
+                          "missing": self.missing, "verifying": self.verifying}}
+
+
+def _who(e: Expectation) -> str:
+    return f"{e.hostnqn} on {e.nqn} ({e.io_queues} I/O queues)"
 
 
 class UpgradeFailed(RpcError):
@@ -76,7 +88,7 @@ class Supervisor:
     def __init__(self, target_cmd: list[str], private_sock: str, public_sock: str,
                  state_dir: str, ping_interval: float = 0.5, misses: int = 4,
                  max_restarts: int = 10, restart_window: float = 60.0,
-                 drift_interval: float = 10.0) -> None:
+                 drift_interval: float = 10.0, reconnect_deadline: float = 60.0) -> None:
         self.target_cmd = list(target_cmd)
         self.private_sock = private_sock
         self.state_dir = state_dir
@@ -89,6 +101,10 @@ class Supervisor:
         self.max_restarts = max_restarts
         self.restart_window = restart_window
         self.drift_interval = drift_interval
+        self.reconnect_deadline = reconnect_deadline
+        self.runtime = Runtime()        # who was connected, as last seen
+        self._qpairs_seen: object = None
+        self._awaited: list[Expectation] = []
         self.ready = threading.Event()
         self.status = Status()
         self.proc: Proc | None = None
@@ -261,6 +277,8 @@ class Supervisor:
                 continue
             seen = self.proc
             missed = 0 if self._alive(self.ping_interval) else missed + 1
+            if not missed:
+                self._track_runtime()
             if missed >= self.misses and not self._stop.is_set():
                 missed = 0
                 self._restart(time.monotonic(), f"target missed {self.misses} pings in a "
@@ -284,6 +302,8 @@ class Supervisor:
             self.ready.clear()
             self.status.state = "restarting"
             log.warning("%s: restarting", why)
+            self._awaited = sorted(set(expectations(self.runtime)) | set(self._awaited),
+                                   key=lambda e: (e.nqn, e.hostnqn))
             self._end_target(planned)
             attempt, upgrade_error = list(cmd or self.target_cmd), ""
             counted = not planned
@@ -306,6 +326,7 @@ class Supervisor:
             self.target_cmd = attempt
             self.status.restarts += 1
             self._set_ready(died_at)
+            self._verify_hosts()
         if upgrade_error:
             self.status.last_error = f"upgrade failed: {upgrade_error}; rolled back"
             raise UpgradeFailed(-32603, self.status.last_error)
@@ -325,6 +346,49 @@ class Supervisor:
         if n > 3:
             self._stop.wait(min(0.1 * 2 ** (n - 3), 5.0))
         return not self._stop.is_set()
+
+    def _track_runtime(self) -> None:
+        """Who is connected. Reading it pauses subsystems, so it is re-read only when the
+        queue-pair counts in nvmf_get_stats (which pauses nothing) change."""
+        try:
+            with RpcClient.connect(self.private_sock, timeout=self.ping_interval) as c:
+                groups = c.call("nvmf_get_stats").get("poll_groups", [])
+                counts = [(g.get("current_admin_qpairs"), g.get("current_io_qpairs"))
+                          for g in groups]
+                if counts == self._qpairs_seen:
+                    return
+                saved = self.store.last_saved
+                self.runtime = capture_runtime(c, list(saved.subsystems) if saved else [])
+                self._qpairs_seen = counts
+        except (RpcError, AttributeError):
+            return
+
+    def _verify_hosts(self) -> None:
+        """In the background: every host that had queues before the death must come back
+        with as many I/O queues; record how long each took, and who did not."""
+        awaited, gen = list(self._awaited), self.status.generation
+        self.status.reconnected, self.status.missing = {}, [_who(e) for e in awaited]
+        self.status.verifying = bool(awaited)
+
+        def run() -> None:
+            try:
+                with RpcClient.connect(self.private_sock, timeout=10) as c:
+                    report = verify_reconnect(c, awaited, self.reconnect_deadline,
+                                              sleep=self._stop.wait)
+            except RpcError:
+                return                  # the target died again: the next restart verifies
+            if self.status.generation != gen:
+                return
+            self.status.reconnected = {_who(e): t for e, t in report.reconnected.items()}
+            self.status.missing = [_who(e) for e in report.missing]
+            self._awaited = list(report.missing)
+            self.status.verifying = False
+            if report.missing:
+                log.warning("hosts that did not come back within %.0f s: %s",
+                            self.reconnect_deadline, "; ".join(self.status.missing))
+
+        if awaited:
+            threading.Thread(target=run, name="verify-hosts", daemon=True).start()
 
     def _check_drift(self) -> None:
         """Changes made on the private socket behind our back: capture them, warn. Skipped

@@ -183,8 +183,11 @@ def test_supervised_target_sigkill_during_linux_host_workload(tmp_path: Path) ->
               "errors": work.fields["errors"], "mismatches": work.fields["mismatches"],
               "max_gap_ms": int(work.fields["max_gap_ms"]),
               "death_to_restored_ms": [round(t * 1000) for t in to_ready],
-              "reconnected": run.reconnected(), "restarts": status["restarts"]}
+              "reconnected": run.reconnected(), "restarts": status["restarts"],
+              "target_saw_reconnect_s": status["hosts"]["reconnected"]}
     print(f"supervised crash report: {report}")
     assert status["restarts"] == 3 and run.reconnected(), run.kmsg()
+    assert [h.split()[0] for h in status["hosts"]["reconnected"]] == [HOSTNQN]
+    assert status["hosts"]["missing"] == []
     assert work.fields["errors"] == "0" and work.fields["mismatches"] == "0", run.kmsg()
     assert not run.all("ioerror") and run.first("disconnected") is not None

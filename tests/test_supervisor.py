@@ -226,3 +226,40 @@ def test_what_a_restore_could_not_bring_back_stays_in_the_checkpoint(tmp_path: P
         saved = sup.store.load().state
         assert saved is not None and nqn not in saved.subsystems
         assert "A0" in saved.bdevs                # the bdev itself is still carried
+
+
+def test_hosts_that_had_queues_are_seen_to_reconnect(tmp_path: Path) -> None:
+    """Who was connected is tracked while the target runs; after a SIGKILL the status
+    says which host came back with its queues, how fast, and which did not."""
+    from nvmf_phoenix.target.host import Host
+
+    from tests.target_fixture import free_port
+
+    port, nqn = free_port(), "nqn.2016-06.io.phx:hosts"
+    back = "nqn.2014-08.org.nvmexpress:uuid:0b0e1e2f-0000-4000-8000-0000000000b1"
+    gone = "nqn.2014-08.org.nvmexpress:uuid:0b0e1e2f-0000-4000-8000-0000000000b2"
+    with supervised(tmp_path, ping_interval=0.1, reconnect_deadline=3) as sup, \
+            RpcClient.connect(str(tmp_path / "public.sock"), timeout=60) as c:
+        rn.nvmf_create_transport(c, "TCP")
+        rb.bdev_malloc_create(c, 64, 512, name="H0")
+        rn.nvmf_create_subsystem(c, nqn, allow_any_host=True)
+        rn.nvmf_subsystem_add_ns(c, nqn, "H0")
+        rn.nvmf_subsystem_add_listener(c, nqn, rn.listen_address("127.0.0.1", port))
+        hosts = [Host("127.0.0.1", port, nqn, hostnqn=h) for h in (back, gone)]
+        hosts[0].create_io_queues(2)
+        wait_for(lambda: len(sup.runtime.controllers) == 2 and
+                 sum(x.num_io_qpairs for x in sup.runtime.controllers) == 2, 10,
+                 what="connected hosts tracked")
+        assert sup.proc is not None
+        gen = sup.generation
+        sup.proc.send_signal(signal.SIGKILL)
+        wait_for(lambda: sup.generation > gen, 30, what="restored")
+        for h in hosts:
+            h.close()
+        again = Host("127.0.0.1", port, nqn, hostnqn=back)   # only one host comes back
+        again.create_io_queues(2)
+        status = wait_for(lambda: (s := c.call("phoenix_status"))["hosts"]["verifying"]
+                          is False and s, 10, what="verification done")
+        again.close()
+        assert list(status["hosts"]["reconnected"]) == [f"{back} on {nqn} (2 I/O queues)"]
+        assert status["hosts"]["missing"] == [f"{gone} on {nqn} (0 I/O queues)"]
