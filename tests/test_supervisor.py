@@ -258,8 +258,9 @@ def test_hosts_that_had_queues_are_seen_to_reconnect(tmp_path: Path) -> None:
             h.close()
         again = Host("127.0.0.1", port, nqn, hostnqn=back)   # only one host comes back
         again.create_io_queues(2)
-        status = wait_for(lambda: (s := c.call("phoenix_status"))["hosts"]["verifying"]
-                          is False and s, 10, what="verification done")
+        wait_for(lambda: c.call("phoenix_status")["hosts"]["verifying"] is False, 10,
+                 what="verification done")
+        status = c.call("phoenix_status")
         again.close()
         assert list(status["hosts"]["reconnected"]) == [f"{back} on {nqn} (2 I/O queues)"]
         assert status["hosts"]["missing"] == [f"{gone} on {nqn} (0 I/O queues)"]
