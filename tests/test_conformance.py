@@ -187,3 +187,7 @@ def test_live_host_answers_have_spdks_shape(tmp_path: Path) -> None:
             for rec in records:
                 got = s.send(rec["request"])
                 assert _shape(got) == _shape(rec["response"]), rec["request"]["method"]
+                if rec["request"]["method"] == "nvmf_subsystem_get_controllers":
+                    # Same queue count as SPDK's initiator had (1 I/O): same value.
+                    assert [x["num_io_qpairs"] for x in got["result"]] == \
+                        [x["num_io_qpairs"] for x in rec["response"]["result"]]
