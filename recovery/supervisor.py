@@ -77,7 +77,8 @@ class Status:
 
 
 def _who(e: Expectation) -> str:
-    return f"{e.hostnqn} on {e.nqn} ({e.io_queues} I/O queues)"
+    # The count is SPDK's num_io_qpairs, which includes the admin queue pair.
+    return f"{e.hostnqn} on {e.nqn} ({e.io_queues} queue pairs)"
 
 
 class UpgradeFailed(RpcError):
@@ -365,7 +366,7 @@ class Supervisor:
 
     def _verify_hosts(self) -> None:
         """In the background: every host that had queues before the death must come back
-        with as many I/O queues; record how long each took, and who did not."""
+        with as many queue pairs; record how long each took, and who did not."""
         awaited, gen = list(self._awaited), self.status.generation
         self.status.reconnected, self.status.missing = {}, [_who(e) for e in awaited]
         self.status.verifying = bool(awaited)
