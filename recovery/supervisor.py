@@ -76,6 +76,14 @@ class Status:
                           "missing": self.missing, "verifying": self.verifying}}
 
 
+def checkpoint_store(state_dir: str) -> CheckpointStore:
+    """The supervisor's checkpoints. The region's name follows the state directory, so a
+    restarted supervisor finds the shared memory its predecessor left (and a clean-up
+    finds it too: it outlives the supervisor on purpose)."""
+    tag = hashlib.sha1(os.path.abspath(state_dir).encode()).hexdigest()[:12]
+    return CheckpointStore(state_dir, name=f"supervisor-{tag}", region_dir=None)
+
+
 def _who(e: Expectation) -> str:
     # The count is SPDK's num_io_qpairs, which includes the admin queue pair.
     return f"{e.hostnqn} on {e.nqn} ({e.io_queues} queue pairs)"
@@ -93,10 +101,7 @@ class Supervisor:
         self.target_cmd = list(target_cmd)
         self.private_sock = private_sock
         self.state_dir = state_dir
-        # The region's name follows the state directory, so a restarted supervisor finds
-        # the shared memory its predecessor left.
-        tag = hashlib.sha1(os.path.abspath(state_dir).encode()).hexdigest()[:12]
-        self.store = CheckpointStore(state_dir, name=f"supervisor-{tag}", region_dir=None)
+        self.store = checkpoint_store(state_dir)
         self.ping_interval = ping_interval
         self.misses = misses
         self.max_restarts = max_restarts

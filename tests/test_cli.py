@@ -55,6 +55,9 @@ def test_supervise_restart_and_status_commands(tmp_path: Path) -> None:
     finally:
         proc.terminate()
         assert proc.wait(timeout=30) == 0
+        from nvmf_phoenix.recovery.supervisor import checkpoint_store
+
+        checkpoint_store(str(tmp_path / "state")).region.unlink()   # outlives on purpose
     run = subprocess.run([str(BIN), "status", "-s", pub], capture_output=True, text=True,
                          timeout=60)
     assert run.returncode == 1 and "no RPC socket" in run.stderr

@@ -8,11 +8,14 @@ claimed) or add a second namespace.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -128,25 +131,33 @@ threading.Event().wait()
 """
 
 
-def _kill_supervisor_mid_call(tmp_path: Path, step: str) -> tuple[int, Path]:
+@contextmanager
+def _supervisor_killed_mid_call(tmp_path: Path, step: str) -> Iterator[tuple[int, Path]]:
     """Run a supervisor process that SIGKILLs itself at ``step`` of an add_ns call; its
-    target lives on. Returns the target's pid."""
+    target lives on. Yields the target's pid and the state directory; the orphaned target
+    never outlives the test (signalled through a pidfd: never a recycled pid)."""
     state = tmp_path / "state"
     pub, priv = str(tmp_path / "public.sock"), str(tmp_path / "private.sock")
     sup = subprocess.Popen([sys.executable, "-c", SUPERVISOR, priv, pub, str(state), step],
                            stdout=subprocess.PIPE, text=True)
+    fd = None
     try:
         assert sup.stdout is not None and sup.stdout.readline().strip() == "ready"
         _setup(pub)
         target = socket_owner(priv)
+        fd = os.pidfd_open(target)
         with RpcClient.connect(pub, timeout=60) as c, pytest.raises(RpcConnectionError):
             rn.nvmf_subsystem_add_ns(c, NQN, "M0")      # no answer: the front died
         assert sup.wait(10) == -signal.SIGKILL
+        yield target, state
     finally:
         if sup.poll() is None:
             sup.kill()
             sup.wait(10)
-    return target, state
+        if fd is not None:
+            with contextlib.suppress(ProcessLookupError):
+                signal.pidfd_send_signal(fd, signal.SIGKILL)
+            os.close(fd)
 
 
 def _resolutions(state: Path) -> list[dict[str, Any]]:
@@ -161,8 +172,8 @@ def test_supervisor_killed_mid_call_resolves_it_by_looking(tmp_path: Path, step:
                                                            verdict: str) -> None:
     """The target survives the supervisor: the next supervisor adopts it (never starts a
     second one), finds whether the call took effect and records that, sending nothing."""
-    target, state = _kill_supervisor_mid_call(tmp_path, step)
-    with supervised(tmp_path) as sup:
+    with _supervisor_killed_mid_call(tmp_path, step) as (target, state), \
+            supervised(tmp_path) as sup:
         assert sup.proc is not None and sup.proc.pid == target
         assert [v["resolved"] for v in _resolutions(state)] == [verdict]
         want = {1: "M0"} if verdict == "applied" else {}
@@ -180,8 +191,12 @@ def test_supervisor_and_target_killed_mid_call(tmp_path: Path, step: str,
                                                verdict: str) -> None:
     """Both die (as when the node does): the new target comes from the checkpoint, which
     has the call only if it was taken; either way it is whole, and never applied twice."""
-    target, state = _kill_supervisor_mid_call(tmp_path, step)
-    os.kill(target, signal.SIGKILL)
+    with _supervisor_killed_mid_call(tmp_path, step) as (target, state):
+        os.kill(target, signal.SIGKILL)            # alive until now: not a recycled pid
+        _both_killed_then(tmp_path, state, verdict)
+
+
+def _both_killed_then(tmp_path: Path, state: Path, verdict: str) -> None:
     with supervised(tmp_path):
         assert [v["resolved"] for v in _resolutions(state)] == [verdict]
         pub = str(tmp_path / "public.sock")
