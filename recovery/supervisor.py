@@ -108,7 +108,8 @@ class Supervisor:
         self.restart_window = restart_window
         self.drift_interval = drift_interval
         self.reconnect_deadline = reconnect_deadline
-        self.runtime = Runtime()        # who was connected, as last seen
+        self.runtime = Runtime()        # who was connected, as last seen (every ping)
+        self.runtime_generation = 0     # the target generation it was seen on
         self._qpairs_seen: object = None
         self._awaited: list[Expectation] = []
         self.ready = threading.Event()
@@ -365,6 +366,7 @@ class Supervisor:
                     return
                 saved = self.store.last_saved
                 self.runtime = capture_runtime(c, list(saved.subsystems) if saved else [])
+                self.runtime_generation = self.status.generation
                 self._qpairs_seen = counts
         except (RpcError, AttributeError):
             return

@@ -157,9 +157,16 @@ def test_supervised_target_sigkill_during_linux_host_workload(tmp_path: Path) ->
     try:
         _configure(str(tmp_path / "pub.sock"), image, port)
 
+        def seen() -> bool:
+            """The supervisor has seen the host's queues on the current target (it looks
+            once per ping): only then can it expect the host back."""
+            return sup.runtime_generation == sup.generation and any(
+                c.hostnqn == HOSTNQN and c.num_io_qpairs > 1 for c in sup.runtime.controllers)
+
         def on_marker(m: realhost.Marker) -> None:
             # Kill once the host has done 10 more operations since the last restore.
-            if m.event != "progress" or len(kills) >= 3 or not sup.ready.is_set():
+            if m.event != "progress" or len(kills) >= 3 or not sup.ready.is_set() or \
+                    not seen():
                 return
             ops = int(m.fields["ops"])
             if ops >= 10 + (kills[-1][0] if kills else 0) and sup.proc is not None:
