@@ -106,6 +106,23 @@ class Front:
             c.close()
         self.local.client = None
 
+    def stable_capture(self, client: RpcClient | None = None,
+                       gen: int | None = None) -> TargetState:
+        """The live configuration, only from a target that was ready before and after
+        it was read, and of generation ``gen`` when given: a capture that overlaps a
+        restart could see a target half-way through its restore, and one from a later
+        target than the call went to lacks the call; checkpointing either loses changes."""
+        gen = self.generation() if gen is None else gen
+        if not self.ready.is_set() or self.generation() != gen:
+            raise RpcConnectionError("target restarting or replaced: not captured")
+        st = capture_config(client or self._client())
+        if not self.ready.is_set() or self.generation() != gen:
+            raise RpcConnectionError("target restarted during the capture: discarded")
+        return st
+
+    def wait_ready(self, timeout: float) -> None:
+        self._wait_ready(time.monotonic() + timeout, "")
+
     def _wait_ready(self, deadline: float, method: str) -> None:
         while not self.ready.wait(min(0.1, max(0.0, deadline - time.monotonic()))):
             why = self.gave_up()
@@ -166,47 +183,56 @@ class Front:
             self.failpoint(step, method)
 
     def _apply(self, method: str, params: Any) -> tuple[Any, str]:
-        """Forward, then checkpoint; an answer lost on the way is resolved by looking."""
+        """Forward, then checkpoint from the same target generation; an answer lost on
+        the way is resolved by looking. ``on`` is the generation known to hold the change
+        (None: not applied anywhere that still exists)."""
         deadline = time.monotonic() + self.wait_s
-        applied, result, how = False, None, "answered"
+        on: int | None = None
+        result, how = None, "answered"
         while True:
             self._wait_ready(deadline, method)
-            gen = self.generation()
-            if not applied:
+            if on is not None and self.generation() != on:
+                on = None                 # restarted since: the restored target lacks it
+            if on is None:
+                gen = self.generation()
                 try:
                     self._fail("after-intent", method)
                     result = self._client().call(method, params)
                     self._fail("after-forward", method)
+                    on, how = gen, "answered"
                 except RpcConnectionError as exc:
                     self._drop_client()
-                    applied, result = self._resolve(method, params, gen, deadline, exc)
-                    if not applied:
+                    on, result = self._resolve(method, params, gen, deadline, exc)
+                    if on is None:
                         continue                       # send it to the target as it is now
                     how = "lost answer; change found on the target"
                 except RpcError:
                     self._check_unchanged(method)
                     raise
             try:
-                self.checkpoint(durable=False)
+                self.checkpoint(durable=False, gen=on)
                 self._fail("after-checkpoint", method)
                 return result, how
             except RpcConnectionError as exc:
-                # Died before the checkpoint: a restored target comes from the previous
-                # one and lacks the change; resolve decides (and resends) as above.
+                # The target died (or was replaced) before the checkpoint: a restored
+                # target comes from the previous one and lacks the change.
                 self._drop_client()
-                applied, result = self._resolve(method, params, gen, deadline, exc)
-                how = "checkpoint after the change found it" if applied else how
+                found, value = self._resolve(method, params, on, deadline, exc)
+                if found is not None and how != "answered":
+                    result = value
+                on = found
 
     def _resolve(self, method: str, params: Any, gen: int, deadline: float,
-                 exc: RpcConnectionError) -> tuple[bool, Any]:
+                 exc: RpcConnectionError) -> tuple[int | None, Any]:
         """The outcome of ``method`` is unknown: compare the live target with the last
-        checkpoint. Returns (applied, result); never sends the call itself."""
+        checkpoint. Returns (generation holding the change or None, result); never sends
+        the call itself."""
         self._await_restart(gen, deadline)
         while True:
             self._wait_ready(deadline, method)
             seen = self.generation()
             try:
-                live = overlay(capture_config(self._client()), self.carried)[0]
+                live = overlay(self.stable_capture(gen=seen), self.carried)[0]
                 break
             except RpcConnectionError:
                 self._drop_client()
@@ -218,8 +244,8 @@ class Front:
             self.stats["resolved_applied"] += 1
             log.warning("%s: answer lost (%s); the target has the change, not sending it "
                         "again", method, exc.message)
-            return True, inflight.result_of(method, params, before, live)
-        if isinstance(exc, RpcTimeout) and self.generation() == gen:
+            return seen, inflight.result_of(method, params, before, live)
+        if isinstance(exc, RpcTimeout) and seen == gen:
             # Still the same, live target: the call may yet complete there. Sending it
             # again could apply it twice, so say so instead.
             raise RpcConnectionError(f"no answer from the target within {self.wait_s:.0f}"
@@ -227,13 +253,13 @@ class Front:
         self.stats["resolved_resent"] += 1
         log.warning("%s: answer lost (%s); the target does not have the change, sending "
                     "it again", method, exc.message)
-        return False, None
+        return None, None
 
     def _check_unchanged(self, method: str) -> None:
         """A call the target refused should have changed nothing; if it did, keep what
         the target now has (and say so) rather than lose it at the next restart."""
         try:
-            live = self.with_carried(capture_config(self._client()))
+            live = self.with_carried(self.stable_capture())
         except RpcConnectionError:
             self._drop_client()
             return
@@ -255,9 +281,9 @@ class Front:
         self.carried = still
         return state
 
-    def checkpoint(self, durable: bool = True) -> None:
+    def checkpoint(self, durable: bool = True, gen: int | None = None) -> None:
         """Capture the configuration and save it (the caller holds the lock)."""
-        self.store.save(self.with_carried(capture_config(self._client())), durable=durable)
+        self.store.save(self.with_carried(self.stable_capture(gen=gen)), durable=durable)
 
 
 class _Dispatch:

@@ -364,9 +364,11 @@ class Supervisor:
                           for g in groups]
                 if counts == self._qpairs_seen:
                     return
-                saved = self.store.last_saved
-                self.runtime = capture_runtime(c, list(saved.subsystems) if saved else [])
-                self.runtime_generation = self.status.generation
+                saved, gen = self.store.last_saved, self.status.generation
+                runtime = capture_runtime(c, list(saved.subsystems) if saved else [])
+                if not self.ready.is_set() or self.status.generation != gen:
+                    return                  # overlapped a restart: not this target's
+                self.runtime, self.runtime_generation = runtime, gen
                 self._qpairs_seen = counts
         except (RpcError, AttributeError):
             return
@@ -405,7 +407,7 @@ class Supervisor:
             return
         try:
             with RpcClient.connect(self.private_sock, timeout=10) as c:
-                live = self.front.with_carried(capture_config(c))
+                live = self.front.with_carried(self.front.stable_capture(c))
             saved = self.store.last_saved or self.store.load().state
             changes = diff(saved, live) if saved is not None else ["no checkpoint"]
             if changes:
@@ -428,6 +430,7 @@ class Supervisor:
                 raise RpcError(-32602, "target_cmd must be a non-empty list of strings")
             with self.front.lock:
                 with contextlib.suppress(RpcConnectionError):   # dead: the last one stands
+                    self.front.wait_ready(self.front.wait_s)    # a restart under way ends
                     self.front.checkpoint()
                 self._restart(time.monotonic(), "planned restart", cmd, planned=True)
             return self.status.to_dict()

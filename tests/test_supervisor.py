@@ -265,3 +265,24 @@ def test_hosts_that_had_queues_are_seen_to_reconnect(tmp_path: Path) -> None:
         # Queue pairs as SPDK counts them: the admin one included.
         assert list(status["hosts"]["reconnected"]) == [f"{back} on {nqn} (3 queue pairs)"]
         assert status["hosts"]["missing"] == [f"{gone} on {nqn} (1 queue pairs)"]
+
+
+def test_no_checkpoint_from_a_target_being_restored(tmp_path: Path) -> None:
+    """While a replacement is starting and being restored, nothing may be captured from it
+    into the checkpoint; a planned restart asked for then waits and loses nothing."""
+    slow = tmp_path / "slow-start"
+    slow.write_text("#!/bin/sh\nsleep 1\nexec " + sys.executable +
+                    " -m nvmf_phoenix.target \"$@\"\n")
+    slow.chmod(0o755)
+    with supervised(tmp_path, cmd=[str(slow)]) as sup, \
+            RpcClient.connect(str(tmp_path / "public.sock"), timeout=60) as c:
+        rn.nvmf_create_subsystem(c, "nqn.2016-06.io.phx:keep", serial_number="KEEP1")
+        before = capture_config(c)
+        assert sup.proc is not None
+        sup.proc.send_signal(signal.SIGKILL)
+        wait_for(lambda: not sup.ready.is_set(), 10, what="restart under way")
+        with pytest.raises(RpcError):
+            sup.front.checkpoint()
+        status = c.call("phoenix_restart")          # waits for the restore, then restarts
+        assert status["state"] == "ready" and status["restarts"] == 2
+        assert capture_config(c).subsystems.keys() == before.subsystems.keys()
