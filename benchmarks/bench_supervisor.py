@@ -187,6 +187,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory(dir="/var/tmp") as d:
             res = run_torture(Path(d), kills=args.kills, seed=11)
         res["rpc_failed"] = len(res["rpc_failed"])
+        res["restores_incomplete"] = len(res["restores_incomplete"])
         print(json.dumps({"torture": res}), flush=True)
 
 

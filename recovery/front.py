@@ -17,6 +17,7 @@ served.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import threading
@@ -56,8 +57,8 @@ class Front:
     ``generation()`` counts completed (re)starts of the target; ``gave_up()`` returns the
     supervisor's final error once it stopped restarting (calls then fail at once).
     ``failpoint``, when set, is called with the name of each step of a mutation
-    ("after-intent", "after-forward", "after-checkpoint") and the method: tests use it to
-    kill the target, or the supervisor itself, at an exact moment.
+    ("after-intent", "after-forward", "after-capture", "after-checkpoint") and the method:
+    tests use it to kill the target, or the supervisor itself, at an exact moment.
     """
 
     def __init__(self, public_sock: str, private_sock: str, store: CheckpointStore,
@@ -210,7 +211,7 @@ class Front:
                     self._check_unchanged(method)
                     raise
             try:
-                self.checkpoint(durable=False, gen=on)
+                self.checkpoint(durable=False, gen=on, method=method)
                 self._fail("after-checkpoint", method)
                 return result, how
             except RpcConnectionError as exc:
@@ -266,7 +267,8 @@ class Front:
         saved = self.store.last_saved
         if saved is not None and saved.config_dict() != live.config_dict():
             log.warning("%s failed but changed the configuration; checkpointing it", method)
-            self.store.save(live, durable=False)
+            with contextlib.suppress(RpcConnectionError):
+                self.save_if_current(live, self.generation(), durable=False)
 
     def with_carried(self, live: TargetState) -> TargetState:
         """``live`` plus what a restore could not bring back and is still missing."""
@@ -281,9 +283,24 @@ class Front:
         self.carried = still
         return state
 
-    def checkpoint(self, durable: bool = True, gen: int | None = None) -> None:
+    def checkpoint(self, durable: bool = True, gen: int | None = None,
+                   method: str = "") -> None:
         """Capture the configuration and save it (the caller holds the lock)."""
-        self.store.save(self.with_carried(self.stable_capture(gen=gen)), durable=durable)
+        gen = self.generation() if gen is None else gen
+        state = self.with_carried(self.stable_capture(gen=gen))
+        self._fail("after-capture", method)
+        self.save_if_current(state, gen, durable)
+
+    def save_if_current(self, state: TargetState, gen: int, durable: bool = True) -> None:
+        """Save ``state`` (captured from target generation ``gen``) unless a restart has
+        begun since. A restart clears ``ready`` before it loads the checkpoint, under the
+        store's lock: so either this save lands first and the restart restores it, or
+        the restart comes first and this save must not claim what the restored target
+        lacks (RpcConnectionError: the caller resolves by looking)."""
+        with self.store.lock:
+            if not self.ready.is_set() or self.generation() != gen:
+                raise RpcConnectionError("target restarted before the checkpoint was saved")
+            self.store.save(state, durable=durable)
 
 
 class _Dispatch:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -71,6 +72,9 @@ class CheckpointStore:
         self._journal: Journal | None = None
         self._region: Region | None = None
         self.last_saved: TargetState | None = None   # newest state saved or loaded here
+        # Held across save and load, and by callers that must check something and save
+        # atomically (the supervisor's front: "still the same target" then save).
+        self.lock = threading.RLock()
 
     @property
     def journal(self) -> Journal:
@@ -106,6 +110,10 @@ class CheckpointStore:
         return None
 
     def save(self, state: TargetState, durable: bool = True) -> int:
+        with self.lock:
+            return self._save(state, durable)
+
+    def _save(self, state: TargetState, durable: bool) -> int:
         seq = self.journal.last_seq + 1
         payload = _encode(state, seq)
         self.journal.append(KIND_STATE, payload, sync=durable)
@@ -124,7 +132,8 @@ class CheckpointStore:
             self._region = None
 
     def load(self) -> Loaded:
-        loaded = self._load()
+        with self.lock:
+            loaded = self._load()
         if loaded.state is not None:
             self.last_saved = loaded.state
         return loaded

@@ -406,14 +406,15 @@ class Supervisor:
         if not self.front.lock.acquire(blocking=False):
             return
         try:
+            gen = self.status.generation
             with RpcClient.connect(self.private_sock, timeout=10) as c:
-                live = self.front.with_carried(self.front.stable_capture(c))
+                live = self.front.with_carried(self.front.stable_capture(c, gen))
             saved = self.store.last_saved or self.store.load().state
             changes = diff(saved, live) if saved is not None else ["no checkpoint"]
             if changes:
                 log.warning("configuration changed behind the supervisor's back: %s",
                             "; ".join(changes[:5]))
-                self.store.save(live)
+                self.front.save_if_current(live, gen)
         except RpcError:
             return
         finally:

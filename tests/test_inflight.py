@@ -56,10 +56,11 @@ def _outcomes(journal: str, method: str) -> list[dict[str, Any]]:
 
 
 @pytest.mark.parametrize("step", ["after-intent", "after-forward", "after-forward+restored",
-                                  "after-checkpoint"])
+                                  "after-capture+restored", "after-checkpoint"])
 def test_target_killed_mid_call_applies_it_exactly_once(tmp_path: Path, step: str) -> None:
-    """"+restored": the replacement is ready before the front takes its checkpoint, which
-    must then not come from the new target (it lacks the call) as if the call were done."""
+    """"+restored": the replacement is ready before the front takes (or saves) its
+    checkpoint; the replacement was restored without the call, so the front must neither
+    capture it nor save what it captured before as if the call were done there."""
     with supervised(tmp_path) as sup:
         pub = str(tmp_path / "public.sock")
         _setup(pub)

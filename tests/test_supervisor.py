@@ -129,6 +129,7 @@ def test_torture_rpc_stream_and_host_io_under_sigkill(tmp_path: Path,
     assert result["restarts"] == kills and result["state"] == "ready"
     assert result["rpc_acked"] > kills and result["rpc_failed"] == []
     assert result["state_checks"] > 0 and result["state_mismatches"] == []
+    assert result["restores_incomplete"] == []
     assert result["io_acked"] > 0 and result["io_mismatches"] == 0
     assert result["file_mismatches"] == 0 and result["identity_changes"] == []
 

@@ -15,6 +15,7 @@ end every acknowledged write is read back through the target and from the file i
 """
 from __future__ import annotations
 
+import logging
 import os
 import random
 import signal
@@ -227,7 +228,28 @@ class HostIo:
         h.close()
 
 
+class _Incomplete(logging.Handler):
+    """Collects the supervisor's "restore incomplete" warnings: each restore must be whole."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.seen: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "restore incomplete" in record.getMessage():
+            self.seen.append(record.getMessage()[:300])
+
+
 def run_torture(tmp: Path, kills: int, seed: int = 0) -> dict[str, Any]:
+    incomplete = _Incomplete()
+    logging.getLogger("nvmf_phoenix.recovery.supervisor").addHandler(incomplete)
+    try:
+        return _run(tmp, kills, seed, incomplete)
+    finally:
+        logging.getLogger("nvmf_phoenix.recovery.supervisor").removeHandler(incomplete)
+
+
+def _run(tmp: Path, kills: int, seed: int, incomplete: _Incomplete) -> dict[str, Any]:
     rng = random.Random(seed)
     port = _port()
     image = tmp / "torture.img"
@@ -300,7 +322,7 @@ def run_torture(tmp: Path, kills: int, seed: int = 0) -> dict[str, Any]:
             "seconds": round(elapsed, 1), "errors": errors,
             "rpc_acked": stream.acked, "rpc_failed": stream.failed,
             "state_checks": stream.checks, "state_mismatches": stream.mismatches,
-            "front": front_stats,
+            "front": front_stats, "restores_incomplete": incomplete.seen,
             "io_acked": io.acked, "io_mismatches": io.mismatches + bad,
             "file_mismatches": bad_file, "io_reconnects": io.reconnects,
             "identity_changes": io.identity_changes,
