@@ -2,13 +2,22 @@
 
 Read-only calls pass straight through. A mutating call is journaled (intent, fsync)
 before it is forwarded; once the target answers, the configuration is captured and
-checkpointed, then the outcome is journaled, and only then is the client answered. So an
-acknowledged change is always in the checkpoint, and a change whose outcome was never
-recorded was never acknowledged. Calls that arrive, or were in flight, while the target
-restarts wait (bounded) for the restore to finish and are then served.
+checkpointed, then the outcome is journaled (one fsync makes both durable), and only then
+is the client answered. So an acknowledged change is always in the checkpoint, and a
+change whose outcome was never recorded was never acknowledged. Mutations run one at a
+time (``lock``), so the checkpoint before a call never contains it.
+
+A mutating call whose answer is lost (the target died, or the connection dropped, at any
+point between forwarding and checkpointing) is never sent again blindly: the front waits
+for the target to be back, captures its live configuration and asks
+:mod:`~.inflight` whether the call's effect is there. If it is, the call is answered as
+done; if not, it is sent once to the target as it is now. Calls that arrive, or were in
+flight, while the target restarts wait (bounded) for the restore to finish and are then
+served.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import threading
@@ -16,11 +25,15 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from nvmf_phoenix.recovery import inflight
 from nvmf_phoenix.recovery.capture import capture_config
+from nvmf_phoenix.recovery.carry import Carried, overlay
 from nvmf_phoenix.recovery.journal import KIND_INTENT, KIND_OUTCOME
 from nvmf_phoenix.recovery.store import CheckpointStore
-from nvmf_phoenix.rpc import RpcClient, RpcConnectionError, RpcError
+from nvmf_phoenix.rpc import RpcClient, RpcConnectionError, RpcError, RpcTimeout
 from nvmf_phoenix.target.rpc_server import RpcServer
+
+from nvmf_phoenix.model import TargetState
 
 log = logging.getLogger(__name__)
 READ_ONLY_PREFIXES = ("spdk_get_version", "rpc_get_methods", "framework_wait_init",
@@ -28,29 +41,46 @@ READ_ONLY_PREFIXES = ("spdk_get_version", "rpc_get_methods", "framework_wait_ini
                       "nvmf_subsystem_get_", "nvmf_discovery_get_", "save_config")
 
 
+# Sent through the front these would end the target the supervisor then restores; a
+# lost answer would even be resent (a kill loop). Refused, with what to do instead.
+REFUSED = {"spdk_kill_instance": "the target is supervised: stop the supervisor (it stops "
+                                 "the target) or use phoenix_restart (nvmf-phoenix restart)"}
+
+
 def is_read_only(method: str) -> bool:
     return method.startswith(READ_ONLY_PREFIXES)
 
 
 class Front:
-    """Serves ``public_sock``; forwards to the target at ``private_sock``."""
+    """Serves ``public_sock``; forwards to the target at ``private_sock``.
+
+    ``generation()`` counts completed (re)starts of the target; ``gave_up()`` returns the
+    supervisor's final error once it stopped restarting (calls then fail at once).
+    ``failpoint``, when set, is called with the name of each step of a mutation
+    ("after-intent", "after-forward", "after-capture", "after-checkpoint") and the method:
+    tests use it to kill the target, or the supervisor itself, at an exact moment.
+    """
 
     def __init__(self, public_sock: str, private_sock: str, store: CheckpointStore,
                  ready: threading.Event, wait_s: float = 60.0,
                  control: Callable[[str, Any], Any] | None = None,
-                 generation: Callable[[], int] = lambda: 0, notice_s: float = 1.0) -> None:
+                 generation: Callable[[], int] = lambda: 0, notice_s: float = 1.0,
+                 gave_up: Callable[[], str | None] = lambda: None) -> None:
         self.private_sock = private_sock
         self.store = store
         self.ready = ready
         self.wait_s = wait_s
         self.control = control
         self.generation = generation
+        self.gave_up = gave_up
         self.notice_s = notice_s
+        self.failpoint: Callable[[str, str], None] | None = None
+        self.carried = Carried()     # what the last restore could not bring back (carry.py)
         self.lock = threading.Lock()        # one mutation at a time: journal order
         self.local = threading.local()
-        self.stats = {"forwarded": 0, "mutations": 0, "retried": 0}
-        self.server = RpcServer(_Dispatch(self), public_sock,
-                                _dispatch)
+        self.stats = {"forwarded": 0, "mutations": 0, "retried": 0, "resolved_applied": 0,
+                      "resolved_resent": 0}
+        self.server = RpcServer(_Dispatch(self), public_sock, _dispatch)
 
     def start(self) -> None:
         self.server.start()
@@ -58,11 +88,17 @@ class Front:
     def close(self) -> None:
         self.server.close()
 
+    # -- the connection to the target, one per serving thread ----------------------------
     def _client(self) -> RpcClient:
+        """This thread's connection, renewed when the target has been replaced since."""
+        gen = self.generation()
         c = getattr(self.local, "client", None)
+        if c is not None and self.local.gen != gen:
+            self._drop_client()
+            c = None
         if c is None:
-            c = RpcClient.connect(self.private_sock, timeout=30)
-            self.local.client = c
+            c = RpcClient.connect(self.private_sock, timeout=self.wait_s)
+            self.local.client, self.local.gen = c, gen
         return c
 
     def _drop_client(self) -> None:
@@ -71,12 +107,49 @@ class Front:
             c.close()
         self.local.client = None
 
+    def stable_capture(self, client: RpcClient | None = None,
+                       gen: int | None = None) -> TargetState:
+        """The live configuration, only from a target that was ready before and after
+        it was read, and of generation ``gen`` when given: a capture that overlaps a
+        restart could see a target half-way through its restore, and one from a later
+        target than the call went to lacks the call; checkpointing either loses changes."""
+        gen = self.generation() if gen is None else gen
+        if not self.ready.is_set() or self.generation() != gen:
+            raise RpcConnectionError("target restarting or replaced: not captured")
+        st = capture_config(client or self._client())
+        if not self.ready.is_set() or self.generation() != gen:
+            raise RpcConnectionError("target restarted during the capture: discarded")
+        return st
+
+    def wait_ready(self, timeout: float) -> None:
+        self._wait_ready(time.monotonic() + timeout, "")
+
+    def _wait_ready(self, deadline: float, method: str) -> None:
+        while not self.ready.wait(min(0.1, max(0.0, deadline - time.monotonic()))):
+            why = self.gave_up()
+            if why:
+                raise RpcConnectionError(f"the supervisor gave up on the target: {why}",
+                                         method)
+            if time.monotonic() >= deadline:
+                raise RpcConnectionError(f"target did not come back within "
+                                         f"{self.wait_s:.0f} s", method)
+
+    def _await_restart(self, gen: int, deadline: float) -> None:
+        """After a lost connection: give the supervisor a moment to notice a death (it
+        clears ``ready``, then bumps the generation once restored). If nothing happens
+        within ``notice_s`` the target is alive and the error was the connection's."""
+        notice_by = min(deadline, time.monotonic() + self.notice_s)
+        while self.ready.is_set() and self.generation() == gen and \
+                time.monotonic() < notice_by:
+            threading.Event().wait(0.002)
+
+    # -- read-only calls -----------------------------------------------------------------
     def forward(self, method: str, params: Any) -> Any:
         """Forward once the target is ready; retry across a restart (bounded)."""
         deadline = time.monotonic() + self.wait_s
         while True:
-            if not self.ready.wait(max(0.0, deadline - time.monotonic())):
-                raise RpcConnectionError("target did not come back in time", method)
+            self._wait_ready(deadline, method)
+            gen = self.generation()
             try:
                 self.stats["forwarded"] += 1
                 return self._client().call(method, params)
@@ -85,18 +158,9 @@ class Front:
                 if time.monotonic() >= deadline:
                     raise
                 self.stats["retried"] += 1
-                self._await_restart(deadline)
+                self._await_restart(gen, deadline)
 
-    def _await_restart(self, deadline: float) -> None:
-        """After a lost connection: never retry against a target that is still being
-        restored. Give the watcher a moment to notice a death (ready is cleared); if it
-        does not, the error was transient and the caller retries at once."""
-        gen = self.generation()
-        notice_by = min(deadline, time.monotonic() + self.notice_s)
-        while self.ready.is_set() and self.generation() == gen and \
-                time.monotonic() < notice_by:
-            threading.Event().wait(0.005)
-
+    # -- mutating calls ------------------------------------------------------------------
     def mutate(self, method: str, params: Any) -> Any:
         with self.lock:
             journal = self.store.journal
@@ -104,35 +168,139 @@ class Front:
                 {"method": method, "params": params}).encode(), sync=True)
             outcome: dict[str, Any] = {"intent": seq}
             try:
-                result = self._apply_and_checkpoint(method, params)
-                outcome.update(ok=True)
+                result, how = self._apply(method, params)
+                outcome.update(ok=True, how=how)
                 return result
             except RpcError as err:
                 outcome.update(ok=False, code=err.code, message=err.message)
                 raise
             finally:
+                # Also makes the checkpoint taken in _apply durable: one fsync for both.
                 journal.append(KIND_OUTCOME, json.dumps(outcome).encode(), sync=True)
                 self.stats["mutations"] += 1
 
-    def _apply_and_checkpoint(self, method: str, params: Any) -> Any:
-        """Forward, then checkpoint. If the target dies between the two, the restored
-        target (from the previous checkpoint) never saw the call: run it again there."""
+    def _fail(self, step: str, method: str) -> None:
+        if self.failpoint is not None:
+            self.failpoint(step, method)
+
+    def _apply(self, method: str, params: Any) -> tuple[Any, str]:
+        """Forward, then checkpoint from the same target generation; an answer lost on
+        the way is resolved by looking. ``on`` is the generation known to hold the change
+        (None: not applied anywhere that still exists)."""
         deadline = time.monotonic() + self.wait_s
+        on: int | None = None
+        result, how = None, "answered"
         while True:
-            result = self.forward(method, params)
+            self._wait_ready(deadline, method)
+            if on is not None and self.generation() != on:
+                on = None                 # restarted since: the restored target lacks it
+            if on is None:
+                gen = self.generation()
+                try:
+                    self._fail("after-intent", method)
+                    result = self._client().call(method, params)
+                    self._fail("after-forward", method)
+                    on, how = gen, "answered"
+                except RpcConnectionError as exc:
+                    self._drop_client()
+                    on, result = self._resolve(method, params, gen, deadline, exc)
+                    if on is None:
+                        continue                       # send it to the target as it is now
+                    how = "lost answer; change found on the target"
+                except RpcError:
+                    self._check_unchanged(method)
+                    raise
             try:
-                self.checkpoint()
-                return result
+                self.checkpoint(durable=False, gen=on, method=method)
+                self._fail("after-checkpoint", method)
+                return result, how
+            except RpcConnectionError as exc:
+                # The target died (or was replaced) before the checkpoint: a restored
+                # target comes from the previous one and lacks the change.
+                self._drop_client()
+                found, value = self._resolve(method, params, on, deadline, exc)
+                if found is not None and how != "answered":
+                    result = value
+                on = found
+
+    def _resolve(self, method: str, params: Any, gen: int, deadline: float,
+                 exc: RpcConnectionError) -> tuple[int | None, Any]:
+        """The outcome of ``method`` is unknown: compare the live target with the last
+        checkpoint. Returns (generation holding the change or None, result); never sends
+        the call itself."""
+        self._await_restart(gen, deadline)
+        while True:
+            self._wait_ready(deadline, method)
+            seen = self.generation()
+            try:
+                live = overlay(self.stable_capture(gen=seen), self.carried)[0]
+                break
             except RpcConnectionError:
                 self._drop_client()
                 if time.monotonic() >= deadline:
                     raise
-                self._await_restart(deadline)
+                self._await_restart(seen, deadline)
+        before = self.store.last_saved or self.store.load().state or TargetState.empty()
+        if inflight.effect_present(method, params, before, live):
+            self.stats["resolved_applied"] += 1
+            log.warning("%s: answer lost (%s); the target has the change, not sending it "
+                        "again", method, exc.message)
+            return seen, inflight.result_of(method, params, before, live)
+        if isinstance(exc, RpcTimeout) and seen == gen:
+            # Still the same, live target: the call may yet complete there. Sending it
+            # again could apply it twice, so say so instead.
+            raise RpcConnectionError(f"no answer from the target within {self.wait_s:.0f}"
+                                     " s and no change yet; not sent again", method)
+        self.stats["resolved_resent"] += 1
+        log.warning("%s: answer lost (%s); the target does not have the change, sending "
+                    "it again", method, exc.message)
+        return None, None
 
-    def checkpoint(self) -> None:
+    def _check_unchanged(self, method: str) -> None:
+        """A call the target refused should have changed nothing; if it did, keep what
+        the target now has (and say so) rather than lose it at the next restart."""
+        try:
+            live = self.with_carried(self.stable_capture())
+        except RpcConnectionError:
+            self._drop_client()
+            return
+        saved = self.store.last_saved
+        if saved is not None and saved.config_dict() != live.config_dict():
+            log.warning("%s failed but changed the configuration; checkpointing it", method)
+            with contextlib.suppress(RpcConnectionError):
+                self.save_if_current(live, self.generation(), durable=False)
+
+    def with_carried(self, live: TargetState) -> TargetState:
+        """``live`` plus what a restore could not bring back and is still missing."""
+        if not self.carried:
+            return live
+        state, still = overlay(live, self.carried)
+        gone = set(self.carried.describe()) - set(still.describe())
+        if gone:
+            log.warning("no longer carried over from an incomplete restore (the target "
+                        "has them again, or their subsystem was deleted): %s",
+                        "; ".join(sorted(gone)))
+        self.carried = still
+        return state
+
+    def checkpoint(self, durable: bool = True, gen: int | None = None,
+                   method: str = "") -> None:
         """Capture the configuration and save it (the caller holds the lock)."""
-        state = capture_config(self._client())
-        self.store.save(state)
+        gen = self.generation() if gen is None else gen
+        state = self.with_carried(self.stable_capture(gen=gen))
+        self._fail("after-capture", method)
+        self.save_if_current(state, gen, durable)
+
+    def save_if_current(self, state: TargetState, gen: int, durable: bool = True) -> None:
+        """Save ``state`` (captured from target generation ``gen``) unless a restart has
+        begun since. A restart clears ``ready`` before it loads the checkpoint, under the
+        store's lock: so either this save lands first and the restart restores it, or
+        the restart comes first and this save must not claim what the restored target
+        lacks (RpcConnectionError: the caller resolves by looking)."""
+        with self.store.lock:
+            if not self.ready.is_set() or self.generation() != gen:
+                raise RpcConnectionError("target restarted before the checkpoint was saved")
+            self.store.save(state, durable=durable)
 
 
 class _Dispatch:
@@ -149,6 +317,8 @@ def _dispatch(ctx: Any, method: str, params: Any) -> Any:
     try:
         if method.startswith("phoenix_") and front.control is not None:
             return front.control(method, params)
+        if method in REFUSED:
+            raise RpcError(-1, f"Operation not permitted: {REFUSED[method]}", method)
         if is_read_only(method):
             return front.forward(method, params)
         return front.mutate(method, params)

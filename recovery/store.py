@@ -11,11 +11,14 @@ import fcntl
 import hashlib
 import json
 import os
+import threading
 import time
 from dataclasses import dataclass, field
 
 from nvmf_phoenix.recovery import shm
 from nvmf_phoenix.recovery.journal import (
+    KIND_INTENT,
+    KIND_OUTCOME,
     KIND_STATE,
     Journal,
     JournalError,
@@ -71,6 +74,16 @@ def lock_state_dir(directory: str) -> int:
     return fd
 
 
+@dataclass
+class Pending:
+    """A mutating call journaled by the front whose outcome was never recorded."""
+
+    seq: int
+    method: str
+    params: object
+    before: TargetState | None    # the checkpoint before it (None: compacted away)
+
+
 class CheckpointStore:
     @classmethod
     def for_state_dir(cls, directory: str, **kwargs: object) -> CheckpointStore:
@@ -90,6 +103,10 @@ class CheckpointStore:
         self.slot_size = slot_size
         self._journal: Journal | None = None
         self._region: Region | None = None
+        self.last_saved: TargetState | None = None   # newest state saved or loaded here
+        # Held across save and load, and by callers that must check something and save
+        # atomically (the supervisor's front: "still the same target" then save).
+        self.lock = threading.RLock()
 
     @property
     def journal(self) -> Journal:
@@ -120,10 +137,15 @@ class CheckpointStore:
         return shm.find(self.region_name, self.region_dir)
 
     def save(self, state: TargetState, durable: bool = True) -> int:
+        with self.lock:
+            return self._save(state, durable)
+
+    def _save(self, state: TargetState, durable: bool) -> int:
         seq = self.journal.last_seq + 1
         payload = _encode(state, seq)
         self.journal.append(KIND_STATE, payload, sync=durable)
         self.region.write_snapshot(payload)
+        self.last_saved = state
         if self.journal.size() > COMPACT_AT:
             self.journal.compact(self.snapshot_path, payload)
         return seq
@@ -137,6 +159,13 @@ class CheckpointStore:
             self._region = None
 
     def load(self) -> Loaded:
+        with self.lock:
+            loaded = self._load()
+        if loaded.state is not None:
+            self.last_saved = loaded.state
+        return loaded
+
+    def _load(self) -> Loaded:
         problems: list[str] = []
         disk = self._load_disk(problems)
         shm = self._load_region(problems)
@@ -150,6 +179,31 @@ class CheckpointStore:
             why = "shared memory unusable" if not shm else "journal newer than shared memory"
             return Loaded(st, src, seq, at, f"{src}: {why}", problems)
         return Loaded(None, "none", 0, 0.0, "no checkpoint found", problems)
+
+    def unresolved(self) -> list[Pending]:
+        """Intents in the journal without an outcome: calls that were in flight when the
+        front itself died. Each comes with the last checkpoint journaled before it."""
+        if not os.path.exists(self.journal_path):
+            return []
+        try:
+            records = read_journal(self.journal_path).records
+        except JournalError:
+            return []
+        pending: dict[int, Pending] = {}
+        before: TargetState | None = None
+        for rec in records:
+            try:
+                doc = json.loads(rec.payload)
+                if rec.kind == KIND_STATE:
+                    before = _decode(rec.payload)[2]
+                elif rec.kind == KIND_INTENT:
+                    pending[rec.seq] = Pending(rec.seq, str(doc["method"]),
+                                               doc.get("params"), before)
+                elif rec.kind == KIND_OUTCOME:
+                    pending.pop(int(doc["intent"]), None)
+            except (ValueError, KeyError, TypeError):
+                continue
+        return list(pending.values())
 
     def _load_region(self, problems: list[str]) -> tuple[int, float, TargetState] | None:
         path = self.region_path()

@@ -156,6 +156,9 @@ class HttpTransport:
         except requests.ConnectionError as exc:
             raise RpcConnectionError(f"cannot reach {self.url}: {_root(exc)}", method,
                                      self.url) from None
+        except requests.RequestException as exc:   # e.g. the proxy closed mid-response
+            raise RpcConnectionError(f"connection to {self.url} broke: {_root(exc)}",
+                                     method, self.url) from None
         if resp.status_code == 401:
             raise RpcConnectionError("HTTP 401: user or password refused", method, self.url)
         if resp.status_code != 200:

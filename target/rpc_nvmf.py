@@ -260,8 +260,9 @@ def nvmf_subsystem_get_controllers(ctx: RpcContext, params: Any) -> Any:
     p = decode(params, {"nqn": (str, True), "tgt_name": (str, False)})
     ctx.core.subsystem(p["nqn"])
     facts = ctx.datapath.controllers(p["nqn"]) if ctx.datapath else []
+    # SPDK's num_io_qpairs counts every queue pair of the controller, the admin one too.
     return [{"cntlid": c.cntlid, "cntrltype": "io", "hostnqn": c.hostnqn, "hostid": c.hostid,
-             "num_io_qpairs": c.num_io_qpairs} for c in facts]
+             "num_io_qpairs": c.num_io_qpairs + 1} for c in facts]
 
 
 @rpc("nvmf_subsystem_get_qpairs")

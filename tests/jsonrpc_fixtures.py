@@ -119,6 +119,14 @@ class HttpProxyServer:
                 req = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 if req.get("method") == "garbage":
                     body = b"<html>not json</html>"
+                elif req.get("method") == "half":     # promise a body, send half, close
+                    body = json.dumps(answer({**req, "method": "echo"})).encode()
+                    self.send_response(200)
+                    self.send_header("Content-Length", str(len(body) + 64))
+                    self.end_headers()
+                    self.wfile.write(body[:len(body) // 2])
+                    self.close_connection = True
+                    return
                 else:
                     if req.get("method") == "slow":
                         threading.Event().wait(req["params"]["seconds"])

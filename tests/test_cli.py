@@ -63,7 +63,7 @@ def test_supervise_restart_and_status_commands(tmp_path: Path) -> None:
     finally:
         proc.terminate()
         assert proc.wait(timeout=30) == 0
-        drop_region(tmp_path / "state")
+        drop_region(tmp_path / "state")   # the region outlives the supervisor on purpose
     run = subprocess.run([str(BIN), "status", "-s", pub], capture_output=True, text=True,
                          timeout=60)
     assert run.returncode == 3 and "no RPC socket" in run.stderr

@@ -155,6 +155,9 @@ def test_http_proxy_with_basic_auth(http_server: HttpProxyServer) -> None:
             client.call("garbage")
         with pytest.raises(RpcTimeout):
             client.call("slow", {"seconds": 2}, timeout=0.2)
+        with pytest.raises(RpcConnectionError, match="broke") as err:
+            client.call("half", {"pad": "x" * 200})
+        assert err.value.address == http_server.url.replace("spdk:secret@", "")
     bad = http_server.url.replace("secret", "wrong")
     with RpcClient.connect(bad, timeout=5) as client, pytest.raises(RpcConnectionError,
                                                                      match="401"):
