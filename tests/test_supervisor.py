@@ -152,7 +152,7 @@ def test_upgrade_to_a_new_binary_and_a_failed_upgrade_rolls_back(tmp_path: Path)
     pub = str(tmp_path / "public.sock")
 
     def restart(cmd: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([str(cli), "restart", "-s", pub, "--target-cmd", cmd],
+        return subprocess.run([str(cli), "restart", "--json", "-s", pub, "--target-cmd", cmd],
                               capture_output=True, text=True, timeout=120)
 
     with supervised(tmp_path) as sup, RpcClient.connect(pub, timeout=60) as c:
