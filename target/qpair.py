@@ -16,6 +16,7 @@ from nvmf_phoenix.target.admin import execute_admin
 from nvmf_phoenix.target.controller import Controller
 from nvmf_phoenix.target.engine import Engine
 from nvmf_phoenix.target.nvm import execute_io
+from nvmf_phoenix.target.sgl import check_sgl
 
 from nvmf_phoenix.model import ListenAddress
 
@@ -127,6 +128,8 @@ class QueuePair:
     def _capsule(self, p: pdu.Pdu, now: float) -> None:
         sqe = bytes(p.header[8:72])
         opcode, _flags, cid, nsid = SQE_HEAD.unpack_from(sqe)
+        check_sgl(sqe, len(p.data), self.engine.opts.max_io_size,
+                  self.engine.opts.in_capsule_data_size, bytes(p.header[:24]))
         if opcode == nvme.FABRICS:
             self._fabrics(sqe, cid, p.data, now)
             return
