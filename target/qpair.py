@@ -152,6 +152,9 @@ class QueuePair:
             execute_io(self, sqe, opcode, cid, nsid, data)
 
     def _start_r2t(self, sqe: bytes, cid: int, length: int) -> None:
+        if len(self.pending) > self.sqsize:   # SPDK, too, drops a queue that overflows
+            self.close(f"host exceeded the queue depth ({self.sqsize + 1} commands)")
+            return
         if cid in self.pending or length > self.engine.opts.max_io_size or length == 0:
             self.complete(cid, nvme.SC_INVALID_FIELD)
             return
