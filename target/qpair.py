@@ -161,7 +161,8 @@ class QueuePair:
         ttag = self.next_ttag
         self.next_ttag = self.next_ttag % 0xFFFE + 1
         chunk = min(length, self.engine.opts.max_io_size)
-        self.pending[cid] = PendingWrite(sqe, bytearray(length), 0, chunk, ttag)
+        # The buffer grows as data arrives: memory follows what the host really sent.
+        self.pending[cid] = PendingWrite(sqe, bytearray(), 0, chunk, ttag)
         self.writer.r2t(cid, ttag, 0, chunk)
 
     def _h2c_data(self, p: pdu.Pdu, now: float) -> None:
@@ -173,12 +174,13 @@ class QueuePair:
         if datao != w.received or datal != len(p.data) or datao + datal > w.r2t_end:
             raise pdu.ProtocolError("H2CData outside the requested range",
                                     pdu.FES_DATA_OUT_OF_RANGE, 12, bytes(p.header))
-        w.buf[datao:datao + datal] = p.data
+        w.buf += p.data   # datao == received: the data arrives in order
         w.received += datal
         if w.received < w.r2t_end:
             return
-        if w.received < len(w.buf):
-            w.r2t_end = min(len(w.buf), w.received + self.engine.opts.max_io_size)
+        total = SQE_DPTR.unpack_from(w.sqe)[1]
+        if w.received < total:
+            w.r2t_end = min(total, w.received + self.engine.opts.max_io_size)
             self.writer.r2t(cccid, ttag, w.received, w.r2t_end - w.received)
             return
         del self.pending[cccid]
