@@ -51,6 +51,7 @@ class Stats:
     completed_nvme_io: int = 0
     bytes_read: int = 0
     bytes_written: int = 0
+    internal_errors: int = 0   # exceptions a queue pair contained (each closed its connection)
 
 
 @dataclass

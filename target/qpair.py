@@ -8,6 +8,7 @@ ends, never the target.
 """
 from __future__ import annotations
 
+import logging
 import struct
 from dataclasses import dataclass
 
@@ -20,6 +21,7 @@ from nvmf_phoenix.target.sgl import check_sgl
 
 from nvmf_phoenix.model import ListenAddress
 
+log = logging.getLogger(__name__)
 PHASE_IC, PHASE_CONNECT, PHASE_READY, PHASE_CLOSED = "ic", "connect", "ready", "closed"
 SQE_HEAD = struct.Struct("<BBHI")                  # opcode, flags, cid, nsid
 SQE_DPTR = struct.Struct("<24xQI3xB")              # SGL addr, length, sgl identifier
@@ -69,6 +71,10 @@ class QueuePair:
                 self._dispatch(p, now)
         except pdu.ProtocolError as err:
             self.terminate(str(err), err.fes, err.fei, err.header)
+        except Exception as exc:   # a bug must cost this connection, never the target
+            log.exception("connection %d: internal error", self.conn_id)
+            self.engine.stats.internal_errors += 1
+            self.close(f"internal error: {exc!r}")
 
     def terminate(self, reason: str, fes: int, fei: int = 0, header: bytes = b"") -> None:
         """Fatal transport error: send a C2HTermReq and close this connection."""
