@@ -133,7 +133,12 @@ class RequestFramer:
 
 
 def _decode(raw: bytes) -> Any:
+    """One request; like SPDK's parser, refuse a \\u escape that is half a surrogate pair
+    (Python would hand on a string no encoder can write back)."""
     try:
-        return json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        value = json.loads(raw.decode("utf-8"))
+        if b"\\u" in raw:
+            json.dumps(value, ensure_ascii=False).encode("utf-8")
+        return value
+    except (UnicodeError, json.JSONDecodeError, RecursionError) as exc:
         raise FramingError(f"not JSON: {exc}") from None

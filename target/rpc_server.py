@@ -80,6 +80,11 @@ class RpcServer:
         self._guard = threading.Lock()
         self._thread: threading.Thread | None = None
 
+    @property
+    def client_count(self) -> int:
+        with self._guard:
+            return len(self._clients)
+
     def start(self) -> None:
         self._thread = threading.Thread(target=self._accept_loop, name="rpc-accept",
                                         daemon=True)
