@@ -387,3 +387,42 @@ def test_silent_trickling_endless_and_deaf_clients_hold_up_nobody(tmp_path: Path
         assert good.errors == [] and good.calls > 0
         for s in [*silent, deaf, endless.sock, trickle.sock]:
             s.close()
+
+
+def test_refused_calls_through_the_supervisor_leave_the_checkpoint_alone(
+        tmp_path: Path) -> None:
+    """Through the write-ahead front: a refused mutation is journaled as refused and
+    neither the target nor the checkpoint a restart would restore changes."""
+    from tests.test_supervisor import supervised
+    port = free_port()
+    with supervised(tmp_path) as sup, RpcClient.connect(str(tmp_path / "public.sock")) as c:
+        rn.nvmf_create_transport(c, "TCP")
+        rb.bdev_malloc_create(c, 64, 512, name="M0")
+        rn.nvmf_create_subsystem(c, NEW, allow_any_host=True)
+        raw = [Raw(str(tmp_path / "public.sock"))]
+        refused = []
+
+        @settings(max_examples=80, deadline=None, database=None,
+                  suppress_health_check=list(HealthCheck))
+        @given(requests(port))
+        def hostile(call: tuple[str, Any]) -> None:
+            method, p = call
+            if method in ("nvmf_create_transport", "framework_get_config"):
+                return
+            before, saved = full_state(c), sup.store.load().state
+            try:
+                req = json.loads(json.dumps({"jsonrpc": "2.0", "id": 1, "method": method,
+                                             "params": p}))
+            except ValueError:
+                return
+            resp = raw[0].call(req)
+            check_answer(req, resp)
+            if "error" in resp:
+                refused.append(method)
+                assert full_state(c) == before and sup.store.load().state == saved
+            if resp.get("error", {}).get("code") == -32700:
+                raw[0] = Raw(str(tmp_path / "public.sock"))
+
+        hostile()
+        assert len(refused) > 20
+        assert sup.status.state == "ready" and sup.status.restarts == 0
