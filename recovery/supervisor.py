@@ -40,12 +40,13 @@ class Status:
     last_death_to_ready_s: float = 0.0
     last_error: str = ""
     restart_times: list[float] = field(default_factory=list)
+    checkpoint: dict[str, Any] = field(default_factory=dict)   # what the last restore used
 
     def to_dict(self) -> dict[str, Any]:
         return {"state": self.state, "restarts": self.restarts,
                 "last_restore_s": round(self.last_restore_s, 4),
                 "last_death_to_ready_s": round(self.last_death_to_ready_s, 4),
-                "last_error": self.last_error}
+                "last_error": self.last_error, "checkpoint": self.checkpoint}
 
 
 class Supervisor:
@@ -70,6 +71,7 @@ class Supervisor:
         self._stop = threading.Event()
         self._restart_lock = threading.Lock()
         self.generation = 0   # bumped each time a (re)started target is ready
+        self._restore_incomplete = False
         self.front = Front(public_sock, private_sock, self.store, self.ready,
                            control=self._control, generation=lambda: self.generation,
                            notice_s=max(1.0, ping_interval * 2))
@@ -105,10 +107,16 @@ class Supervisor:
                                       "--wait-for-rpc"], stdout=subprocess.DEVNULL,
                                      stderr=subprocess.DEVNULL)
         loaded = self.store.load()
+        self.status.checkpoint = {"source": loaded.source, "seq": loaded.seq,
+                                  "reason": loaded.reason, "problems": loaded.problems}
+        if loaded.problems:
+            log.warning("checkpoint: %s; problems: %s", loaded.reason,
+                        "; ".join(loaded.problems))
         desired = loaded.state or TargetState.empty()
         start = time.monotonic()
         with self._connect_new(self.proc) as c:
             report = restore(c, desired)
+            self._restore_incomplete = not report.ok
             if not report.ok:
                 self.status.last_error = "; ".join(
                     [str(f) for f in report.execution.failures] + report.plan.conflicts
@@ -169,7 +177,8 @@ class Supervisor:
                 self._restart(time.monotonic(), "target died" if seen is None or
                               seen.poll() is not None else "target stopped answering",
                               seen=seen)
-            elif time.monotonic() - last_drift >= self.drift_interval:
+            elif self.status.state == "ready" and \
+                    time.monotonic() - last_drift >= self.drift_interval:
                 last_drift = time.monotonic()
                 self._check_drift()
 
@@ -203,6 +212,11 @@ class Supervisor:
             except RpcError as exc:
                 self.status.last_error = f"restart failed: {exc}"
                 log.error(self.status.last_error)
+                # Never leave a half-restored target running: the watcher sees it gone
+                # and tries again, within the crash-loop guard.
+                if self.proc is not None and self.proc.poll() is None:
+                    self.proc.send_signal(signal.SIGKILL)
+                    self.proc.wait(timeout=10)
                 return
             if cmd:
                 self.target_cmd = list(cmd)
@@ -223,6 +237,13 @@ class Supervisor:
             from nvmf_phoenix.recovery.diff import diff
 
             saved = self.store.load().state
+            if saved is not None and diff(saved, live) and self._restore_incomplete:
+                # What is missing may be what failed to restore (a backing file not yet
+                # there): saving the live state would forget it for good.
+                log.warning("live configuration differs from the checkpoint after an "
+                            "incomplete restore; checkpoint kept: %s",
+                            "; ".join(diff(saved, live)[:5]))
+                return
             if saved is not None and diff(saved, live):
                 log.warning("configuration changed behind the supervisor's back: %s",
                             "; ".join(diff(saved, live)[:5]))
