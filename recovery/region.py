@@ -20,6 +20,7 @@ import errno
 import logging
 import mmap
 import os
+import stat
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -106,22 +107,24 @@ class Region:
         header = HEADER.pack(MAGIC, LAYOUT_VERSION, HEADER_SIZE, slot_size, qp_slots,
                              QP_RECORD_SIZE, s0, s1, qp_off, size)
         header += struct.pack("<I", crc32c.crc32c(header))
+        problems: list[str] = []
         for base, huge in _candidates(directory):
             path = os.path.join(base, name)
             try:
                 mm = _map(path, _round(size, HUGEPAGE) if huge else size, create=True)
             except OSError as exc:
-                log.warning("cannot place region on %s (%s): %s", base,
-                            "hugetlbfs" if huge else "tmpfs", os.strerror(exc.errno or 0))
-                with contextlib.suppress(OSError):
-                    os.unlink(path)
+                why = f"{base}: {exc.strerror or os.strerror(exc.errno or 0)}"
+                log.warning("cannot place region on %s (%s)", why,
+                            "hugetlbfs" if huge else "tmpfs")
+                problems.append(why)
                 continue
             mm[:len(header)] = header
             if not huge:
                 log.warning("no hugepages available: region %s is on %s (4 KiB pages)",
                             name, base)
             return cls(path, mm, huge)
-        raise RegionError(f"cannot create region {name}: no hugetlbfs mount or /dev/shm")
+        raise RegionError(f"cannot create region {name}: " +
+                          ("; ".join(problems) or "no hugetlbfs mount or /dev/shm"))
 
     @classmethod
     def open(cls, path: str) -> Region:
@@ -231,14 +234,33 @@ def _candidates(directory: str | None) -> list[tuple[str, bool]]:
     return out
 
 
+def private_dir(path: str) -> None:
+    """Create ``path`` (0700) or check it: a real directory, ours, closed to others.
+
+    The default region directory sits in world-writable /dev/shm: one another user made
+    first could have our files swapped (a region is CRC-checked, not authenticated) or
+    a symlink planted where we create. A directory of ours that others may read is
+    tightened; one another user owns is refused."""
+    Path(path).mkdir(mode=0o700, parents=True, exist_ok=True)
+    st = os.lstat(path)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
+        raise PermissionError(errno.EPERM, "not a directory owned by this user", path)
+    if st.st_mode & 0o077:
+        os.chmod(path, 0o700)
+
+
 def _map(path: str, size: int, create: bool) -> mmap.mmap:
     if create:
-        Path(path).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+        private_dir(str(Path(path).parent))
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
     else:
-        fd = os.open(path, os.O_RDWR)
+        fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW)
     try:
+        st = os.fstat(fd)
+        if st.st_uid != os.geteuid():
+            raise PermissionError(errno.EPERM, "region file owned by another user", path)
         if create:
+            os.fchmod(fd, 0o600)   # an older file keeps its mode through O_CREAT
             os.ftruncate(fd, size)
         if size == 0:
             raise OSError(errno.EINVAL, "empty file")
