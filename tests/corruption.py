@@ -28,7 +28,6 @@ from nvmf_phoenix.recovery.store import CheckpointStore
 
 from nvmf_phoenix.model import Namespace, Subsystem, TargetState
 
-
 SLOT = 64 << 10   # small regions: a trial reads and writes every file whole
 
 

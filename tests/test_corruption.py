@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 from nvmf_phoenix.recovery.journal import KIND_STATE, Journal, read_journal
 from nvmf_phoenix.recovery.region import SLOT_HDR_SIZE, Region
+from nvmf_phoenix.recovery.store import CheckpointStore
 from nvmf_phoenix.recovery.supervisor import Supervisor
 from nvmf_phoenix.rpc import RpcClient
 from nvmf_phoenix.rpc import bdev as rb
@@ -177,8 +178,9 @@ def test_cli_supervisor_on_a_garbage_state_dir_stays_up(tmp_path: Path) -> None:
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
-        from nvmf_phoenix.recovery.supervisor import Supervisor as Sup
-        region = Sup(EMBEDDED, "p", "q", str(state_dir)).store.region_path()
+        import hashlib  # the supervisor names its region after its state directory
+        tag = hashlib.sha1(os.path.abspath(state_dir).encode()).hexdigest()[:12]
+        region = CheckpointStore(str(state_dir), name=f"supervisor-{tag}").region_path()
         if region:
             os.unlink(region)
 
