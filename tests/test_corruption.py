@@ -16,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 from nvmf_phoenix.recovery.journal import KIND_STATE, Journal, read_journal
@@ -166,11 +167,11 @@ def test_cli_supervisor_on_a_garbage_state_dir_stays_up(tmp_path: Path) -> None:
                              str(tmp_path / "priv.sock"), "--state-dir", str(state_dir)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        def status() -> dict | None:
+        def status() -> dict[str, Any]:
             assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
             run = subprocess.run([str(BIN), "status", "-s", pub], capture_output=True,
                                  text=True, timeout=30)
-            return json.loads(run.stdout) if run.returncode == 0 else None
+            return json.loads(run.stdout) if run.returncode == 0 else {}
 
         st = wait_for(status, timeout=30, what="supervisor ready on a damaged state dir")
         assert st["state"] == "ready" and st["restarts"] == 0
