@@ -59,6 +59,7 @@ class DataPath:
         self._thread: threading.Thread | None = None
         self._loop_ident: int | None = None
         self._next_conn = 1
+        self._paused: set[ListenAddress] = set()   # listeners out of the selector a while
         self._buf = bytearray(RECV_SIZE)
         self._view = memoryview(self._buf)
         core.subscribe(self._on_event)
@@ -123,6 +124,7 @@ class DataPath:
                     self.engine.tick(now)
                     self._flush_dirty()
                     next_tick = now + TICK
+                    self._resume_listeners()
         finally:
             self._shutdown()
 
@@ -146,9 +148,20 @@ class DataPath:
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
-                log.warning("accept on %s:%s failed: %s", addr.traddr, addr.trsvcid, exc)
+                # Out of descriptors or memory: the listener stays readable, and retrying
+                # at once spun the loop (and filled the log) until a slot freed. Pause
+                # this listener until the next tick.
+                log.warning("accept on %s:%s failed: %s; pausing it for %.1f s",
+                            addr.traddr, addr.trsvcid, exc, TICK)
+                self.sel.unregister(lsock)
+                self._paused.add(addr)
                 return
             self.adopt(sock, addr, peer)
+
+    def _resume_listeners(self) -> None:
+        for addr in self._paused & self.listeners.keys():
+            self.sel.register(self.listeners[addr], selectors.EVENT_READ, addr)
+        self._paused.clear()
 
     def adopt(self, sock: socket.socket, addr: ListenAddress, peer: Any) -> Connection:
         """Start serving an accepted connection."""
@@ -259,14 +272,18 @@ class DataPath:
         used = {a for s in self.core.state.subsystems.values() for a in s.listeners}
         for addr in [a for a in self.listeners if a not in used]:
             sock = self.listeners.pop(addr)
-            self.sel.unregister(sock)
+            if addr in self._paused:
+                self._paused.discard(addr)
+            else:
+                self.sel.unregister(sock)
             sock.close()
 
     def _shutdown(self) -> None:
         for conn in list(self.conns.values()):
             self._close(conn, "target stopping")
-        for sock in self.listeners.values():
-            self.sel.unregister(sock)
+        for addr, sock in self.listeners.items():
+            if addr not in self._paused:
+                self.sel.unregister(sock)
             sock.close()
         self.listeners.clear()
         self._loop_ident = None
