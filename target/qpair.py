@@ -63,10 +63,19 @@ class QueuePair:
         if self.closing:
             return
         self.reader.feed(data)
+        # A host has at most a queue's worth of commands outstanding, so no more can
+        # arrive between two reads of ours; more is a host ignoring the queue depth, and
+        # each read it asks for costs up to max_io_size of output. SPDK drops such a
+        # queue too.
+        budget = max(self.sqsize, 31) + 1
         try:
             while not self.closing:
                 p = self.reader.next()
                 if p is None:
+                    break
+                budget -= p.type == pdu.CAPSULE_CMD
+                if budget < 0:
+                    self.close(f"host exceeded the queue depth ({self.sqsize + 1})")
                     break
                 self._dispatch(p, now)
         except pdu.ProtocolError as err:
