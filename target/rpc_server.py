@@ -74,7 +74,7 @@ class RpcServer:
             self.sock.bind(path)
         finally:
             os.umask(old)
-        self.sock.listen(64)
+        self.sock.listen(512)   # as SPDK: a burst of clients waits, not refused
         self._stop = threading.Event()
         self._clients: dict[socket.socket, _Client] = {}
         self._guard = threading.Lock()
