@@ -33,6 +33,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import contextlib
+
 from nvmf_phoenix.rpc import RpcClient
 from nvmf_phoenix.target import nvme, pdu
 from nvmf_phoenix.target.host import Host
@@ -86,15 +88,11 @@ def slow_rpc(sock: str, n: int, stop: threading.Event) -> list[socket.socket]:
         i = 0
         while not stop.wait(0.05):
             for s in clients[:n]:
-                try:
+                with contextlib.suppress(OSError):
                     s.send(req[i % len(req):i % len(req) + 1])
-                except OSError:
-                    pass
-            try:
+            with contextlib.suppress(OSError):
                 clients[n].send(b'{"jsonrpc":"2.0","id":1,"method":"x","params":"' if i == 0
                                 else b"a" * 4096)
-            except OSError:
-                pass
             i += 1
     threading.Thread(target=feed, daemon=True).start()
     return clients
@@ -118,7 +116,7 @@ def main() -> int:
     p.add_argument("--slow-rpc", type=int, default=100)
     p.add_argument("--seconds", type=float, default=5.0)
     args = p.parse_args()
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, args.idle + 1024), hard))
     res: dict[str, object] = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -144,7 +142,9 @@ def main() -> int:
             for s in flood:
                 s.close()
 
-            stop, calls, errors = threading.Event(), [], []
+            stop = threading.Event()
+            calls: list[float] = []
+            errors: list[str] = []
             clients = slow_rpc(tp.sock, args.slow_rpc, stop)
             threading.Thread(target=bystander, args=(tp.sock, stop, calls, errors),
                              daemon=True).start()
