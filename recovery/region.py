@@ -117,6 +117,8 @@ class Region:
                 log.warning("cannot place region on %s (%s)", why,
                             "hugetlbfs" if huge else "tmpfs")
                 problems.append(why)
+                with contextlib.suppress(OSError):   # no half-made region left behind
+                    os.unlink(path)
                 continue
             mm[:len(header)] = header
             if not huge:
