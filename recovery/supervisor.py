@@ -227,27 +227,37 @@ class Supervisor:
             self.ready.set()
 
     def _check_drift(self) -> None:
-        """Changes made on the private socket behind our back: capture them, warn."""
-        with self.front.lock:
-            try:
-                with RpcClient.connect(self.private_sock, timeout=10) as c:
-                    live = capture_config(c)
-            except RpcError:
-                return
-            from nvmf_phoenix.recovery.diff import diff
+        """Changes made on the private socket behind our back: capture them, warn.
 
-            saved = self.store.load().state
-            if saved is not None and diff(saved, live) and self._restore_incomplete:
-                # What is missing may be what failed to restore (a backing file not yet
-                # there): saving the live state would forget it for good.
-                log.warning("live configuration differs from the checkpoint after an "
-                            "incomplete restore; checkpoint kept: %s",
-                            "; ".join(diff(saved, live)[:5]))
-                return
-            if saved is not None and diff(saved, live):
-                log.warning("configuration changed behind the supervisor's back: %s",
-                            "; ".join(diff(saved, live)[:5]))
-                self.store.save(live)
+        Runs on the watcher's thread, so it never waits for the front's lock: a mutation
+        holding it may be waiting for this very watcher to restart a dead target."""
+        if not self.front.lock.acquire(blocking=False):
+            return
+        try:
+            self._capture_drift()
+        finally:
+            self.front.lock.release()
+
+    def _capture_drift(self) -> None:
+        try:
+            with RpcClient.connect(self.private_sock, timeout=10) as c:
+                live = capture_config(c)
+        except RpcError:
+            return
+        from nvmf_phoenix.recovery.diff import diff
+
+        saved = self.store.load().state
+        if saved is not None and diff(saved, live) and self._restore_incomplete:
+            # What is missing may be what failed to restore (a backing file not yet
+            # there): saving the live state would forget it for good.
+            log.warning("live configuration differs from the checkpoint after an "
+                        "incomplete restore; checkpoint kept: %s",
+                        "; ".join(diff(saved, live)[:5]))
+            return
+        if saved is not None and diff(saved, live):
+            log.warning("configuration changed behind the supervisor's back: %s",
+                        "; ".join(diff(saved, live)[:5]))
+            self.store.save(live)
 
     # -- control methods on the public socket ----------------------------------------------
     def _control(self, method: str, params: Any) -> Any:

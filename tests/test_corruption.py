@@ -240,6 +240,28 @@ def test_a_restore_that_fails_on_a_live_target_is_retried_not_stuck(tmp_path: Pa
         assert sup.proc is not None and sup.proc.poll() is not None   # none left running
 
 
+def test_a_death_during_a_drift_check_is_noticed_while_a_mutation_waits(
+        tmp_path: Path) -> None:
+    """Found by 100 kills under the torture run: a drift check waited for the front's
+    lock, held by a mutation that was itself waiting for the watcher to restart the dead
+    target; both waited 60 s, and the mutation failed."""
+    with supervised(tmp_path, drift_interval=0.05, ping_interval=0.2) as sup:
+        assert sup.proc is not None
+        checks = []
+        check = sup._check_drift
+
+        def counted() -> None:
+            checks.append(1)
+            check()
+
+        sup._check_drift = counted
+        with sup.front.lock:   # as a mutation in flight holds it
+            wait_for(lambda: checks, timeout=10, what="a drift check under way")
+            sup.proc.send_signal(signal.SIGKILL)
+            wait_for(lambda: sup.status.restarts == 1 and sup.status.state == "ready",
+                     timeout=20, what="restart while the front's lock is held")
+
+
 @pytest.mark.skip(reason="TODO(qpair shared memory): fill in when the lead's crash-"
                          "transparent mode keeps queue-pair state in shared memory")
 def test_damaged_queue_pair_state_is_never_resumed() -> None:
