@@ -30,8 +30,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from nvmf_phoenix.rpc import RpcClient
 
-from tests.pdu_fuzz import NQN, Outcome, crash_signature, random_case, run_case
+from tests.pdu_fuzz import NQN, Outcome, random_case
 from tests.pdu_fuzz_live import GoodHost, LiveFuzzer, configure
+from tests.pdu_fuzz_sansio import crash_signature, run_case
 from tests.target_fixture import free_port
 from tests.target_process import TargetProcess
 

@@ -1,16 +1,16 @@
 """PDU fuzzing harness: valid host sessions, mutations of them, and checks of the answers.
 
-Shared by tests/test_fuzz_pdu.py (hypothesis, bounded for CI), tests/pdu_fuzz_live.py (a
-live target over TCP) and benchmarks/fuzz_pdu.py (random, long runs). A session is what
+Shared by tests/test_fuzz_pdu.py (hypothesis, bounded for CI), tests/pdu_fuzz_sansio.py
+(the protocol core without sockets), tests/pdu_fuzz_live.py (a live target over TCP) and
+benchmarks/fuzz_pdu.py (random, long runs). A session is what
 the project's initiator sends (built with target/pdu.PduWriter, split back into frames with
 PduReader): ICReq, a Connect, then commands. A :class:`Mutation` edits it at the level of
 frames (set an SQE/Connect/H2CData/header field, replace data, duplicate, drop, swap) or
 of the byte stream (flip, insert, delete, truncate). Mutations are plain data, so
 hypothesis can shrink them and a random driver can produce them just as well.
 
-:class:`SansIoTarget` is a fresh embedded target without sockets (TargetCore + Engine, a
-bounds-checked RAM bdev); :class:`OutputChecker` is the host's view of what came back:
-only well-formed PDUs of the kinds a target may send, digests right, a C2HTermReq last.
+:class:`OutputChecker` is the host's view of what came back: only well-formed PDUs of the
+kinds a target may send, digests right, a C2HTermReq last.
 """
 from __future__ import annotations
 
@@ -18,18 +18,15 @@ import itertools
 import random
 import re
 import struct
-import traceback
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 
 from nvmf_phoenix.target import nvme, pdu
-from nvmf_phoenix.target.engine import Engine
 from nvmf_phoenix.target.initiator import connect_data, connect_sqe, property_sqe
 from nvmf_phoenix.target.nvm import DSM_RANGE
-from nvmf_phoenix.target.qpair import QueuePair
 
-from nvmf_phoenix.model import DISCOVERY_NQN, ListenAddress
-from tests.target_fixture import HOSTNQN, NQN, build_core
+from nvmf_phoenix.model import DISCOVERY_NQN
+from tests.target_fixture import HOSTNQN, NQN
 
 BS = 512
 BLOCKS = 1 << 17          # 64 MiB: room for reads and writes larger than MDTS
@@ -400,44 +397,6 @@ class OutputChecker:
                 self.problems.append(f"{name} of {length} bytes (limit {self.max_data})")
 
 
-# -- a target without sockets ----------------------------------------------------------------
-class BoundsChecked:
-    """A block device wrapper that records any access outside the device or unaligned."""
-
-    def __init__(self, dev: object, faults: list[str]) -> None:
-        self.dev = dev
-        self.block_size: int = dev.block_size      # type: ignore[attr-defined]
-        self.num_blocks: int = dev.num_blocks      # type: ignore[attr-defined]
-        self.faults = faults
-
-    def _check(self, op: str, offset: int, length: int) -> None:
-        size = self.block_size * self.num_blocks
-        if offset < 0 or length < 0 or offset + length > size or offset % self.block_size \
-                or length % self.block_size:
-            self.faults.append(f"{op} at {offset} length {length} on a {size}-byte device")
-
-    def read(self, offset: int, length: int) -> bytes | memoryview:
-        self._check("read", offset, length)
-        return self.dev.read(offset, length)       # type: ignore[attr-defined]
-
-    def write(self, offset: int, data: bytes | memoryview) -> None:
-        self._check("write", offset, len(data))
-        self.dev.write(offset, data)               # type: ignore[attr-defined]
-
-    def flush(self) -> None:
-        self.dev.flush()                           # type: ignore[attr-defined]
-
-    def discard(self, offset: int, length: int) -> None:
-        self._check("discard", offset, length)
-        self.dev.discard(offset, length)           # type: ignore[attr-defined]
-
-    def write_zeroes(self, offset: int, length: int) -> None:
-        self._check("write_zeroes", offset, length)
-        self.dev.write_zeroes(offset, length)      # type: ignore[attr-defined]
-
-    def close(self) -> None:
-        self.dev.close()                           # type: ignore[attr-defined]
-
 
 @dataclass
 class Outcome:
@@ -445,91 +404,6 @@ class Outcome:
     problems: list[str] = field(default_factory=list)
     closed: bool = False
     pdus_out: int = 0
-
-
-class SansIoTarget:
-    """A fresh embedded target driven by direct calls: no sockets, no threads, no clock."""
-
-    def __init__(self, transport: dict | None = None) -> None:
-        self.core = build_core(4420, num_blocks=BLOCKS, block_size=BS, transport=transport)
-        self.faults: list[str] = []
-        for name, dev in list(self.core.block_devices.items()):
-            self.core.block_devices[name] = BoundsChecked(dev, self.faults)
-        self.engine = Engine(self.core)
-        self.listen = ListenAddress.make("127.0.0.1", 4420)
-        self.now = 1000.0
-        self.conns = 0
-
-    def open(self) -> QueuePair:
-        self.conns += 1
-        qp = QueuePair(self.engine, self.conns, self.listen, None)
-        self.engine.qpairs[qp.conn_id] = qp
-        return qp
-
-    def feed(self, qp: QueuePair, data: bytes) -> bytes:
-        self.now += 0.001
-        qp.receive(data, self.now)
-        self.engine.tick(self.now)
-        return bytes(qp.writer.take())
-
-    def close(self, qp: QueuePair) -> None:
-        self.engine.qpairs.pop(qp.conn_id, None)
-        qp.close("host closed the connection")
-        qp.detach()
-
-    def shutdown(self) -> None:
-        for dev in self.core.block_devices.values():
-            dev.close()
-        self.core.block_devices.clear()
-
-    def prepare(self, kind: str, hdgst: bool, ddgst: bool) -> QueuePair | None:
-        """For an I/O session: an admin queue that enabled controller 1 and asked for
-        queues, left open (the I/O queue joins it)."""
-        if kind != "io":
-            return None
-        admin = self.open()
-        self.feed(admin, admin_session(hdgst, ddgst).encode())
-        return admin
-
-
-def run_sansio(kind: str, data_chunks: list[bytes], hdgst: bool = False,
-               transport: dict | None = None) -> Outcome:
-    """Feed ``data_chunks`` to a new queue pair of a fresh target and check everything."""
-    out = Outcome()
-    t = SansIoTarget(transport)
-    try:
-        admin = t.prepare(kind, hdgst, hdgst)
-        qp = t.open()
-        check = OutputChecker(max_data=max(t.engine.opts.max_io_size, 4096))
-        for chunk in data_chunks:
-            if qp.closing:
-                break
-            check.feed(t.feed(qp, chunk))
-        if qp.closing and not check.term and qp.phase == "ic" and check.pdus:
-            check.problems.append("closed during ICReq without a C2HTermReq")
-        if check.term and not qp.closing:
-            out.problems.append("C2HTermReq sent but the connection stays open")
-        out.closed = bool(qp.closing)
-        out.pdus_out = check.pdus
-        t.close(qp)
-        if admin is not None:
-            t.close(admin)
-        out.problems += check.problems + t.faults
-        errors = getattr(t.engine.stats, "internal_errors", 0)
-        if errors:
-            out.crash = f"{errors} internal errors contained by the queue pair"
-    except Exception:
-        out.crash = traceback.format_exc()
-    finally:
-        t.shutdown()
-    return out
-
-
-def run_case(kind: str, hdgst: bool, mutations: list[Mutation], cuts: list[int],
-             transport: dict | None = None) -> Outcome:
-    """One fuzz example: a valid session of ``kind``, mutated, fed in pieces."""
-    data = mutate(session(kind, hdgst, hdgst), mutations)
-    return run_sansio(kind, chunks(data, cuts), hdgst, transport)
 
 
 def random_case(rng: random.Random) -> tuple[str, bool, list[Mutation], list[int]]:
@@ -546,13 +420,3 @@ def random_case(rng: random.Random) -> tuple[str, bool, list[Mutation], list[int
         muts.append(Mutation(op, rng.getrandbits(16), rng.getrandbits(8), value, blob))
     cuts = [rng.getrandbits(16) for _ in range(rng.choice((0, 0, 1, 3, 10)))]
     return kind, rng.random() < 0.3, muts, cuts
-
-
-def crash_signature(text: str) -> str:
-    """The last frame and the exception line: what makes two crashes the same bug."""
-    lines = [ln for ln in text.strip().splitlines() if ln.strip()]
-    where = next((ln.strip() for ln in reversed(lines) if ln.strip().startswith("File ")), "")
-    return f"{where} | {lines[-1] if lines else text}"
-
-
-Runner = Callable[[str, bool, list[Mutation], list[int]], Outcome]

@@ -30,13 +30,11 @@ from tests.pdu_fuzz import (
     STREAM_OPS,
     Mutation,
     OutputChecker,
-    SansIoTarget,
     _Builder,
-    run_case,
-    run_sansio,
     session,
 )
 from tests.pdu_fuzz_live import GoodHost, LiveFuzzer, configure
+from tests.pdu_fuzz_sansio import SansIoTarget, run_case, run_sansio
 from tests.target_fixture import NQN, free_port, running_target
 from tests.target_process import target_process
 
