@@ -109,9 +109,10 @@ class Supervisor:
         loaded = self.store.load()
         self.status.checkpoint = {"source": loaded.source, "seq": loaded.seq,
                                   "reason": loaded.reason, "problems": loaded.problems}
-        if loaded.problems:
-            log.warning("checkpoint: %s; problems: %s", loaded.reason,
-                        "; ".join(loaded.problems))
+        if loaded.problems:   # no region at all is the normal first start or reboot
+            serious = any(not p.startswith("no shared-memory region") for p in loaded.problems)
+            (log.warning if serious else log.info)("checkpoint: %s; problems: %s",
+                                                   loaded.reason, "; ".join(loaded.problems))
         desired = loaded.state or TargetState.empty()
         start = time.monotonic()
         with self._connect_new(self.proc) as c:
