@@ -2,9 +2,9 @@
 
 Shared by tests/test_fuzz_pdu.py (hypothesis, bounded for CI), tests/pdu_fuzz_sansio.py
 (the protocol core without sockets), tests/pdu_fuzz_live.py (a live target over TCP) and
-benchmarks/fuzz_pdu.py (random, long runs). A session is what
-the project's initiator sends (built with target/pdu.PduWriter, split back into frames with
-PduReader): ICReq, a Connect, then commands. A :class:`Mutation` edits it at the level of
+benchmarks/fuzz_pdu.py (random, long runs). A session is what the project's initiator
+sends (built with target/pdu.PduWriter, split back into frames with PduReader): ICReq, a
+Connect, then commands. A :class:`Mutation` edits it at the level of
 frames (set an SQE/Connect/H2CData/header field, replace data, duplicate, drop, swap) or
 of the byte stream (flip, insert, delete, truncate). Mutations are plain data, so
 hypothesis can shrink them and a random driver can produce them just as well.
