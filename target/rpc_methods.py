@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from nvmf_phoenix.target.core import TargetCore, TargetError, invalid
-from nvmf_phoenix.target.rpc_params import decode, no_params, not_found
+from nvmf_phoenix.target.rpc_params import U32, U64, decode, no_params, not_found
 
 from nvmf_phoenix import __version__
 from nvmf_phoenix.model import Bdev
@@ -149,13 +149,13 @@ def spdk_kill_instance(ctx: RpcContext, params: Any) -> Any:
 
 
 # -- bdev ------------------------------------------------------------------------------
-MALLOC_SPEC = {"name": (str, False), "num_blocks": (int, True), "block_size": (int, True),
-               "physical_block_size": (int, False), "uuid": (str, False),
-               "optimal_io_boundary": (int, False), "md_size": (int, False),
-               "md_interleave": (bool, False), "dif_type": (int, False),
-               "dif_is_head_of_md": (bool, False), "dif_pi_format": (int, False),
+MALLOC_SPEC = {"name": (str, False), "num_blocks": (U64, True), "block_size": (U32, True),
+               "physical_block_size": (U32, False), "uuid": (str, False),
+               "optimal_io_boundary": (U32, False), "md_size": (U32, False),
+               "md_interleave": (bool, False), "dif_type": (U32, False),
+               "dif_is_head_of_md": (bool, False), "dif_pi_format": (U32, False),
                "numa_id": (int, False)}
-AIO_SPEC = {"name": (str, True), "filename": (str, True), "block_size": (int, False),
+AIO_SPEC = {"name": (str, True), "filename": (str, True), "block_size": (U32, False),
             "readonly": (bool, False), "fallocate": (bool, False), "uuid": (str, False),
             "nowait": (bool, False)}
 
@@ -219,7 +219,7 @@ def bdev_aio_delete(ctx: RpcContext, params: Any) -> Any:
 def bdev_get_bdevs(ctx: RpcContext, params: Any) -> Any:
     from nvmf_phoenix.target.config_io import bdev_info
 
-    p = decode(params, {"name": (str, False), "timeout": (int, False)})
+    p = decode(params, {"name": (str, False), "timeout": (U64, False)})
     with ctx.lock:
         bdevs = list(ctx.core.state.bdevs.values())
         if "name" in p:

@@ -14,6 +14,21 @@ from nvmf_phoenix.target.core import TargetError, invalid
 Spec = dict[str, tuple[type | tuple[type, ...], bool]]
 
 
+class U16(int):
+    """Spec marker: an unsigned 16-bit integer (SPDK's spdk_json_decode_uint16)."""
+
+
+class U32(int):
+    """Spec marker: an unsigned 32-bit integer (spdk_json_decode_uint32)."""
+
+
+class U64(int):
+    """Spec marker: an unsigned 64-bit integer (spdk_json_decode_uint64)."""
+
+
+WIDTH = {U16: 1 << 16, U32: 1 << 32, U64: 1 << 64}
+
+
 def decode(params: Any, spec: Spec, relaxed: bool = False) -> dict[str, Any]:
     """Check ``params`` against ``spec``; return only the keys given.
 
@@ -41,9 +56,14 @@ def decode(params: Any, spec: Spec, relaxed: bool = False) -> dict[str, Any]:
 
 
 def _is(value: Any, types: type | tuple[type, ...]) -> bool:
+    """SPDK's decoders: a bool is never a number, and an unsigned field takes only
+    integers that fit it (-1 or 2^40 for a uint32 is 'Invalid parameters')."""
     types = types if isinstance(types, tuple) else (types,)
     if isinstance(value, bool):
         return bool in types
+    for t in types:
+        if t in WIDTH and isinstance(value, int):
+            return 0 <= value < WIDTH[t]
     if isinstance(value, int) and int in types:
         return -(1 << 63) <= value < (1 << 64)
     return isinstance(value, tuple(t for t in types if t is not bool))

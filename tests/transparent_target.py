@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from nvmf_phoenix.rpc import RpcClient
-from nvmf_phoenix.target.keeper import keeper_status
+from nvmf_phoenix.target.keeper_client import keeper_status
 
 from tests.target_fixture import HOSTNQN, NQN, free_port
 from tests.waiting import wait_for
