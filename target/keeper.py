@@ -376,7 +376,15 @@ class Keeper:
 
 def serve(rpc_path: str, worker_cmd: list[str]) -> int:
     """Own the RPC socket path (as nvmf_tgt would) and keep workers serving behind it."""
+    import resource
+
     from nvmf_phoenix.target.sockpath import SocketInUse, take_lock
+
+    # The keeper holds every connection, and each worker a copy of each: both need the
+    # descriptor limit the hard limit allows (workers inherit it and budget from it).
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
     try:
         lock = take_lock(rpc_path)

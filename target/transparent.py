@@ -299,8 +299,12 @@ class TransparentDataPath(DataPath):
         reader = qp.reader
         out = qp.writer.take() if qp.writer.out else b""
         rx_done = c.rx_base + reader.pos
+        # Moving the unparsed tail to the front must not overwrite what the previous
+        # commit still refers to (everything from its rx_done on), or a successor that
+        # falls back to it (this commit torn) would replay overwritten bytes.
         compact_rx = reader.pos > 0 and (reader.pos == reader.end or (
-            reader.end > geo.rx_size // 2 and reader.end - reader.pos <= reader.pos))
+            reader.end > geo.rx_size // 2 and
+            reader.end - reader.pos <= c.rx_done - c.rx_base))
         if not out and rx_done == c.rx_done and qp.closing == conn.closing and not compact_rx:
             return
         new = Commit(c.seq + 1, rx_done, c.rx_base, c.tx_done, c.tx_base, qp.sqhd,

@@ -122,11 +122,9 @@ def test_another_user_cannot_read_state_or_region_nor_use_the_rpc_sockets(
             ("public rpc socket", "connect", str(open_base / "public.sock")),
             ("target rpc socket", "connect", str(open_base / "private.sock")),
             ("rpc lock", "read", str(open_base / "public.sock") + ".lock"),
-            # TODO(keeper): the socket keeper's Unix socket (issue 8): another uid must not
-            # connect, nor receive connection fds over SCM_RIGHTS. Add it here as
-            # ("keeper socket", "connect", <path>) once target/ has the keeper.
-            # TODO(qpair shared memory): the queue-pair state region(s) the lead adds
-            # (beyond the qpair table of recovery/region.py): ("qpair region", "read", ...).
+            # The crash-transparent target's keeper socket (SO_PEERCRED as well as 0600)
+            # and its connection state: tests/test_transparent.py::
+            # test_other_users_get_no_descriptors_and_no_state.
         ]
         as_us = probe(targets, as_other=False)
         assert set(as_us.values()) == {"allowed"}, as_us   # the probe itself works

@@ -258,14 +258,66 @@ def test_a_death_during_a_drift_check_is_noticed_while_a_mutation_waits(
                      timeout=20, what="restart while the front's lock is held")
 
 
-@pytest.mark.skip(reason="TODO(qpair shared memory): fill in when the lead's crash-"
-                         "transparent mode keeps queue-pair state in shared memory")
-def test_damaged_queue_pair_state_is_never_resumed() -> None:
-    """TODO(qpair shared memory), for the lead (issue 8). Extend tests/corruption.py:
-    a target with live queue pairs is SIGKILLed; before the restart, random damage goes
-    to the queue-pair records (recovery/region.py's qpair table today, whatever holds
-    them after the restructuring: sqhd, cntlid, digests, pending R2Ts). The restarted
-    target must detect every damaged record (CRC), drop that connection (the host
-    reconnects) and never resume it with wrong state: no completion with a wrong sqhd or
-    cid, no H2CData accepted for a write it did not ask for. Undamaged queues resume with
-    zero disconnects. Count trials and faults into RELIABILITY.md."""
+def _damage_spot(rng: random.Random, geo: Any) -> int:
+    """Half the time a byte that matters (header, seal, a commit record), else anywhere in
+    the header page and the two commit slots (blobs, the older slot, unused bytes)."""
+    from nvmf_phoenix.target import connstate as cs
+
+    vital = [*range(cs.HEADER.size + 4), *range(cs.SEAL_OFFSET, cs.SEAL_OFFSET + cs.SEAL.size),
+             *(cs.HEADER_SIZE + i * geo.commit_size + k for i in (0, 1)
+               for k in range(cs.COMMIT.size + 4))]
+    if rng.random() < 0.5:
+        return rng.choice(vital)
+    return rng.randrange(cs.HEADER_SIZE + 2 * geo.commit_size)
+
+
+def test_damaged_queue_pair_state_is_never_resumed(tmp_path: Path,
+                                                  request: pytest.FixtureRequest) -> None:
+    """Random damage to a connection's shared state (header, seal, commit records and
+    blobs) before its worker is SIGKILLed: the successor resumes the connection only when
+    the damage did not touch what it uses (and then the host's data is right and nothing
+    is completed twice), and otherwise closes it cleanly (the host reconnects). Never a
+    resume with wrong state."""
+    import mmap
+
+    from nvmf_phoenix.target.connstate import ConnState
+    from nvmf_phoenix.target.host import Host
+    from nvmf_phoenix.target.initiator import NvmeError
+
+    from tests.target_fixture import HOSTNQN, NQN
+    from tests.transparent_target import transparent_target
+
+    rng = random.Random(11)
+    trials = int(request.config.getoption("--damage-trials"))
+    outcomes = {"resumed": 0, "closed": 0}
+    with transparent_target(tmp_path) as t:
+        t.configure()
+        seen = t.wait_standby()["takeovers"]
+        for trial in range(trials):
+            host = Host("127.0.0.1", t.port, NQN, hostnqn=HOSTNQN)
+            try:
+                host.create_io_queues(1)
+                data = os.urandom(4096)
+                host.write(1, trial, data, 4096)
+                *_, admin, io = t.conn_ids()             # this host's two queues (newest)
+                path = t.state_file(f"conn-{rng.choice((admin, io))}")
+                st = ConnState.open(str(path))
+                spot = _damage_spot(rng, st.geo)
+                st.close()
+                with open(path, "r+b") as f, mmap.mmap(f.fileno(), 0) as mm:
+                    mm[spot] ^= 1 << rng.randrange(8)
+                t.kill_active()
+                seen = t.wait_standby(seen + 1)["takeovers"]
+                try:
+                    got = host.read(1, trial, 1, 4096)
+                    host.keep_alive()
+                except NvmeError as exc:
+                    assert "closed" in str(exc), exc   # never a wrong completion
+                    outcomes["closed"] += 1
+                else:
+                    assert got == data
+                    outcomes["resumed"] += 1
+            finally:
+                host.close()
+    print(f"damaged queue-pair state: {outcomes}")
+    assert outcomes["closed"] >= 1 and sum(outcomes.values()) == trials

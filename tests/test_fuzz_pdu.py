@@ -203,11 +203,56 @@ def test_live_target_fuzzed_while_a_good_host_does_verified_io(tmp_path: Path) -
         assert fuzzer.runs >= 500
 
 
-@pytest.mark.skip(reason="TODO(keeper): fill in when target/ has the socket keeper")
-def test_live_fuzz_across_kills_with_the_keeper() -> None:
-    """TODO(keeper fds), for the lead (issue 8). Point tests/pdu_fuzz_live.LiveFuzzer at
-    the crash-transparent target (benchmarks/fuzz_pdu.py --target HOST:PORT --nqn NQN)
-    and SIGKILL the target at random moments while fuzzed sessions and the GoodHost run:
-    connections the keeper hands back must resume mid-PDU without a parse error or a
-    TermReq the host did not earn, the good host must see no disconnect and no data
-    mismatch, and fuzzed connections must still end cleanly."""
+def test_live_fuzz_across_kills_with_the_keeper(tmp_path: Path,
+                                               request: pytest.FixtureRequest) -> None:
+    """The crash-transparent target fuzzed while its serving worker is SIGKILLed again
+    and again: fuzzed connections handed to a successor mid-PDU still end in well-formed
+    answers or a clean close, the good host sees no disconnect and no mismatch, and the
+    target keeps serving."""
+    import random
+    import threading
+
+    from tests.transparent_target import transparent_target
+
+    examples = int(request.config.getoption("--keeper-fuzz-examples"))
+    max_kills = int(request.config.getoption("--keeper-fuzz-kills"))
+    port = free_port()
+    with transparent_target(tmp_path) as t:
+        with t.rpc() as rpc:
+            configure(rpc, port)
+        seen = t.wait_standby()["takeovers"]
+        good = GoodHost("127.0.0.1", port).start()
+        fuzzer = LiveFuzzer("127.0.0.1", port)
+        found: list[str] = []
+        done, kills, rng = threading.Event(), [0], random.Random(5)
+
+        def killer() -> None:
+            nonlocal seen
+            while not done.wait(rng.uniform(0.05, 0.3)) and kills[0] < max_kills:
+                t.kill_active()
+                kills[0] += 1
+                seen = t.wait_standby(seen + 1)["takeovers"]
+
+        @settings(FUZZ, max_examples=examples)
+        @given(st.sampled_from(KINDS), st.booleans(), mutations, cuts)
+        def fuzz(kind: str, digests: bool, muts: list[Mutation], cut: list[int]) -> None:
+            found.extend(fuzzer.run(kind, digests, muts, cut).problems)
+
+        thread = threading.Thread(target=killer, daemon=True)
+        thread.start()
+        try:
+            fuzz()
+        finally:
+            done.set()
+            thread.join(60)
+            fuzzer.close()
+            good.stop()
+        print(f"keeper fuzz: {fuzzer.runs} sessions, {kills[0]} kills, good host "
+              f"{good.ops} verified ops")
+        assert found == []
+        assert kills[0] >= 3, "the fuzzing outran the kills"
+        assert good.error is None and good.mismatches == 0 and good.ops > 0
+        with Host("127.0.0.1", port, NQN) as h:
+            h.create_io_queues(1)
+            h.write(1, 3, b"\x17" * 512, 512)
+            assert h.read(1, 3, 1, 512) == b"\x17" * 512

@@ -76,6 +76,23 @@ class TransparentTarget:
         wait_for(ready, timeout=timeout, interval=0.01, what="a ready standby worker")
         return box["st"]
 
+    def state_file(self, name: str) -> Path:
+        """A file of the target's shared state (``config``, ``conn-N``, ``bdev-...``)."""
+        from nvmf_phoenix.recovery import shm
+        from nvmf_phoenix.target.app import scratch_name
+
+        found = shm.find(name, None, scratch_name(self.sock))
+        assert found is not None, f"no {name} in the target's shared memory"
+        return Path(found)
+
+    def conn_ids(self) -> list[int]:
+        """The connections that have shared state now, oldest first."""
+        from nvmf_phoenix.recovery import shm
+        from nvmf_phoenix.target.app import scratch_name
+
+        return sorted(int(p.name[5:]) for base, _ in shm.candidates(None, scratch_name(
+            self.sock)) for p in Path(base).glob("conn-*"))
+
     def kill_active(self) -> int:
         pid = int(self.status()["active"])
         os.kill(pid, signal.SIGKILL)
