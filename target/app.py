@@ -128,7 +128,12 @@ def run_plain(args: argparse.Namespace) -> int:
         server.start()
         print(f"nvmf-phoenix target ready: rpc={args.rpc_socket} "
               f"phase={ctx.phase}", flush=True)
-        stop.wait()
+        while not stop.wait(0.5):
+            if not dp.alive:   # hosts would hang on a target that only answers RPC
+                print("nvmf-phoenix target: the data path stopped (see the log); exiting",
+                      file=sys.stderr, flush=True)
+                server.close()
+                return 1
         server.close()
         return 0
     finally:

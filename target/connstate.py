@@ -32,11 +32,12 @@ import crc32c
 from nvmf_phoenix.recovery import shm
 
 MAGIC = b"PHXCONN1"
-LAYOUT_VERSION = 3
+LAYOUT_VERSION = 4
 HEADER_SIZE = 4096
 # magic, version, rx size, tx size, staging slot size, staging slots, commit slot size,
 # connection id, baseline bytes_received - SIOCINQ, baseline bytes_acked + SIOCOUTQ
-HEADER = struct.Struct("<8sIIIIIIQQQ")
+# (signed: a connection reset before it was accepted reports odd counters)
+HEADER = struct.Struct("<8sIIIIIIQqq")
 # seq, rx_done, rx_base, tx_done, tx_base, SQ head, next transfer tag, blob length, blob CRC
 COMMIT = struct.Struct("<QQQQQHHII")
 COMMIT_HDR_SIZE = 64

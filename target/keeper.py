@@ -346,7 +346,12 @@ class Keeper:
                 self.sel.unregister(lsock)
                 self.paused[key] = time.monotonic() + 0.1
                 return
-            base_rx, base_tx = baselines(sock)
+            try:
+                base_rx, base_tx = baselines(sock)
+            except OSError as exc:    # reset before we got to it: nothing to serve
+                log.info("connection from %s gone before it was accepted: %s", peer, exc)
+                sock.close()
+                continue
             kept = Kept(sock, list(key), list(peer[:2]), base_rx, base_tx)
             cid = self.next_id
             self.next_id += 1

@@ -79,6 +79,11 @@ class DataPath:
         self._thread.start()
         return self._thread
 
+    @property
+    def alive(self) -> bool:
+        """Whether the loop thread is running (an exception escaping it ends it)."""
+        return self._thread is not None and self._thread.is_alive()
+
     def stop(self, timeout: float = 5.0) -> None:
         self._stop.set()
         self._wake()

@@ -130,7 +130,13 @@ class TransparentDataPath(DataPath):
             return
         for msg, fds in msgs:
             if msg.get("op") == "conn" and len(fds) == 1:
-                self.adopt_handed(Handed.from_msg(msg, fds[0]))
+                h = Handed.from_msg(msg, fds[0])
+                try:
+                    self.adopt_handed(h)
+                except Exception:   # one bad connection never costs the data path
+                    log.exception("connection %d could not be adopted: closing it",
+                                  h.conn_id)
+                    self._abandon(h)
             else:
                 for fd in fds:
                     socket.socket(fileno=fd).close()
@@ -282,6 +288,7 @@ class TransparentDataPath(DataPath):
 
     def _failpoint_send(self, conn: TConn, start: int, unsent: int) -> None:
         failpoints.hit("io-committed")              # committed, nothing of it sent
+        failpoints.hit("io-bug", _bug)              # an exception escapes the loop
 
         def half() -> None:
             conn.sock.setblocking(True)             # make the half really leave
@@ -372,7 +379,16 @@ class TransparentDataPath(DataPath):
                 continue
             try:
                 got = self._reattach(h)
-            except (ConnStateError, OSError, ValueError, KeyError, TypeError) as exc:
+            except Exception as exc:
+                if self._untouched(h):
+                    # Its state never got written, but nothing was read or written
+                    # either (killed while the connection was being adopted): start it
+                    # afresh rather than make the host reconnect.
+                    log.info("connection %d has no usable state but no traffic yet: "
+                             "adopting it afresh (%s)", h.conn_id, exc)
+                    self.adopt_handed(h)
+                    report["fresh"] += 1
+                    continue
                 log.warning("connection %d cannot be resumed (%s): closing it", h.conn_id,
                             exc)
                 self._abandon(h)
@@ -399,6 +415,15 @@ class TransparentDataPath(DataPath):
             self._send(conn)
             conn.qp.interrupt_io = False
         return report
+
+    @staticmethod
+    def _untouched(h: Handed) -> bool:
+        try:
+            consumed, written, tcp_state = kernel_progress(h.sock)
+        except OSError:
+            return False
+        return (tcp_state == TCP_ESTABLISHED and consumed == h.base_rx and
+                written == h.base_tx)
 
     def _reattach(self, h: Handed) -> tuple[TConn, dict[str, Any]]:
         from nvmf_phoenix.recovery import shm
@@ -432,6 +457,10 @@ class TransparentDataPath(DataPath):
             st.close()
             raise
         return conn, d
+
+
+def _bug() -> None:
+    raise RuntimeError("injected bug (failpoint io-bug)")
 
 
 def _key(addr: ListenAddress) -> list[str]:

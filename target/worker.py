@@ -154,7 +154,12 @@ def run(args: argparse.Namespace) -> int:
     keeper.send({"op": "ready"})
     log.warning("worker %d took over in %.1f ms: %s", os.getpid(),
                 (time.monotonic() - started) * 1000, report)
-    stop.wait()
+    # A worker whose data path died serves nobody: leave, so a standby takes over from
+    # the last commit (the keeper notices at once) instead of every host hanging.
+    while not stop.wait(0.2):
+        if not dp.alive:
+            log.error("the data path stopped: exiting so a standby takes over")
+            os._exit(3)
     server.close()
     dp.stop()
     return 0

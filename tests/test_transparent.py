@@ -11,6 +11,9 @@ import json
 import mmap
 import os
 import shutil
+import signal
+import socket
+import struct
 import subprocess
 import tempfile
 import textwrap
@@ -292,3 +295,48 @@ def test_on_real_hugepages(tmp_path: Path) -> None:
     finally:
         shm.prefer_mount(None)
         release(mount)
+
+
+def test_a_data_path_bug_hands_over_instead_of_hanging(tmp_path: Path) -> None:
+    """An exception escaping the worker's I/O loop (a bug) must not leave a process that
+    answers RPC but serves no host: the worker leaves, the standby resumes from the last
+    commit, and the host sees nothing."""
+    marker = tmp_path / "fired"
+    env = {"NVMF_PHOENIX_FAILPOINT": f"io-bug:200:{marker}"}
+    with transparent_target(tmp_path, env=env) as t:
+        t.configure()
+        t.wait_standby()
+        with Host("127.0.0.1", t.port, NQN, hostnqn=HOSTNQN) as host:
+            host.create_io_queues(1)
+            work = VerifiedWorkload(host.io, 1, 4096, 2048, qd=32, seed=3)
+            work.run(30, stop=marker.exists)
+            work.run(1.0)
+            work.drain()
+            assert work.verify_all(lambda lba, n: host.read(1, lba, n, 4096)) == []
+        assert t.status()["takeovers"] == 2
+    assert work.stats.errors == [] and work.stats.mismatches == []
+    assert "the data path stopped" in t.log_path.read_text()
+
+
+def test_connections_reset_before_accept_cost_nothing(tmp_path: Path) -> None:
+    """Connections reset while still in the listen backlog (the keeper stopped meanwhile)
+    reach the keeper with odd counters or none: they are dropped, the serving worker
+    keeps running, and a host connecting afterwards is served."""
+    with transparent_target(tmp_path) as t:
+        t.configure()
+        st = t.wait_standby()
+        os.kill(t.proc.pid, signal.SIGSTOP)
+        try:
+            for _ in range(8):
+                s = socket.create_connection(("127.0.0.1", t.port))
+                s.sendall(b"\x00" * 64)
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                s.close()                                  # RST
+        finally:
+            os.kill(t.proc.pid, signal.SIGCONT)
+        with Host("127.0.0.1", t.port, NQN, hostnqn=HOSTNQN) as host:
+            host.create_io_queues(1)
+            host.write(1, 1, b"\x5a" * 4096, 4096)
+            assert host.read(1, 1, 1, 4096) == b"\x5a" * 4096
+        after = t.status()
+        assert after["active"] == st["active"] and after["takeovers"] == st["takeovers"]
