@@ -274,7 +274,7 @@ class Controller:
     cntlid: int
     hostnqn: str
     hostid: str
-    num_io_qpairs: int = 0
+    num_io_qpairs: int = 0   # as SPDK counts it: connected queues, the admin queue included
 
     def to_dict(self) -> dict[str, Any]:
         return {"nqn": self.nqn, "cntlid": self.cntlid, "hostnqn": self.hostnqn,

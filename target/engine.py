@@ -195,8 +195,11 @@ class Engine:
 
     # -- runtime facts for RPC ---------------------------------------------------------
     def controller_facts(self, nqn: str) -> list[ControllerFacts]:
+        # SPDK's "num_io_qpairs" counts every connected queue of the controller, the admin
+        # queue included (the bits set in ctrlr->qpair_mask): admin + 2 I/O queues is 3.
         return [ControllerFacts(nqn=c.nqn, cntlid=c.cntlid, hostnqn=c.hostnqn,
-                                hostid=c.hostid, num_io_qpairs=len(c.io_queues))
+                                hostid=c.hostid,
+                                num_io_qpairs=sum(qp.ctrl is c for qp in self.qpairs.values()))
                 for c in self._controllers_of(nqn)]
 
     def qpair_facts(self, nqn: str) -> list[QPair]:

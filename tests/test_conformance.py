@@ -185,3 +185,8 @@ def test_live_host_answers_have_spdks_shape(tmp_path: Path) -> None:
             for rec in records:
                 got = s.send(rec["request"])
                 assert _shape(got) == _shape(rec["response"]), rec["request"]["method"]
+                if rec["request"]["method"] == "nvmf_subsystem_get_controllers":
+                    # Same queues as the recording (admin + 1 I/O): SPDK counts the admin
+                    # queue in num_io_qpairs, so the value must match, not just the type.
+                    count = [c["num_io_qpairs"] for c in got["result"]]
+                    assert count == [c["num_io_qpairs"] for c in rec["response"]["result"]]

@@ -45,7 +45,7 @@ def test_round_trip_through_kill_9(tmp_path: Path, kind: str) -> None:
                                             hostnqn=HOST1) as h:
         h.create_io_queues(2)
         before = capture(c)
-    assert [(x.hostnqn, x.num_io_qpairs) for x in before.runtime.controllers] == [(HOST1, 2)]
+    assert [(x.hostnqn, x.num_io_qpairs) for x in before.runtime.controllers] == [(HOST1, 3)]
     assert list(before.keys) == ["psk0"] and len(before.referrals) == 1
     assert before.subsystems["nqn.2016-06.io.spdk:rt1"].namespaces[3].eui64 == \
         "0011223344556677"

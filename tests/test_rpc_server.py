@@ -52,7 +52,7 @@ def test_spdk_rpc_drives_a_full_scenario(tmp_path: Path) -> None:
         with Host("127.0.0.1", port, NQN) as h:
             h.create_io_queues(2)
             ctrls = json.loads(spdk_rpc(s, "nvmf_subsystem_get_controllers", NQN))
-            assert [(c["cntlid"], c["num_io_qpairs"]) for c in ctrls] == [(1, 2)]
+            assert [(c["cntlid"], c["num_io_qpairs"]) for c in ctrls] == [(1, 3)]
             qps = json.loads(spdk_rpc(s, "nvmf_subsystem_get_qpairs", NQN))
             assert sorted(q["qid"] for q in qps) == [0, 1, 2]
             stats = json.loads(spdk_rpc(s, "nvmf_get_stats"))
