@@ -32,12 +32,19 @@ class TargetProcess:
         self.proc = subprocess.Popen(
             [*target_command(kind), "-r", sock, *args],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        wait_for(lambda: self._ready(), timeout=20, what=f"target RPC socket {sock}")
-
-    def _ready(self) -> bool:
+        # An exit ends the wait at once (wait_for would retry a raised error until its
+        # deadline and lose the output): e.g. SPDK refusing a core another nvmf_tgt locked.
+        try:
+            wait_for(lambda: self.proc.poll() is not None or self._listening(), timeout=20,
+                     what=f"target RPC socket {sock}")
+        except AssertionError:
+            self.stop()   # alive but deaf: do not leave it running
+            raise
         if self.proc.poll() is not None:
             out = self.proc.stdout.read() if self.proc.stdout else ""
             raise AssertionError(f"target exited with {self.proc.returncode}: {out}")
+
+    def _listening(self) -> bool:
         if not os.path.exists(self.sock):
             return False
         probe = socket.socket(socket.AF_UNIX)

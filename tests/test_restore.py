@@ -41,15 +41,17 @@ def test_round_trip_through_kill_9(tmp_path: Path, kind: str) -> None:
     """Runs against SPDK's nvmf_tgt too when $SPDK_NVMF_TGT names one."""
     sock = str(tmp_path / "spdk.sock")
     tp, port = _build(tmp_path, sock, kind)
-    with RpcClient.connect(sock) as c, Host("127.0.0.1", port, "nqn.2016-06.io.spdk:rt1",
-                                            hostnqn=HOST1) as h:
-        h.create_io_queues(2)
-        before = capture(c)
+    try:
+        with RpcClient.connect(sock) as c, Host("127.0.0.1", port, "nqn.2016-06.io.spdk:rt1",
+                                                hostnqn=HOST1) as h:
+            h.create_io_queues(2)
+            before = capture(c)
+    finally:
+        tp.kill()   # the crash under test; also no target left running if capture failed
     assert [(x.hostnqn, x.num_io_qpairs) for x in before.runtime.controllers] == [(HOST1, 3)]
     assert list(before.keys) == ["psk0"] and len(before.referrals) == 1
     assert before.subsystems["nqn.2016-06.io.spdk:rt1"].namespaces[3].eui64 == \
         "0011223344556677"
-    tp.kill()
     fresh = TargetProcess(sock, "--wait-for-rpc", kind=kind)
     try:
         with RpcClient.connect(sock) as c:
