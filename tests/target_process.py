@@ -76,9 +76,9 @@ class TargetProcess:
 
 
 @contextmanager
-def target_process(tmp_path: Path, *args: str, name: str = "spdk.sock"
-                   ) -> Iterator[TargetProcess]:
-    tp = TargetProcess(str(tmp_path / name), *args)
+def target_process(tmp_path: Path, *args: str, name: str = "spdk.sock",
+                   kind: str = "embedded") -> Iterator[TargetProcess]:
+    tp = TargetProcess(str(tmp_path / name), *args, kind=kind)
     try:
         yield tp
     finally:

@@ -3,7 +3,8 @@
 Each request in ../shared/spdk-reference/*.json is sent, in order, over a real Unix socket
 to a fresh embedded target process, and the answer is compared with SPDK's. The only
 differences tolerated are listed in TOLERATED below, each for a reason that makes the
-values *have* to differ.
+values *have* to differ. With $SPDK_NVMF_TGT set the same replay also runs against that
+real nvmf_tgt: it checks that the recordings (and this comparison) still hold for SPDK.
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import pytest
 from nvmf_phoenix.rpc.client import JsonStream
 
 from tests.target_fixture import free_port
-from tests.target_process import target_process
+from tests.target_process import TARGET_KINDS, target_process
 
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "spdk-reference"
 FILES = ["00-basics", "01-bdevs", "02-build-config", "03-read-state", "04-errors",
@@ -102,8 +103,9 @@ def _normalise(method: str, resp: dict[str, Any]) -> dict[str, Any]:
     return resp
 
 
-@pytest.fixture(scope="module")
-def replay(tmp_path_factory: pytest.TempPathFactory) -> list[tuple[str, Any, Any, Any]]:
+@pytest.fixture(scope="module", params=TARGET_KINDS)
+def replay(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+           ) -> list[tuple[str, Any, Any, Any]]:
     if not REFERENCE.is_dir():
         pytest.skip(f"no SPDK reference recordings at {REFERENCE}")
     tmp = tmp_path_factory.mktemp("conf")
@@ -113,7 +115,7 @@ def replay(tmp_path_factory: pytest.TempPathFactory) -> list[tuple[str, Any, Any
     port = str(free_port())
     subst = {"/var/lib/nvmf/aio0.img": str(image), "4420": port}
     out = []
-    with target_process(tmp) as tp:
+    with target_process(tmp, kind=request.param) as tp:
         s = Session(tp.sock)
         explicit: set[str] = set()
         for name in FILES:
