@@ -88,10 +88,14 @@ def _ns_info(ns: Any) -> dict[str, Any]:
     return out
 
 
-def listener_info(ls: Listener) -> dict[str, Any]:
-    return {"address": ls.address.to_dict(),
-            "ana_states": [{"ana_group": g, "ana_state": s}
-                           for g, s in sorted(ls.ana_states.items())]}
+def listener_info(ls: Listener, ana_reporting: bool) -> dict[str, Any]:
+    """One entry of nvmf_subsystem_get_listeners: SPDK lists ana_states only for a
+    subsystem created with ANA reporting (and omits the key otherwise)."""
+    out: dict[str, Any] = {"address": ls.address.to_dict()}
+    if ana_reporting:
+        out["ana_states"] = [{"ana_group": g, "ana_state": s}
+                             for g, s in sorted(ls.ana_states.items())]
+    return out
 
 
 def bdev_info(core: TargetCore, b: Bdev) -> dict[str, Any]:

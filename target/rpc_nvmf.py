@@ -252,7 +252,7 @@ def nvmf_subsystem_get_listeners(ctx: RpcContext, params: Any) -> Any:
     p = decode(params, {"nqn": (str, True), "tgt_name": (str, False)})
     with ctx.lock:
         sub = ctx.core.subsystem(p["nqn"])
-        return [listener_info(ls) for ls in sub.listeners.values()]
+        return [listener_info(ls, sub.ana_reporting) for ls in sub.listeners.values()]
 
 
 @rpc("nvmf_subsystem_get_controllers")

@@ -163,7 +163,8 @@ def _shape(obj: Any) -> Any:
     return type(obj).__name__
 
 
-def test_live_host_answers_have_spdks_shape(tmp_path: Path) -> None:
+@pytest.mark.parametrize("kind", TARGET_KINDS)
+def test_live_host_answers_have_spdks_shape(tmp_path: Path, kind: str) -> None:
     """06-live-host was recorded with SPDK's own initiator connected; its values (host
     ids, peer ports, I/O counters) belong to that host, so the answers are compared by
     shape (every key, every value type) with our initiator connected instead."""
@@ -175,10 +176,11 @@ def test_live_host_answers_have_spdks_shape(tmp_path: Path) -> None:
     records = json.loads((REFERENCE / "06-live-host.json").read_text())
     nqn = "nqn.2016-06.io.spdk:live"
     port = free_port()
-    with target_process(tmp_path) as tp, RpcClient.connect(tp.sock) as c:
+    with target_process(tmp_path, kind=kind) as tp, RpcClient.connect(tp.sock) as c:
         rb.bdev_malloc_create(c, 64, 512, name="Live0")
         rn.nvmf_create_transport(c, "TCP")
-        rn.nvmf_create_subsystem(c, nqn, allow_any_host=True)
+        # The recording's subsystem had ANA reporting: only then are ana_states listed.
+        rn.nvmf_create_subsystem(c, nqn, allow_any_host=True, ana_reporting=True)
         rn.nvmf_subsystem_add_ns(c, nqn, "Live0")
         rn.nvmf_subsystem_add_listener(c, nqn, rn.listen_address("127.0.0.1", port))
         with Host("127.0.0.1", port, nqn) as h:
@@ -192,3 +194,24 @@ def test_live_host_answers_have_spdks_shape(tmp_path: Path) -> None:
                     # queue in num_io_qpairs, so the value must match, not just the type.
                     count = [c["num_io_qpairs"] for c in got["result"]]
                     assert count == [c["num_io_qpairs"] for c in rec["response"]["result"]]
+
+
+@pytest.mark.parametrize("kind", TARGET_KINDS)
+def test_listener_without_ana_reporting_lists_no_ana_states(tmp_path: Path, kind: str) -> None:
+    """SPDK writes ana_states for a listener only when its subsystem has ANA reporting."""
+    from nvmf_phoenix.rpc import RpcClient
+    from nvmf_phoenix.rpc import nvmf as rn
+
+    port = free_port()
+    addr = rn.listen_address("127.0.0.1", port)
+    with target_process(tmp_path, kind=kind) as tp, RpcClient.connect(tp.sock) as c:
+        rn.nvmf_create_transport(c, "TCP")
+        rn.nvmf_create_subsystem(c, "nqn.2016-06.io.spdk:plain", allow_any_host=True)
+        rn.nvmf_create_subsystem(c, "nqn.2016-06.io.spdk:ana", ana_reporting=True,
+                                 max_namespaces=4)
+        for nqn in ("nqn.2016-06.io.spdk:plain", "nqn.2016-06.io.spdk:ana"):
+            rn.nvmf_subsystem_add_listener(c, nqn, addr)
+        plain = c.call("nvmf_subsystem_get_listeners", {"nqn": "nqn.2016-06.io.spdk:plain"})
+        ana = c.call("nvmf_subsystem_get_listeners", {"nqn": "nqn.2016-06.io.spdk:ana"})
+    assert [sorted(e) for e in plain] == [["address"]]
+    assert [[g["ana_group"] for g in e["ana_states"]] for e in ana] == [[1, 2, 3, 4]]
