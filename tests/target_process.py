@@ -16,10 +16,14 @@ from tests.waiting import wait_for
 
 def target_command(kind: str = "embedded") -> list[str]:
     """The command for a target: the embedded one, or SPDK's nvmf_tgt named by
-    $SPDK_NVMF_TGT (extra flags in $SPDK_NVMF_TGT_ARGS, e.g. "-m 0x1 --no-huge -s 1024")."""
+    $SPDK_NVMF_TGT (extra flags in $SPDK_NVMF_TGT_ARGS, e.g. "-m 0x1 --no-huge -s 1024").
+
+    --num-trace-entries 0 by default: every nvmf_tgt otherwise creates a 3.4 MB
+    /dev/shm/nvmf_trace.pid<PID> that SPDK keeps after a crash, and these tests SIGKILL
+    targets by the dozen."""
     if kind == "spdk":
-        return [os.environ["SPDK_NVMF_TGT"],
-                *shlex.split(os.environ.get("SPDK_NVMF_TGT_ARGS", "-m 0x1"))]
+        return [os.environ["SPDK_NVMF_TGT"], *shlex.split(
+            os.environ.get("SPDK_NVMF_TGT_ARGS", "-m 0x1 --num-trace-entries 0"))]
     return [sys.executable, "-m", "nvmf_phoenix.target"]
 
 

@@ -15,15 +15,14 @@ from nvmf_phoenix.rpc import RpcClient
 from nvmf_phoenix.rpc import bdev as rb
 from nvmf_phoenix.rpc import nvmf as rn
 
+from tests.target_process import TARGET_KINDS, target_command
 from tests.waiting import wait_for
-
-EMBEDDED = [sys.executable, "-m", "nvmf_phoenix.target"]
 
 
 @contextmanager
-def supervised(tmp_path: Path, cmd: list[str] | None = None, **kw: object
-               ) -> Iterator[Supervisor]:
-    sup = Supervisor(cmd or EMBEDDED, str(tmp_path / "private.sock"),
+def supervised(tmp_path: Path, cmd: list[str] | None = None, kind: str = "embedded",
+               **kw: object) -> Iterator[Supervisor]:
+    sup = Supervisor(cmd or target_command(kind), str(tmp_path / "private.sock"),
                      str(tmp_path / "public.sock"), str(tmp_path / "state"), **kw)
     try:
         sup.start()
@@ -33,8 +32,10 @@ def supervised(tmp_path: Path, cmd: list[str] | None = None, **kw: object
         sup.store.region.unlink()
 
 
-def test_calls_during_a_restart_wait_and_are_served(tmp_path: Path) -> None:
-    with supervised(tmp_path) as sup, RpcClient.connect(str(tmp_path / "public.sock")) as c:
+@pytest.mark.parametrize("kind", TARGET_KINDS)
+def test_calls_during_a_restart_wait_and_are_served(tmp_path: Path, kind: str) -> None:
+    with supervised(tmp_path, kind=kind) as sup, \
+            RpcClient.connect(str(tmp_path / "public.sock")) as c:
         rn.nvmf_create_transport(c, "TCP")
         rb.bdev_malloc_create(c, 64, 512, name="M0", uuid="aaaaaaaa-0000-4000-8000-000000000001")
         rn.nvmf_create_subsystem(c, "nqn.2016-06.io.phx:s1", serial_number="SUP1")
@@ -51,8 +52,9 @@ def test_calls_during_a_restart_wait_and_are_served(tmp_path: Path) -> None:
         assert status["state"] == "ready" and status["restarts"] == 1
 
 
-def test_slow_but_alive_target_is_not_killed(tmp_path: Path) -> None:
-    with supervised(tmp_path, ping_interval=0.2, misses=10) as sup:
+@pytest.mark.parametrize("kind", TARGET_KINDS)
+def test_slow_but_alive_target_is_not_killed(tmp_path: Path, kind: str) -> None:
+    with supervised(tmp_path, kind=kind, ping_interval=0.2, misses=10) as sup:
         assert sup.proc is not None
         pid = sup.proc.pid
         os.kill(pid, signal.SIGSTOP)            # stalls for ~1 ping-window fraction
@@ -62,8 +64,9 @@ def test_slow_but_alive_target_is_not_killed(tmp_path: Path) -> None:
         assert sup.status.restarts == 0 and sup.proc.pid == pid
 
 
-def test_unanswering_target_is_replaced(tmp_path: Path) -> None:
-    with supervised(tmp_path, ping_interval=0.2, misses=3) as sup:
+@pytest.mark.parametrize("kind", TARGET_KINDS)
+def test_unanswering_target_is_replaced(tmp_path: Path, kind: str) -> None:
+    with supervised(tmp_path, kind=kind, ping_interval=0.2, misses=3) as sup:
         assert sup.proc is not None
         pid = sup.proc.pid
         os.kill(pid, signal.SIGSTOP)            # alive but silent for good
@@ -80,21 +83,24 @@ def test_crash_loop_ends_in_a_clear_failed_state(tmp_path: Path) -> None:
         assert "crash loop" in sup.status.last_error
 
 
-def test_planned_restart_keeps_everything(tmp_path: Path) -> None:
-    with supervised(tmp_path) as sup, RpcClient.connect(str(tmp_path / "public.sock")) as c:
+@pytest.mark.parametrize("kind", TARGET_KINDS)
+def test_planned_restart_keeps_everything(tmp_path: Path, kind: str) -> None:
+    with supervised(tmp_path, kind=kind) as sup, \
+            RpcClient.connect(str(tmp_path / "public.sock")) as c:
         rn.nvmf_create_transport(c, "TCP")
         rn.nvmf_create_subsystem(c, "nqn.2016-06.io.phx:p1", serial_number="PLAN1")
         before = capture_config(c)
         assert sup.proc is not None
         old = sup.proc.pid
-        status = c.call("phoenix_restart", {"target_cmd": EMBEDDED})
+        status = c.call("phoenix_restart", {"target_cmd": target_command(kind)})
         assert status["state"] == "ready" and sup.proc.pid != old
         after = capture_config(c)
         assert after.subsystems.keys() == before.subsystems.keys()
 
 
-def test_changes_behind_the_back_are_captured(tmp_path: Path) -> None:
-    with supervised(tmp_path, drift_interval=0.3) as sup:
+@pytest.mark.parametrize("kind", TARGET_KINDS)
+def test_changes_behind_the_back_are_captured(tmp_path: Path, kind: str) -> None:
+    with supervised(tmp_path, kind=kind, drift_interval=0.3) as sup:
         with RpcClient.connect(str(tmp_path / "private.sock")) as c:
             rn.nvmf_create_subsystem(c, "nqn.2016-06.io.phx:sneaky")
         wait_for(lambda: (st := sup.store.load().state) is not None and
@@ -106,11 +112,13 @@ def test_changes_behind_the_back_are_captured(tmp_path: Path) -> None:
             assert rn.nvmf_get_subsystems(c, "nqn.2016-06.io.phx:sneaky")
 
 
+@pytest.mark.parametrize("kind", TARGET_KINDS)
 @pytest.mark.parametrize("kills", [10])
-def test_torture_rpc_stream_and_host_io_under_sigkill(tmp_path: Path, kills: int) -> None:
+def test_torture_rpc_stream_and_host_io_under_sigkill(tmp_path: Path, kills: int,
+                                                      kind: str) -> None:
     from tests.torture import run_torture
 
-    result = run_torture(tmp_path, kills=kills, seed=1)
+    result = run_torture(tmp_path, kills=kills, seed=1, target_cmd=target_command(kind))
     assert result["kills"] >= kills
     assert result["acked_missing"] == [] and result["half_present"] == []
     assert result["io_mismatches"] == 0 and result["io_acked"] > 0

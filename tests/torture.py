@@ -46,13 +46,16 @@ def _connect(port: int, deadline: float) -> Host:
             threading.Event().wait(0.02)   # target restarting: retry the connect
 
 
-def run_torture(tmp: Path, kills: int, seed: int = 0) -> dict[str, Any]:
+def run_torture(tmp: Path, kills: int, seed: int = 0,
+                target_cmd: list[str] | None = None) -> dict[str, Any]:
+    """``target_cmd`` defaults to the embedded target; SPDK's nvmf_tgt works the same."""
     rng = random.Random(seed)
     port = _port()
     image = tmp / "torture.img"
     with open(image, "wb") as f:
         f.truncate(BLOCKS * BS)
-    sup = Supervisor([sys.executable, "-m", "nvmf_phoenix.target"], str(tmp / "priv.sock"),
+    sup = Supervisor(target_cmd or [sys.executable, "-m", "nvmf_phoenix.target"],
+                     str(tmp / "priv.sock"),
                      str(tmp / "pub.sock"), str(tmp / "state"), ping_interval=0.5,
                      max_restarts=100_000, restart_window=1.0)
     sup.start()
