@@ -36,7 +36,11 @@ class MallocDevice:
         check_geometry(block_size, num_blocks)
         self.block_size = block_size
         self.num_blocks = num_blocks
-        self.mem = mmap.mmap(-1, block_size * num_blocks)
+        try:
+            self.mem = mmap.mmap(-1, block_size * num_blocks)
+        except (OverflowError, OSError, MemoryError):   # SPDK: spdk_zmalloc() failed
+            raise TargetError(-12, "Cannot allocate memory",
+                              f"{num_blocks} blocks of {block_size} bytes") from None
         self.view = memoryview(self.mem)
 
     def read(self, offset: int, length: int) -> memoryview:

@@ -165,15 +165,23 @@ def test_hostile_rpc_input_is_refused_and_changes_nothing(tmp_path: Path) -> Non
         assert b"-32700" in _raw(tp.sock, b"this is not json")
         deep = b'{"jsonrpc":"2.0","id":1,"method":"x","params":' + b"[" * 100000
         assert b"-32700" in _raw(tp.sock, deep + b"]" * 100000 + b"}")
-        cases = [("nvmf_create_subsystem", {"nqn": 42}), ("nvmf_create_subsystem", {}),
-                 ("nvmf_create_subsystem", {"nqn": NQN, "bogus": 1}),
-                 ("bdev_malloc_create", {"num_blocks": 1 << 80, "block_size": 512}),
-                 ("bdev_malloc_create", {"num_blocks": "many", "block_size": 512}),
-                 ("nvmf_subsystem_add_ns", {"nqn": NQN, "namespace": "Malloc0"})]
-        for method, params in cases:
+        # nvmf methods refuse bad params with -32602; SPDK's bdev modules answer a decode
+        # failure with -32603 "spdk_json_decode_object failed" (checked against nvmf_tgt).
+        cases = [("nvmf_create_subsystem", {"nqn": 42}, -32602),
+                 ("nvmf_create_subsystem", {}, -32602),
+                 ("nvmf_create_subsystem", {"nqn": NQN, "bogus": 1}, -32602),
+                 ("bdev_malloc_create", {"num_blocks": 1 << 80, "block_size": 512}, -32603),
+                 ("bdev_malloc_create", {"num_blocks": "many", "block_size": 512}, -32603),
+                 ("bdev_malloc_create", {"num_blocks": -1, "block_size": 512}, -32603),
+                 ("bdev_malloc_create", {"num_blocks": 8, "block_size": 512, "uuid": "x"},
+                  -32603),
+                 ("bdev_malloc_create", {"num_blocks": (1 << 64) - 1, "block_size": 512},
+                  -12),   # decodes, but no memory for it: ENOMEM, not a crash
+                 ("nvmf_subsystem_add_ns", {"nqn": NQN, "namespace": "Malloc0"}, -32602)]
+        for method, params, code in cases:
             with pytest.raises(RpcError) as err:
                 c.call(method, params)
-            assert err.value.code == -32602, (method, params, err.value)
+            assert err.value.code == code, (method, params, err.value)
         before = rf.save_config(c)
         rn.nvmf_create_subsystem(c, NQN)
         with pytest.raises(RpcError):   # nsid collision after a valid first namespace
