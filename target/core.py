@@ -14,6 +14,7 @@ in the configuration, so a restart shows the host the same thing.
 """
 from __future__ import annotations
 
+import errno
 import os
 import uuid as uuidlib
 from collections.abc import Callable
@@ -159,21 +160,30 @@ class TargetCore:
 
     # -- keys and referrals -------------------------------------------------------------
     def add_key(self, key: Key) -> None:
-        """A keyring file key: the file must exist and be private, as SPDK demands."""
+        """A keyring file key: the file must exist and be private, as SPDK demands.
+        Refusals carry SPDK's errno codes (keyring.c, keyring_file_check_path)."""
+        if ":" in key.name[1:]:
+            raise TargetError(-errno.EINVAL, os.strerror(errno.EINVAL),
+                              f"key name {key.name}: no keyring before ':' exists")
         if key.name in self.state.keys:
             raise TargetError(-17, "File exists", f"key {key.name} already exists")
+        eperm = (-errno.EPERM, os.strerror(errno.EPERM))
+        if not os.path.isabs(key.path):
+            raise TargetError(*eperm, f"key file {key.path}: not an absolute path")
         try:
-            mode = os.stat(key.path).st_mode
+            st = os.stat(key.path)
         except OSError as exc:
-            raise invalid(f"key file {key.path}: {exc.strerror}") from None
-        if not os.path.isabs(key.path) or mode & 0o077:
-            raise invalid(f"key file {key.path} must be an absolute path readable by its "
-                          "owner only (mode 0600)")
+            code = exc.errno or errno.EIO
+            raise TargetError(-code, os.strerror(code),
+                              f"key file {key.path}: {exc.strerror}") from None
+        if st.st_mode & 0o077 or st.st_uid != os.getuid():
+            raise TargetError(*eperm, f"key file {key.path} must be owned by this user and "
+                              "readable by its owner only (mode 0600)")
         self.state.keys[key.name] = key
 
     def remove_key(self, name: str) -> None:
         if name not in self.state.keys:
-            raise TargetError(-19, "No such device", f"no key named {name}")
+            raise TargetError(-errno.ENOKEY, os.strerror(errno.ENOKEY), f"no key named {name}")
         del self.state.keys[name]
 
     def add_referral(self, ref: Referral) -> None:
@@ -195,7 +205,8 @@ class TargetCore:
     def create_transport(self, trtype: str, options: dict[str, Any]) -> None:
         key = trtype.upper()
         if key != "TCP":
-            raise invalid(f"transport {trtype} is not supported by the embedded target")
+            raise TargetError(INVALID_PARAMS, f"Invalid transport type '{trtype}'",
+                              f"transport {trtype} is not supported by the embedded target")
         if key in self.state.transports:
             raise TargetError(INTERNAL_ERROR, f"Transport type '{trtype}' already exists")
         self.state.transports[key] = Transport(trtype=key, options=dict(options))
@@ -207,7 +218,8 @@ class TargetCore:
             raise TargetError(INTERNAL_ERROR, f"Unable to create subsystem {sub.nqn}",
                               f"subsystem {sub.nqn} exists or is not a valid NQN")
         if not 1 <= sub.min_cntlid <= sub.max_cntlid <= 0xFFEF:
-            raise invalid(f"cntlid range {sub.min_cntlid}-{sub.max_cntlid} is invalid")
+            raise TargetError(INVALID_PARAMS, f"Invalid cntlid range [{sub.min_cntlid}-"
+                              f"{sub.max_cntlid}]", "cntlids must lie in 1..65519")
         self.state.subsystems[sub.nqn] = sub
         self._emit(Event("subsystem_added", nqn=sub.nqn))
 

@@ -93,7 +93,7 @@ def dispatch(ctx: RpcContext, method: str, params: Any) -> Any:
 # -- framework -------------------------------------------------------------------------
 @rpc("spdk_get_version", startup=True)
 def spdk_get_version(ctx: RpcContext, params: Any) -> Any:
-    no_params(params)
+    no_params(params, "spdk_get_version method requires no parameters")
     major, minor, patch = (int(x) for x in __version__.split(".")[:3])
     return {"version": f"nvmf-phoenix v{__version__}",
             "fields": {"major": major, "minor": minor, "patch": patch,
@@ -111,7 +111,7 @@ def rpc_get_methods(ctx: RpcContext, params: Any) -> Any:
 
 @rpc("framework_wait_init", startup=True)
 def framework_wait_init(ctx: RpcContext, params: Any) -> Any:
-    no_params(params)
+    # SPDK ignores any params here
     if not ctx.started.wait(3600):
         raise TargetError(-32603, "Internal error", "framework never started")
     return True
@@ -119,7 +119,7 @@ def framework_wait_init(ctx: RpcContext, params: Any) -> Any:
 
 @rpc("framework_start_init", startup=True, runtime=False)
 def framework_start_init(ctx: RpcContext, params: Any) -> Any:
-    no_params(params)
+    no_params(params, "framework_start_init requires no parameters")
     ctx.phase = RUNTIME
     ctx.started.set()
     return True
@@ -127,7 +127,7 @@ def framework_start_init(ctx: RpcContext, params: Any) -> Any:
 
 @rpc("framework_get_subsystems", startup=True)
 def framework_get_subsystems(ctx: RpcContext, params: Any) -> Any:
-    no_params(params)
+    no_params(params, "'framework_get_subsystems' requires no arguments")
     return [{"subsystem": name, "depends_on": deps}
             for name, deps in (("keyring", []), ("bdev", ["keyring"]),
                                ("nvmf", ["bdev", "keyring"]))]
@@ -141,7 +141,7 @@ def framework_get_config(ctx: RpcContext, params: Any) -> Any:
     with ctx.lock:
         cfg = subsystem_config(ctx.core, p["name"])
     if cfg is None:
-        raise invalid(f"no subsystem named {p['name']}")
+        raise TargetError(-32602, f"Subsystem '{p['name']}' not found")
     return cfg
 
 
@@ -244,7 +244,7 @@ def bdev_get_bdevs(ctx: RpcContext, params: Any) -> Any:
 
 @rpc("bdev_wait_for_examine")
 def bdev_wait_for_examine(ctx: RpcContext, params: Any) -> Any:
-    no_params(params)
+    no_params(params, "bdev_wait_for_examine requires no parameters")
     return True
 
 

@@ -8,10 +8,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from nvmf_phoenix.target.core import INTERNAL_ERROR, TargetError, invalid
+from nvmf_phoenix.target.core import INTERNAL_ERROR, INVALID_PARAMS, TargetError, invalid
 
 # A spec maps a parameter name to (accepted type or types, required).
 Spec = dict[str, tuple[type | tuple[type, ...], bool]]
+
+
+class U16(int):
+    """Spec type: a JSON integer spdk_json_decode_uint16 accepts (0 .. 2**16-1)."""
+
+    BITS = 16
 
 
 class U32(int):
@@ -68,7 +74,7 @@ def _is(value: Any, types: type | tuple[type, ...]) -> bool:
     types = types if isinstance(types, tuple) else (types,)
     if isinstance(value, bool):
         return bool in types
-    unsigned = [t for t in types if t in (U32, U64)]
+    unsigned = [t for t in types if t in (U16, U32, U64)]
     if unsigned and isinstance(value, int):
         return 0 <= value < (1 << unsigned[0].BITS)
     if isinstance(value, int) and int in types:
@@ -76,9 +82,10 @@ def _is(value: Any, types: type | tuple[type, ...]) -> bool:
     return isinstance(value, tuple(t for t in types if t is not bool))
 
 
-def no_params(params: Any) -> None:
+def no_params(params: Any, message: str = "Invalid parameters") -> None:
+    """Refuse any params; ``message`` is the method's own wording in SPDK."""
     if params not in (None, {}):
-        raise invalid("this method takes no parameters")
+        raise TargetError(INVALID_PARAMS, message, "this method takes no parameters")
 
 
 def not_found(detail: str) -> TargetError:

@@ -215,3 +215,61 @@ def test_listener_without_ana_reporting_lists_no_ana_states(tmp_path: Path, kind
         ana = c.call("nvmf_subsystem_get_listeners", {"nqn": "nqn.2016-06.io.spdk:ana"})
     assert [sorted(e) for e in plain] == [["address"]]
     assert [[g["ana_group"] for g in e["ana_states"]] for e in ana] == [[1, 2, 3, 4]]
+
+
+# Refusals beyond the recordings, as a real SPDK v26.05 nvmf_tgt answered them: (method,
+# params, code, message). Sent in order on one fresh target (a TCP transport exists).
+REFUSALS: list[tuple[str, dict[str, Any], int, str]] = [
+    ("spdk_get_version", {"x": 1}, -32602, "spdk_get_version method requires no parameters"),
+    ("framework_get_subsystems", {"x": 1}, -32602,
+     "'framework_get_subsystems' requires no arguments"),
+    ("bdev_wait_for_examine", {"x": 1}, -32602, "bdev_wait_for_examine requires no parameters"),
+    ("framework_get_config", {"name": "nope"}, -32602, "Subsystem 'nope' not found"),
+    ("bdev_malloc_create", {"num_blocks": 16}, -32603, "spdk_json_decode_object failed"),
+    ("bdev_malloc_create", {"num_blocks": -1, "block_size": 512}, -32603,
+     "spdk_json_decode_object failed"),
+    ("bdev_malloc_delete", {}, -32603, "spdk_json_decode_object failed"),
+    ("bdev_aio_create", {"name": "A1"}, -32603, "spdk_json_decode_object failed"),
+    ("nvmf_create_transport", {"trtype": "foo"}, -32602, "Invalid transport type 'foo'"),
+    ("nvmf_get_transports", {"trtype": "RDMA"}, -19, "No such device"),
+    ("nvmf_create_subsystem", {"nqn": "nqn.2016-06.io.spdk:c1", "min_cntlid": 0}, -32602,
+     "Invalid cntlid range [0-65519]"),
+    ("nvmf_create_subsystem", {"nqn": "nqn.2016-06.io.spdk:c2", "min_cntlid": 10,
+                               "max_cntlid": 5}, -32602, "Invalid cntlid range [10-5]"),
+    ("nvmf_create_subsystem", {"nqn": "nqn.2016-06.io.spdk:c3", "min_cntlid": 70000},
+     -32602, "Invalid parameters"),
+    ("nvmf_create_subsystem", {"nqn": "nqn.2016-06.io.spdk:c4", "max_namespaces": -1},
+     -32602, "Invalid parameters"),
+    ("nvmf_create_subsystem", {"nqn": "nqn.2016-06.io.spdk:c5",
+                               "serial_number": "123456789012345678901"},
+     -32602, "Invalid parameters"),
+    ("nvmf_get_subsystems", {"nqn": "nqn.2016-06.io.spdk:nope"}, -19, "No such device"),
+    ("keyring_file_add_key", {"name": "k0"}, -32602, "Invalid argument"),
+    ("keyring_file_add_key", {"name": "k0", "path": "relative/key"}, -1,
+     "Operation not permitted"),
+    ("keyring_file_add_key", {"name": "k0", "path": "/nonexistent/key"}, -2,
+     "No such file or directory"),
+    ("keyring_file_add_key", {"name": "k0", "path": "OPEN_KEY"}, -1, "Operation not permitted"),
+    ("keyring_file_add_key", {"name": "a:k0", "path": "OPEN_KEY"}, -22, "Invalid argument"),
+    ("keyring_file_remove_key", {"name": "nope"}, -126, "Required key not available"),
+]
+
+
+@pytest.mark.parametrize("kind", TARGET_KINDS)
+def test_refusals_answer_as_spdk_does(tmp_path: Path, kind: str) -> None:
+    open_key = tmp_path / "open.key"      # readable by others: SPDK refuses it
+    open_key.write_text("NVMeTLSkey-1:01:not-a-real-key:\n")
+    open_key.chmod(0o644)
+    with target_process(tmp_path, kind=kind) as tp:
+        s = Session(tp.sock)
+        s.send({"jsonrpc": "2.0", "id": 0, "method": "nvmf_create_transport",
+                "params": {"trtype": "TCP"}})
+        got = []
+        for i, (method, params, _, _) in enumerate(REFUSALS, 1):
+            params = {k: str(open_key) if v == "OPEN_KEY" else v for k, v in params.items()}
+            resp = s.send({"jsonrpc": "2.0", "id": i, "method": method, "params": params})
+            err = resp.get("error", {})
+            got.append((method, params, err.get("code"), err.get("message")))
+    expected = [(m, {k: str(open_key) if v == "OPEN_KEY" else v for k, v in p.items()}, c, t)
+                for m, p, c, t in REFUSALS]
+    assert [g for g, e in zip(got, expected, strict=True) if g != e] == []
