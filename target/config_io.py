@@ -184,9 +184,7 @@ def _nvmf_config(core: TargetCore) -> list[dict[str, Any]]:
                 "nqn": s.nqn, "namespace": {k: ns[k] for k in order if k in ns}}})
     for r in st.referrals:
         out.append({"method": "nvmf_discovery_add_referral",
-                    "params": {"address": r.address.to_dict(), **({"subnqn": r.subnqn}
-                                                                  if r.subnqn else {}),
-                               "secure_channel": r.secure_channel}})
+                    "params": r.to_dict()})
     for s in st.subsystems.values():
         for ls in s.listeners.values():
             out.append({"method": "nvmf_subsystem_add_listener", "params": {

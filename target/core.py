@@ -187,17 +187,20 @@ class TargetCore:
         del self.state.keys[name]
 
     def add_referral(self, ref: Referral) -> None:
-        if any(r.address == ref.address and r.subnqn == ref.subnqn
-               for r in self.state.referrals):
-            raise invalid(f"referral {ref.address} already exists")
-        self.state.referrals.append(ref)
+        """As SPDK (nvmf.c): a referral is its address plus subnqn (none meaning the
+        discovery NQN); adding one that exists is a no-op; new ones go to the head of the
+        list, so listings and the discovery log show the newest first."""
+        if any(_same_referral(r, ref.address, ref.subnqn) for r in self.state.referrals):
+            return
+        self.state.referrals.insert(0, ref)
         self._emit(Event("referral_changed"))
 
     def remove_referral(self, address: ListenAddress, subnqn: str | None) -> None:
         keep = [r for r in self.state.referrals
-                if not (r.address == address and (subnqn is None or r.subnqn == subnqn))]
+                if not _same_referral(r, address, subnqn)]
         if len(keep) == len(self.state.referrals):
-            raise invalid(f"no referral {address}")
+            raise TargetError(INTERNAL_ERROR, "Unable to remove a referral.",
+                              f"no referral {address} for {subnqn or DISCOVERY_NQN}")
         self.state.referrals = keep
         self._emit(Event("referral_changed"))
 
@@ -317,6 +320,10 @@ class TargetCore:
         for g in [anagrpid] if anagrpid is not None else list(listener.ana_states):
             listener.ana_states[g] = ana_state
         self._emit(Event("ana_changed", nqn=nqn, address=address, nsid=anagrpid))
+
+
+def _same_referral(ref: Referral, address: ListenAddress, subnqn: str | None) -> bool:
+    return ref.address == address and ref.subnqn == (subnqn or DISCOVERY_NQN)
 
 
 def _valid_nqn(nqn: str) -> bool:

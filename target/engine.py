@@ -120,8 +120,10 @@ class Engine:
             for addr in sub.listeners:
                 entries.append(_entry(nvme.SUBTYPE_NVME, ports[addr], addr, sub.nqn))
         for ref in self.core.state.referrals:
-            entries.append(_entry(nvme.SUBTYPE_REFERRAL, ports.get(ref.address, 0),
-                                  ref.address, ref.subnqn or DISCOVERY_NQN))
+            # SPDK (nvmf.c): a referral to a discovery service is subtype 1, one to an NVM
+            # subsystem subtype 2; its port id is never set (0).
+            subtype = nvme.SUBTYPE_REFERRAL if ref.subnqn == DISCOVERY_NQN else nvme.SUBTYPE_NVME
+            entries.append(_entry(subtype, 0, ref.address, ref.subnqn))
         return nvme.discovery_log(self.discovery_genctr, entries)
 
     def ana_log(self, ctrl: Controller, rgo: bool) -> bytes:

@@ -16,6 +16,7 @@ from nvmf_phoenix.target.rpc_params import ADDRESS_SPEC, U16, U32, decode, not_f
 
 from nvmf_phoenix.model import (
     ANA_STATES,
+    DISCOVERY_NQN,
     Host,
     Key,
     ListenAddress,
@@ -295,7 +296,7 @@ REFERRAL_SPEC = {"address": (dict, True), "subnqn": (str, False),
 @rpc("nvmf_discovery_add_referral")
 def nvmf_discovery_add_referral(ctx: RpcContext, params: Any) -> Any:
     p = decode(params, REFERRAL_SPEC)
-    ref = Referral(address=_address(p["address"]), subnqn=p.get("subnqn"),
+    ref = Referral(address=_address(p["address"]), subnqn=p.get("subnqn") or DISCOVERY_NQN,
                    secure_channel=p.get("secure_channel", False))
     ctx.mutate(lambda: ctx.core.add_referral(ref))
     return True
@@ -336,5 +337,4 @@ def keyring_get_keys(ctx: RpcContext, params: Any) -> Any:
 @rpc("nvmf_discovery_get_referrals")
 def nvmf_discovery_get_referrals(ctx: RpcContext, params: Any) -> Any:
     decode(params, {"tgt_name": (str, False)})
-    return [{"address": r.address.to_dict(), "secure_channel": r.secure_channel,
-             **({"subnqn": r.subnqn} if r.subnqn else {})} for r in ctx.core.state.referrals]
+    return [r.to_dict() for r in ctx.core.state.referrals]

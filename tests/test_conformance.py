@@ -252,6 +252,9 @@ REFUSALS: list[tuple[str, dict[str, Any], int, str]] = [
     ("keyring_file_add_key", {"name": "k0", "path": "OPEN_KEY"}, -1, "Operation not permitted"),
     ("keyring_file_add_key", {"name": "a:k0", "path": "OPEN_KEY"}, -22, "Invalid argument"),
     ("keyring_file_remove_key", {"name": "nope"}, -126, "Required key not available"),
+    ("nvmf_discovery_remove_referral", {"address": {"trtype": "tcp", "traddr": "127.0.0.9",
+                                                    "trsvcid": "8009"}},
+     -32603, "Unable to remove a referral."),
 ]
 
 

@@ -107,3 +107,27 @@ def test_conflicting_identity_is_reported_not_destroyed(tmp_path: Path) -> None:
         assert p.calls == [] and len(p.conflicts) == 1 and "nsid 1" in p.conflicts[0]
     finally:
         tp.stop()
+
+
+@pytest.mark.parametrize("kind", TARGET_KINDS)
+def test_referral_order_survives_a_restore(tmp_path: Path, kind: str) -> None:
+    """The discovery log lists referrals in the target's order (SPDK: newest first); a
+    restore must give it back the same, not reversed."""
+    sock = str(tmp_path / "spdk.sock")
+    tp = TargetProcess(sock, kind=kind)
+    try:
+        with RpcClient.connect(sock) as c:
+            for last in (2, 3, 4):
+                rn.nvmf_discovery_add_referral(c, rn.listen_address(f"127.0.0.{last}", 8009))
+            listed = c.call("nvmf_discovery_get_referrals")
+            before = capture_config(c)
+    finally:
+        tp.kill()
+    assert [r["address"]["traddr"] for r in listed] == ["127.0.0.4", "127.0.0.3", "127.0.0.2"]
+    fresh = TargetProcess(sock, "--wait-for-rpc", kind=kind)
+    try:
+        with RpcClient.connect(sock) as c:
+            assert restore(c, before).ok
+            assert c.call("nvmf_discovery_get_referrals") == listed
+    finally:
+        fresh.stop()
