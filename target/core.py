@@ -286,6 +286,8 @@ class TargetCore:
         sub = self.subsystem(nqn)
         if address in sub.listeners or ana_state not in ANA_STATES:
             raise invalid(f"listener {address} exists on {nqn} or bad ANA state")
+        if address.trtype.upper() not in self.state.transports:
+            raise invalid(f"no {address.trtype} transport: create it before its listeners")
         groups = range(1, sub.max_namespaces + 1) if sub.ana_reporting or sub.max_namespaces \
             else range(0)
         sub.listeners[address] = Listener(address=address,

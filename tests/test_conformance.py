@@ -276,3 +276,22 @@ def test_refusals_answer_as_spdk_does(tmp_path: Path, kind: str) -> None:
     expected = [(m, {k: str(open_key) if v == "OPEN_KEY" else v for k, v in p.items()}, c, t)
                 for m, p, c, t in REFUSALS]
     assert [g for g, e in zip(got, expected, strict=True) if g != e] == []
+
+
+@pytest.mark.parametrize("kind", TARGET_KINDS)
+def test_listener_needs_its_transport_first(tmp_path: Path, kind: str) -> None:
+    """SPDK refuses a listener whose transport does not exist yet (-32602): a restore that
+    opened listeners before transports would fail there, so the embedded target must too."""
+    from nvmf_phoenix.rpc import RpcClient, RpcError
+    from nvmf_phoenix.rpc import nvmf as rn
+
+    nqn = "nqn.2016-06.io.spdk:order"
+    addr = rn.listen_address("127.0.0.1", free_port())
+    with target_process(tmp_path, kind=kind) as tp, RpcClient.connect(tp.sock) as c:
+        rn.nvmf_create_subsystem(c, nqn)
+        with pytest.raises(RpcError) as err:
+            rn.nvmf_subsystem_add_listener(c, nqn, addr)
+        assert (err.value.code, err.value.message) == (-32602, "Invalid parameters")
+        rn.nvmf_create_transport(c, "TCP")
+        rn.nvmf_subsystem_add_listener(c, nqn, addr)
+        assert len(c.call("nvmf_subsystem_get_listeners", {"nqn": nqn})) == 1
