@@ -213,8 +213,15 @@ class Supervisor:
             self.ready.set()
 
     def _check_drift(self) -> None:
-        """Changes made on the private socket behind our back: capture them, warn."""
-        with self.front.lock:
+        """Changes made on the private socket behind our back: capture them, warn.
+
+        Skipped while a mutation holds the front's lock: that mutation checkpoints anyway,
+        and the watcher must never wait for it - a mutation whose target died waits for
+        the watcher to notice the death (seen with SPDK: a 60 s stall until the front's
+        deadline, as every mutation there takes tens of milliseconds)."""
+        if not self.front.lock.acquire(blocking=False):
+            return
+        try:
             try:
                 with RpcClient.connect(self.private_sock, timeout=10) as c:
                     live = capture_config(c)
@@ -227,6 +234,8 @@ class Supervisor:
                 log.warning("configuration changed behind the supervisor's back: %s",
                             "; ".join(diff(saved, live)[:5]))
                 self.store.save(live)
+        finally:
+            self.front.lock.release()
 
     # -- control methods on the public socket ----------------------------------------------
     def _control(self, method: str, params: Any) -> Any:

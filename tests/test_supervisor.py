@@ -122,3 +122,27 @@ def test_torture_rpc_stream_and_host_io_under_sigkill(tmp_path: Path, kills: int
     assert result["kills"] >= kills
     assert result["acked_missing"] == [] and result["half_present"] == []
     assert result["io_mismatches"] == 0 and result["io_acked"] > 0
+
+
+@pytest.mark.parametrize("kind", TARGET_KINDS)
+def test_death_is_noticed_while_a_mutation_holds_the_front(tmp_path: Path, kind: str) -> None:
+    """A mutation holds the front's lock while it waits for a dead target to come back;
+    the watcher's drift check must not wait for that lock, or nobody restarts the target
+    (against SPDK this stalled the front for its whole 60 s deadline)."""
+    import threading
+
+    with supervised(tmp_path, kind=kind, drift_interval=0.05) as sup:
+        entered = threading.Event()
+        check = sup._check_drift
+
+        def observed_check() -> None:
+            entered.set()
+            check()
+        sup._check_drift = observed_check
+        assert sup.proc is not None
+        with sup.front.lock:                    # as a mutation in flight holds it
+            entered.clear()
+            wait_for(entered.is_set, timeout=10, what="a drift check while the lock is held")
+            sup.proc.send_signal(signal.SIGKILL)
+            wait_for(lambda: sup.status.restarts == 1 and sup.ready.is_set(), timeout=20,
+                     what="restart while the front's lock is held")
