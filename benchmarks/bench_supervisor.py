@@ -1,6 +1,9 @@
 """Supervisor: SIGKILL-to-ready times under load, and the latency the RPC front adds.
 
-    python benchmarks/bench_supervisor.py [--kills 100] [--calls 2000]
+    python benchmarks/bench_supervisor.py [--kills 100] [--calls 2000] [--target-cmd CMD]
+
+With --target-cmd both parts run against another nvmf_tgt-compatible binary (e.g. a real
+SPDK nvmf_tgt; the supervisor appends ``-r SOCKET --wait-for-rpc``).
 
 1. Torture (tests/torture.py): a stream of mutating RPCs and verified host I/O (the
    project's initiator) while the embedded target is SIGKILLed ``--kills`` times at random
@@ -13,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import statistics
 import sys
 import tempfile
@@ -37,11 +41,10 @@ def latency(sock: str, method: str, n: int, params_fn=None) -> float:  # type: i
     return statistics.median(samples) * 1e6
 
 
-def front_latency(calls: int) -> dict[str, float]:
+def front_latency(calls: int, target_cmd: list[str]) -> dict[str, float]:
     with tempfile.TemporaryDirectory(dir="/var/tmp") as d:
         pub, priv = f"{d}/pub.sock", f"{d}/priv.sock"
-        sup = Supervisor([sys.executable, "-m", "nvmf_phoenix.target"], priv, pub,
-                         f"{d}/state")
+        sup = Supervisor(target_cmd, priv, pub, f"{d}/state")
         sup.start()
         try:
             out = {"read_direct_us": latency(priv, "spdk_get_version", calls),
@@ -64,10 +67,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--kills", type=int, default=100)
     ap.add_argument("--calls", type=int, default=2000)
+    ap.add_argument("--target-cmd", default=f"{sys.executable} -m nvmf_phoenix.target")
     args = ap.parse_args()
-    print(json.dumps({"front_latency": front_latency(args.calls)}))
+    cmd = shlex.split(args.target_cmd)
+    print(json.dumps({"front_latency": front_latency(args.calls, cmd)}))
     with tempfile.TemporaryDirectory(dir="/var/tmp") as d:
-        print(json.dumps({"torture": run_torture(Path(d), kills=args.kills, seed=11)}))
+        print(json.dumps({"torture": run_torture(Path(d), kills=args.kills, seed=11,
+                                                 target_cmd=cmd)}))
 
 
 if __name__ == "__main__":
