@@ -10,6 +10,9 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from tests.waiting import wait_for
 
@@ -27,7 +30,9 @@ def target_command(kind: str = "embedded") -> list[str]:
     return [sys.executable, "-m", "nvmf_phoenix.target"]
 
 
-TARGET_KINDS = ["embedded"] + (["spdk"] if os.environ.get("SPDK_NVMF_TGT") else [])
+# Parametrize a test over these to run it on SPDK too; `pytest -m spdk` selects just those.
+TARGET_KINDS: list[Any] = ["embedded"] + (
+    [pytest.param("spdk", marks=pytest.mark.spdk)] if os.environ.get("SPDK_NVMF_TGT") else [])
 
 
 class TargetProcess:
