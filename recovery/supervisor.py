@@ -155,28 +155,38 @@ class Supervisor:
 
     def _watch(self) -> None:
         missed = 0
+        pinged: subprocess.Popen[bytes] | None = None
         last_drift = time.monotonic()
         while not self._stop.wait(self.ping_interval / 4):
             if self.status.state == "failed":
                 return
-            died = self.proc is not None and self.proc.poll() is not None
-            if not died and not self._stop.is_set():
+            # One process per round: the restart below must name the process that was
+            # found dead or silent, not whichever one is current by then.
+            proc = self.proc
+            died = proc is not None and proc.poll() is not None
+            if proc is not pinged:      # a new target (restarted by anyone): count afresh
+                missed, pinged = 0, proc
+            # No pings while a restart is under way: the target being replaced does not
+            # answer, and those misses must not count against its successor. (After a
+            # failed restart nothing is under way: a silent leftover is still replaced.)
+            if not died and not self._restart_lock.locked() and not self._stop.is_set():
                 missed = 0 if self._alive(self.ping_interval) else missed + 1
                 died = missed >= self.misses
             if died and not self._stop.is_set():
                 missed = 0
-                seen = self.proc
-                self._restart(time.monotonic(), "target died" if seen is None or
-                              seen.poll() is not None else "target stopped answering",
-                              seen=seen)
+                self._restart(time.monotonic(), "target died" if proc is None or
+                              proc.poll() is not None else "target stopped answering",
+                              seen=proc)
             elif time.monotonic() - last_drift >= self.drift_interval:
                 last_drift = time.monotonic()
                 self._check_drift()
 
     def _restart(self, died_at: float, why: str, cmd: list[str] | None = None,
-                 seen: subprocess.Popen[bytes] | None = None) -> None:
+                 seen: subprocess.Popen[bytes] | None = None, planned: bool = False) -> None:
         """Replace the target. ``seen`` is the process found dead: if it is no longer
-        the current one, another restart already replaced it and there is nothing to do."""
+        the current one, another restart already replaced it and there is nothing to do.
+        ``planned`` stops the current target gracefully under the same lock: stopped
+        outside it, the watcher could be starting a replacement that the stop then hit."""
         with self._restart_lock:
             if seen is not None and self.proc is not seen:
                 return
@@ -195,7 +205,9 @@ class Supervisor:
             backoff = min(0.1 * 2 ** max(0, len(self.status.restart_times) - 3), 5.0)
             if len(self.status.restart_times) > 3:
                 self._stop.wait(backoff)
-            if self.proc is not None and self.proc.poll() is None:
+            if planned:
+                self._terminate()
+            elif self.proc is not None and self.proc.poll() is None:
                 self.proc.send_signal(signal.SIGKILL)
                 self.proc.wait(timeout=10)
             try:
@@ -245,8 +257,6 @@ class Supervisor:
             cmd = (params or {}).get("target_cmd")
             with self.front.lock:
                 self.front.checkpoint()
-                self.ready.clear()
-                self._terminate()
-                self._restart(time.monotonic(), "planned restart", cmd)
+                self._restart(time.monotonic(), "planned restart", cmd, planned=True)
             return self.status.to_dict()
         raise RpcError(-32601, "Method not found", method)

@@ -146,3 +146,30 @@ def test_death_is_noticed_while_a_mutation_holds_the_front(tmp_path: Path, kind:
             sup.proc.send_signal(signal.SIGKILL)
             wait_for(lambda: sup.status.restarts == 1 and sup.ready.is_set(), timeout=20,
                      what="restart while the front's lock is held")
+
+
+@pytest.mark.parametrize("kind", TARGET_KINDS)
+def test_planned_restart_is_the_only_restart(tmp_path: Path, kind: str) -> None:
+    """The old target does not answer pings while a planned restart replaces it; those
+    misses must not be held against the new one (the watcher used to kill it right after,
+    or SIGTERM a replacement it had started itself)."""
+    import threading
+
+    with supervised(tmp_path, kind=kind, ping_interval=0.05, misses=2) as sup, \
+            RpcClient.connect(str(tmp_path / "public.sock")) as c:
+        pings = 0
+        alive = sup._alive
+        lock = threading.Lock()
+
+        def counted_alive(timeout: float = 1.0) -> bool:
+            nonlocal pings
+            with lock:
+                pings += 1
+            return alive(timeout)
+        sup._alive = counted_alive
+        status = c.call("phoenix_restart", {"target_cmd": target_command(kind)})
+        assert status["state"] == "ready" and status["restarts"] == 1
+        assert sup.proc is not None
+        pid, seen = sup.proc.pid, pings
+        wait_for(lambda: pings >= seen + 5, timeout=20, what="five more liveness pings")
+        assert (sup.status.restarts, sup.proc.pid, sup.status.last_error) == (1, pid, "")
