@@ -41,7 +41,13 @@ class MallocDevice:
         check_geometry(block_size, num_blocks)
         self.block_size = block_size
         self.num_blocks = num_blocks
-        self.mem = mem if mem is not None else mmap.mmap(-1, block_size * num_blocks)
+        if mem is None:
+            try:
+                mem = mmap.mmap(-1, block_size * num_blocks)
+            except (OverflowError, OSError, MemoryError):   # SPDK: spdk_zmalloc() failed
+                raise TargetError(-12, "Cannot allocate memory",
+                                  f"{num_blocks} blocks of {block_size} bytes") from None
+        self.mem = mem
         self.view = memoryview(self.mem)[:block_size * num_blocks]
         self.path = path
 

@@ -10,12 +10,13 @@ from nvmf_phoenix.target.config_io import (
     listener_info,
     subsystem_info,
 )
-from nvmf_phoenix.target.core import INTERNAL_ERROR, TargetError, invalid
+from nvmf_phoenix.target.core import INTERNAL_ERROR, INVALID_PARAMS, TargetError, invalid
 from nvmf_phoenix.target.rpc_methods import RpcContext, rpc
-from nvmf_phoenix.target.rpc_params import ADDRESS_SPEC, decode, no_params
+from nvmf_phoenix.target.rpc_params import ADDRESS_SPEC, U16, U32, decode, not_found
 
 from nvmf_phoenix.model import (
     ANA_STATES,
+    DISCOVERY_NQN,
     Host,
     Key,
     ListenAddress,
@@ -26,13 +27,13 @@ from nvmf_phoenix.model import (
 
 SUBSYSTEM_SPEC = {"nqn": (str, True), "serial_number": (str, False),
                   "model_number": (str, False), "tgt_name": (str, False),
-                  "allow_any_host": (bool, False), "max_namespaces": (int, False),
-                  "ana_reporting": (bool, False), "min_cntlid": (int, False),
-                  "max_cntlid": (int, False), "max_discard_size_kib": (int, False),
+                  "allow_any_host": (bool, False), "max_namespaces": (U32, False),
+                  "ana_reporting": (bool, False), "min_cntlid": (U16, False),
+                  "max_cntlid": (U16, False), "max_discard_size_kib": (int, False),
                   "max_write_zeroes_size_kib": (int, False), "passthrough": (bool, False),
                   "enable_nssr": (bool, False), "dmrsl": (int, False), "wzsl": (int, False)}
-NS_SPEC = {"bdev_name": (str, True), "nsid": (int, False), "uuid": (str, False),
-           "nguid": (str, False), "eui64": (str, False), "anagrpid": (int, False),
+NS_SPEC = {"bdev_name": (str, True), "nsid": (U32, False), "uuid": (str, False),
+           "nguid": (str, False), "eui64": (str, False), "anagrpid": (U32, False),
            "ptpl_file": (str, False), "no_auto_visible": (bool, False),
            "hide_metadata": (bool, False)}
 STARTUP_CONFIG_SPEC = {"acceptor_poll_rate": (int, False), "conn_sched": (str, False),
@@ -78,14 +79,14 @@ def nvmf_set_config(ctx: RpcContext, params: Any) -> Any:
 
 @rpc("nvmf_set_max_subsystems", startup=True, runtime=False)
 def nvmf_set_max_subsystems(ctx: RpcContext, params: Any) -> Any:
-    p = decode(params, {"max_subsystems": (int, True)})
+    p = decode(params, {"max_subsystems": (U32, True)})
     ctx.core.state.startup.max_subsystems = p["max_subsystems"]
     return True
 
 
 @rpc("nvmf_set_crdt", startup=True, runtime=False)
 def nvmf_set_crdt(ctx: RpcContext, params: Any) -> Any:
-    p = decode(params, {"crdt1": (int, False), "crdt2": (int, False), "crdt3": (int, False)})
+    p = decode(params, {"crdt1": (U16, False), "crdt2": (U16, False), "crdt3": (U16, False)})
     ctx.core.state.startup.crdt.update(p)
     return True
 
@@ -111,7 +112,7 @@ def nvmf_get_transports(ctx: RpcContext, params: Any) -> Any:
            for t in ctx.core.state.transports.values()
            if "trtype" not in p or t.trtype == p["trtype"].upper()]
     if "trtype" in p and not out:
-        raise invalid(f"no transport {p['trtype']}")
+        raise not_found(f"no transport {p['trtype']}")
     return out
 
 
@@ -122,8 +123,8 @@ def nvmf_create_subsystem(ctx: RpcContext, params: Any) -> Any:
     serial = p.get("serial_number", "00000000000000000000")
     model = p.get("model_number", "SPDK bdev Controller")
     if len(serial) > 20 or len(model) > 40 or not serial.isascii() or not model.isascii():
-        raise TargetError(INTERNAL_ERROR, f"Unable to create subsystem {p['nqn']}",
-                          "serial number or model number too long or not ASCII")
+        # SPDK's decoders for these refuse them: a plain decode failure
+        raise invalid("serial number or model number too long or not ASCII")
     sub = Subsystem(nqn=p["nqn"], serial_number=serial, model_number=model,
                     max_namespaces=p.get("max_namespaces", 32) or 32,
                     min_cntlid=p.get("min_cntlid", 1), max_cntlid=p.get("max_cntlid", 0xFFEF),
@@ -152,7 +153,7 @@ def nvmf_get_subsystems(ctx: RpcContext, params: Any) -> Any:
         if "nqn" in p:
             subs = [s for s in subs if s.nqn == p["nqn"]]
             if not subs:
-                raise invalid(f"no subsystem {p['nqn']}")
+                raise not_found(f"no subsystem {p['nqn']}")
         return [subsystem_info(s) for s in subs]
 
 
@@ -174,7 +175,7 @@ def nvmf_subsystem_add_ns(ctx: RpcContext, params: Any) -> Any:
 
 @rpc("nvmf_subsystem_remove_ns")
 def nvmf_subsystem_remove_ns(ctx: RpcContext, params: Any) -> Any:
-    p = decode(params, {"nqn": (str, True), "nsid": (int, True), "tgt_name": (str, False)})
+    p = decode(params, {"nqn": (str, True), "nsid": (U32, True), "tgt_name": (str, False)})
     ctx.mutate(lambda: ctx.core.remove_namespace(p["nqn"], p["nsid"]))
     return True
 
@@ -239,7 +240,7 @@ def nvmf_subsystem_remove_listener(ctx: RpcContext, params: Any) -> Any:
 @rpc("nvmf_subsystem_listener_set_ana_state")
 def nvmf_subsystem_listener_set_ana_state(ctx: RpcContext, params: Any) -> Any:
     p = decode(params, {"nqn": (str, True), "listen_address": (dict, True),
-                        "ana_state": (str, True), "anagrpid": (int, False),
+                        "ana_state": (str, True), "anagrpid": (U32, False),
                         "tgt_name": (str, False)})
     addr = _address(p["listen_address"])
     ctx.mutate(lambda: ctx.core.set_ana_state(p["nqn"], addr, p["ana_state"],
@@ -252,7 +253,7 @@ def nvmf_subsystem_get_listeners(ctx: RpcContext, params: Any) -> Any:
     p = decode(params, {"nqn": (str, True), "tgt_name": (str, False)})
     with ctx.lock:
         sub = ctx.core.subsystem(p["nqn"])
-        return [listener_info(ls) for ls in sub.listeners.values()]
+        return [listener_info(ls, sub.ana_reporting) for ls in sub.listeners.values()]
 
 
 @rpc("nvmf_subsystem_get_controllers")
@@ -260,9 +261,9 @@ def nvmf_subsystem_get_controllers(ctx: RpcContext, params: Any) -> Any:
     p = decode(params, {"nqn": (str, True), "tgt_name": (str, False)})
     ctx.core.subsystem(p["nqn"])
     facts = ctx.datapath.controllers(p["nqn"]) if ctx.datapath else []
-    # SPDK's num_io_qpairs counts every queue pair of the controller, the admin one too.
+    # num_io_qpairs as SPDK counts it (the admin queue pair included): see controller_facts
     return [{"cntlid": c.cntlid, "cntrltype": "io", "hostnqn": c.hostnqn, "hostid": c.hostid,
-             "num_io_qpairs": c.num_io_qpairs + 1} for c in facts]
+             "num_io_qpairs": c.num_io_qpairs} for c in facts]
 
 
 @rpc("nvmf_subsystem_get_qpairs")
@@ -296,7 +297,7 @@ REFERRAL_SPEC = {"address": (dict, True), "subnqn": (str, False),
 @rpc("nvmf_discovery_add_referral")
 def nvmf_discovery_add_referral(ctx: RpcContext, params: Any) -> Any:
     p = decode(params, REFERRAL_SPEC)
-    ref = Referral(address=_address(p["address"]), subnqn=p.get("subnqn"),
+    ref = Referral(address=_address(p["address"]), subnqn=p.get("subnqn") or DISCOVERY_NQN,
                    secure_channel=p.get("secure_channel", False))
     ctx.mutate(lambda: ctx.core.add_referral(ref))
     return True
@@ -312,7 +313,10 @@ def nvmf_discovery_remove_referral(ctx: RpcContext, params: Any) -> Any:
 
 @rpc("keyring_file_add_key")
 def keyring_file_add_key(ctx: RpcContext, params: Any) -> Any:
-    p = decode(params, {"name": (str, True), "path": (str, True)})
+    try:   # SPDK decodes relaxed here and words a failure "Invalid argument"
+        p = decode(params, {"name": (str, True), "path": (str, True)}, relaxed=True)
+    except TargetError as err:
+        raise TargetError(INVALID_PARAMS, "Invalid argument", err.detail) from None
     ctx.mutate(lambda: ctx.core.add_key(Key(name=p["name"], path=p["path"])))
     return True
 
@@ -326,13 +330,12 @@ def keyring_file_remove_key(ctx: RpcContext, params: Any) -> Any:
 
 @rpc("keyring_get_keys")
 def keyring_get_keys(ctx: RpcContext, params: Any) -> Any:
-    no_params(params)
+    # SPDK ignores any params here
     return [{"name": k.name, "path": k.path, "removed": False, "probed": True}
             for k in ctx.core.state.keys.values()]
 
 
 @rpc("nvmf_discovery_get_referrals")
 def nvmf_discovery_get_referrals(ctx: RpcContext, params: Any) -> Any:
-    no_params(params)
-    return [{"address": r.address.to_dict(), "secure_channel": r.secure_channel,
-             **({"subnqn": r.subnqn} if r.subnqn else {})} for r in ctx.core.state.referrals]
+    decode(params, {"tgt_name": (str, False)})
+    return [r.to_dict() for r in ctx.core.state.referrals]

@@ -8,10 +8,31 @@ from __future__ import annotations
 
 from typing import Any
 
-from nvmf_phoenix.target.core import TargetError, invalid
+from nvmf_phoenix.target.core import INTERNAL_ERROR, INVALID_PARAMS, TargetError, invalid
 
 # A spec maps a parameter name to (accepted type or types, required).
 Spec = dict[str, tuple[type | tuple[type, ...], bool]]
+
+
+class U16(int):
+    """Spec type: a JSON integer spdk_json_decode_uint16 accepts (0 .. 2**16-1)."""
+
+    BITS = 16
+
+
+class U32(int):
+    """Spec type: a JSON integer spdk_json_decode_uint32 accepts (0 .. 2**32-1)."""
+
+    BITS = 32
+
+
+class U64(int):
+    """Spec type: a JSON integer spdk_json_decode_uint64 accepts (0 .. 2**64-1)."""
+
+    BITS = 64
+
+
+DECODE_FAILED = "spdk_json_decode_object failed"
 
 
 def decode(params: Any, spec: Spec, relaxed: bool = False) -> dict[str, Any]:
@@ -40,18 +61,31 @@ def decode(params: Any, spec: Spec, relaxed: bool = False) -> dict[str, Any]:
     return out
 
 
+def decode_bdev(params: Any, spec: Spec) -> dict[str, Any]:
+    """Decode for the bdev module methods (malloc, aio): SPDK answers any decode failure
+    there with -32603 "spdk_json_decode_object failed", where nvmf methods say -32602."""
+    try:
+        return decode(params, spec)
+    except TargetError as err:
+        raise TargetError(INTERNAL_ERROR, DECODE_FAILED, err.detail) from None
+
+
 def _is(value: Any, types: type | tuple[type, ...]) -> bool:
     types = types if isinstance(types, tuple) else (types,)
     if isinstance(value, bool):
         return bool in types
+    unsigned = [t for t in types if t in (U16, U32, U64)]
+    if unsigned and isinstance(value, int):
+        return 0 <= value < (1 << unsigned[0].BITS)
     if isinstance(value, int) and int in types:
         return -(1 << 63) <= value < (1 << 64)
     return isinstance(value, tuple(t for t in types if t is not bool))
 
 
-def no_params(params: Any) -> None:
+def no_params(params: Any, message: str = "Invalid parameters") -> None:
+    """Refuse any params; ``message`` is the method's own wording in SPDK."""
     if params not in (None, {}):
-        raise invalid("this method takes no parameters")
+        raise TargetError(INVALID_PARAMS, message, "this method takes no parameters")
 
 
 def not_found(detail: str) -> TargetError:

@@ -240,23 +240,27 @@ class _Incomplete(logging.Handler):
             self.seen.append(record.getMessage()[:300])
 
 
-def run_torture(tmp: Path, kills: int, seed: int = 0) -> dict[str, Any]:
+def run_torture(tmp: Path, kills: int, seed: int = 0,
+                target_cmd: list[str] | None = None) -> dict[str, Any]:
+    """``target_cmd`` defaults to the embedded target; SPDK's nvmf_tgt works the same."""
     incomplete = _Incomplete()
     logging.getLogger("nvmf_phoenix.recovery.supervisor").addHandler(incomplete)
     try:
-        return _run(tmp, kills, seed, incomplete)
+        return _run(tmp, kills, seed, incomplete,
+                    target_cmd or [sys.executable, "-m", "nvmf_phoenix.target"])
     finally:
         logging.getLogger("nvmf_phoenix.recovery.supervisor").removeHandler(incomplete)
 
 
-def _run(tmp: Path, kills: int, seed: int, incomplete: _Incomplete) -> dict[str, Any]:
+def _run(tmp: Path, kills: int, seed: int, incomplete: _Incomplete, target_cmd: list[str]
+         ) -> dict[str, Any]:
     rng = random.Random(seed)
     port = _port()
     image = tmp / "torture.img"
     with open(image, "wb") as f:
         f.truncate(BLOCKS * BS)
     # Kills come faster than any real crash loop: no crash-loop guard or backoff.
-    sup = Supervisor([sys.executable, "-m", "nvmf_phoenix.target"], str(tmp / "priv.sock"),
+    sup = Supervisor(target_cmd, str(tmp / "priv.sock"),
                      str(tmp / "pub.sock"), str(tmp / "state"), ping_interval=0.5,
                      max_restarts=100_000, restart_window=1e-3)
     sup.start()
