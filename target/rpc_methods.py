@@ -246,9 +246,9 @@ def bdev_get_bdevs(ctx: RpcContext, params: Any) -> Any:
 def bdev_set_options(ctx: RpcContext, params: Any) -> Any:
     """STARTUP-only, as in SPDK. save_config emits it, so ``spdk-rpc load_config`` checks
     that the target knows it; there are no bdev_io pools or iobuf caches here to size."""
-    decode(params, {"bdev_io_pool_size": (int, False), "bdev_io_cache_size": (int, False),
-                    "bdev_auto_examine": (bool, False), "iobuf_small_cache_size": (int, False),
-                    "iobuf_large_cache_size": (int, False)})
+    decode(params, {"bdev_io_pool_size": (U32, False), "bdev_io_cache_size": (U32, False),
+                    "bdev_auto_examine": (bool, False), "iobuf_small_cache_size": (U32, False),
+                    "iobuf_large_cache_size": (U32, False)})
     return True
 
 

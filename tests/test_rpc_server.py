@@ -119,6 +119,13 @@ def test_wait_for_rpc_phases(tmp_path: Path, kind: str) -> None:
             rb.bdev_malloc_create(c, 16, 512)
         assert err.value.code == -1 and "after framework is initialized" in err.value.message
         rn.nvmf_set_max_subsystems(c, 16)
+        # SPDK decodes bdev_set_options' sizes as uint32 and refuses the call otherwise.
+        for bad in ({"bdev_io_pool_size": -1}, {"bdev_io_cache_size": 1 << 40},
+                    {"bogus": 1}):
+            with pytest.raises(RpcError) as err:
+                c.call("bdev_set_options", bad)
+            assert (err.value.code, err.value.message) == (-32602, "Invalid parameters")
+        assert c.call("bdev_set_options", {"bdev_auto_examine": True}) is True
         assert rf.framework_start_init(c) is True
         assert rb.bdev_malloc_create(c, 16, 512) == "Malloc0"
         with pytest.raises(RpcError) as err:
