@@ -351,3 +351,39 @@ def test_planned_restart_is_the_only_restart(tmp_path: Path, kind: str) -> None:
         pid, seen = sup.proc.pid, pings
         wait_for(lambda: pings >= seen + 5, timeout=20, what="five more liveness pings")
         assert (sup.status.restarts, sup.proc.pid, sup.status.last_error) == (1, pid, "")
+
+
+def test_a_ping_lost_to_a_planned_restart_does_not_count_against_the_new_target(
+        tmp_path: Path) -> None:
+    """A ping in flight when a planned restart stops the old target fails; if the restart
+    ends before the watcher's next round, that miss is the old process's. Counted against
+    the new one, a single slow answer from it (misses=2) had the new target killed."""
+    import threading
+
+    with supervised(tmp_path, ping_interval=0.05, misses=2) as sup, \
+            RpcClient.connect(str(tmp_path / "public.sock"), timeout=60) as c:
+        real = sup._alive
+        in_ping, restarted = threading.Event(), threading.Event()
+        script = ["old target stopped under the ping", "one slow answer from the new one"]
+        later = 0
+
+        def alive(timeout: float = 1.0) -> bool:
+            nonlocal later
+            if len(script) == 2:
+                script.pop(0)
+                in_ping.set()
+                restarted.wait(60)         # the planned restart runs meanwhile
+                return False
+            if script:
+                script.pop(0)
+                return False
+            later += 1
+            return real(timeout)
+        sup._alive = alive
+        wait_for(in_ping.is_set, timeout=10, what="a ping in flight")
+        status = c.call("phoenix_restart")
+        restarted.set()
+        assert status["state"] == "ready" and sup.proc is not None
+        pid = sup.proc.pid
+        wait_for(lambda: later >= 5, timeout=20, what="five more liveness pings")
+        assert (sup.status.restarts, sup.proc.pid, sup.status.last_error) == (1, pid, "")
