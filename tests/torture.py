@@ -12,6 +12,8 @@ unacknowledged one present, or one applied twice all show up), that every call s
 generated (bdev uuids, namespace nsid/uuid/nguid) never change. Meanwhile the project's
 initiator writes random blocks to a file-backed namespace and reads them back, and at the
 end every acknowledged write is read back through the target and from the file itself.
+Each kill comes at a random moment, once the stream has had an answer since the previous
+kill (a stream that stalls for 60 s fails the run).
 """
 from __future__ import annotations
 
@@ -196,8 +198,16 @@ class HostIo:
         self.identity_changes: list[str] = []
 
     def _open(self) -> Host:
-        h = _connect(self.port, time.monotonic() + 60)
-        ident = h.identify_namespace(1)
+        deadline = time.monotonic() + 60
+        while True:
+            h = _connect(self.port, deadline)
+            try:
+                ident = h.identify_namespace(1)
+                break
+            except (NvmeError, OSError):
+                h.close()       # killed between the Connect and the Identify: again
+                if time.monotonic() > deadline:
+                    raise
         seen = {"uuid": ident.get("uuid"), "nguid": ident.get("nguid"),
                 "sn": h.identity["sn"]}
         if self.identity is None:
@@ -287,11 +297,23 @@ def _run(tmp: Path, kills: int, seed: int, incomplete: _Incomplete, target_cmd: 
     workers = [guarded("rpc-stream", stream.run), guarded("host-io", io.run)]
     for w in workers:
         w.start()
-    done, to_ready = 0, []
+    done, to_ready, acked_at_kill = 0, [], 0
     start = time.monotonic()
     try:
         while done < kills and not stop.is_set():
             stop.wait(rng.uniform(0.02, 0.3))          # a random moment of the workload
+            # Each kill lands on a running workload: the RPC stream has had an answer since
+            # the last kill (a slow target, SPDK on a loaded machine, fits few in between).
+            progress_by = time.monotonic() + 60
+            while stream.acked <= acked_at_kill and time.monotonic() < progress_by:
+                if stop.wait(0.005):
+                    break
+            if stop.is_set():
+                break
+            if stream.acked <= acked_at_kill:
+                errors.append(f"kill {done + 1}: the RPC stream made no progress in 60 s")
+                break
+            acked_at_kill = stream.acked
             if not sup.ready.wait(60) or sup.proc is None:
                 errors.append(f"target not ready after kill {done}: {sup.status.to_dict()}")
                 break
