@@ -13,6 +13,7 @@ import hashlib
 import logging
 import mmap
 import os
+import sys
 
 from nvmf_phoenix.recovery import shm
 from nvmf_phoenix.target.core import BlockDevice, TargetError
@@ -166,6 +167,9 @@ class SharedBdevs:
             return open_bdev(bdev)
         check_geometry(bdev.block_size, bdev.num_blocks)
         size = bdev.block_size * bdev.num_blocks
+        if size > sys.maxsize:      # no file that large can be mapped: SPDK's ENOMEM
+            raise TargetError(-12, "Cannot allocate memory",
+                              f"malloc bdev {bdev.name}: {size} bytes")
         name = "bdev-" + hashlib.sha1(bdev.name.encode()).hexdigest()
         path = shm.find(name, self.directory, self.sub) if self.attach else None
         try:
