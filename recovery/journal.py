@@ -9,13 +9,19 @@ For when the node itself dies and shared memory is gone. Layout, declared once h
                    written atomically (temp file, fsync, rename, fsync directory)
 
 Appends are buffered and made durable by :meth:`Journal.sync` (group commit: one fsync
-for many records). Reading stops at the first torn or corrupt record and says where;
-reopening for append cuts that tail off, so new records never hide behind garbage.
+for many records). Reading skips a corrupt record and finds the next whole one (so a
+flipped byte in an old record does not hide every newer one), and says what it skipped;
+a torn tail ends the read. Reopening for append cuts a torn tail off, rewrites a journal
+with a damaged record as its good records, and moves a journal whose header is unreadable
+aside (``journal.damaged-<time>``), so new records never hide behind garbage and a damaged
+journal never stops the store from saving.
 """
 from __future__ import annotations
 
 import os
+import re
 import struct
+import time
 from dataclasses import dataclass, field
 
 import crc32c
@@ -47,7 +53,8 @@ class Record:
 class ReadResult:
     records: list[Record] = field(default_factory=list)
     valid_end: int = FILE_HDR.size
-    problem: str | None = None     # what stopped the read early, if anything
+    problem: str | None = None     # what was skipped or stopped the read, if anything
+    skipped: bool = False          # records after a damaged one were recovered
 
 
 def read_journal(path: str) -> ReadResult:
@@ -65,24 +72,49 @@ def read_journal(path: str) -> ReadResult:
     res = ReadResult()
     pos = FILE_HDR.size
     while pos < len(data):
-        if len(data) - pos < REC_HDR.size + CRC.size:
-            res.problem = f"truncated record header at offset {pos}"
-            break
-        length, kind, _flags, seq = REC_HDR.unpack_from(data, pos)
-        end = pos + REC_HDR.size + CRC.size + length
-        if length > MAX_RECORD or end > len(data):
-            res.problem = f"truncated record at offset {pos} (claims {length} bytes)"
-            break
-        body = data[pos:pos + REC_HDR.size]
-        payload = data[pos + REC_HDR.size + CRC.size:end]
-        (crc,) = CRC.unpack_from(data, pos + REC_HDR.size)
-        if crc != crc32c.crc32c(body + payload):
-            res.problem = f"CRC mismatch in record at offset {pos}"
-            break
-        res.records.append(Record(kind, seq, payload))
-        pos = end
-    res.valid_end = pos
+        rec, end, why = _record_at(data, pos)
+        if rec is None:
+            later = _next_record(data, pos + 1, res.records[-1].seq if res.records else 0)
+            if later is None:
+                res.problem = why
+                break
+            res.problem = f"{why}; skipped {later - pos} bytes to the next whole record"
+            res.skipped = True
+            pos = later
+            continue
+        res.records.append(rec)
+        pos = res.valid_end = end
     return res
+
+
+def _record_at(data: bytes, pos: int) -> tuple[Record | None, int, str]:
+    """The record starting at ``pos`` if it is whole and its CRC matches."""
+    if len(data) - pos < REC_HDR.size + CRC.size:
+        return None, pos, f"truncated record header at offset {pos}"
+    length, kind, _flags, seq = REC_HDR.unpack_from(data, pos)
+    end = pos + REC_HDR.size + CRC.size + length
+    if length > MAX_RECORD or end > len(data):
+        return None, pos, f"truncated record at offset {pos} (claims {length} bytes)"
+    body = data[pos:pos + REC_HDR.size]
+    payload = data[pos + REC_HDR.size + CRC.size:end]
+    (crc,) = CRC.unpack_from(data, pos + REC_HDR.size)
+    if crc != crc32c.crc32c(body + payload):
+        return None, pos, f"CRC mismatch in record at offset {pos}"
+    return Record(kind, seq, payload), end, ""
+
+
+# kind (1..3) and flags (0) of a record header, 4 bytes into it: where to try again.
+_RESYNC = re.compile(rb"[\x01-\x03]\x00\x00\x00")
+
+
+def _next_record(data: bytes, start: int, after_seq: int) -> int | None:
+    """Offset of the next whole, CRC-valid record with a newer sequence number."""
+    for m in _RESYNC.finditer(data, start + 4):
+        pos = m.start() - 4
+        rec, _, _ = _record_at(data, pos)
+        if rec is not None and rec.seq > after_seq:
+            return pos
+    return None
 
 
 class Journal:
@@ -95,18 +127,31 @@ class Journal:
             atomic_write(path, FILE_HDR.pack(J_MAGIC, VERSION))
             self.last_seq = 0
         else:
-            res = read_journal(path)
-            self.problem = res.problem
-            self.last_seq = res.records[-1].seq if res.records else 0
-            if res.valid_end < os.path.getsize(path):
-                os.truncate(path, res.valid_end)
+            self.last_seq = self._reopen(path)
         self.fd = os.open(path, os.O_WRONLY | os.O_APPEND)
         self._buf = bytearray()
 
+    def _reopen(self, path: str) -> int:
+        """Make an existing journal appendable again; returns its last sequence number."""
+        try:
+            res = read_journal(path)
+        except JournalError as exc:
+            aside = f"{path}.damaged-{int(time.time())}"
+            os.rename(path, aside)
+            atomic_write(path, FILE_HDR.pack(J_MAGIC, VERSION))
+            self.problem = f"{exc}; moved to {aside}, started a new journal"
+            return 0
+        self.problem = res.problem
+        if res.skipped:   # rewrite as the good records only
+            atomic_write(path, FILE_HDR.pack(J_MAGIC, VERSION) + b"".join(
+                _frame(r.kind, r.seq, r.payload) for r in res.records))
+        elif res.valid_end < os.path.getsize(path):
+            os.truncate(path, res.valid_end)
+        return res.records[-1].seq if res.records else 0
+
     def append(self, kind: int, payload: bytes, sync: bool = False) -> int:
         self.last_seq += 1
-        body = REC_HDR.pack(len(payload), kind, 0, self.last_seq)
-        self._buf += body + CRC.pack(crc32c.crc32c(body + payload)) + payload
+        self._buf += _frame(kind, self.last_seq, payload)
         if sync:
             self.sync()
         return self.last_seq
@@ -135,6 +180,11 @@ class Journal:
         os.close(self.fd)
         atomic_write(self.path, FILE_HDR.pack(J_MAGIC, VERSION))
         self.fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
+
+
+def _frame(kind: int, seq: int, payload: bytes) -> bytes:
+    body = REC_HDR.pack(len(payload), kind, 0, seq)
+    return body + CRC.pack(crc32c.crc32c(body + payload)) + payload
 
 
 def write_snapshot(path: str, seq: int, payload: bytes) -> None:

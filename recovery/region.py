@@ -31,6 +31,7 @@ from nvmf_phoenix.recovery.shm import (  # noqa: F401  (re-exported for callers)
     map_file,
     on_hugetlbfs,
     place,
+    private_dir,
     round_up,
 )
 

@@ -14,6 +14,7 @@ import logging
 import mmap
 import os
 import shutil
+import stat
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -77,17 +78,35 @@ def candidates(directory: str | None, sub: str = "") -> list[tuple[str, bool]]:
     return out
 
 
+def private_dir(path: str) -> None:
+    """Create ``path`` (0700) or check it: a real directory, ours, closed to others.
+
+    The default directory sits in world-writable /dev/shm: one another user made first
+    could have our files swapped (our files are CRC-checked, not authenticated) or a
+    symlink planted where we create. A directory of ours that others may read is
+    tightened; one another user owns is refused."""
+    Path(path).mkdir(mode=0o700, parents=True, exist_ok=True)
+    st = os.lstat(path)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
+        raise PermissionError(errno.EPERM, "not a directory owned by this user", path)
+    if st.st_mode & 0o077:
+        os.chmod(path, 0o700)
+
+
 def map_file(path: str, size: int, create: bool) -> mmap.mmap:
-    """Map a file MAP_SHARED read-write; created files are 0600 in 0700 directories.
-    MAP_NORESERVE is never used: an exhausted hugepage pool must fail here (ENOMEM), not
-    as a SIGBUS later."""
+    """Map a file MAP_SHARED read-write: ours, 0600, never through a symlink, in a
+    private directory. MAP_NORESERVE is never used: an exhausted hugepage pool must fail
+    here (ENOMEM), not as a SIGBUS later."""
     if create:
-        Path(path).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+        private_dir(str(Path(path).parent))
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
     else:
-        fd = os.open(path, os.O_RDWR)
+        fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW)
     try:
+        if os.fstat(fd).st_uid != os.geteuid():
+            raise PermissionError(errno.EPERM, "file owned by another user", path)
         if create:
+            os.fchmod(fd, 0o600)   # an older file keeps its mode through O_CREAT
             os.ftruncate(fd, size)
         if size == 0:
             raise OSError(errno.EINVAL, "empty file")
@@ -99,18 +118,22 @@ def map_file(path: str, size: int, create: bool) -> mmap.mmap:
 def place(name: str, size: int, directory: str | None = None, sub: str = ""
           ) -> tuple[str, mmap.mmap, bool]:
     """Create ``name`` of at least ``size`` bytes where it can live; (path, map, huge)."""
+    problems: list[str] = []
     for base, huge in candidates(directory, sub):
         path = os.path.join(base, name)
         try:
             mm = map_file(path, round_up(size, HUGEPAGE) if huge else size, create=True)
         except OSError as exc:
-            log.warning("cannot place %s on %s (%s): %s", name, base,
-                        "hugetlbfs" if huge else "tmpfs", os.strerror(exc.errno or 0))
-            with contextlib.suppress(OSError):
-                os.unlink(path)
+            why = f"{base}: {exc.strerror or os.strerror(exc.errno or 0)}"
+            log.warning("cannot place %s on %s (%s)", name, why,
+                        "hugetlbfs" if huge else "tmpfs")
+            problems.append(why)
+            if not isinstance(exc, PermissionError):   # never touch what is not ours
+                with contextlib.suppress(OSError):     # no half-made file left behind
+                    os.unlink(path)
             continue
         return path, mm, huge
-    raise OSError(errno.ENOSPC, f"cannot place {name}: no hugetlbfs mount or /dev/shm")
+    raise OSError(errno.ENOSPC, "; ".join(problems) or "no hugetlbfs mount or /dev/shm")
 
 
 def find(name: str, directory: str | None = None, sub: str = "") -> str | None:

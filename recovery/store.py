@@ -10,6 +10,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import threading
 import time
@@ -25,10 +26,11 @@ from nvmf_phoenix.recovery.journal import (
     read_journal,
     read_snapshot,
 )
-from nvmf_phoenix.recovery.region import Region, RegionError
+from nvmf_phoenix.recovery.region import Region, RegionError, private_dir
 
 from nvmf_phoenix.model import TargetState
 
+log = logging.getLogger(__name__)
 COMPACT_AT = 8 << 20
 
 
@@ -94,10 +96,14 @@ class CheckpointStore:
 
     def __init__(self, directory: str, name: str = "nvmf-phoenix",
                  region_dir: str | None = None, slot_size: int = 8 << 20) -> None:
-        os.makedirs(directory, mode=0o700, exist_ok=True)
+        private_dir(directory)   # ours and 0700, or refused
         self.directory = directory
         self.journal_path = os.path.join(directory, "journal")
         self.snapshot_path = os.path.join(directory, "snapshot")
+        for path in (self.journal_path, self.snapshot_path):
+            if os.path.exists(path) and os.stat(path).st_mode & 0o077:
+                os.chmod(path, 0o600)   # written by an older version, or copied in
+        self.problems: list[str] = []   # what went wrong saving (shown by status)
         self.region_name = f"{name}.region"
         self.region_dir = region_dir
         self.slot_size = slot_size
@@ -144,7 +150,12 @@ class CheckpointStore:
         seq = self.journal.last_seq + 1
         payload = _encode(state, seq)
         self.journal.append(KIND_STATE, payload, sync=durable)
-        self.region.write_snapshot(payload)
+        try:   # shared memory speeds restarts up; the journal alone is enough
+            self.region.write_snapshot(payload)
+        except (RegionError, OSError) as exc:
+            if str(exc) not in self.problems:
+                log.warning("checkpoint kept in the journal only: %s", exc)
+                self.problems.append(str(exc))
         self.last_saved = state
         if self.journal.size() > COMPACT_AT:
             self.journal.compact(self.snapshot_path, payload)

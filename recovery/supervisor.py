@@ -63,6 +63,7 @@ class Status:
     reconnected: dict[str, float] = field(default_factory=dict)
     missing: list[str] = field(default_factory=list)
     verifying: bool = False
+    checkpoint: dict[str, Any] = field(default_factory=dict)   # what the last restore used
 
     def to_dict(self) -> dict[str, Any]:
         return {"state": self.state, "restarts": self.restarts,
@@ -72,7 +73,8 @@ class Status:
                 "last_death_to_ready_s": round(self.last_death_to_ready_s, 4),
                 "last_error": self.last_error,
                 "hosts": {"reconnected": {h: round(t, 3) for h, t in self.reconnected.items()},
-                          "missing": self.missing, "verifying": self.verifying}}
+                          "missing": self.missing, "verifying": self.verifying},
+                "checkpoint": self.checkpoint}
 
 
 def checkpoint_store(state_dir: str) -> CheckpointStore:
@@ -187,6 +189,12 @@ class Supervisor:
             with contextlib.suppress(OSError):   # a dead target's socket file
                 os.unlink(self.private_sock)
         loaded = self.store.load()
+        self.status.checkpoint = {"source": loaded.source, "seq": loaded.seq,
+                                  "reason": loaded.reason, "problems": loaded.problems}
+        if loaded.problems:   # no region at all is the normal first start or reboot
+            serious = any(not p.startswith("no shared-memory region") for p in loaded.problems)
+            (log.warning if serious else log.info)("checkpoint: %s; problems: %s",
+                                                   loaded.reason, "; ".join(loaded.problems))
         desired = loaded.state or TargetState.empty()
         start = time.monotonic()
         with open(os.path.join(self.state_dir, "target.log"), "ab") as out:

@@ -39,8 +39,7 @@ def execute_admin(qp: QueuePair, sqe: bytes, opcode: int, cid: int, nsid: int,
     elif opcode == nvme.ADM_GET_LOG_PAGE:
         numd = ((cdw11 & 0xFFFF) << 16 | cdw10 >> 16) + 1
         offset = cdw12 | (cdw13 << 32)
-        if numd * 4 > nvme.MAX_TRANSFER:
-            # Beyond MDTS: refuse rather than build a reply of up to 16 GiB.
+        if not _log_page_fits(sqe, offset, numd * 4, engine.opts.max_io_size):
             qp.complete(cid, nvme.SC_INVALID_FIELD)
             return
         status, dw0, data = handler.get_log_page(ctrl, sub, cdw10 & 0xFF, (cdw10 >> 8) & 0xF,
@@ -60,6 +59,14 @@ def execute_admin(qp: QueuePair, sqe: bytes, opcode: int, cid: int, nsid: int,
             qp.complete(cid, status, dw0)
         return
     qp.complete(cid, status, dw0)
+
+
+def _log_page_fits(sqe: bytes, offset: int, length: int, max_io_size: int) -> bool:
+    """SPDK's checks before building a log page: a dword-aligned offset, and no more
+    than the host's buffer (the SGL length), which itself stays within MDTS. Without
+    them NUMD (up to 2^32 dwords) would make us build 16 GiB of zeroes."""
+    sgl_len = nvme.SQE.unpack_from(sqe)[8]
+    return not offset & 3 and length <= sgl_len <= max(max_io_size, nvme.IDENTIFY_SIZE)
 
 
 def _cdws(sqe: bytes) -> tuple[int, int, int, int, int, int]:

@@ -7,6 +7,7 @@ hugetlbfs (or /dev/shm) that outlives the serving process:
                         counters at accept (baselines), header CRC32C
     commit slot 0, 1    COMMIT record + CRC, then a blob (the queue pair's plain state,
                         JSON) - written alternately, header last
+    seal (in the header page)  the sequence number of the last *complete* commit + CRC
     receive ring        bytes read from the socket land here directly (recv_into)
     transmit ring       every PDU is copied here, and committed, before it is sent
     staging             fixed-size slots where R2T writes gather their H2CData
@@ -31,7 +32,7 @@ import crc32c
 from nvmf_phoenix.recovery import shm
 
 MAGIC = b"PHXCONN1"
-LAYOUT_VERSION = 2
+LAYOUT_VERSION = 3
 HEADER_SIZE = 4096
 # magic, version, rx size, tx size, staging slot size, staging slots, commit slot size,
 # connection id, baseline bytes_received - SIOCINQ, baseline bytes_acked + SIOCOUTQ
@@ -39,6 +40,8 @@ HEADER = struct.Struct("<8sIIIIIIQQQ")
 # seq, rx_done, rx_base, tx_done, tx_base, SQ head, next transfer tag, blob length, blob CRC
 COMMIT = struct.Struct("<QQQQQHHII")
 COMMIT_HDR_SIZE = 64
+SEAL = struct.Struct("<QI")            # seq of the last complete commit, CRC of seq
+SEAL_OFFSET = 2048                     # in the header page, after the header
 TCP_INFO = struct.Struct("<120xQQ")   # tcpi_bytes_acked, tcpi_bytes_received (6.x layout)
 TCP_INFO_LEN = 512
 
@@ -180,6 +183,8 @@ class ConnState:
         rec = COMMIT.pack(c.seq, c.rx_done, c.rx_base, c.tx_done, c.tx_base, c.sqhd, c.ttag,
                           len(blob), crc32c.crc32c(blob))
         view[off:off + COMMIT.size + 4] = rec + struct.pack("<I", crc32c.crc32c(rec))
+        seq = struct.pack("<Q", c.seq)
+        view[SEAL_OFFSET:SEAL_OFFSET + SEAL.size] = seq + struct.pack("<I", crc32c.crc32c(seq))
 
     def commit_torn(self, c: Commit, blob: bytes) -> None:
         """What a writer killed in the middle of :meth:`commit` leaves (failpoint tests):
@@ -205,12 +210,24 @@ class ConnState:
         return Commit(seq, rx_done, rx_base, tx_done, tx_base, sqhd, ttag), blob
 
     def latest(self) -> tuple[Commit, bytes]:
-        """The newest complete commit; ConnStateError if neither slot holds one, or if it
-        contradicts the geometry (then nothing in the file can be trusted)."""
+        """The newest complete commit; ConnStateError if neither slot holds one, if it
+        contradicts the geometry, or if it is not the one the seal names.
+
+        The seal is written after each commit. A slot that fails its CRC is then either a
+        commit torn by a death (the seal still names the previous one, which is exactly
+        where the dead process stood) or a complete commit damaged later (the seal names
+        it): the older slot is used only in the first case, because after a complete
+        commit the rings may have been reused in ways the older one does not describe."""
         found = [s for s in (self._read_slot(0), self._read_slot(1)) if s is not None]
         if not found:
             raise ConnStateError(f"{self.path}: no complete commit")
         c, blob = max(found, key=lambda s: s[0].seq)
+        sealed, crc = SEAL.unpack_from(self._view, SEAL_OFFSET)
+        if crc != crc32c.crc32c(struct.pack("<Q", sealed)):
+            raise ConnStateError(f"{self.path}: commit seal damaged")
+        if sealed != c.seq:
+            raise ConnStateError(f"{self.path}: commit {sealed} is sealed but damaged "
+                                 f"(newest intact: {c.seq})")
         if not (c.rx_base <= c.rx_done <= c.rx_base + self.geo.rx_size and
                 c.tx_base <= c.tx_done <= c.tx_base + self.geo.tx_size):
             raise ConnStateError(f"{self.path}: commit {c.seq} lies outside its rings")

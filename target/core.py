@@ -153,7 +153,7 @@ class TargetCore:
         if any(b.uuid == bdev.uuid for b in self.state.bdevs.values()):
             raise TargetError(-17, "File exists", f"bdev uuid {bdev.uuid} already in use")
         if self._bdev_opener is not None:
-            self.block_devices[bdev.name] = self._bdev_opener(bdev)
+            self.block_devices[bdev.name] = _open(self._bdev_opener, bdev)
         self.state.bdevs[bdev.name] = bdev
         self._emit(Event("bdev_added", name=bdev.name))
         return bdev.name
@@ -339,6 +339,19 @@ class TargetCore:
 
 def _same_referral(ref: Referral, address: ListenAddress, subnqn: str | None) -> bool:
     return ref.address == address and ref.subnqn == (subnqn or DISCOVERY_NQN)
+
+
+def _open(opener: Callable[[Bdev], BlockDevice], bdev: Bdev) -> BlockDevice:
+    """Open a backend; a system refusal becomes SPDK's errno answer (a malloc bdev of
+    2^52 bytes is -12 'Cannot allocate memory', as in SPDK), never a traceback."""
+    try:
+        return opener(bdev)
+    except OSError as exc:
+        code = exc.errno or errno.EIO
+        raise TargetError(-code, os.strerror(code), f"bdev {bdev.name}: {exc}") from None
+    except (OverflowError, MemoryError, ValueError) as exc:
+        raise TargetError(-errno.ENOMEM, os.strerror(errno.ENOMEM),
+                          f"bdev {bdev.name}: {exc}") from None
 
 
 def _valid_nqn(nqn: str) -> bool:

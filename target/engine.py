@@ -7,6 +7,7 @@ asynchronous event notices, disconnects and a new discovery generation.
 """
 from __future__ import annotations
 
+import resource
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -51,6 +52,17 @@ class Stats:
     completed_nvme_io: int = 0
     bytes_read: int = 0
     bytes_written: int = 0
+    internal_errors: int = 0   # exceptions a queue pair contained (each closed its connection)
+
+
+CONNECT_TIMEOUT = 10.0   # seconds from TCP connect to a successful Connect command
+FD_RESERVE = 256         # descriptors kept for RPC clients, files, the journal
+
+
+def connection_budget() -> int:
+    """How many host connections fit in this process's descriptor limit."""
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return max(64, soft - FD_RESERVE) if soft != resource.RLIM_INFINITY else 1 << 20
 
 
 @dataclass
@@ -62,6 +74,14 @@ class Engine:
     discovery_genctr: int = 0
     ana_chgcnt: int = 0
     stats: Stats = field(default_factory=Stats)
+    # Against idle floods (neither SPDK nor the kernel target bound these): a connection
+    # that has not completed Connect in connect_timeout is closed, and above
+    # max_connections the oldest such connections make room. Connected queues are never
+    # touched here (keep-alive governs them).
+    connect_timeout: float = CONNECT_TIMEOUT
+    max_connections: int = field(default_factory=connection_budget)
+    _arrived: dict[int, float] = field(default_factory=dict)   # unassociated: first seen
+    _next_reap: float = 0.0
 
     def __post_init__(self) -> None:
         self.opts = TransportOptions.from_core(self.core)
@@ -96,10 +116,31 @@ class Engine:
                 self.dirty.add(qp)
 
     def tick(self, now: float) -> None:
-        """Enforce keep-alive: a controller silent for longer than KATO is torn down."""
+        """Enforce keep-alive (a controller silent for longer than KATO is torn down),
+        and every half second the connect timeout and the connection budget."""
         for ctrl in list(self.controllers.values()):
             if ctrl.expired(now):
                 self.destroy_controller(ctrl, f"keep-alive timeout ({ctrl.kato_ms} ms)")
+        if now >= self._next_reap or len(self.qpairs) > self.max_connections:
+            self._next_reap = now + 0.5
+            self._reap(now)
+
+    def _reap(self, now: float) -> None:
+        waiting = []
+        for conn_id, qp in self.qpairs.items():
+            if qp.ctrl is None and not qp.closing:
+                waiting.append((self._arrived.setdefault(conn_id, now), conn_id, qp))
+        self._arrived = {c: t for t, c, _ in waiting}
+        excess = sum(1 for q in self.qpairs.values() if not q.closing) - self.max_connections
+        for i, (since, _, qp) in enumerate(sorted(waiting, key=lambda w: w[1])):
+            if i < excess:
+                qp.close(f"over {self.max_connections} connections: the oldest without "
+                         "a Connect makes room")
+            elif now - since > self.connect_timeout:
+                qp.close(f"no Connect within {self.connect_timeout:.0f} s")
+            else:
+                continue
+            self.dirty.add(qp)
 
     def host_allowed(self, sub: Subsystem, hostnqn: str) -> bool:
         return sub.allow_any_host or hostnqn in sub.hosts

@@ -117,6 +117,7 @@ class Keeper:
         self.sel = selectors.DefaultSelector()
         self.children: dict[int, subprocess.Popen[bytes]] = {}
         self.greeted: set[int] = set()      # children that said hello
+        self.paused: dict[tuple[str, str, str], float] = {}   # listener -> resume time
         self.next_id = 1
         old = os.umask(0o077)
         try:
@@ -141,7 +142,8 @@ class Keeper:
             signal.signal(sig, lambda *_: None)
         self.spawn()
         while self.exit_code is None:
-            for key, _ in self.sel.select(1.0):
+            self._resume_listeners()
+            for key, _ in self.sel.select(0.1 if self.paused else 1.0):
                 if key.data == "ctl":
                     self._accept_worker()
                 elif key.data == "signal":
@@ -319,8 +321,16 @@ class Keeper:
     def _unlisten(self, key: tuple[str, str, str]) -> None:
         sock = self.listeners.pop(key, None)
         if sock is not None:
-            self.sel.unregister(sock)
+            if self.paused.pop(key, None) is None:
+                self.sel.unregister(sock)
             sock.close()
+
+    def _resume_listeners(self) -> None:
+        now = time.monotonic()
+        for key in [k for k, t in self.paused.items() if t <= now]:
+            del self.paused[key]
+            if key in self.listeners:
+                self.sel.register(self.listeners[key], selectors.EVENT_READ, key)
 
     def _accept_conn(self, lsock: socket.socket, key: tuple[str, str, str]) -> None:
         for _ in range(64):
@@ -329,7 +339,12 @@ class Keeper:
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
-                log.warning("accept on %s:%s failed: %s", key[0], key[1], exc)
+                # Out of descriptors: the listener stays readable, and retrying at once
+                # would spin. The waiting connections stay in the backlog meanwhile.
+                log.warning("accept on %s:%s failed: %s; pausing it for 0.1 s", key[0],
+                            key[1], exc)
+                self.sel.unregister(lsock)
+                self.paused[key] = time.monotonic() + 0.1
                 return
             base_rx, base_tx = baselines(sock)
             kept = Kept(sock, list(key), list(peer[:2]), base_rx, base_tx)
@@ -359,116 +374,17 @@ class Keeper:
             os.unlink(self.ctl_path)
 
 
-def keeper_status(ctl_path: str, timeout: float = 5.0) -> dict[str, Any]:
-    """Ask a running keeper who is active and standing by (for tools and tests)."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as s:
-        s.settimeout(timeout)
-        s.connect(ctl_path)
-        send_msg(s, {"op": "status"})
-        got = recv_msg(s)
-    if got is None:
-        raise ConnectionError(f"keeper at {ctl_path} closed the connection")
-    return got[0]
-
-
-@dataclass
-class Handed:
-    """A connection as a worker receives it: descriptor plus the keeper's facts."""
-
-    conn_id: int
-    sock: socket.socket
-    listen: list[str]
-    peer: list[Any]
-    base_rx: int
-    base_tx: int
-
-    @classmethod
-    def from_msg(cls, msg: dict[str, Any], fd: int) -> Handed:
-        sock = socket.socket(fileno=fd)
-        return cls(int(msg["id"]), sock, list(msg["listen"]), list(msg["peer"]),
-                   int(msg["base_rx"]), int(msg["base_tx"]))
-
-
-@dataclass
-class Takeover:
-    reset: bool
-    listeners: list[list[str]]
-    rpc_sock: socket.socket
-    conns: list[Handed]
-
-
-class KeeperClient:
-    """A worker's end of the control socket."""
-
-    def __init__(self, path: str, timeout: float = SEND_TIMEOUT) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        self.sock.connect(path)
-        self.timeout = timeout
-        self.backlog: deque[tuple[dict[str, Any], list[int]]] = deque()
-        self.next_req = 1
-        send_msg(self.sock, {"op": "hello", "pid": os.getpid()})
-
-    def wait_takeover(self) -> Takeover | None:
-        """Block until this worker is made active; None if the keeper went away."""
-        self.sock.settimeout(None)
-        got = recv_msg(self.sock)
-        if got is None or got[0].get("op") != "takeover" or len(got[1]) != 1:
-            return None
-        head, (rpc_fd,) = got
-        conns = []
-        while True:
-            got = recv_msg(self.sock)
-            if got is None:
-                return None
-            msg, fds = got
-            if msg.get("op") == "takeover-done":
-                break
-            conns.append(Handed.from_msg(msg, fds[0]))
-        self.sock.setblocking(False)
-        return Takeover(bool(head.get("reset")), head.get("listeners", []),
-                        socket.socket(fileno=rpc_fd), conns)
-
-    def send(self, msg: dict[str, Any]) -> None:
-        self.sock.settimeout(self.timeout)
-        try:
-            send_msg(self.sock, msg)
-        finally:
-            self.sock.setblocking(False)
-
-    def request(self, msg: dict[str, Any]) -> dict[str, Any]:
-        """Send and wait for the matching reply, keeping other messages for later."""
-        msg = {**msg, "id": self.next_req}
-        self.next_req += 1
-        self.sock.settimeout(self.timeout)
-        try:
-            send_msg(self.sock, msg)
-            while True:
-                got = recv_msg(self.sock)
-                if got is None:
-                    raise ConnectionError("the socket keeper is gone")
-                if got[0].get("op") == "reply" and got[0].get("id") == msg["id"]:
-                    return got[0]
-                self.backlog.append(got)
-        finally:
-            self.sock.setblocking(False)
-
-    def incoming(self) -> list[tuple[dict[str, Any], list[int]]] | None:
-        """Messages waiting now (non-blocking); None once the keeper is gone."""
-        out = list(self.backlog)
-        self.backlog.clear()
-        while True:
-            try:
-                got = recv_msg(self.sock)
-            except (BlockingIOError, InterruptedError):
-                return out
-            if got is None:
-                return out or None   # deliver what came first; None next time
-            out.append(got)
-
-
 def serve(rpc_path: str, worker_cmd: list[str]) -> int:
     """Own the RPC socket path (as nvmf_tgt would) and keep workers serving behind it."""
+    import resource
+
     from nvmf_phoenix.target.sockpath import SocketInUse, take_lock
+
+    # The keeper holds every connection, and each worker a copy of each: both need the
+    # descriptor limit the hard limit allows (workers inherit it and budget from it).
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
     try:
         lock = take_lock(rpc_path)

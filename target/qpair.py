@@ -9,6 +9,7 @@ ends, never the target.
 """
 from __future__ import annotations
 
+import logging
 import struct
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -18,9 +19,11 @@ from nvmf_phoenix.target.admin import execute_admin
 from nvmf_phoenix.target.controller import Controller
 from nvmf_phoenix.target.engine import Engine
 from nvmf_phoenix.target.nvm import execute_io
+from nvmf_phoenix.target.sgl import check_sgl
 
 from nvmf_phoenix.model import ListenAddress
 
+log = logging.getLogger(__name__)
 PHASE_IC, PHASE_CONNECT, PHASE_READY, PHASE_CLOSED = "ic", "connect", "ready", "closed"
 SQE_HEAD = struct.Struct("<BBHI")                  # opcode, flags, cid, nsid
 SQE_DPTR = struct.Struct("<24xQI3xB")              # SGL addr, length, sgl identifier
@@ -82,15 +85,28 @@ class QueuePair:
         """Execute every whole PDU the reader holds; with ``room``, stop before the output
         waiting to be sent exceeds it (a transmit ring must never overflow)."""
         out = self.writer.out
+        # A host has at most a queue's worth of commands outstanding, so no more can
+        # arrive between two reads of ours; more is a host ignoring the queue depth, and
+        # each read it asks for costs up to max_io_size of output. SPDK drops such a
+        # queue too.
+        budget = max(self.sqsize, 31) + 1
         try:
             while not self.closing and (room is None or len(out) < room):
                 p = self.reader.next()
                 if p is None:
                     break
+                budget -= p.type == pdu.CAPSULE_CMD
+                if budget < 0:
+                    self.close(f"host exceeded the queue depth ({self.sqsize + 1})")
+                    break
                 self._dispatch(p, now)
                 out = self.writer.out
         except pdu.ProtocolError as err:
             self.terminate(str(err), err.fes, err.fei, err.header)
+        except Exception as exc:   # a bug must cost this connection, never the target
+            log.exception("connection %d: internal error", self.conn_id)
+            self.engine.stats.internal_errors += 1
+            self.close(f"internal error: {exc!r}")
 
     def terminate(self, reason: str, fes: int, fei: int = 0, header: bytes = b"") -> None:
         """Fatal transport error: send a C2HTermReq and close this connection."""
@@ -150,6 +166,8 @@ class QueuePair:
     def _capsule(self, p: pdu.Pdu, now: float) -> None:
         sqe = bytes(p.header[8:72])
         opcode, _flags, cid, nsid = SQE_HEAD.unpack_from(sqe)
+        check_sgl(sqe, len(p.data), self.engine.opts.max_io_size,
+                  self.engine.opts.in_capsule_data_size, bytes(p.header[:24]))
         if opcode == nvme.FABRICS:
             self._fabrics(sqe, cid, p.data, now)
             return
@@ -161,9 +179,6 @@ class QueuePair:
         if self.qid:
             if self.interrupt_io:
                 self.complete(cid, nvme.SC_COMMAND_INTERRUPTED)
-                return
-            if length > max(self.engine.opts.max_io_size, 4096):
-                self.complete(cid, nvme.SC_SGL_LENGTH_INVALID)
                 return
             if opcode == nvme.NVM_WRITE and sgl_id == nvme.SGL_TRANSPORT_DATA_BLOCK:
                 self._start_r2t(sqe, cid, length)
@@ -179,6 +194,10 @@ class QueuePair:
             execute_io(self, sqe, opcode, cid, nsid, data)
 
     def _start_r2t(self, sqe: bytes, cid: int, length: int) -> None:
+        if len(self.pending) + len(self.r2t_wait) > self.sqsize:
+            # SPDK, too, drops a queue that overflows
+            self.close(f"host exceeded the queue depth ({self.sqsize + 1} commands)")
+            return
         if cid in self.pending or length > self.engine.opts.max_io_size or length == 0:
             self.complete(cid, nvme.SC_INVALID_FIELD)
             return
@@ -191,8 +210,8 @@ class QueuePair:
                 self.r2t_wait.append(sqe)
                 return
             slot = got
-        buf = self.staging.view(slot, length) if self.staging is not None else \
-            bytearray(length)
+        # Private memory grows as data arrives: it follows what the host really sent.
+        buf = self.staging.view(slot, length) if self.staging is not None else bytearray()
         ttag = self.next_ttag
         self.next_ttag = self.next_ttag % 0xFFFE + 1
         chunk = min(length, self.engine.opts.max_io_size)
@@ -219,12 +238,13 @@ class QueuePair:
         if datao != w.received or datal != len(p.data) or datao + datal > w.r2t_end:
             raise pdu.ProtocolError("H2CData outside the requested range",
                                     pdu.FES_DATA_OUT_OF_RANGE, 12, bytes(p.header))
-        w.buf[datao:datao + datal] = p.data
+        w.buf[datao:datao + datal] = p.data   # datao == received: the data comes in order
         w.received += datal
         if w.received < w.r2t_end:
             return
-        if w.received < len(w.buf):
-            w.r2t_end = min(len(w.buf), w.received + self.engine.opts.max_io_size)
+        total = SQE_DPTR.unpack_from(w.sqe)[1]
+        if w.received < total:
+            w.r2t_end = min(total, w.received + self.engine.opts.max_io_size)
             self.writer.r2t(cccid, ttag, w.received, w.r2t_end - w.received)
             return
         del self.pending[cccid]
@@ -334,7 +354,8 @@ class QueuePair:
                 d["controller"] = self.ctrl.to_dict()
         if self.pending:
             d["pending"] = [[cid, w.sqe.hex(), w.received, w.r2t_end, w.ttag, w.slot,
-                             len(w.buf)] for cid, w in self.pending.items()]
+                             SQE_DPTR.unpack_from(w.sqe)[1]]
+                            for cid, w in self.pending.items()]
         if self.r2t_wait:
             d["wait"] = [sqe.hex() for sqe in self.r2t_wait]
         return d
@@ -348,7 +369,7 @@ class QueuePair:
         self.closing = d.get("closing")
         for cid, sqe, received, r2t_end, ttag, slot, length in d.get("pending", []):
             buf = self.staging.view(slot, length) if self.staging is not None and slot >= 0 \
-                else bytearray(length)
+                else bytearray(received)
             self.pending[int(cid)] = PendingWrite(bytes.fromhex(sqe), buf, received, r2t_end,
                                                   ttag, slot)
         self.r2t_wait = [bytes.fromhex(x) for x in d.get("wait", [])]

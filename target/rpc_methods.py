@@ -161,8 +161,8 @@ def spdk_kill_instance(ctx: RpcContext, params: Any) -> Any:
 MALLOC_SPEC = {"name": (str, False), "num_blocks": (U64, True), "block_size": (U32, True),
                "physical_block_size": (U32, False), "uuid": (str, False),
                "optimal_io_boundary": (U32, False), "md_size": (U32, False),
-               "md_interleave": (bool, False), "dif_type": (int, False),
-               "dif_is_head_of_md": (bool, False), "dif_pi_format": (int, False),
+               "md_interleave": (bool, False), "dif_type": (U32, False),
+               "dif_is_head_of_md": (bool, False), "dif_pi_format": (U32, False),
                "numa_id": (int, False)}
 AIO_SPEC = {"name": (str, True), "filename": (str, True), "block_size": (U32, False),
             "readonly": (bool, False), "fallocate": (bool, False), "uuid": (str, False),
@@ -232,7 +232,7 @@ def bdev_aio_delete(ctx: RpcContext, params: Any) -> Any:
 def bdev_get_bdevs(ctx: RpcContext, params: Any) -> Any:
     from nvmf_phoenix.target.config_io import bdev_info
 
-    p = decode(params, {"name": (str, False), "timeout": (int, False)})
+    p = decode(params, {"name": (str, False), "timeout": (U64, False)})
     with ctx.lock:
         bdevs = list(ctx.core.state.bdevs.values())
         if "name" in p:

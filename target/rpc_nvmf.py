@@ -12,7 +12,7 @@ from nvmf_phoenix.target.config_io import (
 )
 from nvmf_phoenix.target.core import INTERNAL_ERROR, INVALID_PARAMS, TargetError, invalid
 from nvmf_phoenix.target.rpc_methods import RpcContext, rpc
-from nvmf_phoenix.target.rpc_params import ADDRESS_SPEC, U16, U32, decode, not_found
+from nvmf_phoenix.target.rpc_params import ADDRESS_SPEC, U16, U32, U64, decode, not_found
 
 from nvmf_phoenix.model import (
     ANA_STATES,
@@ -25,18 +25,21 @@ from nvmf_phoenix.model import (
     Subsystem,
 )
 
+# Each listener keeps an ANA state per possible group (one per nsid): bounded here, so a
+# hostile max_namespaces (2^32 - 1) cannot make add_listener build billions of them.
+MAX_NAMESPACES = 65535
 SUBSYSTEM_SPEC = {"nqn": (str, True), "serial_number": (str, False),
                   "model_number": (str, False), "tgt_name": (str, False),
                   "allow_any_host": (bool, False), "max_namespaces": (U32, False),
                   "ana_reporting": (bool, False), "min_cntlid": (U16, False),
-                  "max_cntlid": (U16, False), "max_discard_size_kib": (int, False),
-                  "max_write_zeroes_size_kib": (int, False), "passthrough": (bool, False),
-                  "enable_nssr": (bool, False), "dmrsl": (int, False), "wzsl": (int, False)}
+                  "max_cntlid": (U16, False), "max_discard_size_kib": (U64, False),
+                  "max_write_zeroes_size_kib": (U64, False), "passthrough": (bool, False),
+                  "enable_nssr": (bool, False), "dmrsl": (U32, False), "wzsl": (U32, False)}
 NS_SPEC = {"bdev_name": (str, True), "nsid": (U32, False), "uuid": (str, False),
            "nguid": (str, False), "eui64": (str, False), "anagrpid": (U32, False),
            "ptpl_file": (str, False), "no_auto_visible": (bool, False),
            "hide_metadata": (bool, False)}
-STARTUP_CONFIG_SPEC = {"acceptor_poll_rate": (int, False), "conn_sched": (str, False),
+STARTUP_CONFIG_SPEC = {"acceptor_poll_rate": (U32, False), "conn_sched": (str, False),
                        "passthru_identify_ctrlr": (bool, False), "poll_groups_mask": (str, False),
                        "discovery_filter": (str, False), "admin_cmd_passthru": (dict, False),
                        "dhchap_digests": (list, False), "dhchap_dhgroups": (list, False),
@@ -95,13 +98,37 @@ def nvmf_set_crdt(ctx: RpcContext, params: Any) -> Any:
 @rpc("nvmf_create_transport")
 def nvmf_create_transport(ctx: RpcContext, params: Any) -> Any:
     spec: dict[str, Any] = {"trtype": (str, True), "tgt_name": (str, False)}
-    spec.update({k: (type(v) if not isinstance(v, bool) else bool, False)
-                 for k, v in TRANSPORT_DEFAULTS.items()})
+    spec.update({k: (bool if isinstance(v, bool) else U16 if k in U16_OPTIONS else U32,
+                     False) for k, v in TRANSPORT_DEFAULTS.items()})
     p = decode(params, spec, relaxed=True)
-    opts = {**TRANSPORT_DEFAULTS, **{k: v for k, v in p.items()
-                                     if k not in ("trtype", "tgt_name")}}
+    opts = _checked_transport(p["trtype"], {**TRANSPORT_DEFAULTS, **{
+        k: v for k, v in p.items() if k not in ("trtype", "tgt_name")}})
     ctx.mutate(lambda: ctx.core.create_transport(p["trtype"], opts))
     return True
+
+
+U16_OPTIONS = ("max_queue_depth", "max_io_qpairs_per_ctrlr", "kas")
+MAX_IO_SIZE_LIMIT = 2 << 20   # SPDK: at most 16 data buffers of the default iobuf size
+
+
+def _checked_transport(trtype: str, opts: dict[str, Any]) -> dict[str, Any]:
+    """What SPDK checks when it creates a TCP transport (transport.c, tcp.c): refusals
+    answer "create failed"; out-of-range depths and capsule sizes are set to what SPDK
+    would use, so the data path never sees a queue depth of 0 or a negative MDTS."""
+    mio = opts["max_io_size"]
+    why = ("max_io_size must be a power of 2 and at least 8 KiB" if mio and
+           (mio & (mio - 1) or mio < 8192) else
+           f"max_io_size above {MAX_IO_SIZE_LIMIT}" if mio > MAX_IO_SIZE_LIMIT else
+           "kas and min_kato cannot be 0" if not opts["kas"] or not opts["min_kato"] else "")
+    if why:
+        raise TargetError(INTERNAL_ERROR, f"Transport type '{trtype}' create failed", why)
+    out = dict(opts)
+    out["in_capsule_data_size"] = min(opts["in_capsule_data_size"], mio)
+    if opts["max_queue_depth"] < 2:
+        out["max_queue_depth"] = TRANSPORT_DEFAULTS["max_queue_depth"]
+    aq = max(opts["max_aq_depth"], 32)   # the NVMe-oF minimum admin queue size
+    out["max_aq_depth"] = aq if aq <= 4096 else TRANSPORT_DEFAULTS["max_aq_depth"]
+    return out
 
 
 @rpc("nvmf_get_transports")
@@ -130,6 +157,10 @@ def nvmf_create_subsystem(ctx: RpcContext, params: Any) -> Any:
                     min_cntlid=p.get("min_cntlid", 1), max_cntlid=p.get("max_cntlid", 0xFFEF),
                     ana_reporting=p.get("ana_reporting", False),
                     allow_any_host=p.get("allow_any_host", False))
+    if sub.max_namespaces > MAX_NAMESPACES:   # SPDK would fail to allocate far earlier
+        raise TargetError(INTERNAL_ERROR, f"Unable to create subsystem {p['nqn']}",
+                          f"max_namespaces {sub.max_namespaces} is above {MAX_NAMESPACES}, "
+                          "the most the embedded target supports")
     limit = ctx.core.state.startup.max_subsystems or 1024
     if len(ctx.core.state.subsystems) > limit:
         raise TargetError(INTERNAL_ERROR, f"Unable to create subsystem {p['nqn']}",

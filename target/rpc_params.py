@@ -15,23 +15,18 @@ Spec = dict[str, tuple[type | tuple[type, ...], bool]]
 
 
 class U16(int):
-    """Spec type: a JSON integer spdk_json_decode_uint16 accepts (0 .. 2**16-1)."""
-
-    BITS = 16
+    """Spec marker: an unsigned 16-bit integer (SPDK's spdk_json_decode_uint16)."""
 
 
 class U32(int):
-    """Spec type: a JSON integer spdk_json_decode_uint32 accepts (0 .. 2**32-1)."""
-
-    BITS = 32
+    """Spec marker: an unsigned 32-bit integer (spdk_json_decode_uint32)."""
 
 
 class U64(int):
-    """Spec type: a JSON integer spdk_json_decode_uint64 accepts (0 .. 2**64-1)."""
-
-    BITS = 64
+    """Spec marker: an unsigned 64-bit integer (spdk_json_decode_uint64)."""
 
 
+WIDTH = {U16: 1 << 16, U32: 1 << 32, U64: 1 << 64}
 DECODE_FAILED = "spdk_json_decode_object failed"
 
 
@@ -71,12 +66,14 @@ def decode_bdev(params: Any, spec: Spec) -> dict[str, Any]:
 
 
 def _is(value: Any, types: type | tuple[type, ...]) -> bool:
+    """SPDK's decoders: a bool is never a number, and an unsigned field takes only
+    integers that fit it (-1 or 2^40 for a uint32 is 'Invalid parameters')."""
     types = types if isinstance(types, tuple) else (types,)
     if isinstance(value, bool):
         return bool in types
-    unsigned = [t for t in types if t in (U16, U32, U64)]
-    if unsigned and isinstance(value, int):
-        return 0 <= value < (1 << unsigned[0].BITS)
+    for t in types:
+        if t in WIDTH and isinstance(value, int):
+            return 0 <= value < WIDTH[t]
     if isinstance(value, int) and int in types:
         return -(1 << 63) <= value < (1 << 64)
     return isinstance(value, tuple(t for t in types if t is not bool))

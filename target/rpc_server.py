@@ -5,6 +5,12 @@ to start; a stale socket file whose lock is free is removed), requests arrive ba
 without framing and may be pipelined, and a request that is not JSON gets -32700 and the
 connection is closed. Each client has its own thread, so a client that connects and never
 sends, or sends half a request, holds up nobody else.
+
+Limits against hostile clients (SPDK has the first two; the others are ours): a request is
+at most 256 KiB and found in linear time (target/rpc_framing.py); at most ``max_clients``
+connections, and when all are taken a new client evicts the one idle longest (never one
+whose call is running); a request must arrive whole within ``request_timeout`` of its
+first byte, and an answer must be taken within as long, or the connection is closed.
 """
 from __future__ import annotations
 
@@ -13,23 +19,34 @@ import json
 import logging
 import os
 import socket
+import struct
 import threading
+import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
-from nvmf_phoenix.rpc.client import JsonStream
-from nvmf_phoenix.rpc.errors import RpcProtocolError
 from nvmf_phoenix.target.core import TargetError
+from nvmf_phoenix.target.rpc_framing import MAX_REQUEST, RequestFramer
 from nvmf_phoenix.target.rpc_methods import RpcContext, dispatch
 from nvmf_phoenix.target.sockpath import SocketInUse, take_lock  # noqa: F401  (re-exported)
 
 log = logging.getLogger(__name__)
 MAX_CLIENTS = 128
-MAX_REQUEST = 16 << 20
+REQUEST_TIMEOUT = 30.0
 
 
 def error(rid: Any, code: int, message: str) -> dict[str, Any]:
     return {"jsonrpc": "2.0", "id": rid, "error": {"code": code, "message": message}}
+
+
+@dataclass
+class _Client:
+    sock: socket.socket
+    last_active: float
+    partial_since: float | None = None   # first byte of a request not yet complete
+    busy: bool = False                   # a call is running or its answer being sent
+    evicted: bool = False
 
 
 class RpcServer:
@@ -37,7 +54,8 @@ class RpcServer:
 
     def __init__(self, ctx: RpcContext | Any, path: str,
                  dispatch: Callable[[Any, str, Any], Any] = dispatch,
-                 sock: socket.socket | None = None,
+                 max_clients: int = MAX_CLIENTS, request_timeout: float = REQUEST_TIMEOUT,
+                 max_request: int = MAX_REQUEST, sock: socket.socket | None = None,
                  after_batch: Callable[[], None] | None = None) -> None:
         """``sock``: serve a listening socket someone else bound and owns (the socket
         keeper), instead of binding ``path``. ``after_batch`` runs after each batch of
@@ -46,7 +64,11 @@ class RpcServer:
         self.ctx = ctx
         self.dispatch = dispatch
         self.path = path
+        self.max_clients = max_clients
+        self.request_timeout = request_timeout
+        self.max_request = max_request
         self.after_batch = after_batch
+        self.evictions = 0
         self._lock_fd: int | None = None
         if sock is not None:
             self.sock = sock
@@ -59,11 +81,16 @@ class RpcServer:
                 os.chmod(path, 0o600)
             finally:
                 os.umask(old)
-            self.sock.listen(64)
+            self.sock.listen(512)   # as SPDK: a burst of clients waits, not refused
         self._stop = threading.Event()
-        self._clients: set[socket.socket] = set()
+        self._clients: dict[socket.socket, _Client] = {}
         self._guard = threading.Lock()
         self._thread: threading.Thread | None = None
+
+    @property
+    def client_count(self) -> int:
+        with self._guard:
+            return len(self._clients)
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._accept_loop, name="rpc-accept",
@@ -90,36 +117,78 @@ class RpcServer:
             except OSError:
                 return
             with self._guard:
-                if len(self._clients) >= MAX_CLIENTS:
-                    conn.close()
+                if len(self._clients) >= self.max_clients and not self._evict():
+                    conn.close()   # every slot is running a call: try again later
                     continue
-                self._clients.add(conn)
-            threading.Thread(target=self._serve, args=(conn,), name="rpc-client",
+                client = _Client(conn, time.monotonic())
+                self._clients[conn] = client
+            threading.Thread(target=self._serve, args=(client,), name="rpc-client",
                              daemon=True).start()
 
-    def _serve(self, conn: socket.socket) -> None:
-        stream = JsonStream(max_buffer=MAX_REQUEST)
+    def _evict(self) -> bool:
+        """Make room (the caller holds the guard): close the client idle longest, or
+        failing that the one whose request has been trickling in longest."""
+        idle = [c for c in self._clients.values() if not c.busy]
+        if not idle:
+            return False
+        victim = min(idle, key=lambda c: (c.partial_since is not None,
+                                          c.partial_since or c.last_active))
+        victim.evicted = True
+        del self._clients[victim.sock]
+        self.evictions += 1
+        log.warning("RPC server full (%d clients): closing the one idle longest",
+                    self.max_clients)
+        with contextlib.suppress(OSError):
+            victim.sock.shutdown(socket.SHUT_RDWR)
+        return True
+
+    def _serve(self, client: _Client) -> None:
+        conn, framer = client.sock, RequestFramer(self.max_request)
+        _timeout(conn, socket.SO_SNDTIMEO, self.request_timeout)
         try:
             while not self._stop.is_set():
-                data = conn.recv(65536)
-                if not data:
-                    return
+                _timeout(conn, socket.SO_RCVTIMEO, 0.0 if client.partial_since is None else
+                         max(0.01, client.partial_since + self.request_timeout -
+                             time.monotonic()))
                 try:
-                    requests = stream.feed(data)
-                except (RpcProtocolError, RecursionError):
-                    _send(conn, error(None, -32700, "Parse error"))
+                    data = conn.recv(65536)
+                except BlockingIOError:   # SO_RCVTIMEO passed
+                    log.warning("RPC client sent half a request and stopped for %.0f s",
+                                self.request_timeout)
+                    self._answer(conn, error(None, -32700, "Parse error"))
                     return
+                with self._guard:
+                    if not data or client.evicted:
+                        return
+                    client.busy = True
+                now = client.last_active = time.monotonic()
+                requests = framer.feed(data)
                 answers = [r for r in (self.handle(req) for req in requests) if r is not None]
                 if requests and self.after_batch is not None:
                     self.after_batch()
                 for resp in answers:
-                    _send(conn, resp)
+                    self._answer(conn, resp)
+                if framer.error:
+                    log.info("RPC request refused: %s", framer.error)
+                    self._answer(conn, error(None, -32700, "Parse error"))
+                    return
+                if not framer.partial:
+                    client.partial_since = None
+                elif requests or client.partial_since is None:
+                    client.partial_since = now
+                client.busy = False
         except OSError:
             return
         finally:
             with self._guard:
-                self._clients.discard(conn)
+                if self._clients.get(conn) is client:
+                    del self._clients[conn]
             conn.close()
+
+    def _answer(self, conn: socket.socket, obj: Any) -> None:
+        """Send one answer; a client that will not take it within the timeout is cut
+        (SO_SNDTIMEO makes sendall raise)."""
+        conn.sendall(json.dumps(obj, indent=2).encode() + b"\n")
 
     def handle(self, req: Any) -> Any:
         """Answer one request object or batch; None for notifications."""
@@ -144,5 +213,12 @@ class RpcServer:
         return None if "id" not in req else {"jsonrpc": "2.0", "id": rid, "result": result}
 
 
-def _send(conn: socket.socket, obj: Any) -> None:
-    conn.sendall(json.dumps(obj, indent=2).encode() + b"\n")
+def _timeout(conn: socket.socket, option: int, seconds: float) -> None:
+    """A kernel-side send/receive timeout (0: none) on a socket left in blocking mode.
+    Python's timeout mode would poll() before each send, and a Unix socket polls
+    writable only once its queue is below a quarter of the send buffer: with a
+    pipelining client blocked sending to us, both sides waited (a 3,000-namespace
+    restore hung until the timeout)."""
+    sec = int(seconds)
+    conn.setsockopt(socket.SOL_SOCKET, option,
+                    struct.pack("@ll", sec, int((seconds - sec) * 1e6)))

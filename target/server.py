@@ -31,13 +31,18 @@ RECV_SIZE = 1 << 18
 TICK = 0.1
 
 
+OUT_LIMIT = 4 << 20   # unsent bytes above which we stop reading from a connection
+LINGER = 1.0          # seconds a closing connection may take to hand over its last PDUs
+
+
 class Connection:
-    __slots__ = ("out", "qp", "sock")
+    __slots__ = ("closing_at", "out", "qp", "sock")
 
     def __init__(self, sock: socket.socket, qp: QueuePair) -> None:
         self.sock = sock
         self.qp = qp
         self.out = bytearray()
+        self.closing_at = 0.0
 
 
 class DataPath:
@@ -59,6 +64,8 @@ class DataPath:
         self._thread: threading.Thread | None = None
         self._loop_ident: int | None = None
         self._next_conn = 1
+        self._paused: set[ListenAddress] = set()   # listeners out of the selector a while
+        self._lingering: set[Connection] = set()   # closing, with output not yet taken
         self._buf = bytearray(RECV_SIZE)
         self._view = memoryview(self._buf)
         core.subscribe(self._on_event)
@@ -125,6 +132,8 @@ class DataPath:
                     self.engine.tick(now)
                     self._flush_dirty()
                     next_tick = now + TICK
+                    self._resume_listeners()
+                    self._close_lingering(now)
         finally:
             self._shutdown()
 
@@ -151,9 +160,20 @@ class DataPath:
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
-                log.warning("accept on %s:%s failed: %s", addr.traddr, addr.trsvcid, exc)
+                # Out of descriptors or memory: the listener stays readable, and retrying
+                # at once spun the loop (and filled the log) until a slot freed. Pause
+                # this listener until the next tick.
+                log.warning("accept on %s:%s failed: %s; pausing it for %.1f s",
+                            addr.traddr, addr.trsvcid, exc, TICK)
+                self.sel.unregister(lsock)
+                self._paused.add(addr)
                 return
             self.adopt(sock, addr, peer)
+
+    def _resume_listeners(self) -> None:
+        for addr in self._paused & self.listeners.keys():
+            self.sel.register(self.listeners[addr], selectors.EVENT_READ, addr)
+        self._paused.clear()
 
     def adopt(self, sock: socket.socket, addr: ListenAddress, peer: Any) -> Connection:
         """Start serving an accepted connection."""
@@ -200,11 +220,23 @@ class DataPath:
             except OSError:
                 self._close(conn, "send failed")
                 return
-            want = selectors.EVENT_READ | (selectors.EVENT_WRITE if conn.out else 0)
+            # A host that does not read its answers stops being read (TCP pushes back
+            # on it) rather than making us buffer without bound.
+            want = (selectors.EVENT_READ if len(conn.out) < OUT_LIMIT else 0) | \
+                (selectors.EVENT_WRITE if conn.out else 0)
             if self.sel.get_key(conn.sock).events != want:
                 self.sel.modify(conn.sock, want, conn)
         if qp.closing and not conn.out:
             self._close(conn, qp.closing)
+        elif qp.closing and not conn.closing_at:
+            conn.closing_at = self.clock()
+            self._lingering.add(conn)
+
+    def _close_lingering(self, now: float) -> None:
+        """Closing connections whose peer will not take the last PDUs (a TermReq behind
+        megabytes it never read) are closed anyway, their buffers with them."""
+        for conn in [c for c in self._lingering if now - c.closing_at > LINGER]:
+            self._close(conn, f"{conn.qp.closing} (peer not reading)")
 
     def _flush_dirty(self) -> None:
         while self.engine.dirty:
@@ -214,6 +246,7 @@ class DataPath:
                 self._send(conn)
 
     def _close(self, conn: Connection, reason: str) -> None:
+        self._lingering.discard(conn)
         fd = conn.sock.fileno()
         if self.conns.pop(fd, None) is None:
             return
@@ -264,14 +297,18 @@ class DataPath:
         used = {a for s in self.core.state.subsystems.values() for a in s.listeners}
         for addr in [a for a in self.listeners if a not in used]:
             sock = self.listeners.pop(addr)
-            self.sel.unregister(sock)
+            if addr in self._paused:
+                self._paused.discard(addr)
+            else:
+                self.sel.unregister(sock)
             sock.close()
 
     def _shutdown(self) -> None:
         for conn in list(self.conns.values()):
             self._close(conn, "target stopping")
-        for sock in self.listeners.values():
-            self.sel.unregister(sock)
+        for addr, sock in self.listeners.items():
+            if addr not in self._paused:
+                self.sel.unregister(sock)
             sock.close()
         self.listeners.clear()
         self._loop_ident = None

@@ -19,7 +19,7 @@ class SocketInUse(RuntimeError):
 
 def take_lock(path: str) -> int:
     """flock ``<path>.lock``; remove a stale socket; refuse if a live target holds it."""
-    fd = os.open(path + ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+    fd = os.open(path + ".lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

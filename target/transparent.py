@@ -41,7 +41,7 @@ from nvmf_phoenix.target.connstate import (
 )
 from nvmf_phoenix.target.controller import Controller
 from nvmf_phoenix.target.core import TargetCore, TargetError
-from nvmf_phoenix.target.keeper import Handed, KeeperClient
+from nvmf_phoenix.target.keeper_client import Handed, KeeperClient
 from nvmf_phoenix.target.qpair import QueuePair
 from nvmf_phoenix.target.server import DataPath
 
@@ -84,6 +84,7 @@ class TConn:
     closing: str | None = None   # qp.closing as last committed
     blob: bytes = b""          # the last encoded queue-pair state, and what it encoded
     blob_key: tuple[object, ...] | None = None
+    closing_at: float = 0.0    # when it started closing with output still unsent
 
 
 class TransparentDataPath(DataPath):
@@ -188,6 +189,7 @@ class TransparentDataPath(DataPath):
     def _close(self, conn: Any, reason: str) -> None:
         """End a connection for real: the keeper holds a copy, so close() alone would not;
         shutdown() does, then the keeper lets go of its copy."""
+        self._lingering.discard(conn)
         fd = conn.sock.fileno()
         if self.conns.pop(fd, None) is None:
             return
@@ -267,6 +269,9 @@ class TransparentDataPath(DataPath):
         if qp.closing and conn.tx_sent == conn.c.tx_done:
             self._close(conn, qp.closing)
             return
+        if qp.closing and not conn.closing_at:   # see DataPath._close_lingering
+            conn.closing_at = self.clock()
+            self._lingering.add(conn)
         want = (selectors.EVENT_READ if conn.rx_w - conn.c.rx_base < self.geo.rx_size else 0) | \
             (selectors.EVENT_WRITE if conn.tx_sent < conn.c.tx_done else 0)
         if self.sel.get_key(conn.sock).events != want:
@@ -294,8 +299,12 @@ class TransparentDataPath(DataPath):
         reader = qp.reader
         out = qp.writer.take() if qp.writer.out else b""
         rx_done = c.rx_base + reader.pos
+        # Moving the unparsed tail to the front must not overwrite what the previous
+        # commit still refers to (everything from its rx_done on), or a successor that
+        # falls back to it (this commit torn) would replay overwritten bytes.
         compact_rx = reader.pos > 0 and (reader.pos == reader.end or (
-            reader.end > geo.rx_size // 2 and reader.end - reader.pos <= reader.pos))
+            reader.end > geo.rx_size // 2 and
+            reader.end - reader.pos <= c.rx_done - c.rx_base))
         if not out and rx_done == c.rx_done and qp.closing == conn.closing and not compact_rx:
             return
         new = Commit(c.seq + 1, rx_done, c.rx_base, c.tx_done, c.tx_base, qp.sqhd,

@@ -28,7 +28,7 @@ from nvmf_phoenix.recovery.shm import find
 from nvmf_phoenix.target.bdev import SharedBdevs
 from nvmf_phoenix.target.config_io import load_config
 from nvmf_phoenix.target.core import TargetCore
-from nvmf_phoenix.target.keeper import KeeperClient
+from nvmf_phoenix.target.keeper_client import KeeperClient
 from nvmf_phoenix.target.rpc_methods import RUNTIME, STARTUP, RpcContext, dispatch
 from nvmf_phoenix.target.rpc_server import RpcServer
 from nvmf_phoenix.target.transparent import TransparentDataPath

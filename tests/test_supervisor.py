@@ -20,6 +20,8 @@ from nvmf_phoenix.rpc import nvmf as rn
 from tests.target_process import TARGET_KINDS, target_command
 from tests.waiting import wait_for
 
+EMBEDDED = target_command("embedded")
+
 
 @contextmanager
 def supervised(tmp_path: Path, cmd: list[str] | None = None, kind: str = "embedded",

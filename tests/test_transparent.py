@@ -21,7 +21,6 @@ from pathlib import Path
 import pytest
 from nvmf_phoenix.recovery import shm
 from nvmf_phoenix.target import nvme
-from nvmf_phoenix.target.app import scratch_name
 from nvmf_phoenix.target.host import Host
 from nvmf_phoenix.target.initiator import NvmeError, QueueConn
 from nvmf_phoenix.target.workload import VerifiedWorkload
@@ -29,7 +28,7 @@ from nvmf_phoenix.target.workload import VerifiedWorkload
 from nvmf_phoenix.model import DISCOVERY_NQN
 from tests.hugepages import ensure_hugetlbfs, release
 from tests.target_fixture import HOSTNQN, NQN
-from tests.transparent_target import TransparentTarget, torture, transparent_target
+from tests.transparent_target import torture, transparent_target
 from tests.waiting import wait_for
 
 
@@ -87,12 +86,6 @@ def test_kill_at_the_worst_instant(tmp_path: Path, point: str, policy: str) -> N
         assert work.stats.retries == 0
 
 
-def _state_file(t: TransparentTarget, name: str) -> Path:
-    found = shm.find(name, None, scratch_name(t.sock))
-    assert found is not None, f"no {name} in the target's shared memory"
-    return Path(found)
-
-
 def _poke(path: Path, offset: int, new: Callable[[bytes], bytes], size: int = 1) -> None:
     """Change bytes in place through a mapping (hugetlbfs files have no write(2))."""
     with open(path, "r+b") as f, mmap.mmap(f.fileno(), 0) as mm:
@@ -120,7 +113,7 @@ def test_damaged_queue_state_closes_only_that_connection(tmp_path: Path, damage:
             host.create_io_queues(2)
             data = os.urandom(4096)
             host.write(1, 9, data, 4096, qid=2)
-            state = _state_file(t, "conn-2")        # admin is conn-1, qid 1 is conn-2
+            state = t.state_file("conn-2")        # admin is conn-1, qid 1 is conn-2
             _flip(state, 0) if damage == "bad-magic" else _older_layout(state)
             t.kill_active()
             t.wait_standby(seen + 1)
@@ -148,7 +141,7 @@ def test_damaged_configuration_falls_back_to_reconnects(tmp_path: Path) -> None:
         host = Host("127.0.0.1", t.port, NQN, hostnqn=HOSTNQN)
         try:
             host.create_io_queues(1)
-            region = _state_file(t, "config")
+            region = t.state_file("config")
             for slot in (4096, 4096 + (8 << 20)):            # both snapshot slots
                 _flip(region, slot + 70)
             t.kill_active()
@@ -201,7 +194,7 @@ def test_other_users_get_no_descriptors_and_no_state(request: pytest.FixtureRequ
         t.configure()
         host = Host("127.0.0.1", t.port, NQN, hostnqn=HOSTNQN)
         try:
-            conn_state = _state_file(t, "conn-1")
+            conn_state = t.state_file("conn-1")
             assert conn_state.stat().st_mode & 0o777 == 0o600
             assert conn_state.parent.stat().st_mode & 0o777 == 0o700
             ctl = t.sock + ".keeper"
@@ -288,7 +281,7 @@ def test_on_real_hugepages(tmp_path: Path) -> None:
         with transparent_target(tmp_path, "--huge-dir", str(mount)) as t:
             t.configure()
             t.wait_standby()
-            assert shm.on_hugetlbfs(str(_state_file(t, "config")))
+            assert shm.on_hugetlbfs(str(t.state_file("config")))
             with Host("127.0.0.1", t.port, NQN, hostnqn=HOSTNQN) as host:
                 host.create_io_queues(1)
                 on_huge = [p.name for p in (mount / "nvmf-phoenix").rglob("*")]

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from nvmf_phoenix.rpc import RpcClient
-from nvmf_phoenix.target.keeper import keeper_status
+from nvmf_phoenix.target.keeper_client import keeper_status
 
 from tests.target_fixture import HOSTNQN, NQN, free_port
 from tests.waiting import wait_for
@@ -75,6 +75,23 @@ class TransparentTarget:
             return bool(st["takeovers"] >= takeovers and st["ready"] and st["standby"])
         wait_for(ready, timeout=timeout, interval=0.01, what="a ready standby worker")
         return box["st"]
+
+    def state_file(self, name: str) -> Path:
+        """A file of the target's shared state (``config``, ``conn-N``, ``bdev-...``)."""
+        from nvmf_phoenix.recovery import shm
+        from nvmf_phoenix.target.app import scratch_name
+
+        found = shm.find(name, None, scratch_name(self.sock))
+        assert found is not None, f"no {name} in the target's shared memory"
+        return Path(found)
+
+    def conn_ids(self) -> list[int]:
+        """The connections that have shared state now, oldest first."""
+        from nvmf_phoenix.recovery import shm
+        from nvmf_phoenix.target.app import scratch_name
+
+        return sorted(int(p.name[5:]) for base, _ in shm.candidates(None, scratch_name(
+            self.sock)) for p in Path(base).glob("conn-*"))
 
     def kill_active(self) -> int:
         pid = int(self.status()["active"])
