@@ -232,7 +232,7 @@ def bdev_aio_delete(ctx: RpcContext, params: Any) -> Any:
 def bdev_get_bdevs(ctx: RpcContext, params: Any) -> Any:
     from nvmf_phoenix.target.config_io import bdev_info
 
-    p = decode(params, {"name": (str, False), "timeout": (U64, False)})
+    p = decode_bdev(params, {"name": (str, False), "timeout": (U64, False)})
     with ctx.lock:
         bdevs = list(ctx.core.state.bdevs.values())
         if "name" in p:

@@ -232,6 +232,8 @@ REFUSALS: list[tuple[str, dict[str, Any], int, str]] = [
      "spdk_json_decode_object failed"),
     ("bdev_malloc_delete", {}, -32603, "spdk_json_decode_object failed"),
     ("bdev_aio_create", {"name": "A1"}, -32603, "spdk_json_decode_object failed"),
+    ("bdev_get_bdevs", {"bogus": 1}, -32603, "spdk_json_decode_object failed"),
+    ("bdev_get_bdevs", {"timeout": -1}, -32603, "spdk_json_decode_object failed"),
     ("nvmf_create_transport", {"trtype": "foo"}, -32602, "Invalid transport type 'foo'"),
     ("nvmf_get_transports", {"trtype": "RDMA"}, -19, "No such device"),
     ("nvmf_create_subsystem", {"nqn": "nqn.2016-06.io.spdk:c1", "min_cntlid": 0}, -32602,
