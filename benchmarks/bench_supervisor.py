@@ -185,7 +185,7 @@ def main() -> None:
                   flush=True)
     if "torture" not in skip:
         with tempfile.TemporaryDirectory(dir="/var/tmp") as d:
-            res = run_torture(Path(d), kills=args.kills, seed=11)
+            res = run_torture(Path(d), kills=args.kills, seed=11, target_cmd=cmd)
         res["rpc_failed"] = len(res["rpc_failed"])
         res["restores_incomplete"] = len(res["restores_incomplete"])
         print(json.dumps({"torture": res}), flush=True)

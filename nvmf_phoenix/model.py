@@ -232,19 +232,24 @@ class Key:
 
 @dataclass
 class Referral:
-    """A discovery referral to another discovery service or subsystem."""
+    """A discovery referral to another discovery service or subsystem.
+
+    ``subnqn`` is always explicit: SPDK fills in the discovery NQN when a referral is
+    added without one and reports it so, so an unset and a discovery subnqn are one value.
+    """
 
     address: ListenAddress
-    subnqn: str | None = None
+    subnqn: str = DISCOVERY_NQN
     secure_channel: bool = False
 
     def to_dict(self) -> dict[str, Any]:
-        return _clean({"address": self.address.to_dict(), "subnqn": self.subnqn,
-                       "secure_channel": self.secure_channel})
+        return {"address": self.address.to_dict(), "secure_channel": self.secure_channel,
+                "subnqn": self.subnqn}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Referral:
-        return cls(address=ListenAddress.from_dict(d["address"]), subnqn=d.get("subnqn"),
+        return cls(address=ListenAddress.from_dict(d["address"]),
+                   subnqn=d.get("subnqn") or DISCOVERY_NQN,
                    secure_channel=bool(d.get("secure_channel", False)))
 
 
@@ -274,7 +279,7 @@ class Controller:
     cntlid: int
     hostnqn: str
     hostid: str
-    num_io_qpairs: int = 0
+    num_io_qpairs: int = 0   # as SPDK counts it: connected queues, the admin queue included
 
     def to_dict(self) -> dict[str, Any]:
         return {"nqn": self.nqn, "cntlid": self.cntlid, "hostnqn": self.hostnqn,

@@ -72,7 +72,9 @@ def plan(desired: TargetState, live: TargetState, phase: str = "running",
                   f"transport:{trtype}")
     for nqn, sub in desired.subsystems.items():
         _subsystem(p, sub, live.subsystems.get(nqn))
-    for ref in desired.referrals:
+    # SPDK puts each new referral at the head of its list: adding them oldest first (the
+    # captured list is newest first) gives back the same order, hence the same discovery log.
+    for ref in reversed(desired.referrals):
         if ref not in live.referrals:
             p.add("listeners", "nvmf_discovery_add_referral", ref.to_dict(),
                   f"referral:{ref.address.traddr}:{ref.address.trsvcid}")

@@ -286,7 +286,7 @@ class Supervisor:
 
     def _watch(self) -> None:
         """Liveness pings and drift checks; process exits are the reapers' business."""
-        missed = 0
+        missed, counted = 0, None     # consecutive misses, and the process they are of
         last_drift = time.monotonic()
         while not self._stop.wait(self.ping_interval):
             if self.status.state == "failed":
@@ -295,6 +295,10 @@ class Supervisor:
                 missed = 0                       # a restart is under way
                 continue
             seen = self.proc
+            if seen is not counted:
+                # Misses are a process's own: a ping lost to a restart that ended before
+                # this round was the old target's, never held against its successor.
+                missed, counted = 0, seen
             missed = 0 if self._alive(self.ping_interval) else missed + 1
             if not missed:
                 self._track_runtime()

@@ -19,7 +19,7 @@ from nvmf_phoenix.model import Runtime
 class Expectation:
     hostnqn: str
     nqn: str
-    io_queues: int
+    io_queues: int   # SPDK's num_io_qpairs: connected queues counting the admin queue
 
 
 @dataclass

@@ -13,6 +13,7 @@ import hashlib
 import logging
 import mmap
 import os
+import sys
 
 from nvmf_phoenix.recovery import shm
 from nvmf_phoenix.target.core import BlockDevice, TargetError
@@ -41,7 +42,13 @@ class MallocDevice:
         check_geometry(block_size, num_blocks)
         self.block_size = block_size
         self.num_blocks = num_blocks
-        self.mem = mem if mem is not None else mmap.mmap(-1, block_size * num_blocks)
+        if mem is None:
+            try:
+                mem = mmap.mmap(-1, block_size * num_blocks)
+            except (OverflowError, OSError, MemoryError):   # SPDK: spdk_zmalloc() failed
+                raise TargetError(-12, "Cannot allocate memory",
+                                  f"{num_blocks} blocks of {block_size} bytes") from None
+        self.mem = mem
         self.view = memoryview(self.mem)[:block_size * num_blocks]
         self.path = path
 
@@ -160,6 +167,9 @@ class SharedBdevs:
             return open_bdev(bdev)
         check_geometry(bdev.block_size, bdev.num_blocks)
         size = bdev.block_size * bdev.num_blocks
+        if size > sys.maxsize:      # no file that large can be mapped: SPDK's ENOMEM
+            raise TargetError(-12, "Cannot allocate memory",
+                              f"malloc bdev {bdev.name}: {size} bytes")
         name = "bdev-" + hashlib.sha1(bdev.name.encode()).hexdigest()
         path = shm.find(name, self.directory, self.sub) if self.attach else None
         try:

@@ -88,10 +88,14 @@ def _ns_info(ns: Any) -> dict[str, Any]:
     return out
 
 
-def listener_info(ls: Listener) -> dict[str, Any]:
-    return {"address": ls.address.to_dict(),
-            "ana_states": [{"ana_group": g, "ana_state": s}
-                           for g, s in sorted(ls.ana_states.items())]}
+def listener_info(ls: Listener, ana_reporting: bool) -> dict[str, Any]:
+    """One entry of nvmf_subsystem_get_listeners: SPDK lists ana_states only for a
+    subsystem created with ANA reporting (and omits the key otherwise)."""
+    out: dict[str, Any] = {"address": ls.address.to_dict()}
+    if ana_reporting:
+        out["ana_states"] = [{"ana_group": g, "ana_state": s}
+                             for g, s in sorted(ls.ana_states.items())]
+    return out
 
 
 def bdev_info(core: TargetCore, b: Bdev) -> dict[str, Any]:
@@ -180,9 +184,7 @@ def _nvmf_config(core: TargetCore) -> list[dict[str, Any]]:
                 "nqn": s.nqn, "namespace": {k: ns[k] for k in order if k in ns}}})
     for r in st.referrals:
         out.append({"method": "nvmf_discovery_add_referral",
-                    "params": {"address": r.address.to_dict(), **({"subnqn": r.subnqn}
-                                                                  if r.subnqn else {}),
-                               "secure_channel": r.secure_channel}})
+                    "params": r.to_dict()})
     for s in st.subsystems.values():
         for ls in s.listeners.values():
             out.append({"method": "nvmf_subsystem_add_listener", "params": {

@@ -173,35 +173,47 @@ class TargetCore:
 
     # -- keys and referrals -------------------------------------------------------------
     def add_key(self, key: Key) -> None:
-        """A keyring file key: the file must exist and be private, as SPDK demands."""
+        """A keyring file key: the file must exist and be private, as SPDK demands.
+        Refusals carry SPDK's errno codes (keyring.c, keyring_file_check_path)."""
+        if ":" in key.name[1:]:
+            raise TargetError(-errno.EINVAL, os.strerror(errno.EINVAL),
+                              f"key name {key.name}: no keyring before ':' exists")
         if key.name in self.state.keys:
             raise TargetError(-17, "File exists", f"key {key.name} already exists")
+        eperm = (-errno.EPERM, os.strerror(errno.EPERM))
+        if not os.path.isabs(key.path):
+            raise TargetError(*eperm, f"key file {key.path}: not an absolute path")
         try:
-            mode = os.stat(key.path).st_mode
+            st = os.stat(key.path)
         except OSError as exc:
-            raise invalid(f"key file {key.path}: {exc.strerror}") from None
-        if not os.path.isabs(key.path) or mode & 0o077:
-            raise invalid(f"key file {key.path} must be an absolute path readable by its "
-                          "owner only (mode 0600)")
+            code = exc.errno or errno.EIO
+            raise TargetError(-code, os.strerror(code),
+                              f"key file {key.path}: {exc.strerror}") from None
+        if st.st_mode & 0o077 or st.st_uid != os.getuid():
+            raise TargetError(*eperm, f"key file {key.path} must be owned by this user and "
+                              "readable by its owner only (mode 0600)")
         self.state.keys[key.name] = key
 
     def remove_key(self, name: str) -> None:
         if name not in self.state.keys:
-            raise TargetError(-19, "No such device", f"no key named {name}")
+            raise TargetError(-errno.ENOKEY, os.strerror(errno.ENOKEY), f"no key named {name}")
         del self.state.keys[name]
 
     def add_referral(self, ref: Referral) -> None:
-        if any(r.address == ref.address and r.subnqn == ref.subnqn
-               for r in self.state.referrals):
-            raise invalid(f"referral {ref.address} already exists")
-        self.state.referrals.append(ref)
+        """As SPDK (nvmf.c): a referral is its address plus subnqn (none meaning the
+        discovery NQN); adding one that exists is a no-op; new ones go to the head of the
+        list, so listings and the discovery log show the newest first."""
+        if any(_same_referral(r, ref.address, ref.subnqn) for r in self.state.referrals):
+            return
+        self.state.referrals.insert(0, ref)
         self._emit(Event("referral_changed"))
 
     def remove_referral(self, address: ListenAddress, subnqn: str | None) -> None:
         keep = [r for r in self.state.referrals
-                if not (r.address == address and (subnqn is None or r.subnqn == subnqn))]
+                if not _same_referral(r, address, subnqn)]
         if len(keep) == len(self.state.referrals):
-            raise invalid(f"no referral {address}")
+            raise TargetError(INTERNAL_ERROR, "Unable to remove a referral.",
+                              f"no referral {address} for {subnqn or DISCOVERY_NQN}")
         self.state.referrals = keep
         self._emit(Event("referral_changed"))
 
@@ -209,7 +221,8 @@ class TargetCore:
     def create_transport(self, trtype: str, options: dict[str, Any]) -> None:
         key = trtype.upper()
         if key != "TCP":
-            raise invalid(f"transport {trtype} is not supported by the embedded target")
+            raise TargetError(INVALID_PARAMS, f"Invalid transport type '{trtype}'",
+                              f"transport {trtype} is not supported by the embedded target")
         if key in self.state.transports:
             raise TargetError(INTERNAL_ERROR, f"Transport type '{trtype}' already exists")
         self.state.transports[key] = Transport(trtype=key, options=dict(options))
@@ -221,7 +234,8 @@ class TargetCore:
             raise TargetError(INTERNAL_ERROR, f"Unable to create subsystem {sub.nqn}",
                               f"subsystem {sub.nqn} exists or is not a valid NQN")
         if not 1 <= sub.min_cntlid <= sub.max_cntlid <= 0xFFEF:
-            raise invalid(f"cntlid range {sub.min_cntlid}-{sub.max_cntlid} is invalid")
+            raise TargetError(INVALID_PARAMS, f"Invalid cntlid range [{sub.min_cntlid}-"
+                              f"{sub.max_cntlid}]", "cntlids must lie in 1..65519")
         self.state.subsystems[sub.nqn] = sub
         self._emit(Event("subsystem_added", nqn=sub.nqn))
 
@@ -285,6 +299,8 @@ class TargetCore:
         sub = self.subsystem(nqn)
         if address in sub.listeners or ana_state not in ANA_STATES:
             raise invalid(f"listener {address} exists on {nqn} or bad ANA state")
+        if address.trtype.upper() not in self.state.transports:
+            raise invalid(f"no {address.trtype} transport: create it before its listeners")
         groups = range(1, sub.max_namespaces + 1) if sub.ana_reporting or sub.max_namespaces \
             else range(0)
         sub.listeners[address] = Listener(address=address,
@@ -319,6 +335,10 @@ class TargetCore:
         for g in [anagrpid] if anagrpid is not None else list(listener.ana_states):
             listener.ana_states[g] = ana_state
         self._emit(Event("ana_changed", nqn=nqn, address=address, nsid=anagrpid))
+
+
+def _same_referral(ref: Referral, address: ListenAddress, subnqn: str | None) -> bool:
+    return ref.address == address and ref.subnqn == (subnqn or DISCOVERY_NQN)
 
 
 def _open(opener: Callable[[Bdev], BlockDevice], bdev: Bdev) -> BlockDevice:

@@ -161,8 +161,10 @@ class Engine:
             for addr in sub.listeners:
                 entries.append(_entry(nvme.SUBTYPE_NVME, ports[addr], addr, sub.nqn))
         for ref in self.core.state.referrals:
-            entries.append(_entry(nvme.SUBTYPE_REFERRAL, ports.get(ref.address, 0),
-                                  ref.address, ref.subnqn or DISCOVERY_NQN))
+            # SPDK (nvmf.c): a referral to a discovery service is subtype 1, one to an NVM
+            # subsystem subtype 2; its port id is never set (0).
+            subtype = nvme.SUBTYPE_REFERRAL if ref.subnqn == DISCOVERY_NQN else nvme.SUBTYPE_NVME
+            entries.append(_entry(subtype, 0, ref.address, ref.subnqn))
         return nvme.discovery_log(self.discovery_genctr, entries)
 
     def ana_log(self, ctrl: Controller, rgo: bool) -> bytes:
@@ -236,8 +238,11 @@ class Engine:
 
     # -- runtime facts for RPC ---------------------------------------------------------
     def controller_facts(self, nqn: str) -> list[ControllerFacts]:
+        # SPDK's "num_io_qpairs" counts every connected queue of the controller, the admin
+        # queue included (the bits set in ctrlr->qpair_mask): admin + 2 I/O queues is 3.
         return [ControllerFacts(nqn=c.nqn, cntlid=c.cntlid, hostnqn=c.hostnqn,
-                                hostid=c.hostid, num_io_qpairs=len(c.io_queues))
+                                hostid=c.hostid,
+                                num_io_qpairs=sum(qp.ctrl is c for qp in self.qpairs.values()))
                 for c in self._controllers_of(nqn)]
 
     def qpair_facts(self, nqn: str) -> list[QPair]:

@@ -12,8 +12,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from nvmf_phoenix.target.core import TargetCore, TargetError, invalid
-from nvmf_phoenix.target.rpc_params import U32, U64, decode, no_params, not_found
+from nvmf_phoenix.target.core import INTERNAL_ERROR, TargetCore, TargetError, invalid
+from nvmf_phoenix.target.rpc_params import (
+    DECODE_FAILED,
+    U32,
+    U64,
+    decode,
+    decode_bdev,
+    no_params,
+    not_found,
+)
 
 from nvmf_phoenix import __version__
 from nvmf_phoenix.model import Bdev
@@ -85,7 +93,7 @@ def dispatch(ctx: RpcContext, method: str, params: Any) -> Any:
 # -- framework -------------------------------------------------------------------------
 @rpc("spdk_get_version", startup=True)
 def spdk_get_version(ctx: RpcContext, params: Any) -> Any:
-    no_params(params)
+    no_params(params, "spdk_get_version method requires no parameters")
     major, minor, patch = (int(x) for x in __version__.split(".")[:3])
     return {"version": f"nvmf-phoenix v{__version__}",
             "fields": {"major": major, "minor": minor, "patch": patch,
@@ -103,7 +111,7 @@ def rpc_get_methods(ctx: RpcContext, params: Any) -> Any:
 
 @rpc("framework_wait_init", startup=True)
 def framework_wait_init(ctx: RpcContext, params: Any) -> Any:
-    no_params(params)
+    # SPDK ignores any params here
     if not ctx.started.wait(3600):
         raise TargetError(-32603, "Internal error", "framework never started")
     return True
@@ -111,7 +119,7 @@ def framework_wait_init(ctx: RpcContext, params: Any) -> Any:
 
 @rpc("framework_start_init", startup=True, runtime=False)
 def framework_start_init(ctx: RpcContext, params: Any) -> Any:
-    no_params(params)
+    no_params(params, "framework_start_init requires no parameters")
     ctx.phase = RUNTIME
     ctx.started.set()
     return True
@@ -119,7 +127,7 @@ def framework_start_init(ctx: RpcContext, params: Any) -> Any:
 
 @rpc("framework_get_subsystems", startup=True)
 def framework_get_subsystems(ctx: RpcContext, params: Any) -> Any:
-    no_params(params)
+    no_params(params, "'framework_get_subsystems' requires no arguments")
     return [{"subsystem": name, "depends_on": deps}
             for name, deps in (("keyring", []), ("bdev", ["keyring"]),
                                ("nvmf", ["bdev", "keyring"]))]
@@ -133,7 +141,7 @@ def framework_get_config(ctx: RpcContext, params: Any) -> Any:
     with ctx.lock:
         cfg = subsystem_config(ctx.core, p["name"])
     if cfg is None:
-        raise invalid(f"no subsystem named {p['name']}")
+        raise TargetError(-32602, f"Subsystem '{p['name']}' not found")
     return cfg
 
 
@@ -149,6 +157,7 @@ def spdk_kill_instance(ctx: RpcContext, params: Any) -> Any:
 
 
 # -- bdev ------------------------------------------------------------------------------
+# Widths as SPDK's decoders (bdev_malloc_rpc.c, bdev_aio_rpc.c) have them.
 MALLOC_SPEC = {"name": (str, False), "num_blocks": (U64, True), "block_size": (U32, True),
                "physical_block_size": (U32, False), "uuid": (str, False),
                "optimal_io_boundary": (U32, False), "md_size": (U32, False),
@@ -160,7 +169,8 @@ AIO_SPEC = {"name": (str, True), "filename": (str, True), "block_size": (U32, Fa
             "nowait": (bool, False)}
 
 
-def _check_uuid(value: str | None) -> str:
+def _check_uuid(value: str | None, bdev: bool = False) -> str:
+    """A uuid parameter; for bdevs a bad one is a decode failure (spdk_json_decode_uuid)."""
     import uuid as uuidlib
 
     if value is None:
@@ -168,6 +178,9 @@ def _check_uuid(value: str | None) -> str:
     try:
         return str(uuidlib.UUID(value))
     except ValueError:
+        if bdev:
+            raise TargetError(INTERNAL_ERROR, DECODE_FAILED, f"{value!r} is not a UUID"
+                              ) from None
         raise invalid(f"{value!r} is not a UUID") from None
 
 
@@ -175,29 +188,29 @@ def _check_uuid(value: str | None) -> str:
 def bdev_malloc_create(ctx: RpcContext, params: Any) -> Any:
     from nvmf_phoenix.target.bdev import check_geometry
 
-    p = decode(params, MALLOC_SPEC)
+    p = decode_bdev(params, MALLOC_SPEC)
     check_geometry(p["block_size"], p["num_blocks"])
     name = p.get("name") or _next_name(ctx.core, "Malloc")
     extra = {k: v for k, v in p.items() if k not in ("name", "num_blocks", "block_size",
                                                       "uuid")}
-    bdev = Bdev(name=name, kind="malloc", uuid=_check_uuid(p.get("uuid")),
+    bdev = Bdev(name=name, kind="malloc", uuid=_check_uuid(p.get("uuid"), bdev=True),
                 block_size=p["block_size"], num_blocks=p["num_blocks"], params=extra)
     return ctx.mutate(lambda: ctx.core.add_bdev(bdev))
 
 
 @rpc("bdev_aio_create")
 def bdev_aio_create(ctx: RpcContext, params: Any) -> Any:
-    p = decode(params, AIO_SPEC)
+    p = decode_bdev(params, AIO_SPEC)
     extra = {k: p[k] for k in ("readonly", "fallocate") if k in p}
     extra["block_size_override"] = "block_size" in p
-    bdev = Bdev(name=p["name"], kind="aio", uuid=_check_uuid(p.get("uuid")),
+    bdev = Bdev(name=p["name"], kind="aio", uuid=_check_uuid(p.get("uuid"), bdev=True),
                 block_size=p.get("block_size", 512), num_blocks=0, filename=p["filename"],
                 params=extra)
     return ctx.mutate(lambda: ctx.core.add_bdev(bdev))
 
 
 def _delete_bdev(ctx: RpcContext, params: Any, kind: str) -> Any:
-    p = decode(params, {"name": (str, True)})
+    p = decode_bdev(params, {"name": (str, True)})
     bdev = ctx.core.state.bdevs.get(p["name"])
     if bdev is None or bdev.kind != kind:
         raise not_found(f"no {kind} bdev named {p['name']}")
@@ -219,7 +232,7 @@ def bdev_aio_delete(ctx: RpcContext, params: Any) -> Any:
 def bdev_get_bdevs(ctx: RpcContext, params: Any) -> Any:
     from nvmf_phoenix.target.config_io import bdev_info
 
-    p = decode(params, {"name": (str, False), "timeout": (U64, False)})
+    p = decode_bdev(params, {"name": (str, False), "timeout": (U64, False)})
     with ctx.lock:
         bdevs = list(ctx.core.state.bdevs.values())
         if "name" in p:
@@ -233,15 +246,15 @@ def bdev_get_bdevs(ctx: RpcContext, params: Any) -> Any:
 def bdev_set_options(ctx: RpcContext, params: Any) -> Any:
     """STARTUP-only, as in SPDK. save_config emits it, so ``spdk-rpc load_config`` checks
     that the target knows it; there are no bdev_io pools or iobuf caches here to size."""
-    decode(params, {"bdev_io_pool_size": (int, False), "bdev_io_cache_size": (int, False),
-                    "bdev_auto_examine": (bool, False), "iobuf_small_cache_size": (int, False),
-                    "iobuf_large_cache_size": (int, False)})
+    decode(params, {"bdev_io_pool_size": (U32, False), "bdev_io_cache_size": (U32, False),
+                    "bdev_auto_examine": (bool, False), "iobuf_small_cache_size": (U32, False),
+                    "iobuf_large_cache_size": (U32, False)})
     return True
 
 
 @rpc("bdev_wait_for_examine")
 def bdev_wait_for_examine(ctx: RpcContext, params: Any) -> Any:
-    no_params(params)
+    no_params(params, "bdev_wait_for_examine requires no parameters")
     return True
 
 

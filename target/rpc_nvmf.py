@@ -10,12 +10,13 @@ from nvmf_phoenix.target.config_io import (
     listener_info,
     subsystem_info,
 )
-from nvmf_phoenix.target.core import INTERNAL_ERROR, TargetError, invalid
+from nvmf_phoenix.target.core import INTERNAL_ERROR, INVALID_PARAMS, TargetError, invalid
 from nvmf_phoenix.target.rpc_methods import RpcContext, rpc
-from nvmf_phoenix.target.rpc_params import ADDRESS_SPEC, U16, U32, U64, decode, no_params
+from nvmf_phoenix.target.rpc_params import ADDRESS_SPEC, U16, U32, U64, decode, not_found
 
 from nvmf_phoenix.model import (
     ANA_STATES,
+    DISCOVERY_NQN,
     Host,
     Key,
     ListenAddress,
@@ -138,7 +139,7 @@ def nvmf_get_transports(ctx: RpcContext, params: Any) -> Any:
            for t in ctx.core.state.transports.values()
            if "trtype" not in p or t.trtype == p["trtype"].upper()]
     if "trtype" in p and not out:
-        raise invalid(f"no transport {p['trtype']}")
+        raise not_found(f"no transport {p['trtype']}")
     return out
 
 
@@ -149,8 +150,8 @@ def nvmf_create_subsystem(ctx: RpcContext, params: Any) -> Any:
     serial = p.get("serial_number", "00000000000000000000")
     model = p.get("model_number", "SPDK bdev Controller")
     if len(serial) > 20 or len(model) > 40 or not serial.isascii() or not model.isascii():
-        raise TargetError(INTERNAL_ERROR, f"Unable to create subsystem {p['nqn']}",
-                          "serial number or model number too long or not ASCII")
+        # SPDK's decoders for these refuse them: a plain decode failure
+        raise invalid("serial number or model number too long or not ASCII")
     sub = Subsystem(nqn=p["nqn"], serial_number=serial, model_number=model,
                     max_namespaces=p.get("max_namespaces", 32) or 32,
                     min_cntlid=p.get("min_cntlid", 1), max_cntlid=p.get("max_cntlid", 0xFFEF),
@@ -183,7 +184,7 @@ def nvmf_get_subsystems(ctx: RpcContext, params: Any) -> Any:
         if "nqn" in p:
             subs = [s for s in subs if s.nqn == p["nqn"]]
             if not subs:
-                raise invalid(f"no subsystem {p['nqn']}")
+                raise not_found(f"no subsystem {p['nqn']}")
         return [subsystem_info(s) for s in subs]
 
 
@@ -283,7 +284,7 @@ def nvmf_subsystem_get_listeners(ctx: RpcContext, params: Any) -> Any:
     p = decode(params, {"nqn": (str, True), "tgt_name": (str, False)})
     with ctx.lock:
         sub = ctx.core.subsystem(p["nqn"])
-        return [listener_info(ls) for ls in sub.listeners.values()]
+        return [listener_info(ls, sub.ana_reporting) for ls in sub.listeners.values()]
 
 
 @rpc("nvmf_subsystem_get_controllers")
@@ -291,9 +292,9 @@ def nvmf_subsystem_get_controllers(ctx: RpcContext, params: Any) -> Any:
     p = decode(params, {"nqn": (str, True), "tgt_name": (str, False)})
     ctx.core.subsystem(p["nqn"])
     facts = ctx.datapath.controllers(p["nqn"]) if ctx.datapath else []
-    # SPDK's num_io_qpairs counts every queue pair of the controller, the admin one too.
+    # num_io_qpairs as SPDK counts it (the admin queue pair included): see controller_facts
     return [{"cntlid": c.cntlid, "cntrltype": "io", "hostnqn": c.hostnqn, "hostid": c.hostid,
-             "num_io_qpairs": c.num_io_qpairs + 1} for c in facts]
+             "num_io_qpairs": c.num_io_qpairs} for c in facts]
 
 
 @rpc("nvmf_subsystem_get_qpairs")
@@ -327,7 +328,7 @@ REFERRAL_SPEC = {"address": (dict, True), "subnqn": (str, False),
 @rpc("nvmf_discovery_add_referral")
 def nvmf_discovery_add_referral(ctx: RpcContext, params: Any) -> Any:
     p = decode(params, REFERRAL_SPEC)
-    ref = Referral(address=_address(p["address"]), subnqn=p.get("subnqn"),
+    ref = Referral(address=_address(p["address"]), subnqn=p.get("subnqn") or DISCOVERY_NQN,
                    secure_channel=p.get("secure_channel", False))
     ctx.mutate(lambda: ctx.core.add_referral(ref))
     return True
@@ -343,7 +344,10 @@ def nvmf_discovery_remove_referral(ctx: RpcContext, params: Any) -> Any:
 
 @rpc("keyring_file_add_key")
 def keyring_file_add_key(ctx: RpcContext, params: Any) -> Any:
-    p = decode(params, {"name": (str, True), "path": (str, True)})
+    try:   # SPDK decodes relaxed here and words a failure "Invalid argument"
+        p = decode(params, {"name": (str, True), "path": (str, True)}, relaxed=True)
+    except TargetError as err:
+        raise TargetError(INVALID_PARAMS, "Invalid argument", err.detail) from None
     ctx.mutate(lambda: ctx.core.add_key(Key(name=p["name"], path=p["path"])))
     return True
 
@@ -357,13 +361,12 @@ def keyring_file_remove_key(ctx: RpcContext, params: Any) -> Any:
 
 @rpc("keyring_get_keys")
 def keyring_get_keys(ctx: RpcContext, params: Any) -> Any:
-    no_params(params)
+    # SPDK ignores any params here
     return [{"name": k.name, "path": k.path, "removed": False, "probed": True}
             for k in ctx.core.state.keys.values()]
 
 
 @rpc("nvmf_discovery_get_referrals")
 def nvmf_discovery_get_referrals(ctx: RpcContext, params: Any) -> Any:
-    no_params(params)
-    return [{"address": r.address.to_dict(), "secure_channel": r.secure_channel,
-             **({"subnqn": r.subnqn} if r.subnqn else {})} for r in ctx.core.state.referrals]
+    decode(params, {"tgt_name": (str, False)})
+    return [r.to_dict() for r in ctx.core.state.referrals]

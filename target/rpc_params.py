@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from nvmf_phoenix.target.core import TargetError, invalid
+from nvmf_phoenix.target.core import INTERNAL_ERROR, INVALID_PARAMS, TargetError, invalid
 
 # A spec maps a parameter name to (accepted type or types, required).
 Spec = dict[str, tuple[type | tuple[type, ...], bool]]
@@ -27,6 +27,7 @@ class U64(int):
 
 
 WIDTH = {U16: 1 << 16, U32: 1 << 32, U64: 1 << 64}
+DECODE_FAILED = "spdk_json_decode_object failed"
 
 
 def decode(params: Any, spec: Spec, relaxed: bool = False) -> dict[str, Any]:
@@ -55,6 +56,15 @@ def decode(params: Any, spec: Spec, relaxed: bool = False) -> dict[str, Any]:
     return out
 
 
+def decode_bdev(params: Any, spec: Spec) -> dict[str, Any]:
+    """Decode for the bdev module methods (malloc, aio): SPDK answers any decode failure
+    there with -32603 "spdk_json_decode_object failed", where nvmf methods say -32602."""
+    try:
+        return decode(params, spec)
+    except TargetError as err:
+        raise TargetError(INTERNAL_ERROR, DECODE_FAILED, err.detail) from None
+
+
 def _is(value: Any, types: type | tuple[type, ...]) -> bool:
     """SPDK's decoders: a bool is never a number, and an unsigned field takes only
     integers that fit it (-1 or 2^40 for a uint32 is 'Invalid parameters')."""
@@ -69,9 +79,10 @@ def _is(value: Any, types: type | tuple[type, ...]) -> bool:
     return isinstance(value, tuple(t for t in types if t is not bool))
 
 
-def no_params(params: Any) -> None:
+def no_params(params: Any, message: str = "Invalid parameters") -> None:
+    """Refuse any params; ``message`` is the method's own wording in SPDK."""
     if params not in (None, {}):
-        raise invalid("this method takes no parameters")
+        raise TargetError(INVALID_PARAMS, message, "this method takes no parameters")
 
 
 def not_found(detail: str) -> TargetError:

@@ -41,16 +41,18 @@ def test_round_trip_through_kill_9(tmp_path: Path, kind: str) -> None:
     """Runs against SPDK's nvmf_tgt too when $SPDK_NVMF_TGT names one."""
     sock = str(tmp_path / "spdk.sock")
     tp, port = _build(tmp_path, sock, kind)
-    with RpcClient.connect(sock) as c, Host("127.0.0.1", port, "nqn.2016-06.io.spdk:rt1",
-                                            hostnqn=HOST1) as h:
-        h.create_io_queues(2)
-        before = capture(c)
+    try:
+        with RpcClient.connect(sock) as c, Host("127.0.0.1", port, "nqn.2016-06.io.spdk:rt1",
+                                                hostnqn=HOST1) as h:
+            h.create_io_queues(2)
+            before = capture(c)
+    finally:
+        tp.kill()   # the crash under test; also no target left running if capture failed
     # 2 I/O queue pairs + the admin one: SPDK's num_io_qpairs counts them all.
     assert [(x.hostnqn, x.num_io_qpairs) for x in before.runtime.controllers] == [(HOST1, 3)]
     assert list(before.keys) == ["psk0"] and len(before.referrals) == 1
     assert before.subsystems["nqn.2016-06.io.spdk:rt1"].namespaces[3].eui64 == \
         "0011223344556677"
-    tp.kill()
     fresh = TargetProcess(sock, "--wait-for-rpc", kind=kind)
     try:
         with RpcClient.connect(sock) as c:
@@ -106,3 +108,27 @@ def test_conflicting_identity_is_reported_not_destroyed(tmp_path: Path) -> None:
         assert p.calls == [] and len(p.conflicts) == 1 and "nsid 1" in p.conflicts[0]
     finally:
         tp.stop()
+
+
+@pytest.mark.parametrize("kind", TARGET_KINDS)
+def test_referral_order_survives_a_restore(tmp_path: Path, kind: str) -> None:
+    """The discovery log lists referrals in the target's order (SPDK: newest first); a
+    restore must give it back the same, not reversed."""
+    sock = str(tmp_path / "spdk.sock")
+    tp = TargetProcess(sock, kind=kind)
+    try:
+        with RpcClient.connect(sock) as c:
+            for last in (2, 3, 4):
+                rn.nvmf_discovery_add_referral(c, rn.listen_address(f"127.0.0.{last}", 8009))
+            listed = c.call("nvmf_discovery_get_referrals")
+            before = capture_config(c)
+    finally:
+        tp.kill()
+    assert [r["address"]["traddr"] for r in listed] == ["127.0.0.4", "127.0.0.3", "127.0.0.2"]
+    fresh = TargetProcess(sock, "--wait-for-rpc", kind=kind)
+    try:
+        with RpcClient.connect(sock) as c:
+            assert restore(c, before).ok
+            assert c.call("nvmf_discovery_get_referrals") == listed
+    finally:
+        fresh.stop()

@@ -17,7 +17,7 @@ from nvmf_phoenix.rpc import nvmf as rn
 from nvmf_phoenix.target.host import Host
 
 from tests.target_fixture import free_port
-from tests.target_process import TargetProcess, target_process
+from tests.target_process import TARGET_KINDS, TargetProcess, target_process
 
 NQN = "nqn.2016-06.io.spdk:cnode1"
 SPDK_RPC = shutil.which("spdk-rpc") or str(Path(sys.executable).parent / "spdk-rpc")
@@ -30,9 +30,10 @@ def spdk_rpc(sock: str, *args: str) -> str:
     return run.stdout
 
 
-def test_spdk_rpc_drives_a_full_scenario(tmp_path: Path) -> None:
+@pytest.mark.parametrize("kind", TARGET_KINDS)
+def test_spdk_rpc_drives_a_full_scenario(tmp_path: Path, kind: str) -> None:
     port = str(free_port())
-    with target_process(tmp_path) as tp:
+    with target_process(tmp_path, kind=kind) as tp:
         s = tp.sock
         assert spdk_rpc(s, "bdev_malloc_create", "-b", "Malloc0", "-u",
                         "11111111-2222-3333-4444-555555555555", "16", "4096").strip() == \
@@ -93,27 +94,38 @@ def _rich_config(client: RpcClient, image: Path, port: str) -> None:
     rn.nvmf_subsystem_add_listener(client, "nqn.2014-08.org.nvmexpress.discovery", addr)
 
 
-def test_save_config_round_trips_through_dash_c(tmp_path: Path) -> None:
+@pytest.mark.parametrize("kind", TARGET_KINDS)
+def test_save_config_round_trips_through_dash_c(tmp_path: Path, kind: str) -> None:
     image = tmp_path / "a0.img"
     image.write_bytes(bytes(1 << 20))
     port = str(free_port())
-    with target_process(tmp_path, name="one.sock") as tp, RpcClient.connect(tp.sock) as c:
+    with target_process(tmp_path, name="one.sock", kind=kind) as tp, \
+            RpcClient.connect(tp.sock) as c:
         _rich_config(c, image, port)
         saved = rf.save_config(c)
     cfg = tmp_path / "config.json"
     cfg.write_text(json.dumps(saved))
-    with target_process(tmp_path, "-c", str(cfg), name="two.sock") as tp, \
+    with target_process(tmp_path, "-c", str(cfg), name="two.sock", kind=kind) as tp, \
             RpcClient.connect(tp.sock) as c:
         assert rf.save_config(c) == saved
         assert rf.framework_wait_init(c) is True
 
 
-def test_wait_for_rpc_phases(tmp_path: Path) -> None:
-    with target_process(tmp_path, "--wait-for-rpc") as tp, RpcClient.connect(tp.sock) as c:
+@pytest.mark.parametrize("kind", TARGET_KINDS)
+def test_wait_for_rpc_phases(tmp_path: Path, kind: str) -> None:
+    with target_process(tmp_path, "--wait-for-rpc", kind=kind) as tp, \
+            RpcClient.connect(tp.sock) as c:
         with pytest.raises(RpcError) as err:
             rb.bdev_malloc_create(c, 16, 512)
         assert err.value.code == -1 and "after framework is initialized" in err.value.message
         rn.nvmf_set_max_subsystems(c, 16)
+        # SPDK decodes bdev_set_options' sizes as uint32 and refuses the call otherwise.
+        for bad in ({"bdev_io_pool_size": -1}, {"bdev_io_cache_size": 1 << 40},
+                    {"bogus": 1}):
+            with pytest.raises(RpcError) as err:
+                c.call("bdev_set_options", bad)
+            assert (err.value.code, err.value.message) == (-32602, "Invalid parameters")
+        assert c.call("bdev_set_options", {"bdev_auto_examine": True}) is True
         assert rf.framework_start_init(c) is True
         assert rb.bdev_malloc_create(c, 16, 512) == "Malloc0"
         with pytest.raises(RpcError) as err:
@@ -156,25 +168,38 @@ def _raw(sock_path: str, payload: bytes, timeout: float = 5) -> bytes:
     return out
 
 
-def test_hostile_rpc_input_is_refused_and_changes_nothing(tmp_path: Path) -> None:
-    with target_process(tmp_path) as tp, RpcClient.connect(tp.sock) as c:
+@pytest.mark.parametrize("kind", TARGET_KINDS)
+def test_hostile_rpc_input_is_refused_and_changes_nothing(tmp_path: Path, kind: str) -> None:
+    with target_process(tmp_path, kind=kind) as tp, RpcClient.connect(tp.sock) as c:
         silent = socket.socket(socket.AF_UNIX)
         silent.connect(tp.sock)                 # connects and never sends
         half = socket.socket(socket.AF_UNIX)
         half.connect(tp.sock)
         half.sendall(b'{"jsonrpc": "2.0", "method": "spdk_get_')   # half a request
-        assert b"-32700" in _raw(tp.sock, b"this is not json")
+        # Unparseable input: the embedded target answers -32700 and closes. SPDK builds the
+        # same answer but closes the connection before sending it (jsonrpc_server_tcp.c
+        # closes on the parse failure): the caller sees only the close.
+        refused = b"-32700" if kind == "embedded" else b""
+        assert refused in _raw(tp.sock, b"this is not json")
         deep = b'{"jsonrpc":"2.0","id":1,"method":"x","params":' + b"[" * 100000
-        assert b"-32700" in _raw(tp.sock, deep + b"]" * 100000 + b"}")
-        cases = [("nvmf_create_subsystem", {"nqn": 42}), ("nvmf_create_subsystem", {}),
-                 ("nvmf_create_subsystem", {"nqn": NQN, "bogus": 1}),
-                 ("bdev_malloc_create", {"num_blocks": 1 << 80, "block_size": 512}),
-                 ("bdev_malloc_create", {"num_blocks": "many", "block_size": 512}),
-                 ("nvmf_subsystem_add_ns", {"nqn": NQN, "namespace": "Malloc0"})]
-        for method, params in cases:
+        assert refused in _raw(tp.sock, deep + b"]" * 100000 + b"}")
+        # nvmf methods refuse bad params with -32602; SPDK's bdev modules answer a decode
+        # failure with -32603 "spdk_json_decode_object failed" (checked against nvmf_tgt).
+        cases = [("nvmf_create_subsystem", {"nqn": 42}, -32602),
+                 ("nvmf_create_subsystem", {}, -32602),
+                 ("nvmf_create_subsystem", {"nqn": NQN, "bogus": 1}, -32602),
+                 ("bdev_malloc_create", {"num_blocks": 1 << 80, "block_size": 512}, -32603),
+                 ("bdev_malloc_create", {"num_blocks": "many", "block_size": 512}, -32603),
+                 ("bdev_malloc_create", {"num_blocks": -1, "block_size": 512}, -32603),
+                 ("bdev_malloc_create", {"num_blocks": 8, "block_size": 512, "uuid": "x"},
+                  -32603),
+                 ("bdev_malloc_create", {"num_blocks": (1 << 64) - 1, "block_size": 512},
+                  -12),   # decodes, but no memory for it: ENOMEM, not a crash
+                 ("nvmf_subsystem_add_ns", {"nqn": NQN, "namespace": "Malloc0"}, -32602)]
+        for method, params, code in cases:
             with pytest.raises(RpcError) as err:
                 c.call(method, params)
-            assert err.value.code == -32602, (method, params, err.value)
+            assert err.value.code == code, (method, params, err.value)
         before = rf.save_config(c)
         rn.nvmf_create_subsystem(c, NQN)
         with pytest.raises(RpcError):   # nsid collision after a valid first namespace
@@ -183,6 +208,7 @@ def test_hostile_rpc_input_is_refused_and_changes_nothing(tmp_path: Path) -> Non
             rn.nvmf_subsystem_add_ns(c, NQN, "M", nsid=1)
         after = rf.save_config(c)
         assert after != before and len(rn.nvmf_get_subsystems(c, NQN)[0]["namespaces"]) == 1
-        assert rf.spdk_get_version(c)["fields"]["suffix"] == "-embedded"
+        assert rf.spdk_get_version(c)["fields"]["suffix"] == \
+            ("-embedded" if kind == "embedded" else "")   # and the target is still there
         silent.close()
         half.close()

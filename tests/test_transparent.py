@@ -340,3 +340,16 @@ def test_connections_reset_before_accept_cost_nothing(tmp_path: Path) -> None:
             assert host.read(1, 1, 1, 4096) == b"\x5a" * 4096
         after = t.status()
         assert after["active"] == st["active"] and after["takeovers"] == st["takeovers"]
+
+
+def test_malloc_bdev_too_large_to_map_is_refused_as_spdk_does(tmp_path: Path) -> None:
+    """A RAM bdev no file could hold answers ENOMEM (-12), as SPDK's malloc bdev and the
+    plain embedded target do, not an internal error; the target keeps serving."""
+    from nvmf_phoenix.rpc import RpcClient, RpcError
+
+    with transparent_target(tmp_path) as t, RpcClient.connect(t.sock) as c:
+        with pytest.raises(RpcError) as err:
+            c.call("bdev_malloc_create", {"num_blocks": (1 << 64) - 1, "block_size": 512})
+        assert (err.value.code, err.value.message) == (-12, "Cannot allocate memory")
+        assert c.call("bdev_malloc_create", {"num_blocks": 16, "block_size": 512}) == \
+            "Malloc0"

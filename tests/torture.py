@@ -12,6 +12,8 @@ unacknowledged one present, or one applied twice all show up), that every call s
 generated (bdev uuids, namespace nsid/uuid/nguid) never change. Meanwhile the project's
 initiator writes random blocks to a file-backed namespace and reads them back, and at the
 end every acknowledged write is read back through the target and from the file itself.
+Each kill comes at a random moment, once the stream has had an answer since the previous
+kill (a stream that stalls for 60 s fails the run).
 """
 from __future__ import annotations
 
@@ -196,8 +198,16 @@ class HostIo:
         self.identity_changes: list[str] = []
 
     def _open(self) -> Host:
-        h = _connect(self.port, time.monotonic() + 60)
-        ident = h.identify_namespace(1)
+        deadline = time.monotonic() + 60
+        while True:
+            h = _connect(self.port, deadline)
+            try:
+                ident = h.identify_namespace(1)
+                break
+            except (NvmeError, OSError):
+                h.close()       # killed between the Connect and the Identify: again
+                if time.monotonic() > deadline:
+                    raise
         seen = {"uuid": ident.get("uuid"), "nguid": ident.get("nguid"),
                 "sn": h.identity["sn"]}
         if self.identity is None:
@@ -240,23 +250,27 @@ class _Incomplete(logging.Handler):
             self.seen.append(record.getMessage()[:300])
 
 
-def run_torture(tmp: Path, kills: int, seed: int = 0) -> dict[str, Any]:
+def run_torture(tmp: Path, kills: int, seed: int = 0,
+                target_cmd: list[str] | None = None) -> dict[str, Any]:
+    """``target_cmd`` defaults to the embedded target; SPDK's nvmf_tgt works the same."""
     incomplete = _Incomplete()
     logging.getLogger("nvmf_phoenix.recovery.supervisor").addHandler(incomplete)
     try:
-        return _run(tmp, kills, seed, incomplete)
+        return _run(tmp, kills, seed, incomplete,
+                    target_cmd or [sys.executable, "-m", "nvmf_phoenix.target"])
     finally:
         logging.getLogger("nvmf_phoenix.recovery.supervisor").removeHandler(incomplete)
 
 
-def _run(tmp: Path, kills: int, seed: int, incomplete: _Incomplete) -> dict[str, Any]:
+def _run(tmp: Path, kills: int, seed: int, incomplete: _Incomplete, target_cmd: list[str]
+         ) -> dict[str, Any]:
     rng = random.Random(seed)
     port = _port()
     image = tmp / "torture.img"
     with open(image, "wb") as f:
         f.truncate(BLOCKS * BS)
     # Kills come faster than any real crash loop: no crash-loop guard or backoff.
-    sup = Supervisor([sys.executable, "-m", "nvmf_phoenix.target"], str(tmp / "priv.sock"),
+    sup = Supervisor(target_cmd, str(tmp / "priv.sock"),
                      str(tmp / "pub.sock"), str(tmp / "state"), ping_interval=0.5,
                      max_restarts=100_000, restart_window=1e-3)
     sup.start()
@@ -283,11 +297,23 @@ def _run(tmp: Path, kills: int, seed: int, incomplete: _Incomplete) -> dict[str,
     workers = [guarded("rpc-stream", stream.run), guarded("host-io", io.run)]
     for w in workers:
         w.start()
-    done, to_ready = 0, []
+    done, to_ready, acked_at_kill = 0, [], 0
     start = time.monotonic()
     try:
         while done < kills and not stop.is_set():
             stop.wait(rng.uniform(0.02, 0.3))          # a random moment of the workload
+            # Each kill lands on a running workload: the RPC stream has had an answer since
+            # the last kill (a slow target, SPDK on a loaded machine, fits few in between).
+            progress_by = time.monotonic() + 60
+            while stream.acked <= acked_at_kill and time.monotonic() < progress_by:
+                if stop.wait(0.005):
+                    break
+            if stop.is_set():
+                break
+            if stream.acked <= acked_at_kill:
+                errors.append(f"kill {done + 1}: the RPC stream made no progress in 60 s")
+                break
+            acked_at_kill = stream.acked
             if not sup.ready.wait(60) or sup.proc is None:
                 errors.append(f"target not ready after kill {done}: {sup.status.to_dict()}")
                 break
