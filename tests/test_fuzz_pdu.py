@@ -242,6 +242,10 @@ def test_live_fuzz_across_kills_with_the_keeper(tmp_path: Path,
         thread.start()
         try:
             fuzz()
+            # Keep fuzzing until the killer is through: how fast the examples run must
+            # not decide how many kills they see (bounded by the killer's own waits).
+            while thread.is_alive():
+                fuzz()
         finally:
             done.set()
             thread.join(60)
@@ -250,7 +254,7 @@ def test_live_fuzz_across_kills_with_the_keeper(tmp_path: Path,
         print(f"keeper fuzz: {fuzzer.runs} sessions, {kills[0]} kills, good host "
               f"{good.ops} verified ops")
         assert found == []
-        assert kills[0] >= 3, "the fuzzing outran the kills"
+        assert kills[0] == max_kills
         assert good.error is None and good.mismatches == 0 and good.ops > 0
         with Host("127.0.0.1", port, NQN) as h:
             h.create_io_queues(1)
