@@ -445,6 +445,9 @@ class TransparentDataPath(DataPath):
                                      f"contradict commit {c.seq} (rx {c.rx_done}, tx "
                                      f"{c.tx_base}..{c.tx_done})")
             d = json.loads(blob)
+            log.info("connection %d (peer %s): replaying %d bytes from %d, resending %d "
+                     "bytes from %d, state %s", h.conn_id, h.peer, consumed - c.rx_done,
+                     c.rx_done, c.tx_done - written, written, d.get("phase", "new"))
             conn = self._build(h, st, c, consumed, written)
             if d:
                 used = {int(p[5]) for p in d.get("pending", []) if int(p[5]) >= 0}

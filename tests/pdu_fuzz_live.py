@@ -115,7 +115,8 @@ class LiveFuzzer:
                     data = s.recv(1 << 20)
                 except TimeoutError:
                     out.problems.append(f"target neither answered nor closed within "
-                                        f"{self.timeout}s")
+                                        f"{self.timeout}s (local port "
+                                        f"{s.getsockname()[1]})")
                     break
                 except OSError:
                     break   # reset: the target closed with our bytes unread
