@@ -173,8 +173,15 @@ class ConnState:
         return HEADER_SIZE + i * self.geo.commit_size
 
     def commit(self, c: Commit, blob: bytes) -> None:
-        """Write into the slot the previous commit did not use, header last: a writer
-        killed half-way leaves that slot invalid and the other one intact."""
+        """Write into the slot the previous commit did not use, header last, then the
+        seal: a writer killed half-way leaves that slot invalid and the other one intact;
+        one killed between record and seal leaves a complete commit the seal lags by one."""
+        self._write_slot(c, blob)
+        seq = struct.pack("<Q", c.seq)
+        self._view[SEAL_OFFSET:SEAL_OFFSET + SEAL.size] = \
+            seq + struct.pack("<I", crc32c.crc32c(seq))
+
+    def _write_slot(self, c: Commit, blob: bytes) -> None:
         if len(blob) > self.geo.commit_size - COMMIT_HDR_SIZE:
             raise ConnStateError(f"{self.path}: state of {len(blob)} bytes exceeds the "
                                  f"commit slot ({self.geo.commit_size} bytes)")
@@ -184,8 +191,6 @@ class ConnState:
         rec = COMMIT.pack(c.seq, c.rx_done, c.rx_base, c.tx_done, c.tx_base, c.sqhd, c.ttag,
                           len(blob), crc32c.crc32c(blob))
         view[off:off + COMMIT.size + 4] = rec + struct.pack("<I", crc32c.crc32c(rec))
-        seq = struct.pack("<Q", c.seq)
-        view[SEAL_OFFSET:SEAL_OFFSET + SEAL.size] = seq + struct.pack("<I", crc32c.crc32c(seq))
 
     def commit_torn(self, c: Commit, blob: bytes) -> None:
         """What a writer killed in the middle of :meth:`commit` leaves (failpoint tests):
@@ -195,6 +200,11 @@ class ConnState:
         rec = COMMIT.pack(c.seq, c.rx_done, c.rx_base, c.tx_done, c.tx_base, c.sqhd, c.ttag,
                           len(blob), crc32c.crc32c(blob))
         self._view[off:off + COMMIT.size // 2] = rec[:COMMIT.size // 2]
+
+    def commit_unsealed(self, c: Commit, blob: bytes) -> None:
+        """What a writer killed after the record but before the seal leaves (failpoint
+        tests): a complete commit the seal does not name yet."""
+        self._write_slot(c, blob)
 
     def _read_slot(self, i: int) -> tuple[Commit, bytes] | None:
         off = self._slot_off(i)
@@ -218,7 +228,9 @@ class ConnState:
         commit torn by a death (the seal still names the previous one, which is exactly
         where the dead process stood) or a complete commit damaged later (the seal names
         it): the older slot is used only in the first case, because after a complete
-        commit the rings may have been reused in ways the older one does not describe."""
+        commit the rings may have been reused in ways the older one does not describe.
+        A complete commit one past the seal is a death between record and seal: nothing
+        of it was sent yet (sending waits for the seal), and it is whole, so it is used."""
         found = [s for s in (self._read_slot(0), self._read_slot(1)) if s is not None]
         if not found:
             raise ConnStateError(f"{self.path}: no complete commit")
@@ -226,9 +238,12 @@ class ConnState:
         sealed, crc = SEAL.unpack_from(self._view, SEAL_OFFSET)
         if crc != crc32c.crc32c(struct.pack("<Q", sealed)):
             raise ConnStateError(f"{self.path}: commit seal damaged")
-        if sealed != c.seq:
+        if sealed > c.seq:
             raise ConnStateError(f"{self.path}: commit {sealed} is sealed but damaged "
                                  f"(newest intact: {c.seq})")
+        if c.seq > sealed + 1:
+            raise ConnStateError(f"{self.path}: commit {c.seq} is newer than the seal "
+                                 f"({sealed}) allows")
         if not (c.rx_base <= c.rx_done <= c.rx_base + self.geo.rx_size and
                 c.tx_base <= c.tx_done <= c.tx_base + self.geo.tx_size):
             raise ConnStateError(f"{self.path}: commit {c.seq} lies outside its rings")

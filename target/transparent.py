@@ -338,6 +338,7 @@ class TransparentDataPath(DataPath):
         blob = self._blob(conn)
         if failpoints.ARMED and qp.qid > 0:
             failpoints.hit("io-torn-commit", lambda: conn.st.commit_torn(new, blob))
+            failpoints.hit("io-unsealed-commit", lambda: conn.st.commit_unsealed(new, blob))
         conn.st.commit(new, blob)
         if compact_rx:
             reader.end -= reader.pos

@@ -53,12 +53,13 @@ def test_sigkill_during_verified_io_is_invisible(tmp_path: Path, max_nlb: int) -
 
 @pytest.mark.parametrize("point,policy", [
     ("io-read", "replay"), ("io-read", "abort"), ("io-committed", "replay"),
-    ("io-half-sent", "replay"), ("io-torn-commit", "replay")])
+    ("io-half-sent", "replay"), ("io-torn-commit", "replay"),
+    ("io-unsealed-commit", "replay")])
 def test_kill_at_the_worst_instant(tmp_path: Path, point: str, policy: str) -> None:
     """SIGKILL exactly where it hurts most: commands read but not executed (replayed, or
     completed with a retryable status under --inflight abort), completions committed but
-    not sent, a PDU half sent, a commit half written. The host sees nothing but, under
-    abort, the retryable status it re-issues."""
+    not sent, a PDU half sent, a commit half written, a commit written but not sealed.
+    The host sees nothing but, under abort, the retryable status it re-issues."""
     marker = tmp_path / "fired"
     env = {"NVMF_PHOENIX_FAILPOINT": f"{point}:200:{marker}"}
     with transparent_target(tmp_path, "--inflight", policy, env=env) as t:
