@@ -25,6 +25,7 @@ from nvmf_phoenix.rpc import nvmf as rn
 from nvmf_phoenix.target import nvme
 from nvmf_phoenix.target.host import Host
 from nvmf_phoenix.target.initiator import make_sqe
+from nvmf_phoenix.target.keeper_client import keeper_status
 
 NQN = "nqn.2016-06.io.spdk:bench"
 BS = 4096
@@ -44,7 +45,20 @@ def start_target(sock: str, port: int, *extra: str) -> subprocess.Popen[bytes]:
     rn.nvmf_subsystem_add_ns(c, NQN, "M0")
     rn.nvmf_subsystem_add_listener(c, NQN, rn.listen_address("127.0.0.1", port))
     c.close()
+    if "--crash-transparent" in extra:
+        wait_standby(sock + ".keeper")
     return proc
+
+
+def wait_standby(ctl: str, timeout: float = 30.0) -> None:
+    """Measure the steady state: the keeper starts a standby worker once the first one is
+    ready, and that start-up (a Python process importing the target) shares CPU 0 with
+    the worker being measured for its first half second."""
+    deadline = time.monotonic() + timeout
+    while not keeper_status(ctl).get("standby"):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no standby worker behind {ctl} within {timeout}s")
+        time.sleep(0.02)
 
 
 def worker(port: int, op: str, qd: int, seconds: float, digests: bool, cpu: int,

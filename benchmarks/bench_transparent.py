@@ -8,9 +8,10 @@ reported: I/O errors, data mismatches, connections lost, commands submitted and 
 
 Part 2 (``--seconds S``): 4 KiB random read and write at QD 32, the same target process
 started plain and with --crash-transparent, measured alternately in one run (the
-bench_io.py method: target on CPU 0, initiator on CPU 1).
+bench_io.py method: target on CPU 0, initiator on CPU 1). The crash-transparent one is
+measured once its standby worker is up, so the standby's start-up is not counted.
 
-    python benchmarks/bench_transparent.py --kills 500 --seconds 3
+    python benchmarks/bench_transparent.py --kills 500 --seconds 4 --rounds 7
 """
 from __future__ import annotations
 
