@@ -192,5 +192,18 @@ class Region:
         return self.qp_off + index * QP_RECORD_SIZE
 
 
+def read_latest(path: str) -> bytes:
+    """The newest complete snapshot's payload of the region at ``path``; RegionError
+    naming the file when it cannot be opened or holds no complete snapshot."""
+    region = Region.open(path)
+    try:
+        snap = region.read_snapshot()
+    finally:
+        region.close()
+    if snap is None:
+        raise RegionError(f"region {path}: no complete snapshot")
+    return snap[1]
+
+
 def _text(raw: bytes) -> str:
     return raw.split(b"\0", 1)[0].decode(errors="replace")

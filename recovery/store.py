@@ -26,7 +26,7 @@ from nvmf_phoenix.recovery.journal import (
     read_journal,
     read_snapshot,
 )
-from nvmf_phoenix.recovery.region import Region, RegionError, private_dir
+from nvmf_phoenix.recovery.region import Region, RegionError, private_dir, read_latest
 
 from nvmf_phoenix.model import TargetState
 
@@ -222,15 +222,7 @@ class CheckpointStore:
             problems.append("no shared-memory region (node restarted or never saved)")
             return None
         try:
-            region = Region.open(path)
-            try:
-                snap = region.read_snapshot()
-            finally:
-                region.close()
-            if snap is None:
-                problems.append(f"region {path}: no complete snapshot")
-                return None
-            return _decode(snap[1])
+            return _decode(read_latest(path))
         except (RegionError, ValueError, KeyError) as exc:
             problems.append(str(exc))
             return None

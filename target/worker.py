@@ -23,7 +23,7 @@ from typing import Any
 
 from nvmf_phoenix.recovery import shm
 from nvmf_phoenix.recovery.front import is_read_only
-from nvmf_phoenix.recovery.region import Region, RegionError
+from nvmf_phoenix.recovery.region import Region, RegionError, read_latest
 from nvmf_phoenix.recovery.shm import find
 from nvmf_phoenix.target.bdev import SharedBdevs
 from nvmf_phoenix.target.config_io import load_config
@@ -64,14 +64,7 @@ class ConfigKeeper:
         if path is None:
             return None, None
         try:
-            region = Region.open(path)
-            try:
-                snap = region.read_snapshot()
-            finally:
-                region.close()
-            if snap is None:
-                return None, f"region {path}: no complete snapshot"
-            doc = json.loads(snap[1])
+            doc = json.loads(read_latest(path))
             TargetState.from_dict(doc["state"])
             return doc, None
         except (RegionError, ValueError, KeyError, TypeError) as exc:
