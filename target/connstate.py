@@ -16,16 +16,13 @@ Stream positions count bytes since accept. A commit says: every PDU before ``rx_
 been executed and its output lies in the transmit ring before ``tx_done``; ``rx_base`` and
 ``tx_base`` are the stream positions sitting at offset 0 of each ring. How far the dead
 process really got on the socket is not stored at all: the kernel's counters say it
-exactly (see :func:`kernel_progress`).
+exactly (see target/tcpcount.py).
 """
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
-import socket
 import struct
-import termios
 from dataclasses import dataclass
 
 import crc32c
@@ -43,8 +40,6 @@ COMMIT = struct.Struct("<QQQQQHHII")
 COMMIT_HDR_SIZE = 64
 SEAL = struct.Struct("<QI")            # seq of the last complete commit, CRC of seq
 SEAL_OFFSET = 2048                     # in the header page, after the header
-TCP_INFO = struct.Struct("<120xQQ")   # tcpi_bytes_acked, tcpi_bytes_received (6.x layout)
-TCP_INFO_LEN = 512
 
 
 class ConnStateError(Exception):
@@ -74,20 +69,6 @@ class Commit:
     tx_base: int = 0
     sqhd: int = 0      # the queue pair's fields that change with every command live here,
     ttag: int = 1      # so the blob is re-encoded only when its colder state changes
-
-
-def kernel_progress(sock: socket.socket) -> tuple[int, int, int]:
-    """(consumed, written, tcp state): bytes every process ever read from this socket,
-    bytes every process ever wrote into it, from the kernel's own counters - exact
-    whatever a killed process's bookkeeping says. Subtract the accept-time baselines."""
-    info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, TCP_INFO_LEN)
-    acked, received = TCP_INFO.unpack_from(info)
-    buf = bytearray(4)
-    fcntl.ioctl(sock.fileno(), termios.FIONREAD, buf)       # SIOCINQ
-    inq = int.from_bytes(buf, "little")
-    fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, buf)       # SIOCOUTQ
-    outq = int.from_bytes(buf, "little")
-    return received - inq, acked + outq, info[0]
 
 
 class ConnState:

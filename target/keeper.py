@@ -28,10 +28,11 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+from nvmf_phoenix.target.tcpcount import kernel_progress
+
 log = logging.getLogger(__name__)
 MSG_MAX = 1 << 16
 SEND_TIMEOUT = 5.0
-TCP_INFO = struct.Struct("<120xQQ")   # tcpi_bytes_acked, tcpi_bytes_received
 # Workers that die before they report having resumed, in a row: after RESET_AFTER the
 # next one drops the connections' shared state (hosts reconnect; the state may be what
 # kills them), after GIVE_UP_AFTER the keeper stops and leaves it to a supervisor.
@@ -64,16 +65,8 @@ def peer_uid(sock: socket.socket) -> int:
 
 def baselines(sock: socket.socket) -> tuple[int, int]:
     """(bytes read, bytes written) so far, from the kernel: the zero of both streams."""
-    import fcntl
-    import termios
-
-    info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 512)
-    acked, received = TCP_INFO.unpack_from(info)
-    buf = bytearray(4)
-    fcntl.ioctl(sock.fileno(), termios.FIONREAD, buf)
-    inq = int.from_bytes(buf, "little")
-    fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, buf)
-    return received - inq, acked + int.from_bytes(buf, "little")
+    consumed, written, _state = kernel_progress(sock)
+    return consumed, written
 
 
 @dataclass

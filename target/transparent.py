@@ -10,7 +10,7 @@ can take over at any instant with no byte lost or repeated:
   the queue pair's plain state) before the first byte of it is sent, so a successor never
   re-executes a command whose completion may have left;
 - after a death the kernel's counters say exactly how much every past process read and
-  wrote (target/connstate.py: kernel_progress); the successor sends the rest of the
+  wrote (target/tcpcount.py: kernel_progress); the successor sends the rest of the
   transmit ring from there and re-parses the receive ring from the last commit. Commands
   read but not committed are executed again (``replay``: reads and writes are idempotent
   on the block device) or completed with a retryable status (``abort``).
@@ -37,18 +37,17 @@ from nvmf_phoenix.target.connstate import (
     ConnState,
     ConnStateError,
     Geometry,
-    kernel_progress,
 )
 from nvmf_phoenix.target.controller import Controller
 from nvmf_phoenix.target.core import TargetCore, TargetError
 from nvmf_phoenix.target.keeper_client import Handed, KeeperClient
 from nvmf_phoenix.target.qpair import QueuePair
 from nvmf_phoenix.target.server import DataPath
+from nvmf_phoenix.target.tcpcount import TCP_ESTABLISHED, kernel_progress
 
 from nvmf_phoenix.model import ListenAddress
 
 log = logging.getLogger(__name__)
-TCP_ESTABLISHED = 1
 REPLAY, ABORT = "replay", "abort"
 
 
