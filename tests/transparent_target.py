@@ -107,6 +107,12 @@ class TransparentTarget:
                 self.proc.kill()
                 self.proc.wait(timeout=10)
         self.log.close()
+        # A keeper that ends normally wipes its shared state; one a test SIGKILLed cannot,
+        # and a test run must not leave RAM bdevs behind in /dev/shm.
+        from nvmf_phoenix.recovery import shm
+        from nvmf_phoenix.target.app import scratch_name
+
+        shm.wipe(scratch_name(self.sock))
         return int(self.proc.returncode)
 
 
