@@ -111,6 +111,11 @@ class TransparentDataPath(DataPath):
         if addr in self.kept_listeners:
             return
         reply = self.keeper.request({"op": "listen", "addr": _key(addr)})
+        if self.keeper.backlog:
+            # Connections handed over while the reply was awaited wait in the client's
+            # backlog, and the keeper's socket does not turn readable for them again: a
+            # host that connected then would wait for the next hand-over to be served.
+            self._wake()
         if reply.get("error"):
             raise TargetError(-32602, "Invalid parameters", f"cannot listen on "
                               f"{addr.traddr}:{addr.trsvcid}: {reply['error']}")
@@ -121,6 +126,11 @@ class TransparentDataPath(DataPath):
         for addr in [a for a in self.kept_listeners if a not in used]:
             self.keeper.send({"op": "unlisten", "addr": _key(addr)})
             self.kept_listeners.discard(addr)
+
+    def _drain_wake(self) -> None:
+        super()._drain_wake()
+        if self.keeper.backlog:
+            self._control("keeper")
 
     def _control(self, name: str) -> None:
         msgs = self.keeper.incoming()

@@ -30,7 +30,7 @@ from nvmf_phoenix.target.workload import VerifiedWorkload
 
 from nvmf_phoenix.model import DISCOVERY_NQN
 from tests.hugepages import ensure_hugetlbfs, release
-from tests.target_fixture import HOSTNQN, NQN
+from tests.target_fixture import HOSTNQN, NQN, free_port
 from tests.transparent_target import torture, transparent_target
 from tests.waiting import wait_for
 
@@ -354,3 +354,50 @@ def test_malloc_bdev_too_large_to_map_is_refused_as_spdk_does(tmp_path: Path) ->
         assert (err.value.code, err.value.message) == (-12, "Cannot allocate memory")
         assert c.call("bdev_malloc_create", {"num_blocks": 16, "block_size": 512}) == \
             "Malloc0"
+
+
+def test_connections_handed_over_during_a_listener_request_are_served(tmp_path: Path) -> None:
+    """While a worker waits for the keeper to confirm a listener (an RPC adding one, and
+    every takeover, which re-establishes them all), connections the keeper hands it
+    meanwhile are set aside; they must be served at once, not whenever the next hand-over
+    happens to wake the worker. A host opens connection after connection (the next only
+    once the last got its ICResp) while listeners are added and removed. The race window
+    is narrow, so this catches a regression only sometimes; the keeper fuzz test, where a
+    takeover meets a new connection now and then, is where it was found."""
+    import threading
+
+    from nvmf_phoenix.target import pdu
+
+    with transparent_target(tmp_path) as t:
+        t.configure()
+        t.wait_standby()
+        stop, stuck, served = threading.Event(), [], [0]
+
+        def host() -> None:
+            while not stop.is_set() and not stuck:
+                with socket.create_connection(("127.0.0.1", t.port), timeout=5) as s:
+                    s.sendall(pdu.ic_req())
+                    try:
+                        answer = s.recv(128, socket.MSG_WAITALL)
+                    except TimeoutError:
+                        stuck.append(s.getsockname()[1])
+                        return
+                    assert answer[0] == pdu.ICRESP, answer
+                served[0] += 1
+
+        thread = threading.Thread(target=host, daemon=True)
+        thread.start()
+        cycles = 0
+        with t.rpc() as rpc:
+            while cycles < 200 and not stuck:
+                addr = {"trtype": "TCP", "traddr": "127.0.0.1", "trsvcid": str(free_port()),
+                        "adrfam": "IPv4"}
+                rpc.call("nvmf_subsystem_add_listener", {"nqn": NQN, "listen_address": addr})
+                rpc.call("nvmf_subsystem_remove_listener",
+                         {"nqn": NQN, "listen_address": addr})
+                cycles += 1
+        stop.set()
+        thread.join(30)
+    print(f"{cycles} listener cycles, {served[0]} connections served")
+    assert stuck == [], f"connection from port {stuck} got no ICResp within 5 s"
+    assert served[0] > cycles
