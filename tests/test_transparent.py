@@ -371,7 +371,8 @@ def test_connections_handed_over_during_a_listener_request_are_served(tmp_path: 
     with transparent_target(tmp_path) as t:
         t.configure()
         t.wait_standby()
-        stop, stuck, served = threading.Event(), [], [0]
+        stop, served = threading.Event(), [0]
+        stuck: list[int] = []
 
         def host() -> None:
             while not stop.is_set() and not stuck:
