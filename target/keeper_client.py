@@ -9,7 +9,9 @@ ones as the keeper accepts them.
 from __future__ import annotations
 
 import os
+import select
 import socket
+import time
 from collections import deque
 from dataclasses import dataclass
 from typing import Any
@@ -86,29 +88,43 @@ class KeeperClient:
         return Takeover(bool(head.get("reset")), head.get("listeners", []),
                         socket.socket(fileno=rpc_fd), conns)
 
+    # The I/O loop reads this socket, non-blocking, on its own thread while other threads
+    # send on it: so nothing here ever changes its mode (a timeout set for one send made
+    # a concurrent read block, and fail after 5 s, killing the data path). Waits are polls.
     def send(self, msg: dict[str, Any]) -> None:
-        self.sock.settimeout(self.timeout)
-        try:
-            send_msg(self.sock, msg)
-        finally:
-            self.sock.setblocking(False)
+        """Send one message, waiting at most ``timeout`` for room."""
+        deadline = time.monotonic() + self.timeout
+        while True:
+            try:
+                send_msg(self.sock, msg)
+                return
+            except (BlockingIOError, InterruptedError):
+                self._wait(select.POLLOUT, deadline)
 
     def request(self, msg: dict[str, Any]) -> dict[str, Any]:
         """Send and wait for the matching reply, keeping other messages for later."""
         msg = {**msg, "id": self.next_req}
         self.next_req += 1
-        self.sock.settimeout(self.timeout)
-        try:
-            send_msg(self.sock, msg)
-            while True:
+        self.send(msg)
+        deadline = time.monotonic() + self.timeout
+        while True:
+            try:
                 got = recv_msg(self.sock)
-                if got is None:
-                    raise ConnectionError("the socket keeper is gone")
-                if got[0].get("op") == "reply" and got[0].get("id") == msg["id"]:
-                    return got[0]
-                self.backlog.append(got)
-        finally:
-            self.sock.setblocking(False)
+            except (BlockingIOError, InterruptedError):
+                self._wait(select.POLLIN, deadline)
+                continue
+            if got is None:
+                raise ConnectionError("the socket keeper is gone")
+            if got[0].get("op") == "reply" and got[0].get("id") == msg["id"]:
+                return got[0]
+            self.backlog.append(got)
+
+    def _wait(self, event: int, deadline: float) -> None:
+        left = deadline - time.monotonic()
+        poller = select.poll()
+        poller.register(self.sock, event)
+        if left <= 0 or not poller.poll(left * 1000):
+            raise TimeoutError(f"the socket keeper did not respond within {self.timeout} s")
 
     def incoming(self) -> list[tuple[dict[str, Any], list[int]]] | None:
         """Messages waiting now (non-blocking); None once the keeper is gone."""
