@@ -45,6 +45,17 @@ class Connection:
         self.closing_at = 0.0
 
 
+def recv_some(sock: socket.socket, buf: Any, nbytes: int = 0) -> int:
+    """``recv_into`` for the I/O loops: bytes read, -1 when there is nothing yet, 0 when
+    the host closed or reset the connection (both end it the same way)."""
+    try:
+        return sock.recv_into(buf, nbytes)
+    except (BlockingIOError, InterruptedError):
+        return -1
+    except OSError:
+        return 0
+
+
 class DataPath:
     """Serves NVMe/TCP for a TargetCore's listeners."""
 
@@ -196,12 +207,7 @@ class DataPath:
 
     def _service(self, conn: Connection, mask: int) -> None:
         if mask & selectors.EVENT_READ:
-            try:
-                n = conn.sock.recv_into(self._buf)
-            except (BlockingIOError, InterruptedError):
-                n = -1
-            except OSError:
-                n = 0
+            n = recv_some(conn.sock, self._buf)
             if n == 0:
                 self._close(conn, "host closed the connection")
                 return

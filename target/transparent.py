@@ -42,7 +42,7 @@ from nvmf_phoenix.target.controller import Controller
 from nvmf_phoenix.target.core import TargetCore, TargetError
 from nvmf_phoenix.target.keeper_client import Handed, KeeperClient
 from nvmf_phoenix.target.qpair import QueuePair
-from nvmf_phoenix.target.server import DataPath
+from nvmf_phoenix.target.server import DataPath, recv_some
 from nvmf_phoenix.target.tcpcount import TCP_ESTABLISHED, kernel_progress
 
 from nvmf_phoenix.model import ListenAddress
@@ -236,12 +236,7 @@ class TransparentDataPath(DataPath):
             offset = conn.rx_w - conn.c.rx_base
             room = self.geo.rx_size - offset
             if room > 0:
-                try:
-                    n = conn.sock.recv_into(conn.st.rx[offset:], room)
-                except (BlockingIOError, InterruptedError):
-                    n = -1
-                except OSError:
-                    n = 0
+                n = recv_some(conn.sock, conn.st.rx[offset:], room)
                 if n == 0:
                     self._close(conn, "host closed the connection")
                     return
