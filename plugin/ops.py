@@ -107,7 +107,7 @@ def info(loaded: Loaded, store: CheckpointStore, full: bool = False) -> dict[str
     """What a checkpoint is, where it came from, how old and how big it is."""
     assert loaded.state is not None
     doc = {"state_dir": store.directory, "seq": loaded.seq, "source": loaded.source,
-           "reason": loaded.reason, "problems": loaded.problems,
+           "changes": loaded.changes, "reason": loaded.reason, "problems": loaded.problems,
            "saved_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(loaded.saved_at)),
            "age_s": round(max(0.0, time.time() - loaded.saved_at), 3),
            "state_bytes": len(json.dumps(loaded.state.to_dict(), separators=(",", ":"))),

@@ -59,21 +59,27 @@ def state_from_rpc(configs: dict[str, list[dict[str, Any]]],
                                              allow_any_host=True, max_namespaces=0)
     for name in CONFIG_SUBSYSTEMS:
         for entry in configs.get(name) or []:
-            _apply_entry(st, entry.get("method", ""), entry.get("params") or {})
+            apply_entry(st, entry.get("method", ""), entry.get("params") or {})
     for nqn, entries in (listeners or {}).items():
         sub = st.subsystems.get(nqn)
         if sub is None:
             continue
-        for e in entries:
-            addr = ListenAddress.from_dict(e["address"])
-            ls = sub.listeners.setdefault(addr, Listener(address=addr))
-            ls.ana_states = {int(a["ana_group"]): a["ana_state"]
-                             for a in e.get("ana_states", [])}
+        for addr, states in ana_states(entries).items():
+            sub.listeners.setdefault(addr, Listener(address=addr)).ana_states = states
     st.runtime = runtime_from_rpc(controllers or {}, qpairs or {}, captured_at)
     return st
 
 
-def _apply_entry(st: TargetState, method: str, p: dict[str, Any]) -> None:
+def ana_states(listeners: list[dict[str, Any]]) -> dict[ListenAddress, dict[int, str]]:
+    """ANA state per group of each listener, from nvmf_subsystem_get_listeners."""
+    return {ListenAddress.from_dict(e["address"]): {int(a["ana_group"]): a["ana_state"]
+                                                    for a in e.get("ana_states", [])}
+            for e in listeners}
+
+
+def apply_entry(st: TargetState, method: str, p: dict[str, Any]) -> None:
+    """One framework_get_config entry (a creating call with the target's parameters)
+    into ``st``; the journal's changes reuse it for calls of the same shape."""
     if method == "keyring_file_add_key":
         st.keys[p["name"]] = Key(name=p["name"], path=p["path"])
     elif method == "bdev_malloc_create":

@@ -1,11 +1,17 @@
 """The write-ahead RPC front: the socket users and tools talk to, in front of the target.
 
-Read-only calls pass straight through. A mutating call is journaled (intent, fsync)
-before it is forwarded; once the target answers, the configuration is captured and
-checkpointed, then the outcome is journaled (one fsync makes both durable), and only then
-is the client answered. So an acknowledged change is always in the checkpoint, and a
-change whose outcome was never recorded was never acknowledged. Mutations run one at a
-time (``lock``), so the checkpoint before a call never contains it.
+Read-only calls pass straight through. A mutating call's intent is journaled before it is
+forwarded (written: it outlives the front, which is what it is for); once the target
+answers, the change is checkpointed, then the outcome is journaled with one fsync that
+makes both durable, and only then is the client answered. So an acknowledged change is
+always in the checkpoint, and a change whose outcome was never recorded was never
+acknowledged. Mutations run one at a time (``lock``), so the checkpoint before a call
+never contains it.
+
+How the change is checkpointed: for the calls :mod:`~.changes` models (subsystems,
+namespaces, hosts, listeners, ANA, bdevs, keys) the front reads back the few facts the
+target chose itself and journals the change alone, in time independent of the size of
+the configuration; for any other call it captures the whole configuration and saves it.
 
 A mutating call whose answer is lost (the target died, or the connection dropped, at any
 point between forwarding and checkpointing) is never sent again blindly: the front waits
@@ -25,9 +31,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from nvmf_phoenix.recovery import inflight
+from nvmf_phoenix.recovery import changes, inflight
 from nvmf_phoenix.recovery.capture import capture_config
 from nvmf_phoenix.recovery.carry import Carried, overlay
+from nvmf_phoenix.recovery.diff import diff
 from nvmf_phoenix.recovery.journal import KIND_INTENT, KIND_OUTCOME
 from nvmf_phoenix.recovery.store import CheckpointStore
 from nvmf_phoenix.rpc import RpcClient, RpcConnectionError, RpcError, RpcTimeout
@@ -79,7 +86,7 @@ class Front:
         self.lock = threading.Lock()        # one mutation at a time: journal order
         self.local = threading.local()
         self.stats = {"forwarded": 0, "mutations": 0, "retried": 0, "resolved_applied": 0,
-                      "resolved_resent": 0}
+                      "resolved_resent": 0, "changes": 0, "whole": 0}
         self.server = RpcServer(_Dispatch(self), public_sock, _dispatch)
 
     def start(self) -> None:
@@ -163,12 +170,14 @@ class Front:
     # -- mutating calls ------------------------------------------------------------------
     def mutate(self, method: str, params: Any) -> Any:
         with self.lock:
+            self._whole_before(method, params)
             journal = self.store.journal
             seq = journal.append(KIND_INTENT, json.dumps(
-                {"method": method, "params": params}).encode(), sync=True)
+                {"method": method, "params": params}).encode())
+            journal.write()
             outcome: dict[str, Any] = {"intent": seq}
             try:
-                result, how = self._apply(method, params)
+                result, how = self._apply(method, params, seq)
                 outcome.update(ok=True, how=how)
                 return result
             except RpcError as err:
@@ -179,11 +188,20 @@ class Front:
                 journal.append(KIND_OUTCOME, json.dumps(outcome).encode(), sync=True)
                 self.stats["mutations"] += 1
 
+    def _whole_before(self, method: str, params: Any) -> None:
+        """Before a call whose change is not modelled: if changes were journaled since
+        the last whole state, save a whole one, so that resolving a lost answer (which
+        compares whole configurations) starts from what the target really has."""
+        if self.store.pending and not changes.is_modelled(
+                method, params, self.store.current or TargetState.empty()):
+            with contextlib.suppress(RpcConnectionError):
+                self.checkpoint(durable=False)
+
     def _fail(self, step: str, method: str) -> None:
         if self.failpoint is not None:
             self.failpoint(step, method)
 
-    def _apply(self, method: str, params: Any) -> tuple[Any, str]:
+    def _apply(self, method: str, params: Any, intent: int) -> tuple[Any, str]:
         """Forward, then checkpoint from the same target generation; an answer lost on
         the way is resolved by looking. ``on`` is the generation known to hold the change
         (None: not applied anywhere that still exists)."""
@@ -211,7 +229,7 @@ class Front:
                     self._check_unchanged(method)
                     raise
             try:
-                self.checkpoint(durable=False, gen=on, method=method)
+                self._checkpoint_call(method, params, result, on, intent, how)
                 self._fail("after-checkpoint", method)
                 return result, how
             except RpcConnectionError as exc:
@@ -222,6 +240,39 @@ class Front:
                 if found is not None and how != "answered":
                     result = value
                 on = found
+
+    def _checkpoint_call(self, method: str, params: Any, result: Any, gen: int,
+                         intent: int, how: str) -> None:
+        """Checkpoint what the call did on target generation ``gen``: its change alone
+        when it is modelled and was answered, else the whole configuration."""
+        model = self.store.current
+        if how == "answered" and model is not None and \
+                changes.is_modelled(method, params, model):
+            if not self.ready.is_set() or self.generation() != gen:
+                raise RpcConnectionError("target restarted before the read-back")
+            try:
+                calls = changes.readback(method, params, result, model)
+                answers = self._client().pipeline(calls) if calls else []
+                for a in answers:
+                    if isinstance(a, Exception):
+                        raise a
+                self._fail("after-capture", method)
+                ops = changes.ops_for(method, params, result, answers, model)
+                with self.store.lock:
+                    if not self.ready.is_set() or self.generation() != gen:
+                        raise RpcConnectionError("target restarted before the change "
+                                                 "was journaled")
+                    self.store.record(intent, ops)
+                self.stats["changes"] += 1
+                return
+            except RpcConnectionError:
+                raise
+            except (RpcError, changes.NotModelled, KeyError, TypeError,
+                    ValueError) as exc:
+                log.warning("%s: change not journaled on its own (%s); saving the whole "
+                            "configuration", method, exc)
+        self.stats["whole"] += 1
+        self.checkpoint(durable=False, gen=gen, method=method)
 
     def _resolve(self, method: str, params: Any, gen: int, deadline: float,
                  exc: RpcConnectionError) -> tuple[int | None, Any]:
@@ -240,7 +291,7 @@ class Front:
                 if time.monotonic() >= deadline:
                     raise
                 self._await_restart(seen, deadline)
-        before = self.store.last_saved or self.store.load().state or TargetState.empty()
+        before = self.store.current or self.store.load().state or TargetState.empty()
         if inflight.effect_present(method, params, before, live):
             self.stats["resolved_applied"] += 1
             log.warning("%s: answer lost (%s); the target has the change, not sending it "
@@ -264,8 +315,8 @@ class Front:
         except RpcConnectionError:
             self._drop_client()
             return
-        saved = self.store.last_saved
-        if saved is not None and saved.config_dict() != live.config_dict():
+        saved = self.store.current
+        if saved is not None and diff(saved, live, desired=True):
             log.warning("%s failed but changed the configuration; checkpointing it", method)
             with contextlib.suppress(RpcConnectionError):
                 self.save_if_current(live, self.generation(), durable=False)

@@ -4,7 +4,8 @@ When the target dies (or a connection drops) after a mutating call was sent, nob
 whether the target applied it. Sending it again blindly could apply it twice (a second
 namespace, "already exists" for a change that did happen); dropping it would lose a
 change the client is still waiting for. So the front resolves it by looking: ``before`` is
-the last checkpoint (taken with the front's lock held, so it never includes the call) and
+the last checkpoint (the last whole state plus the changes journaled after it, all taken
+with the front's lock held, so it never includes the call) and
 ``after`` is the live target's configuration. A call whose effect is a change from
 ``before`` to ``after`` was applied and is not sent again; otherwise it was not, and it is
 sent (once) to the target as it is now.
@@ -14,6 +15,8 @@ Pure functions over the state model; the front does the I/O.
 from __future__ import annotations
 
 from typing import Any
+
+from nvmf_phoenix.recovery.diff import diff
 
 from nvmf_phoenix.model import ListenAddress, TargetState
 
@@ -114,7 +117,9 @@ def effect_present(method: str, params: Any, before: TargetState,
         return p["name"] in after.bdevs and p["name"] not in before.bdevs
     if method.startswith("bdev_") and method.endswith("_delete") and "name" in p:
         return p["name"] in before.bdevs and p["name"] not in after.bdevs
-    return before.config_dict() != after.config_dict()
+    # Options the target fills in with defaults are not a change (``before`` may hold
+    # journaled changes, which carry only the options the call gave).
+    return bool(diff(before, after, desired=True))
 
 
 def result_of(method: str, params: Any, before: TargetState, after: TargetState) -> Any:

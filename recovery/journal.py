@@ -4,7 +4,9 @@ For when the node itself dies and shared memory is gone. Layout, declared once h
 
     journal file   header: magic, version; then records of
                    (length u32, kind u16, flags u16, seq u64, CRC32C u32) + payload,
-                   the CRC covering the record header fields and the payload
+                   the CRC covering the record header fields and the payload;
+                   kinds: 1 a whole state, 2 a call's intent, 3 its outcome,
+                   4 the change it made (changes.py operations)
     snapshot file  magic, version, seq u64, length u64, CRC32C, payload
                    written atomically (temp file, fsync, rename, fsync directory)
 
@@ -35,7 +37,7 @@ REC_HDR = struct.Struct("<IHHQ")                  # length, kind, flags, seq
 CRC = struct.Struct("<I")
 SNAP_HDR = struct.Struct("<8sI4xQQI")             # magic, version, seq, length, crc
 MAX_RECORD = 64 << 20
-KIND_STATE, KIND_INTENT, KIND_OUTCOME = 1, 2, 3
+KIND_STATE, KIND_INTENT, KIND_OUTCOME, KIND_CHANGE = 1, 2, 3, 4
 
 
 class JournalError(Exception):
@@ -103,8 +105,8 @@ def _record_at(data: bytes, pos: int) -> tuple[Record | None, int, str]:
     return Record(kind, seq, payload), end, ""
 
 
-# kind (1..3) and flags (0) of a record header, 4 bytes into it: where to try again.
-_RESYNC = re.compile(rb"[\x01-\x03]\x00\x00\x00")
+# kind (1..4) and flags (0) of a record header, 4 bytes into it: where to try again.
+_RESYNC = re.compile(rb"[\x01-\x04]\x00\x00\x00")
 
 
 def _next_record(data: bytes, start: int, after_seq: int) -> int | None:
@@ -156,13 +158,18 @@ class Journal:
             self.sync()
         return self.last_seq
 
-    def sync(self) -> None:
-        """Write buffered records and fsync once: every record before is durable."""
+    def write(self) -> None:
+        """Hand buffered records to the kernel: they survive this process (not the node)
+        and any reader of the file sees them."""
         if self._buf:
             data, self._buf = bytes(self._buf), bytearray()
             view = memoryview(data)
             while view:
                 view = view[os.write(self.fd, view):]
+
+    def sync(self) -> None:
+        """Write buffered records and fsync once: every record before is durable."""
+        self.write()
         os.fsync(self.fd)
 
     def size(self) -> int:

@@ -1,12 +1,18 @@
 """Checkpoints: one TargetState kept in the shared-memory region and the durable journal.
 
-``save`` writes the journal record (fsync'd unless the caller batches) and the region
-snapshot; ``load`` reads both, reports what is wrong with either, and uses shared memory
-when it is valid and at least as new as the journal, the journal (or its compacted
-snapshot) otherwise, saying which and why.
+A checkpoint is the last whole state plus the changes journaled after it. ``save`` writes
+a whole state: the journal record (fsync'd unless the caller batches) and the region
+snapshot. ``record`` journals one acknowledged call's change (changes.py operations) and
+applies it to ``current``, the state as of now; every ``MAX_CHANGES`` changes the whole
+state is written again, so loading never replays many. ``load`` reads both copies, reports
+what is wrong with either, takes the whole state from shared memory when it is valid and
+at least as new as the journal's, from the journal (or its compacted snapshot) otherwise,
+saying which and why, and replays the journal's changes newer than it.
 """
 from __future__ import annotations
 
+import contextlib
+import copy
 import fcntl
 import hashlib
 import json
@@ -16,13 +22,15 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from nvmf_phoenix.recovery import shm
+from nvmf_phoenix.recovery import changes, shm
 from nvmf_phoenix.recovery.journal import (
+    KIND_CHANGE,
     KIND_INTENT,
     KIND_OUTCOME,
     KIND_STATE,
     Journal,
     JournalError,
+    Record,
     read_journal,
     read_snapshot,
 )
@@ -32,6 +40,7 @@ from nvmf_phoenix.model import TargetState
 
 log = logging.getLogger(__name__)
 COMPACT_AT = 8 << 20
+MAX_CHANGES = 256
 
 
 @dataclass
@@ -42,6 +51,7 @@ class Loaded:
     saved_at: float
     reason: str
     problems: list[str] = field(default_factory=list)
+    changes: int = 0             # journaled changes replayed onto the whole state
 
 
 def _encode(state: TargetState, seq: int) -> bytes:
@@ -109,7 +119,10 @@ class CheckpointStore:
         self.slot_size = slot_size
         self._journal: Journal | None = None
         self._region: Region | None = None
-        self.last_saved: TargetState | None = None   # newest state saved or loaded here
+        # The state as of the newest save, load or recorded change. The store owns it:
+        # recorded changes apply to it in place.
+        self.current: TargetState | None = None
+        self.pending = 0          # changes recorded since the last whole state
         # Held across save and load, and by callers that must check something and save
         # atomically (the supervisor's front: "still the same target" then save).
         self.lock = threading.RLock()
@@ -121,7 +134,8 @@ class CheckpointStore:
             # After compaction the journal restarts empty: sequence numbers continue
             # from the snapshot (or the region) so "newer" keeps its meaning.
             problems: list[str] = []
-            known = [x[0] for x in (self._load_disk(problems), self._load_region(problems))
+            known = [x[0] for x in (self._load_disk(self._records(problems), problems),
+                                    self._load_region(problems))
                      if x is not None]
             self._journal.last_seq = max([self._journal.last_seq, *known])
         return self._journal
@@ -150,16 +164,34 @@ class CheckpointStore:
         seq = self.journal.last_seq + 1
         payload = _encode(state, seq)
         self.journal.append(KIND_STATE, payload, sync=durable)
+        self.journal.write()       # a reader of the file (a load) must see it
         try:   # shared memory speeds restarts up; the journal alone is enough
             self.region.write_snapshot(payload)
         except (RegionError, OSError) as exc:
             if str(exc) not in self.problems:
                 log.warning("checkpoint kept in the journal only: %s", exc)
                 self.problems.append(str(exc))
-        self.last_saved = state
+        self.current, self.pending = state, 0
         if self.journal.size() > COMPACT_AT:
             self.journal.compact(self.snapshot_path, payload)
         return seq
+
+    def record(self, intent: int, ops: list[changes.Op]) -> int:
+        """Journal the change the call journaled as ``intent`` made, and apply it to
+        ``current``. Written, not fsync'd: the caller's outcome record makes both durable
+        with one fsync. Raises ModelMismatch, writing nothing, when the change does not
+        fit ``current`` (the caller then saves a whole state instead)."""
+        with self.lock:
+            if self.current is None:
+                raise changes.ModelMismatch("no checkpoint to record a change against")
+            changes.apply(self.current, ops)
+            seq = self.journal.append(KIND_CHANGE, json.dumps(
+                {"intent": intent, "ops": ops}, separators=(",", ":")).encode())
+            self.journal.write()
+            self.pending += 1
+            if self.pending >= MAX_CHANGES or self.journal.size() > COMPACT_AT:
+                self._save(self.current, durable=False)
+            return seq
 
     def close(self) -> None:
         if self._journal is not None:
@@ -173,48 +205,106 @@ class CheckpointStore:
         with self.lock:
             loaded = self._load()
         if loaded.state is not None:
-            self.last_saved = loaded.state
+            self.current, self.pending = loaded.state, loaded.changes
         return loaded
 
     def _load(self) -> Loaded:
         problems: list[str] = []
-        disk = self._load_disk(problems)
+        records = self._records(problems)
+        disk = self._load_disk(records, problems)
         shm = self._load_region(problems)
         if shm and (not disk or shm[0] >= disk[0]):
             seq, at, st = shm
             why = "valid and newest" if not disk or shm[0] > disk[0] else \
                 "valid and as new as the journal"
-            return Loaded(st, "shared memory", seq, at, f"shared memory {why}", problems)
-        if disk:
+            loaded = Loaded(st, "shared memory", seq, at, f"shared memory {why}", problems)
+        elif disk:
             seq, at, st, src = disk
             why = "shared memory unusable" if not shm else "journal newer than shared memory"
-            return Loaded(st, src, seq, at, f"{src}: {why}", problems)
-        return Loaded(None, "none", 0, 0.0, "no checkpoint found", problems)
+            loaded = Loaded(st, src, seq, at, f"{src}: {why}", problems)
+        else:
+            return Loaded(None, "none", 0, 0.0, "no checkpoint found", problems)
+        self._replay(loaded, records)
+        return loaded
+
+    def _replay(self, loaded: Loaded, records: list[Record]) -> None:
+        """Apply the journal's changes newer than the whole state ``loaded`` holds. A
+        sequence number missing among them is a damaged record: say so (a change in it is
+        lost), and go on with the rest."""
+        assert loaded.state is not None
+        expect = loaded.seq + 1
+        for rec in records:
+            if rec.seq <= loaded.seq:
+                continue
+            if rec.seq != expect:
+                loaded.problems.append(f"journal records {expect}..{rec.seq - 1} after the "
+                                       "whole state are missing (damaged): any change "
+                                       "they held is lost")
+            expect = rec.seq + 1
+            if rec.kind != KIND_CHANGE:
+                continue
+            try:
+                changes.apply(loaded.state, json.loads(rec.payload)["ops"])
+            except (ValueError, KeyError, TypeError, changes.ModelMismatch) as exc:
+                loaded.problems.append(f"journal change {rec.seq} not replayed: {exc!r}")
+                continue
+            loaded.changes += 1
+            loaded.seq = rec.seq
+        if loaded.changes:
+            loaded.reason += f"; {loaded.changes} journaled changes replayed"
 
     def unresolved(self) -> list[Pending]:
         """Intents in the journal without an outcome: calls that were in flight when the
-        front itself died. Each comes with the last checkpoint journaled before it."""
+        front itself died. Each comes with the state just before it: the last whole state
+        journaled before it plus the changes between."""
+        problems: list[str] = []
+        records = self._records(problems)
+        done = set()
+        for rec in records:
+            if rec.kind == KIND_OUTCOME:
+                with contextlib.suppress(ValueError, KeyError, TypeError):
+                    done.add(int(json.loads(rec.payload)["intent"]))
+        open_ = {r.seq for r in records if r.kind == KIND_INTENT and r.seq not in done}
+        if not open_:
+            return []
+        before = self._snapshot_before(records)
+        pending: list[Pending] = []
+        for rec in records:
+            try:
+                if rec.kind == KIND_STATE:
+                    before = _decode(rec.payload)[2]
+                elif rec.kind == KIND_CHANGE and before is not None:
+                    changes.apply(before, json.loads(rec.payload)["ops"])
+                elif rec.kind == KIND_INTENT and rec.seq in open_:
+                    doc = json.loads(rec.payload)
+                    pending.append(Pending(rec.seq, str(doc["method"]), doc.get("params"),
+                                           copy.deepcopy(before)))
+            except (ValueError, KeyError, TypeError, changes.ModelMismatch):
+                continue
+        return pending
+
+    def _snapshot_before(self, records: list[Record]) -> TargetState | None:
+        """The compacted snapshot, when the journal's records continue right after it."""
+        if not records or not os.path.exists(self.snapshot_path):
+            return None
+        try:
+            seq, payload = read_snapshot(self.snapshot_path)
+            return _decode(payload)[2] if seq < records[0].seq else None
+        except (JournalError, ValueError, KeyError):
+            return None
+
+    def _records(self, problems: list[str]) -> list[Record]:
+        """The journal's whole records (none when it is missing or unreadable)."""
         if not os.path.exists(self.journal_path):
             return []
         try:
-            records = read_journal(self.journal_path).records
-        except JournalError:
+            res = read_journal(self.journal_path)
+        except JournalError as exc:
+            problems.append(str(exc))
             return []
-        pending: dict[int, Pending] = {}
-        before: TargetState | None = None
-        for rec in records:
-            try:
-                doc = json.loads(rec.payload)
-                if rec.kind == KIND_STATE:
-                    before = _decode(rec.payload)[2]
-                elif rec.kind == KIND_INTENT:
-                    pending[rec.seq] = Pending(rec.seq, str(doc["method"]),
-                                               doc.get("params"), before)
-                elif rec.kind == KIND_OUTCOME:
-                    pending.pop(int(doc["intent"]), None)
-            except (ValueError, KeyError, TypeError):
-                continue
-        return list(pending.values())
+        if res.problem:
+            problems.append(f"journal {self.journal_path}: {res.problem}")
+        return res.records
 
     def _load_region(self, problems: list[str]) -> tuple[int, float, TargetState] | None:
         path = self.region_path()
@@ -227,7 +317,9 @@ class CheckpointStore:
             problems.append(str(exc))
             return None
 
-    def _load_disk(self, problems: list[str]) -> tuple[int, float, TargetState, str] | None:
+    def _load_disk(self, records: list[Record],
+                   problems: list[str]) -> tuple[int, float, TargetState, str] | None:
+        """The newest whole state on disk: the journal's last, or the snapshot's."""
         best: tuple[int, float, TargetState, str] | None = None
         if os.path.exists(self.snapshot_path):
             try:
@@ -235,17 +327,14 @@ class CheckpointStore:
                 best = (*_decode(payload), "snapshot")
             except (JournalError, ValueError, KeyError) as exc:
                 problems.append(str(exc))
-        if os.path.exists(self.journal_path):
-            try:
-                res = read_journal(self.journal_path)
-                if res.problem:
-                    problems.append(f"journal {self.journal_path}: {res.problem}")
-                for rec in reversed(res.records):
-                    if rec.kind == KIND_STATE:
-                        seq, at, st = _decode(rec.payload)
-                        if best is None or seq > best[0]:
-                            best = (seq, at, st, "journal")
-                        break
-            except (JournalError, ValueError, KeyError) as exc:
-                problems.append(str(exc))
+        for rec in reversed(records):
+            if rec.kind == KIND_STATE:
+                try:
+                    seq, at, st = _decode(rec.payload)
+                except (ValueError, KeyError) as exc:
+                    problems.append(f"journal state {rec.seq}: {exc!r}")
+                    continue
+                if best is None or seq > best[0]:
+                    best = (seq, at, st, "journal")
+                break
         return best

@@ -380,7 +380,7 @@ class Supervisor:
                           for g in groups]
                 if counts == self._qpairs_seen:
                     return
-                saved, gen = self.store.last_saved, self.status.generation
+                saved, gen = self.store.current, self.status.generation
                 runtime = capture_runtime(c, list(saved.subsystems) if saved else [])
                 if not self.ready.is_set() or self.status.generation != gen:
                     return                  # overlapped a restart: not this target's
@@ -417,19 +417,24 @@ class Supervisor:
             threading.Thread(target=run, name="verify-hosts", daemon=True).start()
 
     def _check_drift(self) -> None:
-        """Changes made on the private socket behind our back: capture them, warn. Skipped
-        while a mutation holds the front (its checkpoint captures them anyway)."""
+        """Changes made on the private socket behind our back: capture them, warn. Also
+        the compaction of journaled changes: the capture replaces them with a whole
+        state, read from the target rather than built up from calls. Skipped while a
+        mutation holds the front (it checkpoints anyway)."""
         if not self.front.lock.acquire(blocking=False):
             return
         try:
             gen = self.status.generation
             with RpcClient.connect(self.private_sock, timeout=10) as c:
                 live = self.front.with_carried(self.front.stable_capture(c, gen))
-            saved = self.store.last_saved or self.store.load().state
-            changes = diff(saved, live) if saved is not None else ["no checkpoint"]
+            saved = self.store.current or self.store.load().state
+            # Options the target filled in with defaults are not a change of its own.
+            changes = diff(saved, live, desired=True) if saved is not None \
+                else ["no checkpoint"]
             if changes:
                 log.warning("configuration changed behind the supervisor's back: %s",
                             "; ".join(changes[:5]))
+            if changes or self.store.pending:
                 self.front.save_if_current(live, gen)
         except RpcError:
             return
