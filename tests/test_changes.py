@@ -115,7 +115,7 @@ class Stream:
             out.append(("nvmf_subsystem_remove_listener", {"nqn": nqn,
                                                            "listen_address": have}))
             if s.ana_reporting:
-                p = {"nqn": nqn, "listen_address": have, "ana_state": r.choice(
+                p: dict[str, Any] = {"nqn": nqn, "listen_address": have, "ana_state": r.choice(
                     ["optimized", "non_optimized", "inaccessible"])}
                 if s.namespaces and r.random() < 0.5:
                     p["anagrpid"] = r.choice([ns.anagrpid or 1 for ns in s.namespaces.values()])
