@@ -12,9 +12,10 @@
    start to RPC answering, and restore (plan, pipelined calls, re-capture, compare).
 2. Front latency: the same calls one at a time, directly on the target's private socket
    and through the supervisor's public socket; read-only pass-through, and mutations
-   (journal intent fsync + forward + capture + checkpoint + outcome fsync before the
-   answer: nvmf_create_subsystem, each undone by an untimed delete so the configuration
-   keeps its size) on an empty target and on one holding the 64x4 configuration.
+   (intent written + forward + read-back + change journaled + outcome fsync before the
+   answer: nvmf_create_subsystem, nvmf_subsystem_add_ns and nvmf_subsystem_add_host,
+   each undone by an untimed inverse call so the configuration keeps its size) on an
+   empty target and on one holding the 64x4 configuration.
 3. Torture (tests/torture.py): a stream of mutating RPCs and verified host I/O while the
    target is SIGKILLed ``--kills`` times at random moments; integrity counts and
    kill-to-ready times under load.
@@ -131,12 +132,27 @@ def latency(sock: str, method: str, n: int,
     return samples
 
 
-def _new_subsystem(prefix: str) -> Callable[[int], dict[str, Any]]:
-    return lambda i: {"nqn": f"nqn.2016-06.io.phx:lat-{prefix}{i}"}
+LAT = "nqn.2016-06.io.phx:lat"
 
 
-def _delete_subsystem(prefix: str) -> Callable[[int], tuple[str, dict[str, Any]]]:
-    return lambda i: ("nvmf_delete_subsystem", {"nqn": f"nqn.2016-06.io.phx:lat-{prefix}{i}"})
+def mutations(where: str) -> dict[str, tuple[str, Callable[[int], dict[str, Any]],
+                                             Callable[[int], tuple[str, dict[str, Any]]]]]:
+    """Timed call and untimed undo for each kind of mutation measured: the undo keeps
+    the configuration the same size throughout."""
+    def sub(i: int) -> str:
+        return f"{LAT}-{where}{i}"
+
+    return {
+        "create_subsystem": ("nvmf_create_subsystem", lambda i: {"nqn": sub(i)},
+                             lambda i: ("nvmf_delete_subsystem", {"nqn": sub(i)})),
+        "add_ns": ("nvmf_subsystem_add_ns",
+                   lambda i: {"nqn": LAT, "namespace": {"bdev_name": "LAT0", "nsid": 1}},
+                   lambda i: ("nvmf_subsystem_remove_ns", {"nqn": LAT, "nsid": 1})),
+        "add_host": ("nvmf_subsystem_add_host",
+                     lambda i: {"nqn": LAT, "host": f"nqn.2014-08.org.lat:{where}{i}"},
+                     lambda i: ("nvmf_subsystem_remove_host",
+                                {"nqn": LAT, "host": f"nqn.2014-08.org.lat:{where}{i}"})),
+    }
 
 
 def front_latency(cmd: list[str], calls: int, subsystems: int, per_sub: int
@@ -150,14 +166,18 @@ def front_latency(cmd: list[str], calls: int, subsystems: int, per_sub: int
                 out[f"read_{where}_p99_us"] = round(pct(s, 0.99) * 1e6, 1)
             out["read_added_median_us"] = round(out["read_front_median_us"] -
                                                 out["read_direct_median_us"], 1)
+        with RpcClient.connect(pub) as c:
+            c.call("bdev_malloc_create", {"name": "LAT0", "num_blocks": 64, "block_size": 512})
+            c.call("nvmf_create_subsystem", {"nqn": LAT})
         n = max(20, calls // 20)
-        for where, sock in (("direct", priv), ("front", pub)):
-            s = latency(sock, "nvmf_create_subsystem", n, _new_subsystem(where),
-                        _delete_subsystem(where))
-            out[f"mutate_{where}_median_us"] = round(statistics.median(s) * 1e6, 1)
-            out[f"mutate_{where}_p99_us"] = round(pct(s, 0.99) * 1e6, 1)
-        out["mutate_added_median_us"] = round(out["mutate_front_median_us"] -
-                                              out["mutate_direct_median_us"], 1)
+        for kind in mutations(""):
+            for where, sock in (("direct", priv), ("front", pub)):
+                method, params, undo = mutations(where)[kind]
+                s = latency(sock, method, n, params, undo)
+                out[f"{kind}_{where}_median_us"] = round(statistics.median(s) * 1e6, 1)
+                out[f"{kind}_{where}_p99_us"] = round(pct(s, 0.99) * 1e6, 1)
+            out[f"{kind}_added_median_us"] = round(out[f"{kind}_front_median_us"] -
+                                                   out[f"{kind}_direct_median_us"], 1)
     return out
 
 
