@@ -38,7 +38,7 @@ def main() -> int:
     rng = random.Random(args.seed)
     base = tempfile.mkdtemp(dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
     sources: collections.Counter[str] = collections.Counter()
-    faults = reported = older = 0
+    faults = reported = older = replayed = 0
     failures: list[str] = []
     start = time.monotonic()
     try:
@@ -47,6 +47,7 @@ def main() -> int:
             faults += len(t.injuries)
             reported += bool(t.problems)
             older += t.loaded_seq < t.saved
+            replayed += t.changes > 0
             sources[t.source] += 1
             failures += [f"{t.injuries}: {f}" for f in t.failures]
     finally:
@@ -56,6 +57,7 @@ def main() -> int:
     print(json.dumps({"trials": args.trials, "faults_injected": faults,
                       "trials_with_problems_reported": reported,
                       "loaded_older_than_newest": older, "loaded_from": dict(sources),
+                      "loaded_with_changes_replayed": replayed,
                       "failures": len(failures), "seconds": round(time.monotonic() - start, 1),
                       "seed": args.seed}))
     return 1 if failures else 0

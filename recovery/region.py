@@ -4,7 +4,9 @@ A file on hugetlbfs (or /dev/shm when no hugepages are to be had, with a warning
 why), mapped MAP_SHARED, survives the SIGKILL of every process that maps it. Layout,
 declared once here (little-endian):
 
-    header (4 KiB)   magic, layout version, geometry, header CRC32C
+    header (4 KiB)   magic, layout version, geometry, header CRC32C; at MARK_OFFSET the
+                     journal mark (sequence number of the newest state or change
+                     journaled, CRC32C): how far the journal must reach
     slot 0, slot 1   64-byte slot header (generation, length, payload CRC, header CRC)
                      followed by the payload (a serialised TargetState)
     qpair table      fixed-size records, each with its own CRC
@@ -41,6 +43,8 @@ MAGIC = b"PHXREGN1"
 LAYOUT_VERSION = 1
 HEADER = struct.Struct("<8sIIQIIQQQQ")   # magic, version, hdr size, slot size, qp slots,
 HEADER_SIZE = 4096                        # qp record size, slot0, slot1, qp table, total
+MARK = struct.Struct("<QI")               # journal sequence number, its CRC32C
+MARK_OFFSET = 2048                        # in the header's spare space: v1 readers skip it
 SLOT_HDR = struct.Struct("<QQI")          # generation, payload length, payload CRC
 SLOT_HDR_SIZE = 64
 # valid, cntlid, qid, sqsize, sqhd, kato_ms, digests, hostnqn, listen, peer
@@ -190,6 +194,31 @@ class Region:
         if not 0 <= index < self.qp_slots:
             raise IndexError(f"queue-pair slot {index} outside 0..{self.qp_slots - 1}")
         return self.qp_off + index * QP_RECORD_SIZE
+
+
+    def set_mark(self, seq: int) -> None:
+        """Record that the journal reaches ``seq``. One 12-byte store: a writer killed
+        half-way leaves a CRC mismatch, which reads as damaged, never as a wrong mark."""
+        raw = struct.pack("<Q", seq)
+        self.mm[MARK_OFFSET:MARK_OFFSET + MARK.size] = MARK.pack(seq, crc32c.crc32c(raw))
+
+    def mark(self) -> int | None:
+        """The journal mark; None if never set; RegionError if damaged."""
+        seq, crc = MARK.unpack_from(self.mm, MARK_OFFSET)
+        if seq == 0 and crc == 0:
+            return None
+        if crc != crc32c.crc32c(struct.pack("<Q", seq)):
+            raise RegionError(f"region {self.path}: journal mark damaged")
+        return int(seq)
+
+
+def read_mark(path: str) -> int | None:
+    """The journal mark of the region at ``path`` (see Region.mark)."""
+    region = Region.open(path)
+    try:
+        return region.mark()
+    finally:
+        region.close()
 
 
 def read_latest(path: str) -> bytes:

@@ -34,7 +34,13 @@ from nvmf_phoenix.recovery.journal import (
     read_journal,
     read_snapshot,
 )
-from nvmf_phoenix.recovery.region import Region, RegionError, private_dir, read_latest
+from nvmf_phoenix.recovery.region import (
+    Region,
+    RegionError,
+    private_dir,
+    read_latest,
+    read_mark,
+)
 
 from nvmf_phoenix.model import TargetState
 
@@ -167,6 +173,7 @@ class CheckpointStore:
         self.journal.write()       # a reader of the file (a load) must see it
         try:   # shared memory speeds restarts up; the journal alone is enough
             self.region.write_snapshot(payload)
+            self.region.set_mark(seq)
         except (RegionError, OSError) as exc:
             if str(exc) not in self.problems:
                 log.warning("checkpoint kept in the journal only: %s", exc)
@@ -188,8 +195,12 @@ class CheckpointStore:
             seq = self.journal.append(KIND_CHANGE, json.dumps(
                 {"intent": intent, "ops": ops}, separators=(",", ":")).encode())
             self.journal.write()
+            # The change lives in the journal only: shared memory remembers that it
+            # exists, so a journal cut short after it is reported, not silently older.
+            with contextlib.suppress(RegionError, OSError):
+                self.region.set_mark(seq)
             self.pending += 1
-            if self.pending >= MAX_CHANGES or self.journal.size() > COMPACT_AT:
+            if self.pending >= MAX_CHANGES:     # (which also compacts a long journal)
                 self._save(self.current, durable=False)
             return seq
 
@@ -228,30 +239,53 @@ class CheckpointStore:
         return loaded
 
     def _replay(self, loaded: Loaded, records: list[Record]) -> None:
-        """Apply the journal's changes newer than the whole state ``loaded`` holds. A
-        sequence number missing among them is a damaged record: say so (a change in it is
-        lost), and go on with the rest."""
+        """Apply the journal's changes newer than the whole state ``loaded`` holds, in
+        order, as far as they are unbroken: a sequence number missing among them is a
+        damaged record that may have held a change, so replay stops there (a state that
+        existed, with a problem saying what may be missing) rather than go on to one
+        that never did."""
         assert loaded.state is not None
         expect = loaded.seq + 1
         for rec in records:
             if rec.seq <= loaded.seq:
                 continue
             if rec.seq != expect:
-                loaded.problems.append(f"journal records {expect}..{rec.seq - 1} after the "
-                                       "whole state are missing (damaged): any change "
-                                       "they held is lost")
+                loaded.problems.append(
+                    f"journal records {expect}..{rec.seq - 1} after the whole state are "
+                    f"missing (damaged): replay stopped at {expect - 1}, changes after "
+                    "it are not restored")
+                break
             expect = rec.seq + 1
-            if rec.kind != KIND_CHANGE:
-                continue
             try:
-                changes.apply(loaded.state, json.loads(rec.payload)["ops"])
+                if rec.kind == KIND_STATE:     # newer than the whole state picked
+                    _, _, loaded.state = _decode(rec.payload)
+                    loaded.seq, loaded.changes = rec.seq, 0
+                elif rec.kind == KIND_CHANGE:
+                    changes.apply(loaded.state, json.loads(rec.payload)["ops"])
+                    loaded.changes += 1
+                    loaded.seq = rec.seq
             except (ValueError, KeyError, TypeError, changes.ModelMismatch) as exc:
-                loaded.problems.append(f"journal change {rec.seq} not replayed: {exc!r}")
-                continue
-            loaded.changes += 1
-            loaded.seq = rec.seq
+                loaded.problems.append(f"journal record {rec.seq} not replayed ({exc!r}): "
+                                       "replay stopped there")
+                break
         if loaded.changes:
             loaded.reason += f"; {loaded.changes} journaled changes replayed"
+        self._check_mark(loaded)
+
+    def _check_mark(self, loaded: Loaded) -> None:
+        """Shared memory's journal mark beyond what was loaded: records were lost."""
+        path = self.region_path()
+        if path is None:
+            return
+        try:
+            mark = read_mark(path)
+        except RegionError as exc:
+            loaded.problems.append(f"{exc}: cannot tell whether the journal is complete")
+            return
+        if mark is not None and mark > loaded.seq:
+            loaded.problems.append(f"the journal reached record {mark} (shared memory says) "
+                                   f"but what was loaded ends at {loaded.seq}: newer "
+                                   "changes are lost (journal cut short or replaced?)")
 
     def unresolved(self) -> list[Pending]:
         """Intents in the journal without an outcome: calls that were in flight when the

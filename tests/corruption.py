@@ -1,9 +1,10 @@
 """Random damage to a checkpoint store's files, and what loading must make of it.
 
 One trial: a CheckpointStore saves a few known states (sometimes compacting, so a snapshot
-file exists too), is closed, and then the shared-memory region, the journal and/or the
-snapshot get bytes flipped, zeroed, overwritten with garbage, or cut short, at random. The
-store is then loaded, and must
+file exists too; in half the trials some of them are journaled as changes from the state
+before rather than saved whole), is closed, and then the shared-memory region, the
+journal and/or the snapshot get bytes flipped, zeroed, overwritten with garbage, or cut
+short, at random. The store is then loaded, and must
 
 - never raise, and never return a state other than the one saved under the sequence
   number it reports (nothing restored wrongly);
@@ -20,6 +21,7 @@ import shutil
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import nvmf_phoenix.recovery.store as store_mod
 from nvmf_phoenix.recovery.journal import CRC, FILE_HDR, REC_HDR, read_journal
@@ -71,11 +73,21 @@ def damage(path: Path, rng: random.Random) -> str:
     return f"{path.name}: {kind} at {at}"
 
 
+def change(i: int) -> list[dict[str, Any]]:
+    """The change turning ``state(i - 1)`` into ``state(i)``, as the front journals it."""
+    old, new = state(i - 1), state(i)
+    drop: list[dict[str, Any]] = [{"op": "subsystem", "nqn": n, "value": None}
+            for n, sub in old.subsystems.items() if not sub.is_discovery]
+    return drop + [{"op": "subsystem", "nqn": n, "value": sub.to_dict()}
+                   for n, sub in new.subsystems.items() if not sub.is_discovery]
+
+
 @dataclass
 class Trial:
     saved: int = 0
     injuries: list[str] = field(default_factory=list)
     loaded_seq: int = 0
+    changes: int = 0               # journaled changes the load replayed
     source: str = ""
     problems: list[str] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
@@ -96,15 +108,23 @@ def run_trial(base: Path, rng: random.Random) -> Trial:
     t = Trial(saved=rng.randrange(1, 7))
     old = store_mod.COMPACT_AT
     store_mod.COMPACT_AT = rng.choice((1 << 40, 1 << 40, 1, 3000))   # compact never/often
+    as_changes = rng.random() < 0.5
+    last_whole = 0
     try:
         store = open_store(base)
         for i in range(1, t.saved + 1):
-            store.save(state(i))
+            if as_changes and i > 1 and rng.random() < 0.6:
+                store.record(i, change(i))
+            else:
+                store.save(state(i))
+                last_whole = i
         store.close()
     finally:
         store_mod.COMPACT_AT = old
     original = {k: p.read_bytes() for k, p in files(store).items()}
-    newest = _newest_ranges(store, original)
+    # The newest state as changes depends on its whole state and every change after it,
+    # spread over files: claimed intact only when nothing at all was damaged.
+    newest = _newest_ranges(store, original) if last_whole == t.saved else {}
     for name in rng.sample(sorted(original), rng.randrange(1, len(original) + 1)):
         for _ in range(rng.choice((1, 1, 2, 3))):
             t.injuries.append(damage(files(store)[name], rng))
@@ -112,9 +132,12 @@ def run_trial(base: Path, rng: random.Random) -> Trial:
     intact = {k for k, ranges in newest.items()
               if k in now and len(now[k]) == len(original[k]) and
               all(now[k][x:y] == original[k][x:y] for x, y in ranges)}
+    if now == original:
+        intact.add("every file")
     try:
         got = open_store(base).load()
         t.loaded_seq, t.source, t.problems = got.seq, got.source, got.problems
+        t.changes = got.changes
         if got.state is not None and got.state != state(got.seq):
             t.failures.append(f"restored wrongly: seq {got.seq} from {got.source}")
         if got.seq < t.saved and not got.problems:
