@@ -37,7 +37,7 @@ class Caller(Protocol):
     def call(self, method: str, params: dict[str, Any] | None = None) -> Any: ...
 
 
-def _pipeline(client: Any, calls: list[tuple[str, dict[str, Any] | None]]) -> list[Any]:
+def call_all(client: Any, calls: list[tuple[str, dict[str, Any] | None]]) -> list[Any]:
     """Pipeline when the client can, else one by one; errors are raised."""
     if hasattr(client, "pipeline"):
         outcomes = client.pipeline(calls)
@@ -148,13 +148,13 @@ def runtime_from_rpc(controllers: dict[str, list[dict[str, Any]]],
 
 def capture_config(client: Any) -> TargetState:
     """Configuration plus ANA states of ANA-reporting subsystems' listeners."""
-    answers = _pipeline(client, [("framework_get_config", {"name": n})
+    answers = call_all(client, [("framework_get_config", {"name": n})
                                  for n in CONFIG_SUBSYSTEMS])
     configs = dict(zip(CONFIG_SUBSYSTEMS, answers, strict=True))
     st = state_from_rpc(configs)
     ana = [s.nqn for s in st.subsystems.values() if s.ana_reporting]
     if ana:
-        got = _pipeline(client, [("nvmf_subsystem_get_listeners", {"nqn": n}) for n in ana])
+        got = call_all(client, [("nvmf_subsystem_get_listeners", {"nqn": n}) for n in ana])
         st = state_from_rpc(configs, dict(zip(ana, got, strict=True)))
     return st
 
@@ -166,7 +166,7 @@ def capture_runtime(client: Any, nqns: list[str], now: float | None = None) -> R
     for n in nvm:
         calls += [("nvmf_subsystem_get_controllers", {"nqn": n}),
                   ("nvmf_subsystem_get_qpairs", {"nqn": n})]
-    got = _pipeline(client, calls)
+    got = call_all(client, calls)
     ctrls = {n: got[2 * i] for i, n in enumerate(nvm)}
     qps = {n: got[2 * i + 1] for i, n in enumerate(nvm)}
     return runtime_from_rpc(ctrls, qps, time.time() if now is None else now)

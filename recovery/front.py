@@ -32,7 +32,7 @@ from collections.abc import Callable
 from typing import Any
 
 from nvmf_phoenix.recovery import changes, inflight
-from nvmf_phoenix.recovery.capture import capture_config
+from nvmf_phoenix.recovery.capture import call_all, capture_config
 from nvmf_phoenix.recovery.carry import Carried, overlay
 from nvmf_phoenix.recovery.diff import diff
 from nvmf_phoenix.recovery.journal import KIND_INTENT, KIND_OUTCOME
@@ -114,6 +114,10 @@ class Front:
             c.close()
         self.local.client = None
 
+    def _serving(self, gen: int) -> bool:
+        """Target generation ``gen`` is the one serving, ready (not being replaced)."""
+        return self.ready.is_set() and self.generation() == gen
+
     def stable_capture(self, client: RpcClient | None = None,
                        gen: int | None = None) -> TargetState:
         """The live configuration, only from a target that was ready before and after
@@ -121,10 +125,10 @@ class Front:
         restart could see a target half-way through its restore, and one from a later
         target than the call went to lacks the call; checkpointing either loses changes."""
         gen = self.generation() if gen is None else gen
-        if not self.ready.is_set() or self.generation() != gen:
+        if not self._serving(gen):
             raise RpcConnectionError("target restarting or replaced: not captured")
         st = capture_config(client or self._client())
-        if not self.ready.is_set() or self.generation() != gen:
+        if not self._serving(gen):
             raise RpcConnectionError("target restarted during the capture: discarded")
         return st
 
@@ -248,18 +252,15 @@ class Front:
         model = self.store.current
         if how == "answered" and model is not None and \
                 changes.is_modelled(method, params, model):
-            if not self.ready.is_set() or self.generation() != gen:
+            if not self._serving(gen):
                 raise RpcConnectionError("target restarted before the read-back")
             try:
                 calls = changes.readback(method, params, result, model)
-                answers = self._client().pipeline(calls) if calls else []
-                for a in answers:
-                    if isinstance(a, Exception):
-                        raise a
+                answers = call_all(self._client(), list(calls)) if calls else []
                 self._fail("after-capture", method)
                 ops = changes.ops_for(method, params, result, answers, model)
                 with self.store.lock:
-                    if not self.ready.is_set() or self.generation() != gen:
+                    if not self._serving(gen):
                         raise RpcConnectionError("target restarted before the change "
                                                  "was journaled")
                     self.store.record(intent, ops)
@@ -349,7 +350,7 @@ class Front:
         the restart comes first and this save must not claim what the restored target
         lacks (RpcConnectionError: the caller resolves by looking)."""
         with self.store.lock:
-            if not self.ready.is_set() or self.generation() != gen:
+            if not self._serving(gen):
                 raise RpcConnectionError("target restarted before the checkpoint was saved")
             self.store.save(state, durable=durable)
 
