@@ -35,9 +35,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import contextlib
 
+from nvmf_phoenix.initiator.host import Host
 from nvmf_phoenix.rpc import RpcClient
-from nvmf_phoenix.target import nvme, pdu
-from nvmf_phoenix.target.host import Host
+from nvmf_phoenix.wire import nvme, pdu
 
 from tests.pdu_fuzz import NQN, _Builder, session
 from tests.pdu_fuzz_live import GoodHost, configure

@@ -19,13 +19,13 @@ import tempfile
 import time
 from pathlib import Path
 
+from nvmf_phoenix.embedded.keeper_client import keeper_status
+from nvmf_phoenix.initiator.connection import make_sqe
+from nvmf_phoenix.initiator.host import Host
 from nvmf_phoenix.rpc import RpcClient
 from nvmf_phoenix.rpc import bdev as rb
 from nvmf_phoenix.rpc import nvmf as rn
-from nvmf_phoenix.target import nvme
-from nvmf_phoenix.target.host import Host
-from nvmf_phoenix.target.initiator import make_sqe
-from nvmf_phoenix.target.keeper_client import keeper_status
+from nvmf_phoenix.wire import nvme
 
 NQN = "nqn.2016-06.io.spdk:bench"
 BS = 4096
@@ -35,7 +35,7 @@ NUM_BLOCKS = 65536   # 256 MiB RAM namespace
 def start_target(sock: str, port: int, *extra: str) -> subprocess.Popen[bytes]:
     """The target on CPU 0 (with --crash-transparent its keeper and every worker it
     starts inherit that), configured with one RAM namespace."""
-    proc = subprocess.Popen([sys.executable, "-m", "nvmf_phoenix.target", "-r", sock, *extra],
+    proc = subprocess.Popen([sys.executable, "-m", "nvmf_phoenix.embedded", "-r", sock, *extra],
                             stdout=subprocess.DEVNULL,
                             preexec_fn=lambda: os.sched_setaffinity(0, {0}))
     c = RpcClient.connect(sock, retry_for=20)

@@ -93,7 +93,7 @@ def one_run(cmd: list[str], subsystems: int, per_sub: int) -> dict[str, object]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--target-cmd", default=f"{sys.executable} -m nvmf_phoenix.target")
+    ap.add_argument("--target-cmd", default=f"{sys.executable} -m nvmf_phoenix.embedded")
     args = ap.parse_args()
     cmd = shlex.split(args.target_cmd)
     for subs, per in ((64, 4), (12, 250)):

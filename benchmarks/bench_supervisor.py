@@ -42,11 +42,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_restore import desired_state
+from nvmf_phoenix.initiator.connection import NvmeError
+from nvmf_phoenix.initiator.host import Host
 from nvmf_phoenix.recovery.restore import restore
 from nvmf_phoenix.recovery.supervisor import Supervisor
 from nvmf_phoenix.rpc import RpcClient
-from nvmf_phoenix.target.host import Host
-from nvmf_phoenix.target.initiator import NvmeError
 
 from tests.target_fixture import free_port
 from tests.torture import run_torture
@@ -188,7 +188,7 @@ def main() -> None:
     ap.add_argument("--configs", default="1x1,64x4", help="SUBSYSTEMSxNAMESPACES,...")
     ap.add_argument("--calls", type=int, default=2000, help="read calls per latency run")
     ap.add_argument("--kills", type=int, default=100, help="SIGKILLs in the torture run")
-    ap.add_argument("--target-cmd", default=f"{sys.executable} -m nvmf_phoenix.target")
+    ap.add_argument("--target-cmd", default=f"{sys.executable} -m nvmf_phoenix.embedded")
     ap.add_argument("--skip", default="", help="comma list of parts to skip: "
                     "kill,latency,torture")
     args = ap.parse_args()

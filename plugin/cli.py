@@ -28,7 +28,7 @@ from nvmf_phoenix import __version__
 
 def _cmd_target(args: argparse.Namespace) -> int:
     """Run the embedded NVMe/TCP target in the foreground (like SPDK's nvmf_tgt)."""
-    from nvmf_phoenix.target import app
+    from nvmf_phoenix.embedded import app
 
     return int(app.main(args.target_args) or 0)
 
@@ -49,7 +49,7 @@ def _cmd_supervise(args: argparse.Namespace) -> int:
     from nvmf_phoenix.recovery.supervisor import Supervisor
 
     cmd = shlex.split(args.target_cmd) if args.target_cmd else \
-        [sys.executable, "-m", "nvmf_phoenix.target"]
+        [sys.executable, "-m", "nvmf_phoenix.embedded"]
     sup = Supervisor(cmd, args.target_socket, args.rpc_socket, args.state_dir,
                      ping_interval=args.ping_interval, misses=args.misses,
                      max_restarts=args.max_restarts, restart_window=args.restart_window)
@@ -207,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["target"]:
         # Everything after `target` is the target's, unchanged: argparse would try to
         # read options such as -r itself.
-        from nvmf_phoenix.target import app
+        from nvmf_phoenix.embedded import app
 
         return int(app.main(argv[1:]) or 0)
     logging.basicConfig(level=logging.WARNING, format="nvmf-phoenix: %(levelname)s: "

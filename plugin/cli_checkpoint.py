@@ -146,7 +146,7 @@ def _human_status(d: dict[str, Any]) -> str:
 
 def _keeper(args: argparse.Namespace) -> dict[str, Any] | None:
     """The socket keeper's view, when the target is crash-transparent."""
-    from nvmf_phoenix.target.keeper_client import keeper_status
+    from nvmf_phoenix.embedded.keeper_client import keeper_status
 
     try:
         return keeper_status(args.rpc_socket + ".keeper", timeout=args.timeout)

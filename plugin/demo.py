@@ -19,6 +19,7 @@ import tempfile
 import time
 from typing import Any
 
+from nvmf_phoenix.initiator.host import Host
 from nvmf_phoenix.recovery.capture import capture
 from nvmf_phoenix.recovery.diff import diff
 from nvmf_phoenix.recovery.restore import restore
@@ -27,7 +28,6 @@ from nvmf_phoenix.recovery.verify import expectations, verify_reconnect
 from nvmf_phoenix.rpc import RpcClient
 from nvmf_phoenix.rpc import bdev as rb
 from nvmf_phoenix.rpc import nvmf as rn
-from nvmf_phoenix.target.host import Host
 
 NQN = "nqn.2016-06.io.phoenix:demo"
 HOSTNQN = "nqn.2014-08.org.nvmexpress:uuid:6e767068-6f65-6e69-7800-00000000de30"
@@ -42,7 +42,7 @@ def _free_port() -> int:
 
 
 def _start(sock: str, *args: str) -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen([sys.executable, "-m", "nvmf_phoenix.target", "-r", sock, *args],
+    proc = subprocess.Popen([sys.executable, "-m", "nvmf_phoenix.embedded", "-r", sock, *args],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     with RpcClient.connect(sock, retry_for=20, timeout=10):
         pass

@@ -20,7 +20,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from nvmf_phoenix.recovery.atomic import atomic_write
+from nvmf_phoenix.persist.atomic import atomic_write
 from nvmf_phoenix.recovery.capture import capture, capture_config
 from nvmf_phoenix.recovery.diff import diff
 from nvmf_phoenix.recovery.executor import Progress

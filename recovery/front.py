@@ -38,24 +38,19 @@ from nvmf_phoenix.recovery.diff import diff
 from nvmf_phoenix.recovery.journal import KIND_INTENT, KIND_OUTCOME
 from nvmf_phoenix.recovery.store import CheckpointStore
 from nvmf_phoenix.rpc import RpcClient, RpcConnectionError, RpcError, RpcTimeout
-from nvmf_phoenix.target.rpc_server import RpcServer
+from nvmf_phoenix.rpc.errors import TargetError
+from nvmf_phoenix.rpc.methods import is_read_only
+from nvmf_phoenix.rpc.server import RpcServer
 
 from nvmf_phoenix.model import TargetState
 
 log = logging.getLogger(__name__)
-READ_ONLY_PREFIXES = ("spdk_get_version", "rpc_get_methods", "framework_wait_init",
-                      "framework_get_", "bdev_get_", "nvmf_get_", "keyring_get_",
-                      "nvmf_subsystem_get_", "nvmf_discovery_get_", "save_config")
 
 
 # Sent through the front these would end the target the supervisor then restores; a
 # lost answer would even be resent (a kill loop). Refused, with what to do instead.
 REFUSED = {"spdk_kill_instance": "the target is supervised: stop the supervisor (it stops "
                                  "the target) or use phoenix_restart (nvmf-phoenix restart)"}
-
-
-def is_read_only(method: str) -> bool:
-    return method.startswith(READ_ONLY_PREFIXES)
 
 
 class Front:
@@ -363,8 +358,6 @@ class _Dispatch:
 
 
 def _dispatch(ctx: Any, method: str, params: Any) -> Any:
-    from nvmf_phoenix.target.core import TargetError
-
     front: Front = ctx.front
     try:
         if method.startswith("phoenix_") and front.control is not None:

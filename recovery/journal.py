@@ -27,7 +27,7 @@ import time
 from dataclasses import dataclass, field
 
 import crc32c
-from nvmf_phoenix.recovery.atomic import atomic_write
+from nvmf_phoenix.persist.atomic import atomic_write
 
 J_MAGIC = b"PHXJRNL1"
 S_MAGIC = b"PHXSNAP1"

@@ -22,7 +22,15 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from nvmf_phoenix.recovery import changes, shm
+from nvmf_phoenix.persist import shm
+from nvmf_phoenix.persist.region import (
+    Region,
+    RegionError,
+    private_dir,
+    read_latest,
+    read_mark,
+)
+from nvmf_phoenix.recovery import changes
 from nvmf_phoenix.recovery.journal import (
     KIND_CHANGE,
     KIND_INTENT,
@@ -33,13 +41,6 @@ from nvmf_phoenix.recovery.journal import (
     Record,
     read_journal,
     read_snapshot,
-)
-from nvmf_phoenix.recovery.region import (
-    Region,
-    RegionError,
-    private_dir,
-    read_latest,
-    read_mark,
 )
 
 from nvmf_phoenix.model import TargetState

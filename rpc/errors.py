@@ -93,3 +93,15 @@ def error_from_spdk_exception(exc: Exception, method: str | None,
     if "Error while connecting" in text or text.startswith("Connection closed"):
         return RpcConnectionError(first, method, address)
     return RpcError(None, text.strip(), method, address)
+
+
+class TargetError(Exception):
+    """A call a JSON-RPC server refuses: ``code``/``message`` as SPDK answers them,
+    ``detail`` (the reason) for the log. Raised by method handlers, turned into the error
+    answer by :class:`~nvmf_phoenix.rpc.server.RpcServer`."""
+
+    def __init__(self, code: int, message: str, detail: str = "") -> None:
+        super().__init__(detail or message)
+        self.code = code
+        self.message = message
+        self.detail = detail or message

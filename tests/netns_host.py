@@ -12,8 +12,8 @@ import json
 import random
 import sys
 
-from nvmf_phoenix.target.host import Host
-from nvmf_phoenix.target.initiator import NvmeError
+from nvmf_phoenix.initiator.connection import NvmeError
+from nvmf_phoenix.initiator.host import Host
 
 BS, BLOCKS = 512, 16
 

@@ -21,9 +21,9 @@ import struct
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 
-from nvmf_phoenix.target import nvme, pdu
-from nvmf_phoenix.target.initiator import connect_data, connect_sqe, property_sqe
-from nvmf_phoenix.target.nvm import DSM_RANGE
+from nvmf_phoenix.embedded.nvm import DSM_RANGE
+from nvmf_phoenix.initiator.connection import connect_data, connect_sqe, property_sqe
+from nvmf_phoenix.wire import nvme, pdu
 
 from nvmf_phoenix.model import DISCOVERY_NQN
 from tests.target_fixture import HOSTNQN, NQN

@@ -16,11 +16,11 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+from nvmf_phoenix.initiator.host import Host
 from nvmf_phoenix.rpc import RpcClient
 from nvmf_phoenix.rpc import bdev as rb
 from nvmf_phoenix.rpc import nvmf as rn
-from nvmf_phoenix.target import nvme
-from nvmf_phoenix.target.host import Host
+from nvmf_phoenix.wire import nvme
 
 from tests.pdu_fuzz import (
     HOSTNQN,

@@ -11,8 +11,8 @@ from __future__ import annotations
 import traceback
 from collections.abc import Callable
 
-from nvmf_phoenix.target.engine import Engine
-from nvmf_phoenix.target.qpair import QueuePair
+from nvmf_phoenix.embedded.controllers import Engine
+from nvmf_phoenix.embedded.qpair import QueuePair
 
 from nvmf_phoenix.model import ListenAddress
 from tests.pdu_fuzz import (

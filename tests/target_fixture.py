@@ -13,9 +13,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TypeVar
 
-from nvmf_phoenix.target.bdev import open_bdev
-from nvmf_phoenix.target.core import TargetCore
-from nvmf_phoenix.target.server import DataPath
+from nvmf_phoenix.embedded.bdev import open_bdev
+from nvmf_phoenix.embedded.config_store import TargetCore
+from nvmf_phoenix.embedded.io_loop import DataPath
 
 from nvmf_phoenix.model import DISCOVERY_NQN, Bdev, Host, ListenAddress, Namespace, Subsystem
 

@@ -1,4 +1,4 @@
-"""Run the embedded target as a real process (``python -m nvmf_phoenix.target``)."""
+"""Run the embedded target as a real process (``python -m nvmf_phoenix.embedded``)."""
 from __future__ import annotations
 
 import os
@@ -27,7 +27,7 @@ def target_command(kind: str = "embedded") -> list[str]:
     if kind == "spdk":
         return [os.environ["SPDK_NVMF_TGT"], *shlex.split(
             os.environ.get("SPDK_NVMF_TGT_ARGS", "-m 0x1 --num-trace-entries 0"))]
-    return [sys.executable, "-m", "nvmf_phoenix.target"]
+    return [sys.executable, "-m", "nvmf_phoenix.embedded"]
 
 
 # Parametrize a test over these to run it on SPDK too; `pytest -m spdk` selects just those.

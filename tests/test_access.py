@@ -18,13 +18,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from nvmf_phoenix.recovery.region import Region, RegionError
+from nvmf_phoenix.initiator.connection import NvmeStatusError, QueueConn, connect_data, connect_sqe
+from nvmf_phoenix.initiator.host import Host
+from nvmf_phoenix.persist.region import Region, RegionError
 from nvmf_phoenix.recovery.store import CheckpointStore
 from nvmf_phoenix.rpc import RpcClient
 from nvmf_phoenix.rpc import nvmf as rn
-from nvmf_phoenix.target import nvme
-from nvmf_phoenix.target.host import Host
-from nvmf_phoenix.target.initiator import NvmeStatusError, QueueConn, connect_data, connect_sqe
+from nvmf_phoenix.wire import nvme
 
 from tests.target_fixture import NQN, running_target
 from tests.test_supervisor import supervised

@@ -138,7 +138,7 @@ def test_listener_address_missing_stops_restore_with_advice(tmp_path: Path,
 
 def test_state_dir_has_one_writer(tmp_path: Path, state: str) -> None:
     """A supervisor owns its state directory: a CLI checkpoint into it is refused."""
-    sup = Supervisor([str(BIN / "python"), "-m", "nvmf_phoenix.target"],
+    sup = Supervisor([str(BIN / "python"), "-m", "nvmf_phoenix.embedded"],
                      str(tmp_path / "priv.sock"), str(tmp_path / "pub.sock"), state)
     sup.start()
     try:

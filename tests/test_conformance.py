@@ -168,10 +168,10 @@ def test_live_host_answers_have_spdks_shape(tmp_path: Path, kind: str) -> None:
     """06-live-host was recorded with SPDK's own initiator connected; its values (host
     ids, peer ports, I/O counters) belong to that host, so the answers are compared by
     shape (every key, every value type) with our initiator connected instead."""
+    from nvmf_phoenix.initiator.host import Host
     from nvmf_phoenix.rpc import RpcClient
     from nvmf_phoenix.rpc import bdev as rb
     from nvmf_phoenix.rpc import nvmf as rn
-    from nvmf_phoenix.target.host import Host
 
     if not REFERENCE.is_dir():
         pytest.skip(f"no SPDK reference recordings at {REFERENCE}")

@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from nvmf_phoenix.persist.region import SLOT_HDR_SIZE, Region
 from nvmf_phoenix.recovery.journal import KIND_STATE, Journal, read_journal
-from nvmf_phoenix.recovery.region import SLOT_HDR_SIZE, Region
 from nvmf_phoenix.recovery.supervisor import Supervisor
 from nvmf_phoenix.rpc import RpcClient
 from nvmf_phoenix.rpc import bdev as rb
@@ -261,7 +261,7 @@ def test_a_death_during_a_drift_check_is_noticed_while_a_mutation_waits(
 def _damage_spot(rng: random.Random, geo: Any) -> int:
     """Half the time a byte that matters (header, seal, a commit record), else anywhere in
     the header page and the two commit slots (blobs, the older slot, unused bytes)."""
-    from nvmf_phoenix.target import connstate as cs
+    from nvmf_phoenix.embedded import connstate as cs
 
     vital = [*range(cs.HEADER.size + 4), *range(cs.SEAL_OFFSET, cs.SEAL_OFFSET + cs.SEAL.size),
              *(cs.HEADER_SIZE + i * geo.commit_size + k for i in (0, 1)
@@ -280,9 +280,9 @@ def test_damaged_queue_pair_state_is_never_resumed(tmp_path: Path,
     resume with wrong state."""
     import mmap
 
-    from nvmf_phoenix.target.connstate import ConnState
-    from nvmf_phoenix.target.host import Host
-    from nvmf_phoenix.target.initiator import NvmeError
+    from nvmf_phoenix.embedded.connstate import ConnState
+    from nvmf_phoenix.initiator.connection import NvmeError
+    from nvmf_phoenix.initiator.host import Host
 
     from tests.target_fixture import HOSTNQN, NQN
     from tests.transparent_target import transparent_target

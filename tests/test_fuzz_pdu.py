@@ -15,12 +15,12 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from nvmf_phoenix.embedded.qpair import QueuePair
+from nvmf_phoenix.initiator.connection import NvmeError
+from nvmf_phoenix.initiator.host import Host
 from nvmf_phoenix.rpc import RpcClient
 from nvmf_phoenix.rpc import nvmf as rn
-from nvmf_phoenix.target import nvme, pdu
-from nvmf_phoenix.target.host import Host
-from nvmf_phoenix.target.initiator import NvmeError
-from nvmf_phoenix.target.qpair import QueuePair
+from nvmf_phoenix.wire import nvme, pdu
 
 from tests.pdu_fuzz import (
     BS,

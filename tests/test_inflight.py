@@ -127,7 +127,7 @@ SUPERVISOR = """
 import os, signal, sys, threading
 from nvmf_phoenix.recovery.supervisor import Supervisor
 priv, pub, state, step = sys.argv[1:5]
-sup = Supervisor([sys.executable, "-m", "nvmf_phoenix.target"], priv, pub, state)
+sup = Supervisor([sys.executable, "-m", "nvmf_phoenix.embedded"], priv, pub, state)
 def die(at, method):
     if (at, method) == (step, "nvmf_subsystem_add_ns"):
         os.kill(os.getpid(), signal.SIGKILL)

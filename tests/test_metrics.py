@@ -8,10 +8,10 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
+from nvmf_phoenix.initiator.host import Host
 from nvmf_phoenix.rpc import RpcClient
 from nvmf_phoenix.rpc import bdev as rb
 from nvmf_phoenix.rpc import nvmf as rn
-from nvmf_phoenix.target.host import Host
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.phoenix_tools import BIN, drop_region, phoenix
@@ -63,7 +63,7 @@ def configure(sock: str, port: int) -> None:
 
 
 def child_target(pid: int) -> int:
-    """The target process the supervisor started (its child running nvmf_phoenix.target)."""
+    """The target process the supervisor started (its child running nvmf_phoenix.embedded)."""
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -72,7 +72,7 @@ def child_target(pid: int) -> int:
             cmd = Path(f"/proc/{entry}/cmdline").read_bytes()
         except OSError:
             continue
-        if int(stat.rsplit(")", 1)[1].split()[1]) == pid and b"nvmf_phoenix.target" in cmd:
+        if int(stat.rsplit(")", 1)[1].split()[1]) == pid and b"nvmf_phoenix.embedded" in cmd:
             return int(entry)
     raise AssertionError("no target child")
 

@@ -42,7 +42,7 @@ def lab() -> Iterator[NetLab]:
 
 
 def start_target(ns: str, sock: str, *args: str) -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen(netns_cmd(ns, [sys.executable, "-m", "nvmf_phoenix.target", "-r",
+    proc = subprocess.Popen(netns_cmd(ns, [sys.executable, "-m", "nvmf_phoenix.embedded", "-r",
                                            sock, *args]),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     with RpcClient.connect(sock, retry_for=20):

@@ -1,6 +1,7 @@
 """Packaging: the built wheel installs everything under nvmf_phoenix and nothing bare.
 
-The repository keeps rpc/, recovery/, plugin/, target/ at top level; pyproject.toml maps
+The repository keeps rpc/, wire/, persist/, recovery/, plugin/, embedded/, initiator/ at top
+level; pyproject.toml maps
 them onto nvmf_phoenix.*. These tests build a real wheel, install it into a fresh virtual
 environment and import from there, so a folder missing from the mapping or a stray
 top-level module fails here rather than on a user's machine.
@@ -20,7 +21,8 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 MAPPED = {"nvmf_phoenix": "nvmf_phoenix", "nvmf_phoenix.rpc": "rpc",
           "nvmf_phoenix.recovery": "recovery", "nvmf_phoenix.plugin": "plugin",
-          "nvmf_phoenix.target": "target"}
+          "nvmf_phoenix.embedded": "embedded", "nvmf_phoenix.initiator": "initiator",
+          "nvmf_phoenix.wire": "wire", "nvmf_phoenix.persist": "persist"}
 
 
 def _pyproject() -> dict:
@@ -64,7 +66,7 @@ def test_wheel_has_only_the_nvmf_phoenix_namespace(wheel: Path) -> None:
     names = zipfile.ZipFile(wheel).namelist()
     tops = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
     assert tops == {"nvmf_phoenix"}
-    for folder in ("rpc", "recovery", "plugin", "target"):
+    for folder in ("rpc", "recovery", "plugin", "embedded", "initiator", "wire", "persist"):
         assert f"nvmf_phoenix/{folder}/__init__.py" in names
     entry = next(n for n in names if n.endswith("entry_points.txt"))
     assert "nvmf-phoenix = nvmf_phoenix.plugin.cli:main" in zipfile.ZipFile(wheel).read(
@@ -80,7 +82,7 @@ def test_wheel_installs_and_imports(wheel: Path, tmp_path: Path) -> None:
                    timeout=600)
     code = ("import importlib, importlib.util as u\n"
             "for m in ('nvmf_phoenix.rpc','nvmf_phoenix.recovery','nvmf_phoenix.plugin',"
-            "'nvmf_phoenix.target','nvmf_phoenix.model'):\n"
+            "'nvmf_phoenix.embedded','nvmf_phoenix.model'):\n"
             "    importlib.import_module(m)\n"
             "for bare in ('rpc','plugin','recovery','target'):\n"
             "    assert u.find_spec(bare) is None, bare\n"

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from nvmf_phoenix.persist.region import QPairRecord, Region, RegionError
 from nvmf_phoenix.recovery.journal import (
     KIND_STATE,
     Journal,
@@ -18,7 +19,6 @@ from nvmf_phoenix.recovery.journal import (
     read_snapshot,
     write_snapshot,
 )
-from nvmf_phoenix.recovery.region import QPairRecord, Region, RegionError
 from nvmf_phoenix.recovery.store import CheckpointStore
 
 from nvmf_phoenix.model import Subsystem, TargetState

@@ -8,9 +8,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from nvmf_phoenix.initiator.host import Host
 from nvmf_phoenix.rpc import RpcClient
 from nvmf_phoenix.rpc import nvmf as rn
-from nvmf_phoenix.target.host import Host
 
 from tests.phoenix_tools import BIN, PLUGIN, drop_region, spdk_rpc
 from tests.target_fixture import free_port

@@ -7,9 +7,9 @@ import struct
 from pathlib import Path
 
 import pytest
-from nvmf_phoenix.target import nvme, pdu
-from nvmf_phoenix.target.host import Host
-from nvmf_phoenix.target.initiator import NvmeError, NvmeStatusError, QueueConn
+from nvmf_phoenix.initiator.connection import NvmeError, NvmeStatusError, QueueConn
+from nvmf_phoenix.initiator.host import Host
+from nvmf_phoenix.wire import nvme, pdu
 
 from nvmf_phoenix.model import DISCOVERY_NQN, Bdev, ListenAddress, Namespace
 from nvmf_phoenix.model import Host as HostCfg
@@ -46,7 +46,7 @@ def test_queue_depth_many_outstanding() -> None:
         h.create_io_queues(1)
         q = h.io[0]
         pattern = {lba: os.urandom(BS) for lba in range(64)}
-        from nvmf_phoenix.target.initiator import make_sqe
+        from nvmf_phoenix.initiator.connection import make_sqe
         cids = [q.submit(make_sqe(nvme.NVM_WRITE, 1, lba, 0, 0), data_out=d)
                 for lba, d in pattern.items()]
         for cid in cids:
@@ -213,7 +213,7 @@ def test_malformed_pdu_ends_only_that_connection(junk: bytes) -> None:
 def test_command_before_connect_and_digest_error() -> None:
     with running_target() as rt:
         q = QueueConn("127.0.0.1", rt.port)
-        from nvmf_phoenix.target.initiator import make_sqe
+        from nvmf_phoenix.initiator.connection import make_sqe
         comp = q.wait(q.submit(make_sqe(nvme.ADM_IDENTIFY, 0, 1), data_in=4096))
         assert comp.status == nvme.SC_CMD_SEQUENCE_ERROR
         q.close()
@@ -228,7 +228,7 @@ def test_command_before_connect_and_digest_error() -> None:
 
 
 def test_listener_on_unbindable_address_is_refused_and_not_half_applied() -> None:
-    from nvmf_phoenix.target.core import TargetError
+    from nvmf_phoenix.rpc.errors import TargetError
     with running_target() as rt:
         bad = ListenAddress.make("192.0.2.1", 4420)   # TEST-NET: not on this machine
         with pytest.raises(TargetError):

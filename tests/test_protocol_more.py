@@ -6,9 +6,9 @@ import os
 import time
 
 import pytest
-from nvmf_phoenix.target import nvme, pdu
-from nvmf_phoenix.target.host import Host
-from nvmf_phoenix.target.initiator import NvmeStatusError, make_sqe
+from nvmf_phoenix.initiator.connection import NvmeStatusError, make_sqe
+from nvmf_phoenix.initiator.host import Host
+from nvmf_phoenix.wire import nvme, pdu
 
 from nvmf_phoenix.model import Bdev, ListenAddress, Namespace, Subsystem
 from tests.target_fixture import NQN, running_target

@@ -10,12 +10,12 @@ import threading
 from pathlib import Path
 
 import pytest
+from nvmf_phoenix.initiator.host import Host
 from nvmf_phoenix.recovery.capture import capture
 from nvmf_phoenix.recovery.restore import restore
 from nvmf_phoenix.rpc import RpcClient
 from nvmf_phoenix.rpc import bdev as rb
 from nvmf_phoenix.rpc import nvmf as rn
-from nvmf_phoenix.target.host import Host
 
 from tests import realhost
 from tests.target_fixture import NQN, free_port, running_target
@@ -148,7 +148,7 @@ def test_supervised_target_sigkill_during_linux_host_workload(tmp_path: Path) ->
     with open(image, "wb") as f:
         f.truncate(64 << 20)
     port = free_port()
-    sup = Supervisor([sys.executable, "-m", "nvmf_phoenix.target"],
+    sup = Supervisor([sys.executable, "-m", "nvmf_phoenix.embedded"],
                      str(tmp_path / "priv.sock"), str(tmp_path / "pub.sock"),
                      str(tmp_path / "state"))
     sup.start()

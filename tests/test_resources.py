@@ -12,11 +12,11 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from nvmf_phoenix.initiator.connection import NvmeError
+from nvmf_phoenix.initiator.host import Host
 from nvmf_phoenix.rpc import RpcClient
 from nvmf_phoenix.rpc import nvmf as rn
-from nvmf_phoenix.target import nvme, pdu
-from nvmf_phoenix.target.host import Host
-from nvmf_phoenix.target.initiator import NvmeError
+from nvmf_phoenix.wire import nvme, pdu
 
 from tests.pdu_fuzz import _Builder, session
 from tests.pdu_fuzz_live import GoodHost, configure

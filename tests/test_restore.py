@@ -5,13 +5,13 @@ import dataclasses
 from pathlib import Path
 
 import pytest
+from nvmf_phoenix.initiator.host import Host
 from nvmf_phoenix.recovery.capture import capture, capture_config
 from nvmf_phoenix.recovery.diff import diff
 from nvmf_phoenix.recovery.planner import plan
 from nvmf_phoenix.recovery.restore import restore
 from nvmf_phoenix.rpc import RpcClient
 from nvmf_phoenix.rpc import nvmf as rn
-from nvmf_phoenix.target.host import Host
 
 from nvmf_phoenix.model import TargetState
 from tests.target_fixture import free_port

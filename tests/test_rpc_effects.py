@@ -10,12 +10,12 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from nvmf_phoenix.initiator.connection import NvmeError
+from nvmf_phoenix.initiator.host import Host
 from nvmf_phoenix.rpc import RpcClient
 from nvmf_phoenix.rpc import bdev as rb
 from nvmf_phoenix.rpc import nvmf as rn
-from nvmf_phoenix.target import nvme
-from nvmf_phoenix.target.host import Host
-from nvmf_phoenix.target.initiator import NvmeError
+from nvmf_phoenix.wire import nvme
 
 from tests.target_fixture import free_port
 from tests.target_process import target_process

@@ -21,22 +21,22 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from nvmf_phoenix.embedded.bdev import open_bdev
+from nvmf_phoenix.embedded.config_store import TargetCore
+from nvmf_phoenix.embedded.io_loop import DataPath
+from nvmf_phoenix.embedded.rpc_methods import METHODS, RpcContext, dispatch
 from nvmf_phoenix.recovery.diff import diff
 from nvmf_phoenix.rpc import RpcClient
 from nvmf_phoenix.rpc import bdev as rb
 from nvmf_phoenix.rpc import nvmf as rn
-from nvmf_phoenix.target.bdev import open_bdev
-from nvmf_phoenix.target.core import TargetCore
-from nvmf_phoenix.target.rpc_framing import MAX_REQUEST, RequestFramer
-from nvmf_phoenix.target.rpc_methods import METHODS, RpcContext
-from nvmf_phoenix.target.rpc_server import RpcServer
-from nvmf_phoenix.target.server import DataPath
+from nvmf_phoenix.rpc.framing import MAX_REQUEST, RequestFramer
+from nvmf_phoenix.rpc.server import RpcServer
 
 from tests.target_fixture import free_port
 from tests.waiting import wait_for
 
 # Importing registers the nvmf_* methods.
-from nvmf_phoenix.target import rpc_nvmf  # noqa: F401  isort: skip
+from nvmf_phoenix.embedded import rpc_nvmf  # noqa: F401  isort: skip
 
 NQN = "nqn.2016-06.io.spdk:hostile"
 SKIP = {"spdk_kill_instance", "framework_wait_init", "framework_start_init"}
@@ -61,7 +61,7 @@ def rpc_target(tmp_path: Path, **server_kw: Any) -> Iterator[InProcess]:
     dp = DataPath(core)
     dp.start_in_thread()
     sock = str(tmp_path / "rpc.sock")
-    server = RpcServer(RpcContext(core, dp), sock, **server_kw)
+    server = RpcServer(RpcContext(core, dp), sock, dispatch, **server_kw)
     server.start()
     port = free_port()
     try:
@@ -268,7 +268,7 @@ def test_huge_and_broken_values_are_refused_and_the_target_keeps_serving(
     """Bugs this suite found: max_namespaces 2^40 was accepted and the next listener
     built 2^40 ANA states on the data path's thread until the OOM killer came; a malloc
     bdev too large to map, and a lone UTF-16 surrogate, answered with tracebacks."""
-    from nvmf_phoenix.target.host import Host
+    from nvmf_phoenix.initiator.host import Host
     with rpc_target(tmp_path) as t, RpcClient.connect(t.sock) as c:
         before = full_state(c)
         raw = Raw(t.sock)

@@ -10,11 +10,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from nvmf_phoenix.initiator.host import Host
 from nvmf_phoenix.rpc import RpcClient, RpcError
 from nvmf_phoenix.rpc import bdev as rb
 from nvmf_phoenix.rpc import framework as rf
 from nvmf_phoenix.rpc import nvmf as rn
-from nvmf_phoenix.target.host import Host
 
 from tests.target_fixture import free_port
 from tests.target_process import TARGET_KINDS, TargetProcess, target_process
@@ -138,7 +138,7 @@ def test_wait_for_rpc_phases(tmp_path: Path, kind: str) -> None:
 
 def test_second_target_refuses_a_live_socket_and_stale_one_is_cleaned(tmp_path: Path) -> None:
     with target_process(tmp_path) as tp:
-        second = subprocess.run([sys.executable, "-m", "nvmf_phoenix.target", "-r", tp.sock],
+        second = subprocess.run([sys.executable, "-m", "nvmf_phoenix.embedded", "-r", tp.sock],
                                 capture_output=True, text=True, timeout=30)
         assert second.returncode == 1 and "in use by another target" in second.stderr
         tp.kill()

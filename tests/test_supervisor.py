@@ -146,8 +146,8 @@ def test_torture_rpc_stream_and_host_io_under_sigkill(tmp_path: Path, kind: str,
 def test_upgrade_to_a_new_binary_and_a_failed_upgrade_rolls_back(tmp_path: Path) -> None:
     """`nvmf-phoenix restart --target-cmd NEW`: checkpoint, stop, start NEW, restore; the
     host's namespace and data come back. A NEW that does not start is rolled back."""
+    from nvmf_phoenix.initiator.host import Host
     from nvmf_phoenix.recovery.diff import diff
-    from nvmf_phoenix.target.host import Host
 
     from tests.target_fixture import free_port
 
@@ -155,7 +155,7 @@ def test_upgrade_to_a_new_binary_and_a_failed_upgrade_rolls_back(tmp_path: Path)
     ran = tmp_path / "v2-ran"
     new = tmp_path / "nvmf_tgt-v2"
     new.write_text(f"#!/bin/sh\necho v2 >> {ran}\nexec {sys.executable} -m "
-                   "nvmf_phoenix.target \"$@\"\n")
+                   "nvmf_phoenix.embedded \"$@\"\n")
     new.chmod(0o755)
     port, nqn = free_port(), "nqn.2016-06.io.phx:upgrade"
     pub = str(tmp_path / "public.sock")
@@ -241,7 +241,7 @@ def test_what_a_restore_could_not_bring_back_stays_in_the_checkpoint(tmp_path: P
 def test_hosts_that_had_queues_are_seen_to_reconnect(tmp_path: Path) -> None:
     """Who was connected is tracked while the target runs; after a SIGKILL the status
     says which host came back with its queues, how fast, and which did not."""
-    from nvmf_phoenix.target.host import Host
+    from nvmf_phoenix.initiator.host import Host
 
     from tests.target_fixture import free_port
 
@@ -282,7 +282,7 @@ def test_no_checkpoint_from_a_target_being_restored(tmp_path: Path) -> None:
     into the checkpoint; a planned restart asked for then waits and loses nothing."""
     slow = tmp_path / "slow-start"
     slow.write_text("#!/bin/sh\nsleep 1\nexec " + sys.executable +
-                    " -m nvmf_phoenix.target \"$@\"\n")
+                    " -m nvmf_phoenix.embedded \"$@\"\n")
     slow.chmod(0o755)
     with supervised(tmp_path, cmd=[str(slow)]) as sup, \
             RpcClient.connect(str(tmp_path / "public.sock"), timeout=60) as c:

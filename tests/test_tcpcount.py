@@ -1,5 +1,5 @@
 """The kernel's byte counters, read while a peer keeps sending: a takeover trusts them to
-the byte (target/tcpcount.py), so they must never be caught half-updated."""
+the byte (embedded/tcpcount.py), so they must never be caught half-updated."""
 from __future__ import annotations
 
 import socket
@@ -7,7 +7,7 @@ import subprocess
 import sys
 import time
 
-from nvmf_phoenix.target.tcpcount import TCP_INFO, TCP_INFO_LEN, kernel_progress
+from nvmf_phoenix.embedded.tcpcount import TCP_INFO, TCP_INFO_LEN, kernel_progress
 
 SENDER = """
 import socket, sys, time

@@ -23,11 +23,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from nvmf_phoenix.recovery import shm
-from nvmf_phoenix.target import nvme
-from nvmf_phoenix.target.host import Host
-from nvmf_phoenix.target.initiator import NvmeError, QueueConn
-from nvmf_phoenix.target.workload import VerifiedWorkload
+from nvmf_phoenix.initiator.connection import NvmeError, QueueConn
+from nvmf_phoenix.initiator.host import Host
+from nvmf_phoenix.initiator.workload import VerifiedWorkload
+from nvmf_phoenix.persist import shm
+from nvmf_phoenix.wire import nvme
 
 from nvmf_phoenix.model import DISCOVERY_NQN
 from tests.hugepages import ensure_hugetlbfs, release
@@ -371,7 +371,7 @@ def test_connections_handed_over_during_a_listener_request_are_served(tmp_path: 
     reaches only now and then)."""
     import threading
 
-    from nvmf_phoenix.target import pdu
+    from nvmf_phoenix.wire import pdu
 
     def listener(port: int) -> dict[str, Any]:
         return {"nqn": NQN, "listen_address": {"trtype": "TCP", "traddr": "127.0.0.1",

@@ -30,12 +30,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from nvmf_phoenix.initiator.connection import NvmeError
+from nvmf_phoenix.initiator.host import Host
 from nvmf_phoenix.recovery.supervisor import Supervisor
 from nvmf_phoenix.rpc import RpcClient, RpcError
 from nvmf_phoenix.rpc import bdev as rb
 from nvmf_phoenix.rpc import nvmf as rn
-from nvmf_phoenix.target.host import Host
-from nvmf_phoenix.target.initiator import NvmeError
 
 DATA_NQN = "nqn.2016-06.io.phx:torture"
 PREFIX = "nqn.2016-06.io.phx:stream"
@@ -257,7 +257,7 @@ def run_torture(tmp: Path, kills: int, seed: int = 0,
     logging.getLogger("nvmf_phoenix.recovery.supervisor").addHandler(incomplete)
     try:
         return _run(tmp, kills, seed, incomplete,
-                    target_cmd or [sys.executable, "-m", "nvmf_phoenix.target"])
+                    target_cmd or [sys.executable, "-m", "nvmf_phoenix.embedded"])
     finally:
         logging.getLogger("nvmf_phoenix.recovery.supervisor").removeHandler(incomplete)
 

@@ -1,6 +1,6 @@
 """The crash-transparent embedded target as a real process tree, for tests and benchmarks.
 
-``python -m nvmf_phoenix.target --crash-transparent`` starts the socket keeper, which runs
+``python -m nvmf_phoenix.embedded --crash-transparent`` starts the socket keeper, which runs
 the target in worker processes. :meth:`TransparentTarget.kill_active` SIGKILLs the worker
 serving right now, as a crash would; the keeper's status says who that is and whether a
 standby is ready.
@@ -16,8 +16,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from nvmf_phoenix.embedded.keeper_client import keeper_status
 from nvmf_phoenix.rpc import RpcClient
-from nvmf_phoenix.target.keeper_client import keeper_status
 
 from tests.target_fixture import HOSTNQN, NQN, free_port
 from tests.waiting import wait_for
@@ -29,7 +29,7 @@ class TransparentTarget:
         self.log_path = workdir / "target.log"
         self.log = open(self.log_path, "w")   # noqa: SIM115  (closed in stop)
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "nvmf_phoenix.target", "--crash-transparent", "-r",
+            [sys.executable, "-m", "nvmf_phoenix.embedded", "--crash-transparent", "-r",
              self.sock, "--log-level", "INFO", *args],
             stdout=self.log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
         self.port = 0
@@ -78,8 +78,8 @@ class TransparentTarget:
 
     def state_file(self, name: str) -> Path:
         """A file of the target's shared state (``config``, ``conn-N``, ``bdev-...``)."""
-        from nvmf_phoenix.recovery import shm
-        from nvmf_phoenix.target.app import scratch_name
+        from nvmf_phoenix.embedded.app import scratch_name
+        from nvmf_phoenix.persist import shm
 
         found = shm.find(name, None, scratch_name(self.sock))
         assert found is not None, f"no {name} in the target's shared memory"
@@ -87,8 +87,8 @@ class TransparentTarget:
 
     def conn_ids(self) -> list[int]:
         """The connections that have shared state now, oldest first."""
-        from nvmf_phoenix.recovery import shm
-        from nvmf_phoenix.target.app import scratch_name
+        from nvmf_phoenix.embedded.app import scratch_name
+        from nvmf_phoenix.persist import shm
 
         return sorted(int(p.name[5:]) for base, _ in shm.candidates(None, scratch_name(
             self.sock)) for p in Path(base).glob("conn-*"))
@@ -109,8 +109,8 @@ class TransparentTarget:
         self.log.close()
         # A keeper that ends normally wipes its shared state; one a test SIGKILLed cannot,
         # and a test run must not leave RAM bdevs behind in /dev/shm.
-        from nvmf_phoenix.recovery import shm
-        from nvmf_phoenix.target.app import scratch_name
+        from nvmf_phoenix.embedded.app import scratch_name
+        from nvmf_phoenix.persist import shm
 
         shm.wipe(scratch_name(self.sock))
         return int(self.proc.returncode)
@@ -138,8 +138,8 @@ def torture(t: TransparentTarget, kills: int, qd: int = 32, queues: int = 2,
     import threading
     import time
 
-    from nvmf_phoenix.target.host import Host
-    from nvmf_phoenix.target.workload import VerifiedWorkload
+    from nvmf_phoenix.initiator.host import Host
+    from nvmf_phoenix.initiator.workload import VerifiedWorkload
 
     rng = random.Random(seed)
     host = Host("127.0.0.1", t.port, NQN, hostnqn=HOSTNQN, kato_ms=kato_ms, hdgst=digests,

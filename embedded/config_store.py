@@ -1,0 +1,355 @@
+"""The embedded target's configuration core: validated changes to one TargetState.
+
+The JSON-RPC server (``target/rpc_*.py``) turns requests into calls here; the data path
+subscribes to the :class:`Event` stream so that every change takes effect at once (a new
+namespace raises a namespace-attribute notice, an ANA change an ANA notice, a removed host
+is disconnected). Every method validates everything before it mutates anything, so a
+failed call changes nothing. Errors carry the JSON-RPC code and message SPDK's nvmf_tgt
+answers with, plus a ``detail`` that says what was actually wrong (for logs and our CLI).
+
+Identity defaults are deterministic, never random on the fly: a namespace without an
+explicit uuid/nguid takes them from its bdev's uuid (as SPDK does), and a bdev created
+without a uuid gets one derived from its name and creation parameters, which is then stored
+in the configuration, so a restart shows the host the same thing.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import uuid as uuidlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from nvmf_phoenix.rpc.errors import TargetError
+
+from nvmf_phoenix.model import (
+    ANA_STATES,
+    DISCOVERY_NQN,
+    Bdev,
+    Host,
+    Key,
+    ListenAddress,
+    Listener,
+    Namespace,
+    Referral,
+    Subsystem,
+    TargetState,
+    Transport,
+)
+
+INVALID_PARAMS = -32602
+INTERNAL_ERROR = -32603
+# Namespace prefix for identities derived from names: fixed so derivation is repeatable.
+_IDENTITY_NS = uuidlib.UUID("6a1c3f52-5e0b-4b7e-9d1e-7068686f656e")
+
+
+def invalid(detail: str) -> TargetError:
+    """SPDK's most common refusal: a bare -32602 'Invalid parameters'."""
+    return TargetError(INVALID_PARAMS, "Invalid parameters", detail)
+
+
+class BlockDevice(Protocol):
+    """What the data path needs from a bdev backend (embedded/bdev.py implements it)."""
+
+    block_size: int
+    num_blocks: int
+
+    def read(self, offset: int, length: int) -> bytes | memoryview: ...
+    def write(self, offset: int, data: bytes | memoryview) -> None: ...
+    def flush(self) -> None: ...
+    def discard(self, offset: int, length: int) -> None: ...
+    def write_zeroes(self, offset: int, length: int) -> None: ...
+    def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class Event:
+    """A configuration change the data path must act on.
+
+    kinds: bdev_added, bdev_removed, subsystem_added, subsystem_removed, ns_added,
+    ns_removed, host_added, host_removed, allow_any_host, listener_added,
+    listener_removed, ana_changed.
+    """
+
+    kind: str
+    nqn: str | None = None
+    nsid: int | None = None
+    address: ListenAddress | None = None
+    host: str | None = None
+    name: str | None = None
+
+
+def derived_uuid(*parts: object) -> str:
+    """A stable UUID for an object created without one (same inputs, same UUID)."""
+    return str(uuidlib.uuid5(_IDENTITY_NS, "/".join(str(p) for p in parts)))
+
+
+def nguid_from_uuid(u: str) -> str:
+    """SPDK's default NGUID: the namespace UUID's 16 bytes, as upper-case hex."""
+    return uuidlib.UUID(u).hex.upper()
+
+
+class TargetCore:
+    """Owns the configuration (a TargetState) and the open block devices."""
+
+    def __init__(self, bdev_opener: Callable[[Bdev], BlockDevice] | None = None) -> None:
+        self.state = TargetState()
+        self.state.subsystems[DISCOVERY_NQN] = Subsystem(
+            nqn=DISCOVERY_NQN, subtype="Discovery", allow_any_host=True, max_namespaces=0)
+        self.block_devices: dict[str, BlockDevice] = {}
+        self._bdev_opener = bdev_opener
+        self._subscribers: list[Callable[[Event], None]] = []
+
+    def adopt(self, state: TargetState) -> list[str]:
+        """Take a saved configuration as it is (a successor resuming a dead process's
+        work) and open its bdevs; returns what could not be opened, for the log."""
+        self.state = state
+        problems = []
+        if self._bdev_opener is not None:
+            for bdev in state.bdevs.values():
+                try:
+                    self.block_devices[bdev.name] = self._bdev_opener(bdev)
+                except TargetError as err:
+                    problems.append(f"bdev {bdev.name}: {err.detail}")
+        return problems
+
+    # -- events ------------------------------------------------------------------------
+    def subscribe(self, fn: Callable[[Event], None]) -> None:
+        self._subscribers.append(fn)
+
+    def _emit(self, event: Event) -> None:
+        for fn in list(self._subscribers):
+            fn(event)
+
+    # -- lookups -----------------------------------------------------------------------
+    def subsystem(self, nqn: str) -> Subsystem:
+        sub = self.state.subsystems.get(nqn)
+        if sub is None:
+            raise invalid(f"subsystem {nqn} does not exist")
+        return sub
+
+    def nvm_subsystem(self, nqn: str) -> Subsystem:
+        sub = self.subsystem(nqn)
+        if sub.is_discovery:
+            raise invalid(f"{nqn} is the discovery subsystem")
+        return sub
+
+    # -- bdevs -------------------------------------------------------------------------
+    def add_bdev(self, bdev: Bdev) -> str:
+        """Open and register a bdev; its uuid is fixed here if the caller left it open."""
+        if bdev.name in self.state.bdevs:
+            raise TargetError(-17, "File exists", f"bdev {bdev.name} already exists")
+        if not bdev.uuid:
+            bdev.uuid = derived_uuid("bdev", bdev.kind, bdev.name, bdev.filename or "")
+        if any(b.uuid == bdev.uuid for b in self.state.bdevs.values()):
+            raise TargetError(-17, "File exists", f"bdev uuid {bdev.uuid} already in use")
+        if self._bdev_opener is not None:
+            self.block_devices[bdev.name] = _open(self._bdev_opener, bdev)
+        self.state.bdevs[bdev.name] = bdev
+        self._emit(Event("bdev_added", name=bdev.name))
+        return bdev.name
+
+    def delete_bdev(self, name: str) -> None:
+        """Remove a bdev; namespaces on it go first, as with SPDK's hot-remove."""
+        if name not in self.state.bdevs:
+            raise TargetError(-19, "No such device", f"bdev {name} does not exist")
+        for sub in self.state.subsystems.values():
+            for ns in [n for n in sub.namespaces.values() if n.bdev_name == name]:
+                self.remove_namespace(sub.nqn, ns.nsid)
+        dev = self.block_devices.pop(name, None)
+        del self.state.bdevs[name]
+        if dev is not None:
+            dev.close()
+        self._emit(Event("bdev_removed", name=name))
+
+    # -- keys and referrals -------------------------------------------------------------
+    def add_key(self, key: Key) -> None:
+        """A keyring file key: the file must exist and be private, as SPDK demands.
+        Refusals carry SPDK's errno codes (keyring.c, keyring_file_check_path)."""
+        if ":" in key.name[1:]:
+            raise TargetError(-errno.EINVAL, os.strerror(errno.EINVAL),
+                              f"key name {key.name}: no keyring before ':' exists")
+        if key.name in self.state.keys:
+            raise TargetError(-17, "File exists", f"key {key.name} already exists")
+        eperm = (-errno.EPERM, os.strerror(errno.EPERM))
+        if not os.path.isabs(key.path):
+            raise TargetError(*eperm, f"key file {key.path}: not an absolute path")
+        try:
+            st = os.stat(key.path)
+        except OSError as exc:
+            code = exc.errno or errno.EIO
+            raise TargetError(-code, os.strerror(code),
+                              f"key file {key.path}: {exc.strerror}") from None
+        if st.st_mode & 0o077 or st.st_uid != os.getuid():
+            raise TargetError(*eperm, f"key file {key.path} must be owned by this user and "
+                              "readable by its owner only (mode 0600)")
+        self.state.keys[key.name] = key
+
+    def remove_key(self, name: str) -> None:
+        if name not in self.state.keys:
+            raise TargetError(-errno.ENOKEY, os.strerror(errno.ENOKEY), f"no key named {name}")
+        del self.state.keys[name]
+
+    def add_referral(self, ref: Referral) -> None:
+        """As SPDK (nvmf.c): a referral is its address plus subnqn (none meaning the
+        discovery NQN); adding one that exists is a no-op; new ones go to the head of the
+        list, so listings and the discovery log show the newest first."""
+        if any(_same_referral(r, ref.address, ref.subnqn) for r in self.state.referrals):
+            return
+        self.state.referrals.insert(0, ref)
+        self._emit(Event("referral_changed"))
+
+    def remove_referral(self, address: ListenAddress, subnqn: str | None) -> None:
+        keep = [r for r in self.state.referrals
+                if not _same_referral(r, address, subnqn)]
+        if len(keep) == len(self.state.referrals):
+            raise TargetError(INTERNAL_ERROR, "Unable to remove a referral.",
+                              f"no referral {address} for {subnqn or DISCOVERY_NQN}")
+        self.state.referrals = keep
+        self._emit(Event("referral_changed"))
+
+    # -- transports --------------------------------------------------------------------
+    def create_transport(self, trtype: str, options: dict[str, Any]) -> None:
+        key = trtype.upper()
+        if key != "TCP":
+            raise TargetError(INVALID_PARAMS, f"Invalid transport type '{trtype}'",
+                              f"transport {trtype} is not supported by the embedded target")
+        if key in self.state.transports:
+            raise TargetError(INTERNAL_ERROR, f"Transport type '{trtype}' already exists")
+        self.state.transports[key] = Transport(trtype=key, options=dict(options))
+        self._emit(Event("transport_changed", name=key))
+
+    # -- subsystems --------------------------------------------------------------------
+    def create_subsystem(self, sub: Subsystem) -> None:
+        if sub.nqn in self.state.subsystems or not _valid_nqn(sub.nqn):
+            raise TargetError(INTERNAL_ERROR, f"Unable to create subsystem {sub.nqn}",
+                              f"subsystem {sub.nqn} exists or is not a valid NQN")
+        if not 1 <= sub.min_cntlid <= sub.max_cntlid <= 0xFFEF:
+            raise TargetError(INVALID_PARAMS, f"Invalid cntlid range [{sub.min_cntlid}-"
+                              f"{sub.max_cntlid}]", "cntlids must lie in 1..65519")
+        self.state.subsystems[sub.nqn] = sub
+        self._emit(Event("subsystem_added", nqn=sub.nqn))
+
+    def delete_subsystem(self, nqn: str) -> None:
+        self.nvm_subsystem(nqn)
+        del self.state.subsystems[nqn]
+        self._emit(Event("subsystem_removed", nqn=nqn))
+
+    # -- namespaces --------------------------------------------------------------------
+    def add_namespace(self, nqn: str, ns: Namespace) -> int:
+        """Add a namespace, filling nsid/uuid/nguid/anagrpid the way SPDK would."""
+        sub = self.nvm_subsystem(nqn)
+        bdev = self.state.bdevs.get(ns.bdev_name)
+        if bdev is None:
+            raise invalid(f"bdev {ns.bdev_name} does not exist")
+        if any(n.bdev_name == ns.bdev_name for s in self.state.subsystems.values()
+               for n in s.namespaces.values()):
+            raise invalid(f"bdev {ns.bdev_name} is already claimed by a namespace")
+        nsid = ns.nsid or _lowest_free(sub.namespaces, sub.max_namespaces)
+        if nsid is None or nsid in sub.namespaces or not 1 <= nsid <= sub.max_namespaces:
+            raise invalid(f"nsid {ns.nsid} is in use or outside 1-{sub.max_namespaces}")
+        ns.nsid = nsid
+        ns.uuid = ns.uuid or bdev.uuid
+        ns.nguid = ns.nguid or nguid_from_uuid(bdev.uuid)
+        ns.anagrpid = ns.anagrpid or nsid
+        sub.namespaces[nsid] = ns
+        self._emit(Event("ns_added", nqn=nqn, nsid=nsid))
+        return nsid
+
+    def remove_namespace(self, nqn: str, nsid: int) -> None:
+        sub = self.nvm_subsystem(nqn)
+        if nsid not in sub.namespaces:
+            raise invalid(f"namespace {nsid} does not exist in {nqn}")
+        del sub.namespaces[nsid]
+        self._emit(Event("ns_removed", nqn=nqn, nsid=nsid))
+
+    # -- hosts -------------------------------------------------------------------------
+    def add_host(self, nqn: str, host: Host) -> None:
+        sub = self.subsystem(nqn)
+        if host.nqn in sub.hosts:
+            raise TargetError(INTERNAL_ERROR, "Internal error",
+                              f"host {host.nqn} is already allowed on {nqn}")
+        sub.hosts[host.nqn] = host
+        self._emit(Event("host_added", nqn=nqn, host=host.nqn))
+
+    def remove_host(self, nqn: str, hostnqn: str) -> None:
+        sub = self.subsystem(nqn)
+        if hostnqn not in sub.hosts:
+            raise TargetError(INTERNAL_ERROR, "Internal error",
+                              f"host {hostnqn} is not on {nqn}'s list")
+        del sub.hosts[hostnqn]
+        self._emit(Event("host_removed", nqn=nqn, host=hostnqn))
+
+    def allow_any_host(self, nqn: str, allow: bool) -> None:
+        self.subsystem(nqn).allow_any_host = allow
+        self._emit(Event("allow_any_host", nqn=nqn))
+
+    # -- listeners ---------------------------------------------------------------------
+    def add_listener(self, nqn: str, address: ListenAddress, ana_state: str = "optimized",
+                     secure_channel: bool = False) -> None:
+        sub = self.subsystem(nqn)
+        if address in sub.listeners or ana_state not in ANA_STATES:
+            raise invalid(f"listener {address} exists on {nqn} or bad ANA state")
+        if address.trtype.upper() not in self.state.transports:
+            raise invalid(f"no {address.trtype} transport: create it before its listeners")
+        groups = range(1, sub.max_namespaces + 1) if sub.ana_reporting or sub.max_namespaces \
+            else range(0)
+        sub.listeners[address] = Listener(address=address,
+                                          ana_states={g: ana_state for g in groups},
+                                          secure_channel=secure_channel)
+        try:   # the data path may refuse (address not bindable): then nothing changed
+            self._emit(Event("listener_added", nqn=nqn, address=address))
+        except TargetError:
+            del sub.listeners[address]
+            raise
+
+    def remove_listener(self, nqn: str, address: ListenAddress) -> None:
+        sub = self.subsystem(nqn)
+        if address not in sub.listeners:
+            raise invalid(f"listener {address} does not exist on {nqn}")
+        del sub.listeners[address]
+        self._emit(Event("listener_removed", nqn=nqn, address=address))
+
+    def set_ana_state(self, nqn: str, address: ListenAddress, ana_state: str,
+                      anagrpid: int | None = None) -> None:
+        """Set one group's (or every group's) ANA state on one listener."""
+        sub = self.nvm_subsystem(nqn)
+        listener = sub.listeners.get(address)
+        if not sub.ana_reporting:
+            raise TargetError(INTERNAL_ERROR, "error setting ANA state: -22",
+                              f"{nqn} was created without ANA reporting")
+        if listener is None or ana_state not in ANA_STATES:
+            raise invalid(f"no listener {address} on {nqn} or bad state {ana_state}")
+        if anagrpid is not None and anagrpid not in listener.ana_states:
+            raise TargetError(INTERNAL_ERROR, "error setting ANA state: -22",
+                              f"ANA group {anagrpid} is outside 1-{sub.max_namespaces}")
+        for g in [anagrpid] if anagrpid is not None else list(listener.ana_states):
+            listener.ana_states[g] = ana_state
+        self._emit(Event("ana_changed", nqn=nqn, address=address, nsid=anagrpid))
+
+
+def _same_referral(ref: Referral, address: ListenAddress, subnqn: str | None) -> bool:
+    return ref.address == address and ref.subnqn == (subnqn or DISCOVERY_NQN)
+
+
+def _open(opener: Callable[[Bdev], BlockDevice], bdev: Bdev) -> BlockDevice:
+    """Open a backend; a system refusal becomes SPDK's errno answer (a malloc bdev of
+    2^52 bytes is -12 'Cannot allocate memory', as in SPDK), never a traceback."""
+    try:
+        return opener(bdev)
+    except OSError as exc:
+        code = exc.errno or errno.EIO
+        raise TargetError(-code, os.strerror(code), f"bdev {bdev.name}: {exc}") from None
+    except (OverflowError, MemoryError, ValueError) as exc:
+        raise TargetError(-errno.ENOMEM, os.strerror(errno.ENOMEM),
+                          f"bdev {bdev.name}: {exc}") from None
+
+
+def _valid_nqn(nqn: str) -> bool:
+    """NQN rules SPDK enforces: 'nqn.' prefix (or a UUID NQN), at most 223 bytes."""
+    return nqn.startswith("nqn.") and 11 <= len(nqn.encode()) <= 223
+
+
+def _lowest_free(taken: dict[int, Any], limit: int) -> int | None:
+    return next((i for i in range(1, limit + 1) if i not in taken), None)

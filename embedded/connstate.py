@@ -1,0 +1,231 @@
+"""One connection's state in shared memory: the layout, declared once.
+
+The crash-transparent target (embedded/transparent.py) keeps, per TCP connection, a file on
+hugetlbfs (or /dev/shm) that outlives the serving process:
+
+    header (4 KiB)      magic, layout version, geometry, connection id, the kernel's byte
+                        counters at accept (baselines), header CRC32C
+    commit slot 0, 1    COMMIT record + CRC, then a blob (the queue pair's plain state,
+                        JSON) - written alternately, header last
+    seal (in the header page)  the sequence number of the last *complete* commit + CRC
+    receive ring        bytes read from the socket land here directly (recv_into)
+    transmit ring       every PDU is copied here, and committed, before it is sent
+    staging             fixed-size slots where R2T writes gather their H2CData
+
+Stream positions count bytes since accept. A commit says: every PDU before ``rx_done`` has
+been executed and its output lies in the transmit ring before ``tx_done``; ``rx_base`` and
+``tx_base`` are the stream positions sitting at offset 0 of each ring. How far the dead
+process really got on the socket is not stored at all: the kernel's counters say it
+exactly (see embedded/tcpcount.py).
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import struct
+from dataclasses import dataclass
+
+import crc32c
+from nvmf_phoenix.persist import shm
+
+MAGIC = b"PHXCONN1"
+LAYOUT_VERSION = 4
+HEADER_SIZE = 4096
+# magic, version, rx size, tx size, staging slot size, staging slots, commit slot size,
+# connection id, baseline bytes_received - SIOCINQ, baseline bytes_acked + SIOCOUTQ
+# (signed: a connection reset before it was accepted reports odd counters)
+HEADER = struct.Struct("<8sIIIIIIQqq")
+# seq, rx_done, rx_base, tx_done, tx_base, SQ head, next transfer tag, blob length, blob CRC
+COMMIT = struct.Struct("<QQQQQHHII")
+COMMIT_HDR_SIZE = 64
+SEAL = struct.Struct("<QI")            # seq of the last complete commit, CRC of seq
+SEAL_OFFSET = 2048                     # in the header page, after the header
+
+
+class ConnStateError(Exception):
+    """The file cannot be trusted; the message names the file and what is wrong."""
+
+
+@dataclass(frozen=True)
+class Geometry:
+    rx_size: int = 1 << 20
+    tx_size: int = 2 << 20
+    slot_size: int = 128 << 10
+    slots: int = 16
+    commit_size: int = 16 << 10
+
+    @property
+    def total(self) -> int:
+        return HEADER_SIZE + 2 * self.commit_size + self.rx_size + self.tx_size + \
+            self.slot_size * self.slots
+
+
+@dataclass
+class Commit:
+    seq: int = 0
+    rx_done: int = 0
+    rx_base: int = 0
+    tx_done: int = 0
+    tx_base: int = 0
+    sqhd: int = 0      # the queue pair's fields that change with every command live here,
+    ttag: int = 1      # so the blob is re-encoded only when its colder state changes
+
+
+class ConnState:
+    """An open connection-state file."""
+
+    def __init__(self, path: str, mm: object, geo: Geometry, conn_id: int, base_rx: int,
+                 base_tx: int, huge: bool) -> None:
+        self.path = path
+        self.mm = mm
+        self.geo = geo
+        self.conn_id = conn_id
+        self.base_rx = base_rx
+        self.base_tx = base_tx
+        self.huge = huge
+        view = memoryview(mm)   # type: ignore[arg-type]
+        self._view = view
+        rx_off = HEADER_SIZE + 2 * geo.commit_size
+        tx_off = rx_off + geo.rx_size
+        st_off = tx_off + geo.tx_size
+        self.rx = view[rx_off:tx_off]
+        self.tx = view[tx_off:st_off]
+        self.staging = view[st_off:st_off + geo.slot_size * geo.slots]
+
+    # -- creation and attachment ---------------------------------------------------------
+    @classmethod
+    def create(cls, sub: str, conn_id: int, base_rx: int, base_tx: int,
+               geo: Geometry = Geometry(), directory: str | None = None) -> ConnState:
+        """A new file with an empty first commit, made before the first byte is read."""
+        path, mm, huge = shm.place(f"conn-{conn_id}", geo.total, directory, sub)
+        head = HEADER.pack(MAGIC, LAYOUT_VERSION, geo.rx_size, geo.tx_size, geo.slot_size,
+                           geo.slots, geo.commit_size, conn_id, base_rx, base_tx)
+        mm[:HEADER.size + 4] = head + struct.pack("<I", crc32c.crc32c(head))
+        state = cls(path, mm, geo, conn_id, base_rx, base_tx, huge)
+        state.commit(Commit(seq=1), b"{}")
+        return state
+
+    @classmethod
+    def open(cls, path: str) -> ConnState:
+        try:
+            size = os.path.getsize(path)
+            mm = shm.map_file(path, size, create=False)
+        except OSError as exc:
+            raise ConnStateError(f"{path}: {exc.strerror}") from None
+        try:
+            return cls._checked(path, mm, size)
+        except ConnStateError:
+            mm.close()
+            raise
+
+    @classmethod
+    def _checked(cls, path: str, mm: object, size: int) -> ConnState:
+        if size < HEADER_SIZE:
+            raise ConnStateError(f"{path}: truncated ({size} bytes)")
+        raw = bytes(memoryview(mm)[:HEADER.size + 4])   # type: ignore[arg-type]
+        (magic, version, rx, tx, slot, slots, commit, conn_id, base_rx,
+         base_tx) = HEADER.unpack_from(raw)
+        if magic != MAGIC:
+            raise ConnStateError(f"{path}: bad magic {magic!r}")
+        if version != LAYOUT_VERSION:
+            raise ConnStateError(f"{path}: layout version {version}, this nvmf-phoenix "
+                                 f"reads {LAYOUT_VERSION}")
+        if struct.unpack_from("<I", raw, HEADER.size)[0] != crc32c.crc32c(raw[:HEADER.size]):
+            raise ConnStateError(f"{path}: header CRC mismatch")
+        geo = Geometry(rx, tx, slot, slots, commit)
+        if size < geo.total:
+            raise ConnStateError(f"{path}: truncated ({size} < {geo.total} bytes)")
+        return cls(path, mm, geo, conn_id, base_rx, base_tx, shm.on_hugetlbfs(path))
+
+    def close(self) -> None:
+        """Unmap; views a queue pair still holds (a pending write's staging slot) keep
+        the mapping alive until they go, so a refusal to close now is not an error."""
+        for v in (self.rx, self.tx, self.staging, self._view):
+            v.release()
+        with contextlib.suppress(BufferError):
+            self.mm.close()   # type: ignore[attr-defined]
+
+    def unlink(self) -> None:
+        with contextlib.suppress(OSError):
+            os.unlink(self.path)
+
+    # -- commits -------------------------------------------------------------------------
+    def _slot_off(self, i: int) -> int:
+        return HEADER_SIZE + i * self.geo.commit_size
+
+    def commit(self, c: Commit, blob: bytes) -> None:
+        """Write into the slot the previous commit did not use, header last, then the
+        seal: a writer killed half-way leaves that slot invalid and the other one intact;
+        one killed between record and seal leaves a complete commit the seal lags by one."""
+        self._write_slot(c, blob)
+        seq = struct.pack("<Q", c.seq)
+        self._view[SEAL_OFFSET:SEAL_OFFSET + SEAL.size] = \
+            seq + struct.pack("<I", crc32c.crc32c(seq))
+
+    def _write_slot(self, c: Commit, blob: bytes) -> None:
+        if len(blob) > self.geo.commit_size - COMMIT_HDR_SIZE:
+            raise ConnStateError(f"{self.path}: state of {len(blob)} bytes exceeds the "
+                                 f"commit slot ({self.geo.commit_size} bytes)")
+        off = self._slot_off(c.seq & 1)
+        view = self._view
+        view[off + COMMIT_HDR_SIZE:off + COMMIT_HDR_SIZE + len(blob)] = blob
+        rec = COMMIT.pack(c.seq, c.rx_done, c.rx_base, c.tx_done, c.tx_base, c.sqhd, c.ttag,
+                          len(blob), crc32c.crc32c(blob))
+        view[off:off + COMMIT.size + 4] = rec + struct.pack("<I", crc32c.crc32c(rec))
+
+    def commit_torn(self, c: Commit, blob: bytes) -> None:
+        """What a writer killed in the middle of :meth:`commit` leaves (failpoint tests):
+        the blob and half of the record."""
+        off = self._slot_off(c.seq & 1)
+        self._view[off + COMMIT_HDR_SIZE:off + COMMIT_HDR_SIZE + len(blob)] = blob
+        rec = COMMIT.pack(c.seq, c.rx_done, c.rx_base, c.tx_done, c.tx_base, c.sqhd, c.ttag,
+                          len(blob), crc32c.crc32c(blob))
+        self._view[off:off + COMMIT.size // 2] = rec[:COMMIT.size // 2]
+
+    def commit_unsealed(self, c: Commit, blob: bytes) -> None:
+        """What a writer killed after the record but before the seal leaves (failpoint
+        tests): a complete commit the seal does not name yet."""
+        self._write_slot(c, blob)
+
+    def _read_slot(self, i: int) -> tuple[Commit, bytes] | None:
+        off = self._slot_off(i)
+        rec = bytes(self._view[off:off + COMMIT.size + 4])
+        if struct.unpack_from("<I", rec, COMMIT.size)[0] != crc32c.crc32c(rec[:COMMIT.size]):
+            return None
+        seq, rx_done, rx_base, tx_done, tx_base, sqhd, ttag, blen, bcrc = \
+            COMMIT.unpack_from(rec)
+        if seq == 0 or blen > self.geo.commit_size - COMMIT_HDR_SIZE:
+            return None
+        blob = bytes(self._view[off + COMMIT_HDR_SIZE:off + COMMIT_HDR_SIZE + blen])
+        if crc32c.crc32c(blob) != bcrc:
+            return None
+        return Commit(seq, rx_done, rx_base, tx_done, tx_base, sqhd, ttag), blob
+
+    def latest(self) -> tuple[Commit, bytes]:
+        """The newest complete commit; ConnStateError if neither slot holds one, if it
+        contradicts the geometry, or if it is not the one the seal names.
+
+        The seal is written after each commit. A slot that fails its CRC is then either a
+        commit torn by a death (the seal still names the previous one, which is exactly
+        where the dead process stood) or a complete commit damaged later (the seal names
+        it): the older slot is used only in the first case, because after a complete
+        commit the rings may have been reused in ways the older one does not describe.
+        A complete commit one past the seal is a death between record and seal: nothing
+        of it was sent yet (sending waits for the seal), and it is whole, so it is used."""
+        found = [s for s in (self._read_slot(0), self._read_slot(1)) if s is not None]
+        if not found:
+            raise ConnStateError(f"{self.path}: no complete commit")
+        c, blob = max(found, key=lambda s: s[0].seq)
+        sealed, crc = SEAL.unpack_from(self._view, SEAL_OFFSET)
+        if crc != crc32c.crc32c(struct.pack("<Q", sealed)):
+            raise ConnStateError(f"{self.path}: commit seal damaged")
+        if sealed > c.seq:
+            raise ConnStateError(f"{self.path}: commit {sealed} is sealed but damaged "
+                                 f"(newest intact: {c.seq})")
+        if c.seq > sealed + 1:
+            raise ConnStateError(f"{self.path}: commit {c.seq} is newer than the seal "
+                                 f"({sealed}) allows")
+        if not (c.rx_base <= c.rx_done <= c.rx_base + self.geo.rx_size and
+                c.tx_base <= c.tx_done <= c.tx_base + self.geo.tx_size):
+            raise ConnStateError(f"{self.path}: commit {c.seq} lies outside its rings")
+        return c, blob

@@ -1,0 +1,242 @@
+"""Result shapes and configuration in SPDK's formats: get_* answers, save_config, -c load.
+
+``subsystem_config`` renders framework_get_config for one subsystem the way nvmf_tgt
+orders it (the recorded exchanges in shared/spdk-reference are the reference);
+``load_config`` replays a save_config document, STARTUP-phase entries first, as nvmf_tgt's
+``-c/--json`` does.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from typing import TYPE_CHECKING, Any
+
+from nvmf_phoenix.embedded.config_store import TargetCore
+from nvmf_phoenix.rpc.errors import TargetError
+
+from nvmf_phoenix.model import Bdev, Listener, Subsystem
+
+if TYPE_CHECKING:
+    from nvmf_phoenix.embedded.rpc_methods import RpcContext
+
+log = logging.getLogger(__name__)
+
+TRANSPORT_DEFAULTS: dict[str, Any] = {
+    "max_queue_depth": 128, "max_io_qpairs_per_ctrlr": 127, "in_capsule_data_size": 4096,
+    "max_io_size": 131072, "io_unit_size": 131072, "max_aq_depth": 128,
+    "num_shared_buffers": 511, "buf_cache_size": 4294967295,
+    "iobuf_small_cache_size": 4294967295, "iobuf_large_cache_size": 4294967295,
+    "dif_insert_or_strip": False, "zcopy": False, "c2h_success": True, "sock_priority": 0,
+    "abort_timeout_sec": 1, "ack_timeout": 0, "data_wr_pool_size": 0,
+    "disable_command_passthru": False, "kas": 100, "min_kato": 10000}
+# Options nvmf_tgt reports for a TCP transport (io_unit_size and the shared-buffer
+# settings are accepted at creation but not reported).
+TRANSPORT_REPORTED = ("max_queue_depth", "max_io_qpairs_per_ctrlr", "in_capsule_data_size",
+                      "max_io_size", "max_aq_depth", "iobuf_small_cache_size",
+                      "iobuf_large_cache_size", "dif_insert_or_strip", "zcopy", "c2h_success",
+                      "sock_priority", "abort_timeout_sec", "ack_timeout", "data_wr_pool_size",
+                      "disable_command_passthru", "kas", "min_kato")
+DMRSL, WZSL = 2097152, 12
+IO_TYPES = ("read", "write", "unmap", "flush", "reset", "nvme_admin", "nvme_io", "nvme_io_md",
+            "write_zeroes", "zcopy", "get_zone_info", "zone_management", "zone_append",
+            "compare", "compare_and_write", "abort", "seek_hole", "seek_data", "copy",
+            "nvme_iov_md", "nvme_nssr", "write_uncorrectable")
+SUPPORTED = {"malloc": {"read", "write", "unmap", "flush", "reset", "write_zeroes", "zcopy",
+                        "compare", "abort", "copy"},
+             "aio": {"read", "write", "flush", "reset", "write_zeroes"}}
+NVMF_DEFAULT_CONFIG: dict[str, Any] = {
+    "discovery_filter": "match_any",
+    "admin_cmd_passthru": {k: False for k in (
+        "identify_ctrlr", "identify_uuid_list", "get_log_page", "get_set_features",
+        "sanitize", "security_send_recv", "fw_update", "nvme_mi", "vendor_specific")},
+    "dhchap_digests": ["sha256", "sha384", "sha512"],
+    "dhchap_dhgroups": ["null", "ffdhe2048", "ffdhe3072", "ffdhe4096", "ffdhe6144",
+                        "ffdhe8192"],
+    "dup_host_policy": "allow"}
+
+
+def address_info(addr: Any) -> dict[str, str]:
+    return addr.to_dict()
+
+
+def subsystem_info(sub: Subsystem) -> dict[str, Any]:
+    """One entry of nvmf_get_subsystems."""
+    out: dict[str, Any] = {"nqn": sub.nqn, "subtype": sub.subtype,
+                           "listen_addresses": [a.to_dict() for a in sub.listeners],
+                           "allow_any_host": sub.allow_any_host,
+                           "hosts": [_host_info(h) for h in sub.hosts.values()]}
+    if sub.is_discovery:
+        return out
+    out.update(serial_number=sub.serial_number, model_number=sub.model_number,
+               max_namespaces=sub.max_namespaces, passthrough=False,
+               min_cntlid=sub.min_cntlid, max_cntlid=sub.max_cntlid, dmrsl=DMRSL, wzsl=WZSL,
+               namespaces=[_ns_info(sub.namespaces[n]) for n in sorted(sub.namespaces)])
+    return out
+
+
+def _host_info(h: Any) -> dict[str, Any]:
+    return {k: v for k, v in (("nqn", h.nqn), ("psk", h.psk), ("dhchap_key", h.dhchap_key),
+                              ("dhchap_ctrlr_key", h.dhchap_ctrlr_key)) if v is not None}
+
+
+def _ns_info(ns: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {"nsid": ns.nsid, "bdev_name": ns.bdev_name, "name": ns.bdev_name,
+                           "nguid": ns.nguid}
+    if ns.eui64:
+        out["eui64"] = ns.eui64
+    out["uuid"] = ns.uuid
+    out["anagrpid"] = ns.anagrpid
+    return out
+
+
+def listener_info(ls: Listener, ana_reporting: bool) -> dict[str, Any]:
+    """One entry of nvmf_subsystem_get_listeners: SPDK lists ana_states only for a
+    subsystem created with ANA reporting (and omits the key otherwise)."""
+    out: dict[str, Any] = {"address": ls.address.to_dict()}
+    if ana_reporting:
+        out["ana_states"] = [{"ana_group": g, "ana_state": s}
+                             for g, s in sorted(ls.ana_states.items())]
+    return out
+
+
+def bdev_info(core: TargetCore, b: Bdev) -> dict[str, Any]:
+    """One entry of bdev_get_bdevs."""
+    claimed = any(ns.bdev_name == b.name for s in core.state.subsystems.values()
+                  for ns in s.namespaces.values())
+    out: dict[str, Any] = {"name": b.name, "aliases": [b.uuid],
+                           "product_name": "Malloc disk" if b.kind == "malloc" else "AIO disk",
+                           "block_size": b.block_size, "num_blocks": b.num_blocks}
+    for k in ("preferred_write_alignment", "preferred_write_granularity", "optimal_write_size",
+              "preferred_unmap_alignment", "preferred_unmap_granularity"):
+        out[k] = 0
+    out["uuid"] = b.uuid
+    if b.kind == "malloc":
+        out["numa_id"] = -1
+    out["assigned_rate_limits"] = {"rw_ios_per_sec": 0, "rw_mbytes_per_sec": 0,
+                                   "r_mbytes_per_sec": 0, "w_mbytes_per_sec": 0}
+    out.update(claimed=claimed, zoned=False)
+    if claimed:
+        out["claim_type"] = "exclusive_write"
+    out["supported_io_types"] = {t: t in SUPPORTED[b.kind] for t in IO_TYPES}
+    out["driver_specific"] = {} if b.kind == "malloc" else {"aio": {
+        "filename": b.filename, "block_size_override": bool(b.params.get(
+            "block_size_override", True)), "readonly": bool(b.params.get("readonly", False)),
+        "fallocate": bool(b.params.get("fallocate", False)), "nowait": False}}
+    return out
+
+
+def _bdev_create(b: Bdev) -> dict[str, Any]:
+    if b.kind == "malloc":
+        params = {"name": b.name, "num_blocks": b.num_blocks, "block_size": b.block_size,
+                  "physical_block_size": b.params.get("physical_block_size", b.block_size),
+                  "uuid": b.uuid, "optimal_io_boundary": b.params.get("optimal_io_boundary", 0),
+                  "md_size": b.params.get("md_size", 0), "dif_type": b.params.get("dif_type", 0),
+                  "dif_is_head_of_md": b.params.get("dif_is_head_of_md", False),
+                  "dif_pi_format": b.params.get("dif_pi_format", 0),
+                  "numa_id": b.params.get("numa_id", -1)}
+        return {"method": "bdev_malloc_create", "params": params}
+    return {"method": "bdev_aio_create", "params": {
+        "name": b.name, "block_size": b.block_size, "filename": b.filename,
+        "readonly": bool(b.params.get("readonly", False)),
+        "fallocate": bool(b.params.get("fallocate", False)), "uuid": b.uuid, "nowait": False}}
+
+
+def _bdev_config(core: TargetCore) -> list[dict[str, Any]]:
+    bdevs = list(core.state.bdevs.values())
+    return ([{"method": "bdev_set_options", "params": {
+        "bdev_io_pool_size": 65535, "bdev_io_cache_size": 256, "bdev_auto_examine": True,
+        "iobuf_small_cache_size": 128, "iobuf_large_cache_size": 16}}]
+        + [_bdev_create(b) for b in bdevs if b.kind == "malloc"]
+        + [_bdev_create(b) for b in bdevs if b.kind == "aio"]
+        + [{"method": "bdev_wait_for_examine"}])
+
+
+def _nvmf_config(core: TargetCore) -> list[dict[str, Any]]:
+    st = core.state
+    out: list[dict[str, Any]] = [
+        {"method": "nvmf_set_config", "params": {**NVMF_DEFAULT_CONFIG,
+                                                 **st.startup.nvmf_config}},
+        {"method": "nvmf_set_max_subsystems",
+         "params": {"max_subsystems": st.startup.max_subsystems or 1024}},
+        {"method": "nvmf_set_crdt", "params": {"crdt1": 0, "crdt2": 0, "crdt3": 0,
+                                               **st.startup.crdt}}]
+    for t in st.transports.values():
+        opts = {k: t.options.get(k, TRANSPORT_DEFAULTS[k]) for k in TRANSPORT_REPORTED}
+        out.append({"method": "nvmf_create_transport", "params": {"trtype": t.trtype, **opts}})
+    subs = [s for s in st.subsystems.values() if not s.is_discovery]
+    for s in subs:
+        out.append({"method": "nvmf_create_subsystem", "params": {
+            "nqn": s.nqn, "allow_any_host": s.allow_any_host, "serial_number": s.serial_number,
+            "model_number": s.model_number, "max_namespaces": s.max_namespaces,
+            "min_cntlid": s.min_cntlid, "max_cntlid": s.max_cntlid,
+            "ana_reporting": s.ana_reporting, "dmrsl": DMRSL, "wzsl": WZSL,
+            "passthrough": False, "enable_nssr": False}})
+    for s in st.subsystems.values():
+        for h in s.hosts.values():
+            out.append({"method": "nvmf_subsystem_add_host",
+                        "params": {"nqn": s.nqn, "host": h.nqn,
+                                   **{k: v for k, v in h.to_dict().items() if k != "nqn"}}})
+        for nsid in sorted(s.namespaces):
+            ns = s.namespaces[nsid].to_dict()
+            ns.pop("hosts", None)
+            order = ("nsid", "bdev_name", "nguid", "eui64", "uuid", "anagrpid", "ptpl_file",
+                     "no_auto_visible")
+            out.append({"method": "nvmf_subsystem_add_ns", "params": {
+                "nqn": s.nqn, "namespace": {k: ns[k] for k in order if k in ns}}})
+    for r in st.referrals:
+        out.append({"method": "nvmf_discovery_add_referral",
+                    "params": r.to_dict()})
+    for s in st.subsystems.values():
+        for ls in s.listeners.values():
+            out.append({"method": "nvmf_subsystem_add_listener", "params": {
+                "nqn": s.nqn, "listen_address": ls.address.to_dict(),
+                "secure_channel": ls.secure_channel}})
+    return out
+
+
+def subsystem_config(core: TargetCore, name: str) -> list[dict[str, Any]] | None:
+    if name == "bdev":
+        return _bdev_config(core)
+    if name == "nvmf":
+        return _nvmf_config(core)
+    if name == "keyring":
+        return [{"method": "keyring_file_add_key", "params": k.to_dict()}
+                for k in core.state.keys.values()]
+    return None
+
+
+def load_config(ctx: RpcContext, document: dict[str, Any]) -> list[str]:
+    """Apply a save_config document; returns the errors (each names the failing entry)."""
+    from nvmf_phoenix.embedded.rpc_methods import METHODS, STARTUP, dispatch
+
+    entries = [e for s in document.get("subsystems", []) for e in (s.get("config") or [])]
+    startup = [e for e in entries if STARTUP in METHODS.get(e.get("method", ""),
+                                                            _NO_METHOD).phases]
+    errors = []
+    for phase_entries in (startup, [e for e in entries if e not in startup]):
+        if phase_entries is not startup and ctx.phase == STARTUP:
+            from nvmf_phoenix.embedded.rpc_methods import framework_start_init
+            framework_start_init(ctx, None)
+        for e in phase_entries:
+            method = e.get("method", "")
+            if method in _IGNORED_ON_LOAD or (phase_entries is not startup and
+                                              e in startup):
+                continue
+            try:
+                dispatch(ctx, method, e.get("params"))
+            except TargetError as err:
+                errors.append(f"{method} {json.dumps(e.get('params'))}: {err.detail}")
+    return errors
+
+
+class _NoMethod:
+    phases: frozenset[str] = frozenset()
+
+
+_NO_METHOD = _NoMethod()
+# Option setters for SPDK modules the embedded target does not have: accepted, no effect.
+_IGNORED_ON_LOAD = frozenset({"bdev_set_options", "bdev_raid_set_options",
+                              "bdev_nvme_set_options", "bdev_nvme_set_hotplug",
+                              "bdev_wait_for_examine", "sock_set_default_impl",
+                              "sock_impl_set_options", "iobuf_set_options",
+                              "accel_set_options", "vmd_enable"})

@@ -1,0 +1,162 @@
+"""Placing shared-memory files: hugetlbfs first, /dev/shm when no hugepages can be had.
+
+A file on hugetlbfs mapped MAP_SHARED survives the SIGKILL of every process that maps it
+and costs no page faults on first touch; a file on /dev/shm (tmpfs) survives the same way
+with 4 KiB pages. Both the checkpoint region (persist/region.py) and the embedded target's
+per-connection state (embedded/connstate.py) are placed here. Failures to use hugepages are
+never silent: the fallback is logged with the reason (no mount, pool exhausted, ...).
+"""
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import mmap
+import os
+import shutil
+import stat
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+HUGEPAGE = 2 << 20
+SHM_DIR = "/dev/shm"
+
+
+def hugetlbfs_mounts() -> list[str]:
+    """Every hugetlbfs mount point, in /proc/mounts order."""
+    try:
+        with open("/proc/mounts") as f:
+            return [p[1] for p in (line.split() for line in f)
+                    if len(p) > 2 and p[2] == "hugetlbfs"]
+    except OSError:
+        return []
+
+
+_preferred: str | None = None
+
+
+def prefer_mount(path: str | None) -> None:
+    """Use this hugetlbfs mount (SPDK's --huge-dir) rather than the first one found."""
+    global _preferred
+    _preferred = path
+
+
+# Where hugetlbfs is mounted for applications (systemd's dev-hugepages.mount, DPDK and
+# SPDK guides). A hugetlbfs mounted anywhere else belongs to someone else (a test, another
+# application's private pool) and is used only when named with --huge-dir.
+STANDARD_MOUNTS = ("/dev/hugepages", "/mnt/huge", "/hugepages")
+
+
+def hugetlbfs_mount() -> str | None:
+    if _preferred is not None:
+        return _preferred if on_hugetlbfs(_preferred) else None
+    mounts = hugetlbfs_mounts()
+    return next((m for m in mounts if m in STANDARD_MOUNTS), None)
+
+
+def on_hugetlbfs(path: str) -> bool:
+    real = os.path.realpath(path)
+    return any(real == m or real.startswith(m.rstrip("/") + "/")
+               for m in hugetlbfs_mounts())
+
+
+def round_up(n: int, unit: int) -> int:
+    return (n + unit - 1) // unit * unit
+
+
+def candidates(directory: str | None, sub: str = "") -> list[tuple[str, bool]]:
+    """(directory, is hugetlbfs) in order of preference; an explicit directory is the
+    only candidate."""
+    if directory is not None:
+        return [(directory, on_hugetlbfs(directory))]
+    out = []
+    mount = hugetlbfs_mount()
+    if mount:
+        out.append((os.path.join(mount, "nvmf-phoenix", sub), True))
+    out.append((os.path.join(SHM_DIR, "nvmf-phoenix", sub), False))
+    return out
+
+
+def private_dir(path: str) -> None:
+    """Create ``path`` (0700) or check it: a real directory, ours, closed to others.
+
+    The default directory sits in world-writable /dev/shm: one another user made first
+    could have our files swapped (our files are CRC-checked, not authenticated) or a
+    symlink planted where we create. A directory of ours that others may read is
+    tightened; one another user owns is refused."""
+    Path(path).mkdir(mode=0o700, parents=True, exist_ok=True)
+    st = os.lstat(path)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
+        raise PermissionError(errno.EPERM, "not a directory owned by this user", path)
+    if st.st_mode & 0o077:
+        os.chmod(path, 0o700)
+
+
+def map_file(path: str, size: int, create: bool) -> mmap.mmap:
+    """Map a file MAP_SHARED read-write: ours, 0600, never through a symlink, in a
+    private directory. MAP_NORESERVE is never used: an exhausted hugepage pool must fail
+    here (ENOMEM), not as a SIGBUS later."""
+    if create:
+        private_dir(str(Path(path).parent))
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    else:
+        fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW)
+    try:
+        if os.fstat(fd).st_uid != os.geteuid():
+            raise PermissionError(errno.EPERM, "file owned by another user", path)
+        if create:
+            os.fchmod(fd, 0o600)   # an older file keeps its mode through O_CREAT
+            os.ftruncate(fd, size)
+        if size == 0:
+            raise OSError(errno.EINVAL, "empty file")
+        return mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+    finally:
+        os.close(fd)
+
+
+def place(name: str, size: int, directory: str | None = None, sub: str = ""
+          ) -> tuple[str, mmap.mmap, bool]:
+    """Create ``name`` of at least ``size`` bytes where it can live; (path, map, huge)."""
+    problems: list[str] = []
+    for base, huge in candidates(directory, sub):
+        path = os.path.join(base, name)
+        try:
+            mm = map_file(path, round_up(size, HUGEPAGE) if huge else size, create=True)
+        except OSError as exc:
+            why = f"{base}: {exc.strerror or os.strerror(exc.errno or 0)}"
+            log.warning("cannot place %s on %s (%s)", name, why,
+                        "hugetlbfs" if huge else "tmpfs")
+            problems.append(why)
+            if not isinstance(exc, PermissionError):   # never touch what is not ours
+                with contextlib.suppress(OSError):     # no half-made file left behind
+                    os.unlink(path)
+            continue
+        return path, mm, huge
+    raise OSError(errno.ENOSPC, "; ".join(problems) or "no hugetlbfs mount or /dev/shm")
+
+
+def find(name: str, directory: str | None = None, sub: str = "") -> str | None:
+    """The existing file ``name`` among the candidates, or None."""
+    for base, _ in candidates(directory, sub):
+        path = os.path.join(base, name)
+        if os.path.exists(path):
+            return path
+    return None
+
+
+def wipe(sub: str) -> None:
+    """Remove a scratch directory (every candidate location) and what is in it."""
+    for base, _ in candidates(None, sub):
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def where() -> str:
+    """Where new shared memory goes, and why, for the log."""
+    mount = hugetlbfs_mount()
+    if mount:
+        return f"hugepages (hugetlbfs at {mount}; /dev/shm if its pool runs out)"
+    if _preferred is not None:
+        return f"{SHM_DIR} (4 KiB pages): --huge-dir {_preferred} is not a hugetlbfs mount"
+    return (f"{SHM_DIR} (4 KiB pages): no hugetlbfs mounted at "
+            f"{' or '.join(STANDARD_MOUNTS)} (mount one, or name one with --huge-dir)")

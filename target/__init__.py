@@ -1,1 +1,0 @@
-"""nvmf_phoenix.target"""
