@@ -94,9 +94,7 @@ class TargetCore:
     """Owns the configuration (a TargetState) and the open block devices."""
 
     def __init__(self, bdev_opener: Callable[[Bdev], BlockDevice] | None = None) -> None:
-        self.state = TargetState()
-        self.state.subsystems[DISCOVERY_NQN] = Subsystem(
-            nqn=DISCOVERY_NQN, subtype="Discovery", allow_any_host=True, max_namespaces=0)
+        self.state = TargetState.empty()
         self.block_devices: dict[str, BlockDevice] = {}
         self._bdev_opener = bdev_opener
         self._subscribers: list[Callable[[Event], None]] = []

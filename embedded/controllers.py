@@ -8,14 +8,20 @@ asynchronous event notices, disconnects and a new discovery generation.
 from __future__ import annotations
 
 import resource
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING
 
 from nvmf_phoenix.embedded.config_store import Event, TargetCore
 from nvmf_phoenix.embedded.controller import AdminHandler, Controller
 from nvmf_phoenix.wire import nvme
 
-from nvmf_phoenix.model import DISCOVERY_NQN, ListenAddress, QPair, Subsystem
+from nvmf_phoenix.model import (
+    DISCOVERY_NQN,
+    TRANSPORT_DEFAULTS,
+    ListenAddress,
+    QPair,
+    Subsystem,
+)
 from nvmf_phoenix.model import Controller as ControllerFacts
 
 if TYPE_CHECKING:
@@ -24,24 +30,24 @@ if TYPE_CHECKING:
 
 @dataclass
 class TransportOptions:
-    """The TCP transport's limits as SPDK names them (nvmf_create_transport)."""
+    """The TCP transport's limits the data path uses, as SPDK names them
+    (nvmf_create_transport); each defaults to SPDK's default (model.TRANSPORT_DEFAULTS)."""
 
-    max_queue_depth: int = 128
-    max_io_qpairs_per_ctrlr: int = 127
-    in_capsule_data_size: int = 4096
-    max_io_size: int = 131072
-    max_aq_depth: int = 128
-    c2h_success: bool = True
+    max_queue_depth: int = TRANSPORT_DEFAULTS["max_queue_depth"]
+    max_io_qpairs_per_ctrlr: int = TRANSPORT_DEFAULTS["max_io_qpairs_per_ctrlr"]
+    in_capsule_data_size: int = TRANSPORT_DEFAULTS["in_capsule_data_size"]
+    max_io_size: int = TRANSPORT_DEFAULTS["max_io_size"]
+    max_aq_depth: int = TRANSPORT_DEFAULTS["max_aq_depth"]
+    c2h_success: bool = TRANSPORT_DEFAULTS["c2h_success"]
 
     @classmethod
     def from_core(cls, core: TargetCore) -> TransportOptions:
         tr = core.state.transports.get("TCP")
         opts = cls()
         if tr is not None:
-            for name in ("max_queue_depth", "max_io_qpairs_per_ctrlr", "in_capsule_data_size",
-                         "max_io_size", "max_aq_depth", "c2h_success"):
-                if name in tr.options:
-                    setattr(opts, name, type(getattr(opts, name))(tr.options[name]))
+            for f in fields(cls):
+                if f.name in tr.options:
+                    setattr(opts, f.name, type(getattr(opts, f.name))(tr.options[f.name]))
         return opts
 
 
