@@ -76,7 +76,8 @@ class Method:
 def _table(*methods: Method) -> dict[str, Method]:
     table: dict[str, Method] = {}
     for m in methods:
-        assert m.name not in table, f"{m.name} declared twice"
+        if m.name in table:
+            raise ValueError(f"{m.name} declared twice")
         table[m.name] = m
     return table
 
