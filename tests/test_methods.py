@@ -51,7 +51,7 @@ def _declared_names_in_source() -> list[str]:
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and \
                 node.func.id in ("Method", "_reads") and node.args and \
                 isinstance(node.args[0], ast.Constant):
-            names.append(node.args[0].value)
+            names.append(str(node.args[0].value))
     return names
 
 
@@ -72,7 +72,7 @@ def test_every_served_method_is_declared_with_its_phases() -> None:
 def test_every_method_recovery_names_is_declared() -> None:
     """capture, changes, inflight, the planner, the front: any SPDK method name written
     in recovery/ is one the table declares (else its meaning lives somewhere else)."""
-    found = {}
+    found: dict[str, str] = {}
     for path in sorted((ROOT / "recovery").glob("*.py")):
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Constant) and isinstance(node.value, str) and \
