@@ -11,13 +11,14 @@ import resource
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING
 
-from nvmf_phoenix.embedded.config_store import Event, TargetCore
+from nvmf_phoenix.embedded.config_store import Change, Event, TargetCore
 from nvmf_phoenix.embedded.controller import AdminHandler, Controller
 from nvmf_phoenix.wire import nvme
 
 from nvmf_phoenix.model import (
     DISCOVERY_NQN,
     TRANSPORT_DEFAULTS,
+    Kind,
     ListenAddress,
     QPair,
     Subsystem,
@@ -188,26 +189,26 @@ class Engine:
     # -- configuration events ----------------------------------------------------------
     def apply(self, ev: Event) -> None:
         """React to a configuration change (called on the I/O loop's thread)."""
-        if ev.kind in ("subsystem_added", "subsystem_removed", "listener_added",
-                       "listener_removed", "host_added", "host_removed", "allow_any_host",
-                       "referral_changed"):
+        if ev.obj in (Kind.SUBSYSTEM, Kind.LISTENER, Kind.HOST, Kind.ALLOW_ANY_HOST,
+                      Kind.REFERRAL):     # what the discovery log shows, or to whom
             self.discovery_genctr += 1
             for ctrl in self.controllers.values():
                 if ctrl.discovery:
                     self._notify(ctrl, nvme.aer_dw0(0xF0, nvme.LOG_DISCOVERY), 0)
-        if ev.kind in ("subsystem_removed", "host_removed", "listener_removed"):
+        if ev.change == Change.REMOVED and ev.obj in (Kind.SUBSYSTEM, Kind.HOST,
+                                                      Kind.LISTENER):
             self._disconnect_matching(ev)
-        elif ev.kind in ("ns_added", "ns_removed"):
+        elif ev.obj == Kind.NS:
             for ctrl in self._controllers_of(ev.nqn):
                 ctrl.changed_nsids.add(ev.nsid or 0)
                 self._notify(ctrl, nvme.aer_dw0(nvme.AER_NOTICE_NS_ATTR_CHANGED,
                                                 nvme.LOG_CHANGED_NS), nvme.AEC_NS_ATTR)
-        elif ev.kind == "ana_changed":
+        elif ev.obj == Kind.ANA:
             self.ana_chgcnt += 1
             for ctrl in self._controllers_of(ev.nqn):
                 self._notify(ctrl, nvme.aer_dw0(nvme.AER_NOTICE_ANA_CHANGE, nvme.LOG_ANA),
                              nvme.AEC_ANA_CHANGE)
-        elif ev.kind == "transport_changed":
+        elif ev.obj == Kind.TRANSPORT:
             self.refresh_options()
 
     def _controllers_of(self, nqn: str | None) -> list[Controller]:
@@ -215,15 +216,15 @@ class Engine:
 
     def _disconnect_matching(self, ev: Event) -> None:
         for ctrl in self._controllers_of(ev.nqn):
-            if ev.kind == "host_removed" and ctrl.hostnqn != ev.host:
+            if ev.obj == Kind.HOST and ctrl.hostnqn != ev.host:
                 continue
-            if ev.kind == "listener_removed":
+            if ev.obj == Kind.LISTENER:
                 for qp in list(self.qpairs.values()):
                     if qp.ctrl is ctrl and qp.listen == ev.address:
                         qp.close("listener removed")
                         self.dirty.add(qp)
                 continue
-            self.destroy_controller(ctrl, ev.kind.replace("_", " "))
+            self.destroy_controller(ctrl, f"{ev.obj} {ev.change}")
 
     def _notify(self, ctrl: Controller, dw0: int, mask: int) -> None:
         if mask and not ctrl.aen_enabled(mask):
