@@ -354,13 +354,9 @@ class Key:
     def from_dict(cls, d: dict[str, Any]) -> Key:
         return cls(name=d["name"], path=d["path"])
 
-    def to_create_params(self) -> dict[str, Any]:
-        """keyring_file_add_key's params: the dict form is exactly that."""
-        return self.to_dict()
-
-    @classmethod
-    def from_create_params(cls, p: dict[str, Any]) -> Key:
-        return cls.from_dict(p)
+    # keyring_file_add_key's params are exactly the dict form
+    to_create_params = to_dict
+    from_create_params = from_dict
 
 
 @dataclass
@@ -385,13 +381,9 @@ class Referral:
                    subnqn=d.get("subnqn") or DISCOVERY_NQN,
                    secure_channel=bool(d.get("secure_channel", False)))
 
-    def to_create_params(self) -> dict[str, Any]:
-        """nvmf_discovery_add_referral's params: the dict form is exactly that."""
-        return self.to_dict()
-
-    @classmethod
-    def from_create_params(cls, p: dict[str, Any]) -> Referral:
-        return cls.from_dict(p)
+    # nvmf_discovery_add_referral's params are exactly the dict form
+    to_create_params = to_dict
+    from_create_params = from_dict
 
 
 @dataclass

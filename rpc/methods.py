@@ -25,24 +25,17 @@ from dataclasses import dataclass
 from typing import Any
 
 from nvmf_phoenix.rpc import method_rules as r
-from nvmf_phoenix.rpc.method_rules import (
-    Call,
-    ModelMismatch,
-    NotModelled,
-    Op,
-    Params,
-    put_op,
-)
+from nvmf_phoenix.rpc.method_rules import Call, ModelMismatch, NotModelled, Op, Params
 
 from nvmf_phoenix.model import TargetState
 
 __all__ = ["METHODS", "RUNTIME", "STARTUP", "Call", "Method", "ModelMismatch", "NotModelled",
-           "Op", "Params", "bdev_method", "declared", "emit", "is_read_only", "method",
-           "put_op"]
+           "Op", "Params", "bdev_method", "emit", "is_read_only", "method"]
 
 STARTUP, RUNTIME = "startup", "runtime"
 BOTH = frozenset({STARTUP, RUNTIME})
 STARTUP_ONLY = frozenset({STARTUP})
+RUNTIME_ONLY = frozenset({RUNTIME})
 # Methods not declared here are read-only when their names say so (SPDK's naming).
 READ_ONLY_PREFIXES = ("spdk_get_version", "rpc_get_methods", "framework_wait_init",
                       "framework_get_", "bdev_get_", "nvmf_get_", "keyring_get_",
@@ -57,9 +50,9 @@ class Method:
 
     name: str
     read_only: bool = False
-    phases: frozenset[str] = frozenset({RUNTIME})
+    phases: frozenset[str] = RUNTIME_ONLY
     put: Callable[[TargetState, Params], None] | None = None
-    emit: Callable[..., Params] | None = None
+    emit: Callable[..., Params | None] | None = None
     ops: Callable[[Params, Any, list[Any], TargetState], list[Op]] | None = None
     readback: Callable[[Params, Any], list[Call]] = r.nothing
     # names an NVM subsystem (params "nqn") that must be in the model for ops to apply
@@ -106,13 +99,13 @@ METHODS = _table(
            modelled_if=r.bdev_unused, effect=r.bdev_vanishes),
     Method("bdev_aio_delete", emit=r.bdev_name, ops=r.bdev_gone,
            modelled_if=r.bdev_unused, effect=r.bdev_vanishes),
-    _reads("bdev_get_bdevs", frozenset({RUNTIME})),
+    _reads("bdev_get_bdevs", RUNTIME_ONLY),
     Method("bdev_set_options", phases=STARTUP_ONLY),
     Method("bdev_wait_for_examine"),   # waits for nothing here; not read-only in SPDK's names
     # -- keyring ---------------------------------------------------------------------
     Method("keyring_file_add_key", put=r.key_put, emit=r.key_params, ops=r.key_ops),
     Method("keyring_file_remove_key", ops=r.key_gone),
-    _reads("keyring_get_keys", frozenset({RUNTIME})),
+    _reads("keyring_get_keys", RUNTIME_ONLY),
     # -- nvmf: STARTUP options, transports ---------------------------------------------
     Method("nvmf_set_config", phases=STARTUP_ONLY, put=r.startup_config_put,
            emit=r.startup_config_params),
@@ -121,14 +114,14 @@ METHODS = _table(
     Method("nvmf_set_crdt", phases=STARTUP_ONLY, put=r.crdt_put, emit=r.crdt_params),
     Method("nvmf_create_transport", put=r.transport_put, emit=r.transport_params,
            effect=r.transport_appears),
-    _reads("nvmf_get_transports", frozenset({RUNTIME})),
+    _reads("nvmf_get_transports", RUNTIME_ONLY),
     # -- nvmf: subsystems and what hangs off them ---------------------------------------
     Method("nvmf_create_subsystem", put=r.subsystem_put, emit=r.subsystem_params,
            ops=r.subsystem_ops, readback=r.subsystem_readback,
            effect=r.subsystem_appears),
     Method("nvmf_delete_subsystem", emit=r.subsystem_nqn, ops=r.subsystem_gone,
            effect=r.subsystem_vanishes),
-    _reads("nvmf_get_subsystems", frozenset({RUNTIME})),
+    _reads("nvmf_get_subsystems", RUNTIME_ONLY),
     Method("nvmf_subsystem_add_ns", put=r.ns_put, emit=r.ns_params, ops=r.ns_ops,
            readback=r.subsystem_readback, on_subsystem=True, ana_touching=True,
            effect=r.ns_appears, result=r.ns_result),
@@ -147,22 +140,18 @@ METHODS = _table(
            ops=r.listener_gone, on_subsystem=True, effect=r.listener_vanishes),
     Method("nvmf_subsystem_listener_set_ana_state", emit=r.ana_params, ops=r.ana_ops,
            on_subsystem=True, ana_touching=True, effect=r.ana_set),
-    _reads("nvmf_subsystem_get_listeners", frozenset({RUNTIME})),
-    _reads("nvmf_subsystem_get_controllers", frozenset({RUNTIME})),
-    _reads("nvmf_subsystem_get_qpairs", frozenset({RUNTIME})),
-    _reads("nvmf_get_stats", frozenset({RUNTIME})),
+    _reads("nvmf_subsystem_get_listeners", RUNTIME_ONLY),
+    _reads("nvmf_subsystem_get_controllers", RUNTIME_ONLY),
+    _reads("nvmf_subsystem_get_qpairs", RUNTIME_ONLY),
+    _reads("nvmf_get_stats", RUNTIME_ONLY),
     # -- nvmf: discovery ---------------------------------------------------------------
     Method("nvmf_discovery_add_referral", put=r.referral_put, emit=r.referral_params),
     Method("nvmf_discovery_remove_referral"),
-    _reads("nvmf_discovery_get_referrals", frozenset({RUNTIME})),
+    _reads("nvmf_discovery_get_referrals", RUNTIME_ONLY),
 )
 # Which method creates (and deletes) a bdev of each kind.
 BDEV_CREATE = {"malloc": "bdev_malloc_create", "aio": "bdev_aio_create"}
 BDEV_DELETE = {"malloc": "bdev_malloc_delete", "aio": "bdev_aio_delete"}
-
-
-def declared(name: str) -> bool:
-    return name in METHODS
 
 
 def method(name: str) -> Method:
