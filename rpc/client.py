@@ -17,7 +17,7 @@ import itertools
 import json
 import re
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from nvmf_phoenix.rpc.errors import (
@@ -214,11 +214,17 @@ def outcomes(client: Any, calls: Sequence[Call]) -> list[Any]:
     ``call(method, params)``, SPDK's own client included). A failure stops nothing."""
     if hasattr(client, "pipeline"):
         return list(client.pipeline(calls))
+    return one_by_one(client.call, calls)
+
+
+def one_by_one(call: Callable[[str, dict[str, Any] | None], Any], calls: Iterable[Call],
+               catch: type[Exception] = Exception) -> list[Any]:
+    """Each call's result or the ``catch`` exception it raised, one call at a time."""
     out: list[Any] = []
     for method, params in calls:
         try:
-            out.append(client.call(method, params))
-        except Exception as exc:
+            out.append(call(method, params))
+        except catch as exc:
             out.append(exc)
     return out
 
@@ -234,4 +240,4 @@ def call_all(client: Any, calls: Sequence[Call]) -> list[Any]:
 
 
 __all__ = ["DEFAULT_TIMEOUT", "JsonStream", "RpcClient", "RpcTimeout", "call_all",
-           "outcomes"]
+           "one_by_one", "outcomes"]

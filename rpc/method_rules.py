@@ -82,6 +82,18 @@ def _vanishes(present: Callable[[TargetState, Params], bool]) -> Callable[..., b
     return lambda p, before, after: present(before, p) and not present(after, p)
 
 
+def _put_in(items: Callable[[Subsystem], dict[Any, Any]], parse: Callable[[Params], Any],
+            key: Callable[[Any], Any]) -> Callable[[TargetState, Params], None]:
+    """``put`` for an object that lives in a subsystem: parsed from the params, filed
+    under its key in the subsystem the params name (skipped if that one is unknown)."""
+    def put(st: TargetState, p: Params) -> None:
+        sub = _sub(st, p)
+        if sub is not None:
+            obj = parse(p)
+            items(sub)[key(obj)] = obj
+    return put
+
+
 def _in(items: Callable[[Subsystem], Container[Any]],
         key: Callable[[Params], Any]) -> Callable[[TargetState, Params], bool]:
     """Whether ``key(params)`` is among ``items`` of the subsystem the params name."""
@@ -270,11 +282,8 @@ def allow_any_host_set(p: Params, before: TargetState, after: TargetState) -> bo
 
 
 # -- namespaces ------------------------------------------------------------------------
-def ns_put(st: TargetState, p: Params) -> None:
-    sub = _sub(st, p)
-    if sub is not None:
-        ns = Namespace.from_create_params(p["namespace"])
-        sub.namespaces[ns.nsid] = ns
+ns_put = _put_in(lambda s: s.namespaces, lambda p: Namespace.from_create_params(
+    p["namespace"]), lambda ns: ns.nsid)
 
 
 def ns_params(s: Subsystem, ns: Namespace) -> Params:
@@ -327,11 +336,7 @@ ns_vanishes = _vanishes(_in(lambda s: s.namespaces, lambda p: p.get("nsid")))
 
 
 # -- hosts -----------------------------------------------------------------------------
-def host_put(st: TargetState, p: Params) -> None:
-    sub = _sub(st, p)
-    if sub is not None:
-        host = Host.from_create_params(p)
-        sub.hosts[host.nqn] = host
+host_put = _put_in(lambda s: s.hosts, Host.from_create_params, lambda h: h.nqn)
 
 
 def host_params(s: Subsystem, h: Host) -> Params:
@@ -364,11 +369,8 @@ def _address(p: Params) -> ListenAddress | None:
         return None
 
 
-def listener_put(st: TargetState, p: Params) -> None:
-    sub = _sub(st, p)
-    if sub is not None:
-        ls = Listener.from_create_params(p)
-        sub.listeners[ls.address] = ls
+listener_put = _put_in(lambda s: s.listeners, Listener.from_create_params,
+                       lambda ls: ls.address)
 
 
 def listener_params(s: Subsystem, ls: Listener) -> Params:
