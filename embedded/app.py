@@ -96,8 +96,13 @@ def run_plain(args: argparse.Namespace) -> int:
     from nvmf_phoenix.embedded.bdev import open_bdev
     from nvmf_phoenix.embedded.config_store import TargetCore
     from nvmf_phoenix.embedded.io_loop import DataPath
-    from nvmf_phoenix.embedded.rpc_methods import RUNTIME, STARTUP, RpcContext, dispatch
-    from nvmf_phoenix.embedded.spdk_format import load_config
+    from nvmf_phoenix.embedded.rpc_methods import (
+        RUNTIME,
+        STARTUP,
+        RpcContext,
+        dispatch,
+        load_config,
+    )
     from nvmf_phoenix.rpc.server import RpcServer
     from nvmf_phoenix.rpc.sockpath import SocketInUse
 

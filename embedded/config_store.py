@@ -19,6 +19,7 @@ import os
 import uuid as uuidlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any, Protocol
 
 from nvmf_phoenix.rpc.errors import TargetError
@@ -29,6 +30,7 @@ from nvmf_phoenix.model import (
     Bdev,
     Host,
     Key,
+    Kind,
     ListenAddress,
     Listener,
     Namespace,
@@ -63,16 +65,22 @@ class BlockDevice(Protocol):
     def close(self) -> None: ...
 
 
+class Change(StrEnum):
+    """What happened to the object an :class:`Event` names."""
+
+    ADDED = "added"
+    REMOVED = "removed"
+    CHANGED = "changed"
+
+
 @dataclass(frozen=True)
 class Event:
-    """A configuration change the data path must act on.
+    """A configuration change the data path must act on: which kind of object (the
+    model's :class:`~nvmf_phoenix.model.Kind`, the journal's vocabulary too) and what
+    happened to it, e.g. ``Event(Kind.NS, Change.ADDED, nqn=..., nsid=...)``."""
 
-    kinds: bdev_added, bdev_removed, subsystem_added, subsystem_removed, ns_added,
-    ns_removed, host_added, host_removed, allow_any_host, listener_added,
-    listener_removed, ana_changed.
-    """
-
-    kind: str
+    obj: Kind
+    change: Change
     nqn: str | None = None
     nsid: int | None = None
     address: ListenAddress | None = None
@@ -94,9 +102,7 @@ class TargetCore:
     """Owns the configuration (a TargetState) and the open block devices."""
 
     def __init__(self, bdev_opener: Callable[[Bdev], BlockDevice] | None = None) -> None:
-        self.state = TargetState()
-        self.state.subsystems[DISCOVERY_NQN] = Subsystem(
-            nqn=DISCOVERY_NQN, subtype="Discovery", allow_any_host=True, max_namespaces=0)
+        self.state = TargetState.empty()
         self.block_devices: dict[str, BlockDevice] = {}
         self._bdev_opener = bdev_opener
         self._subscribers: list[Callable[[Event], None]] = []
@@ -147,7 +153,7 @@ class TargetCore:
         if self._bdev_opener is not None:
             self.block_devices[bdev.name] = _open(self._bdev_opener, bdev)
         self.state.bdevs[bdev.name] = bdev
-        self._emit(Event("bdev_added", name=bdev.name))
+        self._emit(Event(Kind.BDEV, Change.ADDED, name=bdev.name))
         return bdev.name
 
     def delete_bdev(self, name: str) -> None:
@@ -161,7 +167,7 @@ class TargetCore:
         del self.state.bdevs[name]
         if dev is not None:
             dev.close()
-        self._emit(Event("bdev_removed", name=name))
+        self._emit(Event(Kind.BDEV, Change.REMOVED, name=name))
 
     # -- keys and referrals -------------------------------------------------------------
     def add_key(self, key: Key) -> None:
@@ -198,7 +204,7 @@ class TargetCore:
         if any(_same_referral(r, ref.address, ref.subnqn) for r in self.state.referrals):
             return
         self.state.referrals.insert(0, ref)
-        self._emit(Event("referral_changed"))
+        self._emit(Event(Kind.REFERRAL, Change.CHANGED))
 
     def remove_referral(self, address: ListenAddress, subnqn: str | None) -> None:
         keep = [r for r in self.state.referrals
@@ -207,7 +213,7 @@ class TargetCore:
             raise TargetError(INTERNAL_ERROR, "Unable to remove a referral.",
                               f"no referral {address} for {subnqn or DISCOVERY_NQN}")
         self.state.referrals = keep
-        self._emit(Event("referral_changed"))
+        self._emit(Event(Kind.REFERRAL, Change.CHANGED))
 
     # -- transports --------------------------------------------------------------------
     def create_transport(self, trtype: str, options: dict[str, Any]) -> None:
@@ -218,7 +224,7 @@ class TargetCore:
         if key in self.state.transports:
             raise TargetError(INTERNAL_ERROR, f"Transport type '{trtype}' already exists")
         self.state.transports[key] = Transport(trtype=key, options=dict(options))
-        self._emit(Event("transport_changed", name=key))
+        self._emit(Event(Kind.TRANSPORT, Change.CHANGED, name=key))
 
     # -- subsystems --------------------------------------------------------------------
     def create_subsystem(self, sub: Subsystem) -> None:
@@ -229,12 +235,12 @@ class TargetCore:
             raise TargetError(INVALID_PARAMS, f"Invalid cntlid range [{sub.min_cntlid}-"
                               f"{sub.max_cntlid}]", "cntlids must lie in 1..65519")
         self.state.subsystems[sub.nqn] = sub
-        self._emit(Event("subsystem_added", nqn=sub.nqn))
+        self._emit(Event(Kind.SUBSYSTEM, Change.ADDED, nqn=sub.nqn))
 
     def delete_subsystem(self, nqn: str) -> None:
         self.nvm_subsystem(nqn)
         del self.state.subsystems[nqn]
-        self._emit(Event("subsystem_removed", nqn=nqn))
+        self._emit(Event(Kind.SUBSYSTEM, Change.REMOVED, nqn=nqn))
 
     # -- namespaces --------------------------------------------------------------------
     def add_namespace(self, nqn: str, ns: Namespace) -> int:
@@ -254,7 +260,7 @@ class TargetCore:
         ns.nguid = ns.nguid or nguid_from_uuid(bdev.uuid)
         ns.anagrpid = ns.anagrpid or nsid
         sub.namespaces[nsid] = ns
-        self._emit(Event("ns_added", nqn=nqn, nsid=nsid))
+        self._emit(Event(Kind.NS, Change.ADDED, nqn=nqn, nsid=nsid))
         return nsid
 
     def remove_namespace(self, nqn: str, nsid: int) -> None:
@@ -262,7 +268,7 @@ class TargetCore:
         if nsid not in sub.namespaces:
             raise invalid(f"namespace {nsid} does not exist in {nqn}")
         del sub.namespaces[nsid]
-        self._emit(Event("ns_removed", nqn=nqn, nsid=nsid))
+        self._emit(Event(Kind.NS, Change.REMOVED, nqn=nqn, nsid=nsid))
 
     # -- hosts -------------------------------------------------------------------------
     def add_host(self, nqn: str, host: Host) -> None:
@@ -271,7 +277,7 @@ class TargetCore:
             raise TargetError(INTERNAL_ERROR, "Internal error",
                               f"host {host.nqn} is already allowed on {nqn}")
         sub.hosts[host.nqn] = host
-        self._emit(Event("host_added", nqn=nqn, host=host.nqn))
+        self._emit(Event(Kind.HOST, Change.ADDED, nqn=nqn, host=host.nqn))
 
     def remove_host(self, nqn: str, hostnqn: str) -> None:
         sub = self.subsystem(nqn)
@@ -279,11 +285,11 @@ class TargetCore:
             raise TargetError(INTERNAL_ERROR, "Internal error",
                               f"host {hostnqn} is not on {nqn}'s list")
         del sub.hosts[hostnqn]
-        self._emit(Event("host_removed", nqn=nqn, host=hostnqn))
+        self._emit(Event(Kind.HOST, Change.REMOVED, nqn=nqn, host=hostnqn))
 
     def allow_any_host(self, nqn: str, allow: bool) -> None:
         self.subsystem(nqn).allow_any_host = allow
-        self._emit(Event("allow_any_host", nqn=nqn))
+        self._emit(Event(Kind.ALLOW_ANY_HOST, Change.CHANGED, nqn=nqn))
 
     # -- listeners ---------------------------------------------------------------------
     def add_listener(self, nqn: str, address: ListenAddress, ana_state: str = "optimized",
@@ -299,7 +305,7 @@ class TargetCore:
                                           ana_states={g: ana_state for g in groups},
                                           secure_channel=secure_channel)
         try:   # the data path may refuse (address not bindable): then nothing changed
-            self._emit(Event("listener_added", nqn=nqn, address=address))
+            self._emit(Event(Kind.LISTENER, Change.ADDED, nqn=nqn, address=address))
         except TargetError:
             del sub.listeners[address]
             raise
@@ -309,7 +315,7 @@ class TargetCore:
         if address not in sub.listeners:
             raise invalid(f"listener {address} does not exist on {nqn}")
         del sub.listeners[address]
-        self._emit(Event("listener_removed", nqn=nqn, address=address))
+        self._emit(Event(Kind.LISTENER, Change.REMOVED, nqn=nqn, address=address))
 
     def set_ana_state(self, nqn: str, address: ListenAddress, ana_state: str,
                       anagrpid: int | None = None) -> None:
@@ -326,7 +332,7 @@ class TargetCore:
                               f"ANA group {anagrpid} is outside 1-{sub.max_namespaces}")
         for g in [anagrpid] if anagrpid is not None else list(listener.ana_states):
             listener.ana_states[g] = ana_state
-        self._emit(Event("ana_changed", nqn=nqn, address=address, nsid=anagrpid))
+        self._emit(Event(Kind.ANA, Change.CHANGED, nqn=nqn, address=address, nsid=anagrpid))
 
 
 def _same_referral(ref: Referral, address: ListenAddress, subnqn: str | None) -> bool:

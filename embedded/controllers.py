@@ -8,14 +8,21 @@ asynchronous event notices, disconnects and a new discovery generation.
 from __future__ import annotations
 
 import resource
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING
 
-from nvmf_phoenix.embedded.config_store import Event, TargetCore
+from nvmf_phoenix.embedded.config_store import Change, Event, TargetCore
 from nvmf_phoenix.embedded.controller import AdminHandler, Controller
 from nvmf_phoenix.wire import nvme
 
-from nvmf_phoenix.model import DISCOVERY_NQN, ListenAddress, QPair, Subsystem
+from nvmf_phoenix.model import (
+    DISCOVERY_NQN,
+    TRANSPORT_DEFAULTS,
+    Kind,
+    ListenAddress,
+    QPair,
+    Subsystem,
+)
 from nvmf_phoenix.model import Controller as ControllerFacts
 
 if TYPE_CHECKING:
@@ -24,24 +31,24 @@ if TYPE_CHECKING:
 
 @dataclass
 class TransportOptions:
-    """The TCP transport's limits as SPDK names them (nvmf_create_transport)."""
+    """The TCP transport's limits the data path uses, as SPDK names them
+    (nvmf_create_transport); each defaults to SPDK's default (model.TRANSPORT_DEFAULTS)."""
 
-    max_queue_depth: int = 128
-    max_io_qpairs_per_ctrlr: int = 127
-    in_capsule_data_size: int = 4096
-    max_io_size: int = 131072
-    max_aq_depth: int = 128
-    c2h_success: bool = True
+    max_queue_depth: int = TRANSPORT_DEFAULTS["max_queue_depth"]
+    max_io_qpairs_per_ctrlr: int = TRANSPORT_DEFAULTS["max_io_qpairs_per_ctrlr"]
+    in_capsule_data_size: int = TRANSPORT_DEFAULTS["in_capsule_data_size"]
+    max_io_size: int = TRANSPORT_DEFAULTS["max_io_size"]
+    max_aq_depth: int = TRANSPORT_DEFAULTS["max_aq_depth"]
+    c2h_success: bool = TRANSPORT_DEFAULTS["c2h_success"]
 
     @classmethod
     def from_core(cls, core: TargetCore) -> TransportOptions:
         tr = core.state.transports.get("TCP")
         opts = cls()
         if tr is not None:
-            for name in ("max_queue_depth", "max_io_qpairs_per_ctrlr", "in_capsule_data_size",
-                         "max_io_size", "max_aq_depth", "c2h_success"):
-                if name in tr.options:
-                    setattr(opts, name, type(getattr(opts, name))(tr.options[name]))
+            for f in fields(cls):
+                if f.name in tr.options:
+                    setattr(opts, f.name, type(getattr(opts, f.name))(tr.options[f.name]))
         return opts
 
 
@@ -182,26 +189,26 @@ class Engine:
     # -- configuration events ----------------------------------------------------------
     def apply(self, ev: Event) -> None:
         """React to a configuration change (called on the I/O loop's thread)."""
-        if ev.kind in ("subsystem_added", "subsystem_removed", "listener_added",
-                       "listener_removed", "host_added", "host_removed", "allow_any_host",
-                       "referral_changed"):
+        if ev.obj in (Kind.SUBSYSTEM, Kind.LISTENER, Kind.HOST, Kind.ALLOW_ANY_HOST,
+                      Kind.REFERRAL):     # what the discovery log shows, or to whom
             self.discovery_genctr += 1
             for ctrl in self.controllers.values():
                 if ctrl.discovery:
                     self._notify(ctrl, nvme.aer_dw0(0xF0, nvme.LOG_DISCOVERY), 0)
-        if ev.kind in ("subsystem_removed", "host_removed", "listener_removed"):
+        if ev.change == Change.REMOVED and ev.obj in (Kind.SUBSYSTEM, Kind.HOST,
+                                                      Kind.LISTENER):
             self._disconnect_matching(ev)
-        elif ev.kind in ("ns_added", "ns_removed"):
+        elif ev.obj == Kind.NS:
             for ctrl in self._controllers_of(ev.nqn):
                 ctrl.changed_nsids.add(ev.nsid or 0)
                 self._notify(ctrl, nvme.aer_dw0(nvme.AER_NOTICE_NS_ATTR_CHANGED,
                                                 nvme.LOG_CHANGED_NS), nvme.AEC_NS_ATTR)
-        elif ev.kind == "ana_changed":
+        elif ev.obj == Kind.ANA:
             self.ana_chgcnt += 1
             for ctrl in self._controllers_of(ev.nqn):
                 self._notify(ctrl, nvme.aer_dw0(nvme.AER_NOTICE_ANA_CHANGE, nvme.LOG_ANA),
                              nvme.AEC_ANA_CHANGE)
-        elif ev.kind == "transport_changed":
+        elif ev.obj == Kind.TRANSPORT:
             self.refresh_options()
 
     def _controllers_of(self, nqn: str | None) -> list[Controller]:
@@ -209,15 +216,15 @@ class Engine:
 
     def _disconnect_matching(self, ev: Event) -> None:
         for ctrl in self._controllers_of(ev.nqn):
-            if ev.kind == "host_removed" and ctrl.hostnqn != ev.host:
+            if ev.obj == Kind.HOST and ctrl.hostnqn != ev.host:
                 continue
-            if ev.kind == "listener_removed":
+            if ev.obj == Kind.LISTENER:
                 for qp in list(self.qpairs.values()):
                     if qp.ctrl is ctrl and qp.listen == ev.address:
                         qp.close("listener removed")
                         self.dirty.add(qp)
                 continue
-            self.destroy_controller(ctrl, ev.kind.replace("_", " "))
+            self.destroy_controller(ctrl, f"{ev.obj} {ev.change}")
 
     def _notify(self, ctrl: Controller, dw0: int, mask: int) -> None:
         if mask and not ctrl.aen_enabled(mask):

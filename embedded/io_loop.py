@@ -19,12 +19,12 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from nvmf_phoenix.embedded.config_store import INTERNAL_ERROR, Event, TargetCore
+from nvmf_phoenix.embedded.config_store import INTERNAL_ERROR, Change, Event, TargetCore
 from nvmf_phoenix.embedded.controllers import Engine
 from nvmf_phoenix.embedded.qpair import QueuePair
 from nvmf_phoenix.rpc.errors import TargetError
 
-from nvmf_phoenix.model import ListenAddress
+from nvmf_phoenix.model import Kind, ListenAddress
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -279,10 +279,10 @@ class DataPath:
         self._apply(ev)
 
     def _apply(self, ev: Event) -> None:
-        if ev.kind == "listener_added" and ev.address is not None:
+        if ev.obj == Kind.LISTENER and ev.change == Change.ADDED and ev.address is not None:
             self._listen(ev.address)
         self.engine.apply(ev)
-        if ev.kind in ("listener_removed", "subsystem_removed"):
+        if ev.change == Change.REMOVED and ev.obj in (Kind.LISTENER, Kind.SUBSYSTEM):
             self._close_unused_listeners()
         self._flush_dirty()
 

@@ -1,28 +1,36 @@
-"""JSON-RPC methods of the embedded target: registry, phases, framework and bdev methods.
+"""JSON-RPC methods of the embedded target: registry, framework and bdev methods, and
+loading a save_config document.
 
 Each handler takes the :class:`RpcContext` and the raw params, decodes them the way SPDK
 does (embedded/rpc_params.py), and changes state only through TargetCore, on the data
 path's thread (``ctx.mutate``), so a change takes effect on connected hosts at once and a
-failed call changes nothing.
+failed call changes nothing. What a method means (the phases it runs in, read-only or
+not) is declared once in :mod:`nvmf_phoenix.rpc.methods`; handlers register under the
+declared names.
 """
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from nvmf_phoenix.embedded.config_store import INTERNAL_ERROR, TargetCore, invalid
+from nvmf_phoenix.embedded.bdev import check_geometry
+from nvmf_phoenix.embedded.config_store import TargetCore, invalid
 from nvmf_phoenix.embedded.rpc_params import (
-    DECODE_FAILED,
     U32,
     U64,
+    check_uuid,
     decode,
     decode_bdev,
     no_params,
     not_found,
 )
+from nvmf_phoenix.embedded.spdk_format import bdev_info, subsystem_config
+from nvmf_phoenix.rpc import methods
 from nvmf_phoenix.rpc.errors import TargetError
+from nvmf_phoenix.rpc.methods import RUNTIME, STARTUP
 
 from nvmf_phoenix import __version__
 from nvmf_phoenix.model import Bdev
@@ -30,7 +38,8 @@ from nvmf_phoenix.model import Bdev
 if TYPE_CHECKING:
     from nvmf_phoenix.embedded.io_loop import DataPath
 
-STARTUP, RUNTIME = "startup", "runtime"
+__all__ = ["METHODS", "RUNTIME", "STARTUP", "RpcContext", "dispatch", "load_config", "rpc"]
+
 ERR_STATE = -1
 MSG_BEFORE_INIT = ("Method may only be called before framework is initialized. Use "
                    "--wait-for-rpc command line parameter and then issue this RPC before "
@@ -49,9 +58,10 @@ class Method:
 METHODS: dict[str, Method] = {}
 
 
-def rpc(name: str, startup: bool = False, runtime: bool = True) -> Callable[[Handler], Handler]:
-    """Register a handler with the phases it may run in (SPDK's state mask)."""
-    phases = frozenset(p for p, ok in ((STARTUP, startup), (RUNTIME, runtime)) if ok)
+def rpc(name: str) -> Callable[[Handler], Handler]:
+    """Register the handler of method ``name``, which runs in the phases the method's
+    declaration gives (SPDK's state mask); a method not declared is an error here."""
+    phases = methods.METHODS[name].phases
 
     def deco(fn: Handler) -> Handler:
         METHODS[name] = Method(fn, phases)
@@ -92,7 +102,7 @@ def dispatch(ctx: RpcContext, method: str, params: Any) -> Any:
 
 
 # -- framework -------------------------------------------------------------------------
-@rpc("spdk_get_version", startup=True)
+@rpc("spdk_get_version")
 def spdk_get_version(ctx: RpcContext, params: Any) -> Any:
     no_params(params, "spdk_get_version method requires no parameters")
     major, minor, patch = (int(x) for x in __version__.split(".")[:3])
@@ -101,7 +111,7 @@ def spdk_get_version(ctx: RpcContext, params: Any) -> Any:
                        "suffix": "-embedded"}}
 
 
-@rpc("rpc_get_methods", startup=True)
+@rpc("rpc_get_methods")
 def rpc_get_methods(ctx: RpcContext, params: Any) -> Any:
     p = decode(params, {"current": (bool, False), "include_aliases": (bool, False)})
     names = list(METHODS)
@@ -110,7 +120,7 @@ def rpc_get_methods(ctx: RpcContext, params: Any) -> Any:
     return names
 
 
-@rpc("framework_wait_init", startup=True)
+@rpc("framework_wait_init")
 def framework_wait_init(ctx: RpcContext, params: Any) -> Any:
     # SPDK ignores any params here
     if not ctx.started.wait(3600):
@@ -118,7 +128,7 @@ def framework_wait_init(ctx: RpcContext, params: Any) -> Any:
     return True
 
 
-@rpc("framework_start_init", startup=True, runtime=False)
+@rpc("framework_start_init")
 def framework_start_init(ctx: RpcContext, params: Any) -> Any:
     no_params(params, "framework_start_init requires no parameters")
     ctx.phase = RUNTIME
@@ -126,7 +136,7 @@ def framework_start_init(ctx: RpcContext, params: Any) -> Any:
     return True
 
 
-@rpc("framework_get_subsystems", startup=True)
+@rpc("framework_get_subsystems")
 def framework_get_subsystems(ctx: RpcContext, params: Any) -> Any:
     no_params(params, "'framework_get_subsystems' requires no arguments")
     return [{"subsystem": name, "depends_on": deps}
@@ -134,10 +144,8 @@ def framework_get_subsystems(ctx: RpcContext, params: Any) -> Any:
                                ("nvmf", ["bdev", "keyring"]))]
 
 
-@rpc("framework_get_config", startup=True)
+@rpc("framework_get_config")
 def framework_get_config(ctx: RpcContext, params: Any) -> Any:
-    from nvmf_phoenix.embedded.spdk_format import subsystem_config
-
     p = decode(params, {"name": (str, True), "with_batches": (bool, False)})
     with ctx.lock:
         cfg = subsystem_config(ctx.core, p["name"])
@@ -146,7 +154,7 @@ def framework_get_config(ctx: RpcContext, params: Any) -> Any:
     return cfg
 
 
-@rpc("spdk_kill_instance", startup=True)
+@rpc("spdk_kill_instance")
 def spdk_kill_instance(ctx: RpcContext, params: Any) -> Any:
     p = decode(params, {"sig_name": (str, True)})
     sig = p["sig_name"].upper()
@@ -170,43 +178,21 @@ AIO_SPEC = {"name": (str, True), "filename": (str, True), "block_size": (U32, Fa
             "nowait": (bool, False)}
 
 
-def _check_uuid(value: str | None, bdev: bool = False) -> str:
-    """A uuid parameter; for bdevs a bad one is a decode failure (spdk_json_decode_uuid)."""
-    import uuid as uuidlib
-
-    if value is None:
-        return ""
-    try:
-        return str(uuidlib.UUID(value))
-    except ValueError:
-        if bdev:
-            raise TargetError(INTERNAL_ERROR, DECODE_FAILED, f"{value!r} is not a UUID"
-                              ) from None
-        raise invalid(f"{value!r} is not a UUID") from None
-
-
 @rpc("bdev_malloc_create")
 def bdev_malloc_create(ctx: RpcContext, params: Any) -> Any:
-    from nvmf_phoenix.embedded.bdev import check_geometry
-
     p = decode_bdev(params, MALLOC_SPEC)
     check_geometry(p["block_size"], p["num_blocks"])
-    name = p.get("name") or _next_name(ctx.core, "Malloc")
-    extra = {k: v for k, v in p.items() if k not in ("name", "num_blocks", "block_size",
-                                                      "uuid")}
-    bdev = Bdev(name=name, kind="malloc", uuid=_check_uuid(p.get("uuid"), bdev=True),
-                block_size=p["block_size"], num_blocks=p["num_blocks"], params=extra)
+    bdev = Bdev.from_create_params("malloc", {
+        **p, "name": p.get("name") or _next_name(ctx.core, "Malloc"),
+        "uuid": check_uuid(p.get("uuid"), bdev=True)})
     return ctx.mutate(lambda: ctx.core.add_bdev(bdev))
 
 
 @rpc("bdev_aio_create")
 def bdev_aio_create(ctx: RpcContext, params: Any) -> Any:
     p = decode_bdev(params, AIO_SPEC)
-    extra = {k: p[k] for k in ("readonly", "fallocate") if k in p}
-    extra["block_size_override"] = "block_size" in p
-    bdev = Bdev(name=p["name"], kind="aio", uuid=_check_uuid(p.get("uuid"), bdev=True),
-                block_size=p.get("block_size", 512), num_blocks=0, filename=p["filename"],
-                params=extra)
+    bdev = Bdev.from_create_params("aio", {**p, "uuid": check_uuid(p.get("uuid"), bdev=True)})
+    bdev.params["block_size_override"] = "block_size" in p
     return ctx.mutate(lambda: ctx.core.add_bdev(bdev))
 
 
@@ -231,8 +217,6 @@ def bdev_aio_delete(ctx: RpcContext, params: Any) -> Any:
 
 @rpc("bdev_get_bdevs")
 def bdev_get_bdevs(ctx: RpcContext, params: Any) -> Any:
-    from nvmf_phoenix.embedded.spdk_format import bdev_info
-
     p = decode_bdev(params, {"name": (str, False), "timeout": (U64, False)})
     with ctx.lock:
         bdevs = list(ctx.core.state.bdevs.values())
@@ -243,7 +227,7 @@ def bdev_get_bdevs(ctx: RpcContext, params: Any) -> Any:
         return [bdev_info(ctx.core, b) for b in bdevs]
 
 
-@rpc("bdev_set_options", startup=True, runtime=False)
+@rpc("bdev_set_options")
 def bdev_set_options(ctx: RpcContext, params: Any) -> Any:
     """STARTUP-only, as in SPDK. save_config emits it, so ``spdk-rpc load_config`` checks
     that the target knows it; there are no bdev_io pools or iobuf caches here to size."""
@@ -264,3 +248,34 @@ def _next_name(core: TargetCore, prefix: str) -> str:
     while f"{prefix}{i}" in core.state.bdevs:
         i += 1
     return f"{prefix}{i}"
+
+
+def load_config(ctx: RpcContext, document: dict[str, Any]) -> list[str]:
+    """Apply a save_config document as nvmf_tgt's ``-c/--json`` does: STARTUP-phase
+    entries first, then framework_start_init, then the rest. Returns the errors (each
+    names the failing entry); a failing entry does not stop the others."""
+    entries = [e for s in document.get("subsystems", []) for e in (s.get("config") or [])]
+    startup = [e for e in entries if e.get("method") in METHODS and
+               STARTUP in METHODS[e["method"]].phases]
+    errors = []
+    for phase_entries in (startup, [e for e in entries if e not in startup]):
+        if phase_entries is not startup and ctx.phase == STARTUP:
+            framework_start_init(ctx, None)
+        for e in phase_entries:
+            method = e.get("method", "")
+            if method in _IGNORED_ON_LOAD or (phase_entries is not startup and
+                                              e in startup):
+                continue
+            try:
+                dispatch(ctx, method, e.get("params"))
+            except TargetError as err:
+                errors.append(f"{method} {json.dumps(e.get('params'))}: {err.detail}")
+    return errors
+
+
+# Option setters for SPDK modules the embedded target does not have: accepted, no effect.
+_IGNORED_ON_LOAD = frozenset({"bdev_set_options", "bdev_raid_set_options",
+                              "bdev_nvme_set_options", "bdev_nvme_set_hotplug",
+                              "bdev_wait_for_examine", "sock_set_default_impl",
+                              "sock_impl_set_options", "iobuf_set_options",
+                              "accel_set_options", "vmd_enable"})

@@ -6,18 +6,22 @@ from typing import Any
 
 from nvmf_phoenix.embedded.config_store import INTERNAL_ERROR, INVALID_PARAMS, invalid
 from nvmf_phoenix.embedded.rpc_methods import RpcContext, rpc
-from nvmf_phoenix.embedded.rpc_params import ADDRESS_SPEC, U16, U32, U64, decode, not_found
-from nvmf_phoenix.embedded.spdk_format import (
-    TRANSPORT_DEFAULTS,
-    TRANSPORT_REPORTED,
-    listener_info,
-    subsystem_info,
+from nvmf_phoenix.embedded.rpc_params import (
+    ADDRESS_SPEC,
+    U16,
+    U32,
+    U64,
+    check_uuid,
+    decode,
+    not_found,
 )
+from nvmf_phoenix.embedded.spdk_format import TRANSPORT_REPORTED, listener_info, subsystem_info
 from nvmf_phoenix.rpc.errors import TargetError
 
 from nvmf_phoenix.model import (
     ANA_STATES,
     DISCOVERY_NQN,
+    TRANSPORT_DEFAULTS,
     Host,
     Key,
     ListenAddress,
@@ -75,20 +79,20 @@ def _hex(value: str | None, nbytes: int, what: str) -> str | None:
 
 
 # -- STARTUP options -------------------------------------------------------------------
-@rpc("nvmf_set_config", startup=True, runtime=False)
+@rpc("nvmf_set_config")
 def nvmf_set_config(ctx: RpcContext, params: Any) -> Any:
     ctx.core.state.startup.nvmf_config.update(decode(params, STARTUP_CONFIG_SPEC))
     return True
 
 
-@rpc("nvmf_set_max_subsystems", startup=True, runtime=False)
+@rpc("nvmf_set_max_subsystems")
 def nvmf_set_max_subsystems(ctx: RpcContext, params: Any) -> Any:
     p = decode(params, {"max_subsystems": (U32, True)})
     ctx.core.state.startup.max_subsystems = p["max_subsystems"]
     return True
 
 
-@rpc("nvmf_set_crdt", startup=True, runtime=False)
+@rpc("nvmf_set_crdt")
 def nvmf_set_crdt(ctx: RpcContext, params: Any) -> Any:
     p = decode(params, {"crdt1": (U16, False), "crdt2": (U16, False), "crdt3": (U16, False)})
     ctx.core.state.startup.crdt.update(p)
@@ -147,24 +151,19 @@ def nvmf_get_transports(ctx: RpcContext, params: Any) -> Any:
 # -- subsystems ------------------------------------------------------------------------
 @rpc("nvmf_create_subsystem")
 def nvmf_create_subsystem(ctx: RpcContext, params: Any) -> Any:
-    p = decode(params, SUBSYSTEM_SPEC)
-    serial = p.get("serial_number", "00000000000000000000")
-    model = p.get("model_number", "SPDK bdev Controller")
+    sub = Subsystem.from_create_params(decode(params, SUBSYSTEM_SPEC))
+    serial, model = sub.serial_number, sub.model_number
     if len(serial) > 20 or len(model) > 40 or not serial.isascii() or not model.isascii():
         # SPDK's decoders for these refuse them: a plain decode failure
         raise invalid("serial number or model number too long or not ASCII")
-    sub = Subsystem(nqn=p["nqn"], serial_number=serial, model_number=model,
-                    max_namespaces=p.get("max_namespaces", 32) or 32,
-                    min_cntlid=p.get("min_cntlid", 1), max_cntlid=p.get("max_cntlid", 0xFFEF),
-                    ana_reporting=p.get("ana_reporting", False),
-                    allow_any_host=p.get("allow_any_host", False))
+    sub.max_namespaces = sub.max_namespaces or Subsystem.max_namespaces   # 0: the default
     if sub.max_namespaces > MAX_NAMESPACES:   # SPDK would fail to allocate far earlier
-        raise TargetError(INTERNAL_ERROR, f"Unable to create subsystem {p['nqn']}",
+        raise TargetError(INTERNAL_ERROR, f"Unable to create subsystem {sub.nqn}",
                           f"max_namespaces {sub.max_namespaces} is above {MAX_NAMESPACES}, "
                           "the most the embedded target supports")
     limit = ctx.core.state.startup.max_subsystems or 1024
     if len(ctx.core.state.subsystems) > limit:
-        raise TargetError(INTERNAL_ERROR, f"Unable to create subsystem {p['nqn']}",
+        raise TargetError(INTERNAL_ERROR, f"Unable to create subsystem {sub.nqn}",
                           f"the target allows at most {limit} subsystems")
     ctx.mutate(lambda: ctx.core.create_subsystem(sub))
     return True
@@ -193,15 +192,11 @@ def nvmf_get_subsystems(ctx: RpcContext, params: Any) -> Any:
 def nvmf_subsystem_add_ns(ctx: RpcContext, params: Any) -> Any:
     p = decode(params, {"nqn": (str, True), "namespace": (dict, True),
                         "tgt_name": (str, False)})
-    n = decode(p["namespace"], NS_SPEC)
-    ns = Namespace(nsid=n.get("nsid", 0), bdev_name=n["bdev_name"], uuid=n.get("uuid"),
-                   nguid=_hex(n.get("nguid"), 16, "nguid"), eui64=_hex(n.get("eui64"), 8,
-                                                                        "eui64"),
-                   anagrpid=n.get("anagrpid"), ptpl_file=n.get("ptpl_file"),
-                   no_auto_visible=n.get("no_auto_visible", False))
+    ns = Namespace.from_create_params(decode(p["namespace"], NS_SPEC))
+    ns.nguid = _hex(ns.nguid, 16, "nguid")
+    ns.eui64 = _hex(ns.eui64, 8, "eui64")
     if ns.uuid is not None:
-        from nvmf_phoenix.embedded.rpc_methods import _check_uuid
-        ns.uuid = _check_uuid(ns.uuid)
+        ns.uuid = check_uuid(ns.uuid)
     return ctx.mutate(lambda: ctx.core.add_namespace(p["nqn"], ns))
 
 
@@ -219,8 +214,7 @@ HOST_SPEC = {"nqn": (str, True), "host": (str, True), "tgt_name": (str, False),
 @rpc("nvmf_subsystem_add_host")
 def nvmf_subsystem_add_host(ctx: RpcContext, params: Any) -> Any:
     p = decode(params, HOST_SPEC)
-    host = Host(nqn=p["host"], psk=p.get("psk"), dhchap_key=p.get("dhchap_key"),
-                dhchap_ctrlr_key=p.get("dhchap_ctrlr_key"))
+    host = Host.from_create_params(p)
     for key in (host.psk, host.dhchap_key, host.dhchap_ctrlr_key):
         if key is not None and key not in ctx.core.state.keys:
             raise invalid(f"key {key} is not in the keyring")
@@ -349,7 +343,7 @@ def keyring_file_add_key(ctx: RpcContext, params: Any) -> Any:
         p = decode(params, {"name": (str, True), "path": (str, True)}, relaxed=True)
     except TargetError as err:
         raise TargetError(INVALID_PARAMS, "Invalid argument", err.detail) from None
-    ctx.mutate(lambda: ctx.core.add_key(Key(name=p["name"], path=p["path"])))
+    ctx.mutate(lambda: ctx.core.add_key(Key.from_create_params(p)))
     return True
 
 

@@ -6,6 +6,7 @@ naming the offending key for our own logs and CLI.
 """
 from __future__ import annotations
 
+import uuid as uuidlib
 from typing import Any
 
 from nvmf_phoenix.embedded.config_store import INTERNAL_ERROR, INVALID_PARAMS, invalid
@@ -92,3 +93,17 @@ def not_found(detail: str) -> TargetError:
 
 ADDRESS_SPEC: Spec = {"trtype": (str, True), "adrfam": (str, False), "traddr": (str, True),
                       "trsvcid": (str, False), "subnqn": (str, False)}
+
+
+def check_uuid(value: str | None, bdev: bool = False) -> str:
+    """A uuid parameter in its canonical form ("" when not given); for bdevs a bad one is
+    a decode failure (spdk_json_decode_uuid), for namespaces "Invalid parameters"."""
+    if value is None:
+        return ""
+    try:
+        return str(uuidlib.UUID(value))
+    except ValueError:
+        if bdev:
+            raise TargetError(INTERNAL_ERROR, DECODE_FAILED, f"{value!r} is not a UUID"
+                              ) from None
+        raise invalid(f"{value!r} is not a UUID") from None

@@ -1,34 +1,20 @@
-"""Result shapes and configuration in SPDK's formats: get_* answers, save_config, -c load.
+"""Result shapes and configuration in SPDK's formats: get_* answers and save_config.
 
 ``subsystem_config`` renders framework_get_config for one subsystem the way nvmf_tgt
-orders it (the recorded exchanges in shared/spdk-reference are the reference);
-``load_config`` replays a save_config document, STARTUP-phase entries first, as nvmf_tgt's
-``-c/--json`` does.
+orders it (the recorded exchanges in shared/spdk-reference are the reference). Each
+creating entry's params are the model object's create params
+(:meth:`~nvmf_phoenix.model.Subsystem.to_create_params` and its siblings) plus what
+nvmf_tgt reports besides. Pure: nothing here runs a method (loading a configuration is
+``rpc_methods.load_config``).
 """
 from __future__ import annotations
 
-import json
-import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from nvmf_phoenix.embedded.config_store import TargetCore
-from nvmf_phoenix.rpc.errors import TargetError
 
-from nvmf_phoenix.model import Bdev, Listener, Subsystem
+from nvmf_phoenix.model import TRANSPORT_DEFAULTS, Bdev, Listener, Subsystem
 
-if TYPE_CHECKING:
-    from nvmf_phoenix.embedded.rpc_methods import RpcContext
-
-log = logging.getLogger(__name__)
-
-TRANSPORT_DEFAULTS: dict[str, Any] = {
-    "max_queue_depth": 128, "max_io_qpairs_per_ctrlr": 127, "in_capsule_data_size": 4096,
-    "max_io_size": 131072, "io_unit_size": 131072, "max_aq_depth": 128,
-    "num_shared_buffers": 511, "buf_cache_size": 4294967295,
-    "iobuf_small_cache_size": 4294967295, "iobuf_large_cache_size": 4294967295,
-    "dif_insert_or_strip": False, "zcopy": False, "c2h_success": True, "sock_priority": 0,
-    "abort_timeout_sec": 1, "ack_timeout": 0, "data_wr_pool_size": 0,
-    "disable_command_passthru": False, "kas": 100, "min_kato": 10000}
 # Options nvmf_tgt reports for a TCP transport (io_unit_size and the shared-buffer
 # settings are accepted at creation but not reported).
 TRANSPORT_REPORTED = ("max_queue_depth", "max_io_qpairs_per_ctrlr", "in_capsule_data_size",
@@ -53,10 +39,6 @@ NVMF_DEFAULT_CONFIG: dict[str, Any] = {
     "dhchap_dhgroups": ["null", "ffdhe2048", "ffdhe3072", "ffdhe4096", "ffdhe6144",
                         "ffdhe8192"],
     "dup_host_policy": "allow"}
-
-
-def address_info(addr: Any) -> dict[str, str]:
-    return addr.to_dict()
 
 
 def subsystem_info(sub: Subsystem) -> dict[str, Any]:
@@ -166,31 +148,22 @@ def _nvmf_config(core: TargetCore) -> list[dict[str, Any]]:
     subs = [s for s in st.subsystems.values() if not s.is_discovery]
     for s in subs:
         out.append({"method": "nvmf_create_subsystem", "params": {
-            "nqn": s.nqn, "allow_any_host": s.allow_any_host, "serial_number": s.serial_number,
-            "model_number": s.model_number, "max_namespaces": s.max_namespaces,
-            "min_cntlid": s.min_cntlid, "max_cntlid": s.max_cntlid,
-            "ana_reporting": s.ana_reporting, "dmrsl": DMRSL, "wzsl": WZSL,
-            "passthrough": False, "enable_nssr": False}})
+            **s.to_create_params(), "dmrsl": DMRSL, "wzsl": WZSL, "passthrough": False,
+            "enable_nssr": False}})
     for s in st.subsystems.values():
         for h in s.hosts.values():
             out.append({"method": "nvmf_subsystem_add_host",
-                        "params": {"nqn": s.nqn, "host": h.nqn,
-                                   **{k: v for k, v in h.to_dict().items() if k != "nqn"}}})
+                        "params": h.to_create_params(s.nqn)})
         for nsid in sorted(s.namespaces):
-            ns = s.namespaces[nsid].to_dict()
-            ns.pop("hosts", None)
-            order = ("nsid", "bdev_name", "nguid", "eui64", "uuid", "anagrpid", "ptpl_file",
-                     "no_auto_visible")
             out.append({"method": "nvmf_subsystem_add_ns", "params": {
-                "nqn": s.nqn, "namespace": {k: ns[k] for k in order if k in ns}}})
+                "nqn": s.nqn, "namespace": s.namespaces[nsid].to_create_params()}})
     for r in st.referrals:
         out.append({"method": "nvmf_discovery_add_referral",
-                    "params": r.to_dict()})
+                    "params": r.to_create_params()})
     for s in st.subsystems.values():
-        for ls in s.listeners.values():
+        for ls in s.listeners.values():   # nvmf_tgt reports secure_channel even when off
             out.append({"method": "nvmf_subsystem_add_listener", "params": {
-                "nqn": s.nqn, "listen_address": ls.address.to_dict(),
-                "secure_channel": ls.secure_channel}})
+                **ls.to_create_params(s.nqn), "secure_channel": ls.secure_channel}})
     return out
 
 
@@ -200,43 +173,6 @@ def subsystem_config(core: TargetCore, name: str) -> list[dict[str, Any]] | None
     if name == "nvmf":
         return _nvmf_config(core)
     if name == "keyring":
-        return [{"method": "keyring_file_add_key", "params": k.to_dict()}
+        return [{"method": "keyring_file_add_key", "params": k.to_create_params()}
                 for k in core.state.keys.values()]
     return None
-
-
-def load_config(ctx: RpcContext, document: dict[str, Any]) -> list[str]:
-    """Apply a save_config document; returns the errors (each names the failing entry)."""
-    from nvmf_phoenix.embedded.rpc_methods import METHODS, STARTUP, dispatch
-
-    entries = [e for s in document.get("subsystems", []) for e in (s.get("config") or [])]
-    startup = [e for e in entries if STARTUP in METHODS.get(e.get("method", ""),
-                                                            _NO_METHOD).phases]
-    errors = []
-    for phase_entries in (startup, [e for e in entries if e not in startup]):
-        if phase_entries is not startup and ctx.phase == STARTUP:
-            from nvmf_phoenix.embedded.rpc_methods import framework_start_init
-            framework_start_init(ctx, None)
-        for e in phase_entries:
-            method = e.get("method", "")
-            if method in _IGNORED_ON_LOAD or (phase_entries is not startup and
-                                              e in startup):
-                continue
-            try:
-                dispatch(ctx, method, e.get("params"))
-            except TargetError as err:
-                errors.append(f"{method} {json.dumps(e.get('params'))}: {err.detail}")
-    return errors
-
-
-class _NoMethod:
-    phases: frozenset[str] = frozenset()
-
-
-_NO_METHOD = _NoMethod()
-# Option setters for SPDK modules the embedded target does not have: accepted, no effect.
-_IGNORED_ON_LOAD = frozenset({"bdev_set_options", "bdev_raid_set_options",
-                              "bdev_nvme_set_options", "bdev_nvme_set_hotplug",
-                              "bdev_wait_for_examine", "sock_set_default_impl",
-                              "sock_impl_set_options", "iobuf_set_options",
-                              "accel_set_options", "vmd_enable"})

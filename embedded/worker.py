@@ -24,8 +24,13 @@ from typing import Any
 from nvmf_phoenix.embedded.bdev import SharedBdevs
 from nvmf_phoenix.embedded.config_store import TargetCore
 from nvmf_phoenix.embedded.keeper_client import KeeperClient
-from nvmf_phoenix.embedded.rpc_methods import RUNTIME, STARTUP, RpcContext, dispatch
-from nvmf_phoenix.embedded.spdk_format import load_config
+from nvmf_phoenix.embedded.rpc_methods import (
+    RUNTIME,
+    STARTUP,
+    RpcContext,
+    dispatch,
+    load_config,
+)
 from nvmf_phoenix.embedded.transparent import TransparentDataPath
 from nvmf_phoenix.persist import shm
 from nvmf_phoenix.persist.region import Region, RegionError, read_latest

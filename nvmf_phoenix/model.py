@@ -14,11 +14,39 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass, field, fields
-from typing import Any
+from enum import StrEnum
+from typing import Any, ClassVar
 
 DISCOVERY_NQN = "nqn.2014-08.org.nvmexpress.discovery"
 ANA_STATES = ("optimized", "non_optimized", "inaccessible", "persistent_loss", "change")
 LAYOUT_VERSION = 1
+# SPDK's TCP transport options and their defaults (nvmf_create_transport): what the
+# embedded target applies, and what it reports for an option a call left out.
+TRANSPORT_DEFAULTS: dict[str, Any] = {
+    "max_queue_depth": 128, "max_io_qpairs_per_ctrlr": 127, "in_capsule_data_size": 4096,
+    "max_io_size": 131072, "io_unit_size": 131072, "max_aq_depth": 128,
+    "num_shared_buffers": 511, "buf_cache_size": 4294967295,
+    "iobuf_small_cache_size": 4294967295, "iobuf_large_cache_size": 4294967295,
+    "dif_insert_or_strip": False, "zcopy": False, "c2h_success": True, "sock_priority": 0,
+    "abort_timeout_sec": 1, "ack_timeout": 0, "data_wr_pool_size": 0,
+    "disable_command_passthru": False, "kas": 100, "min_kato": 10000}
+
+
+class Kind(StrEnum):
+    """The kinds of configuration object, as one vocabulary: the journal's change
+    operations (``{"op": "ns", ...}``) and the embedded target's change events name the
+    object they touch with these. The values are on disk in journals: never rename one."""
+
+    BDEV = "bdev"
+    KEY = "key"
+    TRANSPORT = "transport"
+    SUBSYSTEM = "subsystem"
+    HOST = "host"
+    NS = "ns"
+    LISTENER = "listener"
+    REFERRAL = "referral"
+    ALLOW_ANY_HOST = "allow_any_host"
+    ANA = "ana"
 
 
 def _clean(d: dict[str, Any]) -> dict[str, Any]:
@@ -81,6 +109,18 @@ class Listener:
                    ana_states={int(g): s for g, s in d.get("ana_states", {}).items()},
                    secure_channel=bool(d.get("secure_channel", False)))
 
+    def to_create_params(self, nqn: str) -> dict[str, Any]:
+        """nvmf_subsystem_add_listener's params (ANA states are set by their own call)."""
+        p: dict[str, Any] = {"nqn": nqn, "listen_address": self.address.to_dict()}
+        if self.secure_channel:
+            p["secure_channel"] = True
+        return p
+
+    @classmethod
+    def from_create_params(cls, p: dict[str, Any]) -> Listener:
+        return cls(address=ListenAddress.from_dict(p["listen_address"]),
+                   secure_channel=bool(p.get("secure_channel", False)))
+
 
 @dataclass
 class Host:
@@ -99,6 +139,16 @@ class Host:
     def from_dict(cls, d: dict[str, Any]) -> Host:
         return cls(**_known(cls, d))
 
+    def to_create_params(self, nqn: str) -> dict[str, Any]:
+        """nvmf_subsystem_add_host's params: ``nqn`` is the subsystem's, ``host`` ours."""
+        return {"nqn": nqn, "host": self.nqn,
+                **{k: v for k, v in self.to_dict().items() if k != "nqn"}}
+
+    @classmethod
+    def from_create_params(cls, p: dict[str, Any]) -> Host:
+        return cls(nqn=p["host"], psk=p.get("psk"), dhchap_key=p.get("dhchap_key"),
+                   dhchap_ctrlr_key=p.get("dhchap_ctrlr_key"))
+
 
 @dataclass
 class Namespace:
@@ -114,6 +164,16 @@ class Namespace:
     no_auto_visible: bool = False
     hosts: list[str] = field(default_factory=list)   # visibility list when no_auto_visible
 
+    # What a host sees of a namespace besides its nsid: equal in two states or a conflict.
+    IDENTITY: ClassVar[tuple[str, ...]] = ("bdev_name", "uuid", "nguid", "eui64", "anagrpid")
+    # nvmf_subsystem_add_ns's namespace params, in the order SPDK's save_config has them.
+    CREATE_PARAMS: ClassVar[tuple[str, ...]] = (
+        "nsid", "bdev_name", "nguid", "eui64", "uuid", "anagrpid", "ptpl_file",
+        "no_auto_visible")
+
+    def identity(self) -> tuple[Any, ...]:
+        return tuple(getattr(self, k) for k in self.IDENTITY)
+
     def to_dict(self) -> dict[str, Any]:
         d = _clean({"nsid": self.nsid, "bdev_name": self.bdev_name, "uuid": self.uuid,
                     "nguid": self.nguid, "eui64": self.eui64, "anagrpid": self.anagrpid,
@@ -128,6 +188,17 @@ class Namespace:
         kw = _known(cls, d)
         kw["hosts"] = list(kw.get("hosts", []))
         return cls(**kw)
+
+    def to_create_params(self) -> dict[str, Any]:
+        """The ``namespace`` object of nvmf_subsystem_add_ns (the visibility list is set
+        by calls of its own)."""
+        d = self.to_dict()
+        return {k: d[k] for k in self.CREATE_PARAMS if k in d}
+
+    @classmethod
+    def from_create_params(cls, p: dict[str, Any]) -> Namespace:
+        """From add_ns's ``namespace`` object; a missing nsid is 0: the target picks one."""
+        return cls.from_dict({"nsid": 0, **p})
 
 
 @dataclass
@@ -147,9 +218,29 @@ class Subsystem:
     namespaces: dict[int, Namespace] = field(default_factory=dict)
     listeners: dict[ListenAddress, Listener] = field(default_factory=dict)
 
+    # nvmf_create_subsystem's params we model, in the order SPDK's save_config has them;
+    # a missing one takes the field's default above, which is SPDK's.
+    CREATE_PARAMS: ClassVar[tuple[str, ...]] = (
+        "nqn", "allow_any_host", "serial_number", "model_number", "max_namespaces",
+        "min_cntlid", "max_cntlid", "ana_reporting")
+
+    @classmethod
+    def discovery(cls) -> Subsystem:
+        """The discovery subsystem every target has from its start (never created by RPC)."""
+        return cls(nqn=DISCOVERY_NQN, subtype="Discovery", allow_any_host=True,
+                   max_namespaces=0)
+
     @property
     def is_discovery(self) -> bool:
         return self.subtype == "Discovery"
+
+    def to_create_params(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.CREATE_PARAMS}
+
+    @classmethod
+    def from_create_params(cls, p: dict[str, Any]) -> Subsystem:
+        """From nvmf_create_subsystem's params (or an answer with the same names)."""
+        return cls(**{k: p[k] for k in cls.CREATE_PARAMS if k in p})
 
     def to_dict(self) -> dict[str, Any]:
         return {"nqn": self.nqn, "subtype": self.subtype,
@@ -199,6 +290,31 @@ class Bdev:
         kw["params"] = dict(kw.get("params", {}))
         return cls(**kw)
 
+    # The creation parameters that are fields of their own; a malloc bdev keeps every
+    # other one in ``params``, an aio bdev only these (the rest SPDK does not report).
+    CORE: ClassVar[tuple[str, ...]] = ("name", "num_blocks", "block_size", "uuid")
+    AIO_PARAMS: ClassVar[tuple[str, ...]] = ("readonly", "fallocate")
+
+    def to_create_params(self) -> dict[str, Any]:
+        """bdev_malloc_create's or bdev_aio_create's params, uuid included."""
+        if self.kind == "malloc":
+            return {"name": self.name, "num_blocks": self.num_blocks,
+                    "block_size": self.block_size, "uuid": self.uuid, **self.params}
+        return {"name": self.name, "filename": self.filename, "block_size": self.block_size,
+                "uuid": self.uuid,
+                **{k: v for k, v in self.params.items() if k in self.AIO_PARAMS}}
+
+    @classmethod
+    def from_create_params(cls, kind: str, p: dict[str, Any]) -> Bdev:
+        """From a create call's params (uuid "" when the target is left to choose)."""
+        if kind == "malloc":
+            return cls(name=p["name"], kind=kind, uuid=p.get("uuid", ""),
+                       block_size=p["block_size"], num_blocks=p["num_blocks"],
+                       params={k: v for k, v in p.items() if k not in cls.CORE})
+        return cls(name=p["name"], kind=kind, uuid=p.get("uuid", ""),
+                   block_size=p.get("block_size", 512), num_blocks=0,
+                   filename=p["filename"], params={k: p[k] for k in cls.AIO_PARAMS if k in p})
+
 
 @dataclass
 class Transport:
@@ -214,6 +330,15 @@ class Transport:
     def from_dict(cls, d: dict[str, Any]) -> Transport:
         return cls(trtype=d["trtype"].upper(), options=dict(d.get("options", {})))
 
+    def to_create_params(self) -> dict[str, Any]:
+        return {"trtype": self.trtype, **self.options}
+
+    @classmethod
+    def from_create_params(cls, p: dict[str, Any]) -> Transport:
+        """Every param but the type (and the target's name) is an option."""
+        return cls(trtype=p["trtype"].upper(),
+                   options={k: v for k, v in p.items() if k not in ("trtype", "tgt_name")})
+
 
 @dataclass
 class Key:
@@ -228,6 +353,10 @@ class Key:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Key:
         return cls(name=d["name"], path=d["path"])
+
+    # keyring_file_add_key's params are exactly the dict form
+    to_create_params = to_dict
+    from_create_params = from_dict
 
 
 @dataclass
@@ -251,6 +380,10 @@ class Referral:
         return cls(address=ListenAddress.from_dict(d["address"]),
                    subnqn=d.get("subnqn") or DISCOVERY_NQN,
                    secure_channel=bool(d.get("secure_channel", False)))
+
+    # nvmf_discovery_add_referral's params are exactly the dict form
+    to_create_params = to_dict
+    from_create_params = from_dict
 
 
 @dataclass
@@ -353,8 +486,7 @@ class TargetState:
     def empty(cls) -> TargetState:
         """A freshly started target: nothing but its discovery subsystem."""
         st = cls()
-        st.subsystems[DISCOVERY_NQN] = Subsystem(nqn=DISCOVERY_NQN, subtype="Discovery",
-                                                 allow_any_host=True, max_namespaces=0)
+        st.subsystems[DISCOVERY_NQN] = Subsystem.discovery()
         return st
 
     def config_dict(self) -> dict[str, Any]:

@@ -11,7 +11,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from nvmf_phoenix.recovery.planner import Call, Plan
+from nvmf_phoenix.recovery.planner import Plan
+from nvmf_phoenix.rpc.client import outcomes
 
 
 @dataclass
@@ -38,19 +39,6 @@ class ExecReport:
         return not self.failures and not self.skipped
 
 
-def _outcomes(client: Any, calls: list[Call]) -> list[Any]:
-    pairs = [(c.method, c.params) for c in calls]
-    if hasattr(client, "pipeline"):
-        return list(client.pipeline(pairs))
-    out: list[Any] = []
-    for m, p in pairs:
-        try:
-            out.append(client.call(m, p))
-        except Exception as exc:
-            out.append(exc)
-    return out
-
-
 # progress(stage, calls done so far, calls in the plan), called after each stage
 Progress = Callable[[str, int, int], None]
 
@@ -69,7 +57,8 @@ def execute(client: Any, plan: Plan, progress: Progress | None = None) -> ExecRe
                 failed.add(call.key)
             else:
                 runnable.append(call)
-        for call, outcome in zip(runnable, _outcomes(client, runnable), strict=True):
+        got = outcomes(client, [(c.method, c.params) for c in runnable])
+        for call, outcome in zip(runnable, got, strict=True):
             if isinstance(outcome, Exception):
                 failed.add(call.key)
                 report.failures.append(Failure(call.key, call.method,

@@ -32,12 +32,13 @@ from collections.abc import Callable
 from typing import Any
 
 from nvmf_phoenix.recovery import changes, inflight
-from nvmf_phoenix.recovery.capture import call_all, capture_config
+from nvmf_phoenix.recovery.capture import capture_config
 from nvmf_phoenix.recovery.carry import Carried, overlay
 from nvmf_phoenix.recovery.diff import diff
 from nvmf_phoenix.recovery.journal import KIND_INTENT, KIND_OUTCOME
 from nvmf_phoenix.recovery.store import CheckpointStore
 from nvmf_phoenix.rpc import RpcClient, RpcConnectionError, RpcError, RpcTimeout
+from nvmf_phoenix.rpc.client import call_all
 from nvmf_phoenix.rpc.errors import TargetError
 from nvmf_phoenix.rpc.methods import is_read_only
 from nvmf_phoenix.rpc.server import RpcServer

@@ -17,7 +17,7 @@ import itertools
 import json
 import re
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from nvmf_phoenix.rpc.errors import (
@@ -208,13 +208,36 @@ class RpcClient:
         return resp["result"]
 
 
-def call_all(client: RpcClient, calls: Sequence[Call]) -> list[Any]:
-    """Pipeline ``calls`` and raise the first error; for callers that want all-or-nothing."""
-    outcomes = client.pipeline(calls)
-    for outcome in outcomes:
-        if isinstance(outcome, RpcError):
+def outcomes(client: Any, calls: Sequence[Call]) -> list[Any]:
+    """Each call's result, or the exception it raised, in call order: pipelined when the
+    client can (RpcClient, SpdkClientAdapter), else one call at a time (any object with
+    ``call(method, params)``, SPDK's own client included). A failure stops nothing."""
+    if hasattr(client, "pipeline"):
+        return list(client.pipeline(calls))
+    return one_by_one(client.call, calls)
+
+
+def one_by_one(call: Callable[[str, dict[str, Any] | None], Any], calls: Iterable[Call],
+               catch: type[Exception] = Exception) -> list[Any]:
+    """Each call's result or the ``catch`` exception it raised, one call at a time."""
+    out: list[Any] = []
+    for method, params in calls:
+        try:
+            out.append(call(method, params))
+        except catch as exc:
+            out.append(exc)
+    return out
+
+
+def call_all(client: Any, calls: Sequence[Call]) -> list[Any]:
+    """Every call's result, or the first failure raised: for callers that want all or
+    nothing (capture, read-back)."""
+    got = outcomes(client, calls)
+    for outcome in got:
+        if isinstance(outcome, Exception):
             raise outcome
-    return outcomes
+    return got
 
 
-__all__ = ["DEFAULT_TIMEOUT", "JsonStream", "RpcClient", "RpcTimeout", "call_all"]
+__all__ = ["DEFAULT_TIMEOUT", "JsonStream", "RpcClient", "RpcTimeout", "call_all",
+           "one_by_one", "outcomes"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from nvmf_phoenix.rpc.client import one_by_one
 from nvmf_phoenix.rpc.errors import RpcError, error_from_spdk_exception
 
 
@@ -29,13 +30,7 @@ class SpdkClientAdapter:
 
     def pipeline(self, calls: Iterable[tuple[str, dict[str, Any] | None]],
                  window: int = 1, timeout: float | None = None) -> list[Any]:
-        out: list[Any] = []
-        for method, params in calls:
-            try:
-                out.append(self.call(method, params))
-            except RpcError as err:
-                out.append(err)
-        return out
+        return one_by_one(self.call, calls, catch=RpcError)
 
     def close(self) -> None:
         self.spdk_client.close()

@@ -47,8 +47,6 @@ LAZY = {
         "one process, one mode: the socket keeper must not load the target it never runs",
     ("embedded/app.py", "nvmf_phoenix.embedded.rpc_methods"):
         "one process, one mode: the socket keeper must not load the target it never runs",
-    ("embedded/app.py", "nvmf_phoenix.embedded.spdk_format"):
-        "one process, one mode: the socket keeper must not load the target it never runs",
     ("embedded/app.py", "nvmf_phoenix.embedded.worker"):
         "one process, one mode: the socket keeper must not load the target it never runs",
     ("embedded/app.py", "nvmf_phoenix.persist"):
@@ -59,14 +57,6 @@ LAZY = {
         "one process, one mode: the socket keeper must not load the target it never runs",
     ("embedded/keeper.py", "nvmf_phoenix.rpc.sockpath"):
         "the keeper imports what it needs only once it serves",
-    ("embedded/rpc_methods.py", "nvmf_phoenix.embedded.bdev"):
-        "a cycle between the method modules; to go with the method table (issue 16)",
-    ("embedded/rpc_methods.py", "nvmf_phoenix.embedded.spdk_format"):
-        "a cycle between the method modules; to go with the method table (issue 16)",
-    ("embedded/rpc_nvmf.py", "nvmf_phoenix.embedded.rpc_methods"):
-        "a cycle between the method modules; to go with the method table (issue 16)",
-    ("embedded/spdk_format.py", "nvmf_phoenix.embedded.rpc_methods"):
-        "a cycle between the method modules; to go with the method table (issue 16)",
     ("embedded/transparent.py", "nvmf_phoenix.persist"):
         "to be moved to the top (issue 16)",
     ("plugin/cli.py", "nvmf_phoenix.embedded"):
