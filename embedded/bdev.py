@@ -1,4 +1,5 @@
-"""Block devices under namespaces: RAM (like SPDK's malloc) and file-backed (like aio).
+"""Block devices under namespaces: RAM (like SPDK's malloc), file-backed (like aio) and
+null (like SPDK's null bdev: reads return zeroes, writes are dropped).
 
 The file-backed device opens with O_DIRECT where the file system allows it (so a write
 acknowledged to the host is on the device, not in our page cache), and falls back to
@@ -75,6 +76,35 @@ class MallocDevice:
         if self.path is not None:
             with contextlib.suppress(OSError):
                 os.unlink(self.path)
+
+
+class NullDevice:
+    """SPDK's null bdev: a size and nothing behind it, for benchmarks and tests of the
+    paths above the media. Reads return zeroes; writes, flushes and deallocations are
+    acknowledged and dropped."""
+
+    def __init__(self, block_size: int, num_blocks: int) -> None:
+        check_geometry(block_size, num_blocks)
+        self.block_size = block_size
+        self.num_blocks = num_blocks
+
+    def read(self, offset: int, length: int) -> bytes:
+        return bytes(length)
+
+    def write(self, offset: int, data: bytes | memoryview) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
+
+    def discard(self, offset: int, length: int) -> None:
+        pass
+
+    def write_zeroes(self, offset: int, length: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 class FileDevice:
@@ -188,6 +218,8 @@ def open_bdev(bdev: Bdev) -> BlockDevice:
     """Open the backend for a configured bdev (the TargetCore's bdev opener)."""
     if bdev.kind == "malloc":
         return MallocDevice(bdev.block_size, bdev.num_blocks)
+    if bdev.kind == "null":
+        return NullDevice(bdev.block_size, bdev.num_blocks)
     if bdev.kind == "aio":
         if not bdev.filename:
             raise TargetError(-22, "Invalid argument", "aio bdev without a filename")

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Protocol
 
+from nvmf_phoenix.embedded.nqn import nqn_problem
 from nvmf_phoenix.rpc.errors import TargetError
 
 from nvmf_phoenix.model import (
@@ -169,6 +170,18 @@ class TargetCore:
             dev.close()
         self._emit(Event(Kind.BDEV, Change.REMOVED, name=name))
 
+    def resize_bdev(self, name: str, num_blocks: int) -> None:
+        """A bigger bdev (the null module's resize); hosts see namespaces on it change."""
+        bdev = self.state.bdevs[name]
+        bdev.num_blocks = num_blocks
+        dev = self.block_devices.get(name)
+        if dev is not None:
+            dev.num_blocks = num_blocks
+        for sub in self.state.subsystems.values():
+            for ns in sub.namespaces.values():
+                if ns.bdev_name == name:
+                    self._emit(Event(Kind.NS, Change.CHANGED, nqn=sub.nqn, nsid=ns.nsid))
+
     # -- keys and referrals -------------------------------------------------------------
     def add_key(self, key: Key) -> None:
         """A keyring file key: the file must exist and be private, as SPDK demands.
@@ -228,9 +241,10 @@ class TargetCore:
 
     # -- subsystems --------------------------------------------------------------------
     def create_subsystem(self, sub: Subsystem) -> None:
-        if sub.nqn in self.state.subsystems or not _valid_nqn(sub.nqn):
-            raise TargetError(INTERNAL_ERROR, f"Unable to create subsystem {sub.nqn}",
-                              f"subsystem {sub.nqn} exists or is not a valid NQN")
+        why = nqn_problem(sub.nqn) or (f"subsystem {sub.nqn} exists"
+                                       if sub.nqn in self.state.subsystems else None)
+        if why:
+            raise TargetError(INTERNAL_ERROR, f"Unable to create subsystem {sub.nqn}", why)
         if not 1 <= sub.min_cntlid <= sub.max_cntlid <= 0xFFEF:
             raise TargetError(INVALID_PARAMS, f"Invalid cntlid range [{sub.min_cntlid}-"
                               f"{sub.max_cntlid}]", "cntlids must lie in 1..65519")
@@ -238,7 +252,8 @@ class TargetCore:
         self._emit(Event(Kind.SUBSYSTEM, Change.ADDED, nqn=sub.nqn))
 
     def delete_subsystem(self, nqn: str) -> None:
-        self.nvm_subsystem(nqn)
+        """Any subsystem, the discovery one included (SPDK allows that too)."""
+        self.subsystem(nqn)
         del self.state.subsystems[nqn]
         self._emit(Event(Kind.SUBSYSTEM, Change.REMOVED, nqn=nqn))
 
@@ -258,10 +273,25 @@ class TargetCore:
         ns.nsid = nsid
         ns.uuid = ns.uuid or bdev.uuid
         ns.nguid = ns.nguid or nguid_from_uuid(bdev.uuid)
-        ns.anagrpid = ns.anagrpid or nsid
+        # An ANA group exists only where ANA is reported: elsewhere SPDK shows none (not
+        # in its listings, its configuration or Identify Namespace), nor do we.
+        ns.anagrpid = (ns.anagrpid or nsid) if sub.ana_reporting else None
         sub.namespaces[nsid] = ns
         self._emit(Event(Kind.NS, Change.ADDED, nqn=nqn, nsid=nsid))
         return nsid
+
+    def set_ns_ana_group(self, nqn: str, nsid: int, anagrpid: int) -> None:
+        """Move a namespace to ANA group 1..max_namespaces (SPDK: -32602 otherwise)."""
+        sub = self.nvm_subsystem(nqn)
+        ns = sub.namespaces.get(nsid)
+        if ns is None or not 1 <= anagrpid <= sub.max_namespaces:
+            raise invalid(f"no namespace {nsid} in {nqn}, or ANA group {anagrpid} outside "
+                          f"1-{sub.max_namespaces}")
+        if not sub.ana_reporting:
+            return   # accepted, as by SPDK, and as invisible as it is there
+        ns.anagrpid = anagrpid
+        self._emit(Event(Kind.NS, Change.CHANGED, nqn=nqn, nsid=nsid))
+        self._emit(Event(Kind.ANA, Change.CHANGED, nqn=nqn))
 
     def remove_namespace(self, nqn: str, nsid: int) -> None:
         sub = self.nvm_subsystem(nqn)
@@ -286,6 +316,16 @@ class TargetCore:
                               f"host {hostnqn} is not on {nqn}'s list")
         del sub.hosts[hostnqn]
         self._emit(Event(Kind.HOST, Change.REMOVED, nqn=nqn, host=hostnqn))
+
+    def set_host_keys(self, nqn: str, hostnqn: str, dhchap_key: str | None,
+                      dhchap_ctrlr_key: str | None) -> None:
+        """Replace a host's DH-HMAC-CHAP keys; its PSK stays. -22 for a host not listed."""
+        host = self.subsystem(nqn).hosts.get(hostnqn)
+        if host is None:
+            raise TargetError(-errno.EINVAL, os.strerror(errno.EINVAL),
+                              f"host {hostnqn} is not on {nqn}'s list")
+        host.dhchap_key, host.dhchap_ctrlr_key = dhchap_key, dhchap_ctrlr_key
+        self._emit(Event(Kind.HOST, Change.CHANGED, nqn=nqn, host=hostnqn))
 
     def allow_any_host(self, nqn: str, allow: bool) -> None:
         self.subsystem(nqn).allow_any_host = allow
@@ -350,11 +390,6 @@ def _open(opener: Callable[[Bdev], BlockDevice], bdev: Bdev) -> BlockDevice:
     except (OverflowError, MemoryError, ValueError) as exc:
         raise TargetError(-errno.ENOMEM, os.strerror(errno.ENOMEM),
                           f"bdev {bdev.name}: {exc}") from None
-
-
-def _valid_nqn(nqn: str) -> bool:
-    """NQN rules SPDK enforces: 'nqn.' prefix (or a UUID NQN), at most 223 bytes."""
-    return nqn.startswith("nqn.") and 11 <= len(nqn.encode()) <= 223
 
 
 def _lowest_free(taken: dict[int, Any], limit: int) -> int | None:

@@ -1,5 +1,6 @@
-"""JSON-RPC methods of the embedded target: registry, framework and bdev methods, and
-loading a save_config document.
+"""JSON-RPC methods of the embedded target: registry, the framework's core methods, and
+loading a save_config document (bdev methods are in rpc_bdev, option setters and the
+scheduler in rpc_framework, nvmf methods in rpc_nvmf and rpc_nvmf_target).
 
 Each handler takes the :class:`RpcContext` and the raw params, decodes them the way SPDK
 does (embedded/rpc_params.py), and changes state only through TargetCore, on the data
@@ -16,24 +17,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from nvmf_phoenix.embedded.bdev import check_geometry
 from nvmf_phoenix.embedded.config_store import TargetCore, invalid
-from nvmf_phoenix.embedded.rpc_params import (
-    U32,
-    U64,
-    check_uuid,
-    decode,
-    decode_bdev,
-    no_params,
-    not_found,
-)
-from nvmf_phoenix.embedded.spdk_format import bdev_info, subsystem_config
+from nvmf_phoenix.embedded.options import SUBSYSTEMS, Options
+from nvmf_phoenix.embedded.rpc_params import decode, no_params
+from nvmf_phoenix.embedded.spdk_format import subsystem_config
 from nvmf_phoenix.rpc import methods
 from nvmf_phoenix.rpc.errors import TargetError
 from nvmf_phoenix.rpc.methods import RUNTIME, STARTUP
 
 from nvmf_phoenix import __version__
-from nvmf_phoenix.model import Bdev
 
 if TYPE_CHECKING:
     from nvmf_phoenix.embedded.io_loop import DataPath
@@ -77,6 +69,10 @@ class RpcContext:
     started: threading.Event = field(default_factory=threading.Event)
     on_kill: Callable[[str], None] = lambda sig: None
     lock: threading.RLock = field(default_factory=threading.RLock)
+    # settings of SPDK modules the target does not have (no effect: embedded/options.py)
+    options: Options = field(default_factory=Options)
+    histograms: set[str] = field(default_factory=set)   # bdevs with one enabled
+    cpumask_locks: bool = True
 
     def __post_init__(self) -> None:
         if self.phase == RUNTIME:
@@ -139,16 +135,17 @@ def framework_start_init(ctx: RpcContext, params: Any) -> Any:
 @rpc("framework_get_subsystems")
 def framework_get_subsystems(ctx: RpcContext, params: Any) -> Any:
     no_params(params, "'framework_get_subsystems' requires no arguments")
-    return [{"subsystem": name, "depends_on": deps}
-            for name, deps in (("keyring", []), ("bdev", ["keyring"]),
-                               ("nvmf", ["bdev", "keyring"]))]
+    return [{"subsystem": name, "depends_on": list(deps)} for name, deps in SUBSYSTEMS]
 
 
 @rpc("framework_get_config")
 def framework_get_config(ctx: RpcContext, params: Any) -> Any:
+    """One subsystem's configuration; with_batches keeps SPDK's batch arrays (nvmf
+    emits its subsystems, hosts, namespaces and listeners as batches), else flattened."""
     p = decode(params, {"name": (str, True), "with_batches": (bool, False)})
     with ctx.lock:
-        cfg = subsystem_config(ctx.core, p["name"])
+        cfg = subsystem_config(ctx.core, p["name"], ctx.options,
+                               p.get("with_batches", False))
     if cfg is None:
         raise TargetError(-32602, f"Subsystem '{p['name']}' not found")
     return cfg
@@ -165,96 +162,13 @@ def spdk_kill_instance(ctx: RpcContext, params: Any) -> Any:
     return True
 
 
-# -- bdev ------------------------------------------------------------------------------
-# Widths as SPDK's decoders (bdev_malloc_rpc.c, bdev_aio_rpc.c) have them.
-MALLOC_SPEC = {"name": (str, False), "num_blocks": (U64, True), "block_size": (U32, True),
-               "physical_block_size": (U32, False), "uuid": (str, False),
-               "optimal_io_boundary": (U32, False), "md_size": (U32, False),
-               "md_interleave": (bool, False), "dif_type": (U32, False),
-               "dif_is_head_of_md": (bool, False), "dif_pi_format": (U32, False),
-               "numa_id": (int, False)}
-AIO_SPEC = {"name": (str, True), "filename": (str, True), "block_size": (U32, False),
-            "readonly": (bool, False), "fallocate": (bool, False), "uuid": (str, False),
-            "nowait": (bool, False)}
-
-
-@rpc("bdev_malloc_create")
-def bdev_malloc_create(ctx: RpcContext, params: Any) -> Any:
-    p = decode_bdev(params, MALLOC_SPEC)
-    check_geometry(p["block_size"], p["num_blocks"])
-    bdev = Bdev.from_create_params("malloc", {
-        **p, "name": p.get("name") or _next_name(ctx.core, "Malloc"),
-        "uuid": check_uuid(p.get("uuid"), bdev=True)})
-    return ctx.mutate(lambda: ctx.core.add_bdev(bdev))
-
-
-@rpc("bdev_aio_create")
-def bdev_aio_create(ctx: RpcContext, params: Any) -> Any:
-    p = decode_bdev(params, AIO_SPEC)
-    bdev = Bdev.from_create_params("aio", {**p, "uuid": check_uuid(p.get("uuid"), bdev=True)})
-    bdev.params["block_size_override"] = "block_size" in p
-    return ctx.mutate(lambda: ctx.core.add_bdev(bdev))
-
-
-def _delete_bdev(ctx: RpcContext, params: Any, kind: str) -> Any:
-    p = decode_bdev(params, {"name": (str, True)})
-    bdev = ctx.core.state.bdevs.get(p["name"])
-    if bdev is None or bdev.kind != kind:
-        raise not_found(f"no {kind} bdev named {p['name']}")
-    ctx.mutate(lambda: ctx.core.delete_bdev(p["name"]))
-    return True
-
-
-@rpc("bdev_malloc_delete")
-def bdev_malloc_delete(ctx: RpcContext, params: Any) -> Any:
-    return _delete_bdev(ctx, params, "malloc")
-
-
-@rpc("bdev_aio_delete")
-def bdev_aio_delete(ctx: RpcContext, params: Any) -> Any:
-    return _delete_bdev(ctx, params, "aio")
-
-
-@rpc("bdev_get_bdevs")
-def bdev_get_bdevs(ctx: RpcContext, params: Any) -> Any:
-    p = decode_bdev(params, {"name": (str, False), "timeout": (U64, False)})
-    with ctx.lock:
-        bdevs = list(ctx.core.state.bdevs.values())
-        if "name" in p:
-            bdevs = [b for b in bdevs if p["name"] in (b.name, b.uuid)]
-            if not bdevs:
-                raise not_found(f"no bdev named {p['name']}")
-        return [bdev_info(ctx.core, b) for b in bdevs]
-
-
-@rpc("bdev_set_options")
-def bdev_set_options(ctx: RpcContext, params: Any) -> Any:
-    """STARTUP-only, as in SPDK. save_config emits it, so ``spdk-rpc load_config`` checks
-    that the target knows it; there are no bdev_io pools or iobuf caches here to size."""
-    decode(params, {"bdev_io_pool_size": (U32, False), "bdev_io_cache_size": (U32, False),
-                    "bdev_auto_examine": (bool, False), "iobuf_small_cache_size": (U32, False),
-                    "iobuf_large_cache_size": (U32, False)})
-    return True
-
-
-@rpc("bdev_wait_for_examine")
-def bdev_wait_for_examine(ctx: RpcContext, params: Any) -> Any:
-    no_params(params, "bdev_wait_for_examine requires no parameters")
-    return True
-
-
-def _next_name(core: TargetCore, prefix: str) -> str:
-    i = 0
-    while f"{prefix}{i}" in core.state.bdevs:
-        i += 1
-    return f"{prefix}{i}"
-
-
 def load_config(ctx: RpcContext, document: dict[str, Any]) -> list[str]:
-    """Apply a save_config document as nvmf_tgt's ``-c/--json`` does: STARTUP-phase
-    entries first, then framework_start_init, then the rest. Returns the errors (each
-    names the failing entry); a failing entry does not stop the others."""
-    entries = [e for s in document.get("subsystems", []) for e in (s.get("config") or [])]
+    """Apply a save_config document as nvmf_tgt's ``-c/--json`` does: entries a method
+    accepts before initialisation first, then framework_start_init, then the rest; batch
+    arrays (framework_get_config with_batches) are taken entry by entry. Returns the
+    errors (each names the failing entry); a failing entry does not stop the others."""
+    entries = [x for s in document.get("subsystems", []) for e in (s.get("config") or [])
+               for x in (e if isinstance(e, list) else [e])]
     startup = [e for e in entries if e.get("method") in METHODS and
                STARTUP in METHODS[e["method"]].phases]
     errors = []
@@ -263,19 +177,8 @@ def load_config(ctx: RpcContext, document: dict[str, Any]) -> list[str]:
             framework_start_init(ctx, None)
         for e in phase_entries:
             method = e.get("method", "")
-            if method in _IGNORED_ON_LOAD or (phase_entries is not startup and
-                                              e in startup):
-                continue
             try:
                 dispatch(ctx, method, e.get("params"))
             except TargetError as err:
                 errors.append(f"{method} {json.dumps(e.get('params'))}: {err.detail}")
     return errors
-
-
-# Option setters for SPDK modules the embedded target does not have: accepted, no effect.
-_IGNORED_ON_LOAD = frozenset({"bdev_set_options", "bdev_raid_set_options",
-                              "bdev_nvme_set_options", "bdev_nvme_set_hotplug",
-                              "bdev_wait_for_examine", "sock_set_default_impl",
-                              "sock_impl_set_options", "iobuf_set_options",
-                              "accel_set_options", "vmd_enable"})

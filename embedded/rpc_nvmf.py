@@ -1,34 +1,31 @@
-"""nvmf_* JSON-RPC methods of the embedded target, with SPDK's names, shapes and errors."""
+"""Per-subsystem nvmf_* JSON-RPC methods of the embedded target (subsystems, namespaces,
+hosts, listeners, ANA), with SPDK's names, shapes and errors.
+
+Importing this module registers every method of the embedded target: the target-wide
+nvmf ones (rpc_nvmf_target), bdevs (rpc_bdev) and framework options (rpc_framework).
+"""
 from __future__ import annotations
 
-import ipaddress
 from typing import Any
 
+from nvmf_phoenix.embedded import rpc_bdev, rpc_framework, rpc_nvmf_target  # noqa: F401
 from nvmf_phoenix.embedded.config_store import INTERNAL_ERROR, INVALID_PARAMS, invalid
+from nvmf_phoenix.embedded.nqn import nqn_problem
 from nvmf_phoenix.embedded.rpc_methods import RpcContext, rpc
 from nvmf_phoenix.embedded.rpc_params import (
-    ADDRESS_SPEC,
     U16,
     U32,
     U64,
+    check_target,
     check_uuid,
     decode,
+    listen_address,
     not_found,
 )
-from nvmf_phoenix.embedded.spdk_format import TRANSPORT_REPORTED, listener_info, subsystem_info
+from nvmf_phoenix.embedded.spdk_format import by_nqn, listener_info, subsystem_info
 from nvmf_phoenix.rpc.errors import TargetError
 
-from nvmf_phoenix.model import (
-    ANA_STATES,
-    DISCOVERY_NQN,
-    TRANSPORT_DEFAULTS,
-    Host,
-    Key,
-    ListenAddress,
-    Namespace,
-    Referral,
-    Subsystem,
-)
+from nvmf_phoenix.model import Host, Namespace, Subsystem
 
 # Each listener keeps an ANA state per possible group (one per nsid): bounded here, so a
 # hostile max_namespaces (2^32 - 1) cannot make add_listener build billions of them.
@@ -44,28 +41,17 @@ NS_SPEC = {"bdev_name": (str, True), "nsid": (U32, False), "uuid": (str, False),
            "nguid": (str, False), "eui64": (str, False), "anagrpid": (U32, False),
            "ptpl_file": (str, False), "no_auto_visible": (bool, False),
            "hide_metadata": (bool, False)}
-STARTUP_CONFIG_SPEC = {"acceptor_poll_rate": (U32, False), "conn_sched": (str, False),
-                       "passthru_identify_ctrlr": (bool, False), "poll_groups_mask": (str, False),
-                       "discovery_filter": (str, False), "admin_cmd_passthru": (dict, False),
-                       "dhchap_digests": (list, False), "dhchap_dhgroups": (list, False),
-                       "dup_host_policy": (str, False)}
-
-
-def _address(raw: Any) -> ListenAddress:
-    p = decode(raw, ADDRESS_SPEC)
-    if p["trtype"].upper() != "TCP":
-        raise invalid(f"transport {p['trtype']} is not served by the embedded target")
-    try:
-        ipaddress.ip_address(p["traddr"])
-    except ValueError:
-        raise invalid(f"{p['traddr']!r} is not an IP address") from None
-    port = p.get("trsvcid", "4420")
-    if not port.isdigit() or not 0 < int(port) < 65536:
-        raise invalid(f"{port!r} is not a TCP port")
-    return ListenAddress.make(p["traddr"], port, "TCP", p.get("adrfam"))
+# What SPDK reports when a subsystem is created without these (nvmf_tgt v26.05); the
+# embedded data path advertises these limits, so it takes no others (see create).
+DEFAULT_LIMITS = {"dmrsl": 2097152, "wzsl": 12, "max_discard_size_kib": 1048576,
+                  "max_write_zeroes_size_kib": 16384, "passthrough": False,
+                  "enable_nssr": False}
+# The ANA states a listener may be put in by RPC (change and persistent_loss are not).
+SETTABLE_ANA_STATES = ("optimized", "non_optimized", "inaccessible")
 
 
 def _hex(value: str | None, nbytes: int, what: str) -> str | None:
+    """An NGUID/EUI-64 given in hex (dashes allowed), kept in upper case as SPDK prints."""
     if value is None:
         return None
     text = value.replace("-", "")
@@ -75,87 +61,32 @@ def _hex(value: str | None, nbytes: int, what: str) -> str | None:
         bytes.fromhex(text)
     except ValueError:
         raise invalid(f"{what} {value!r} is not {nbytes} bytes of hex") from None
-    return text.upper() if what == "nguid" else text.lower()
+    return text.upper()
 
 
-# -- STARTUP options -------------------------------------------------------------------
-@rpc("nvmf_set_config")
-def nvmf_set_config(ctx: RpcContext, params: Any) -> Any:
-    ctx.core.state.startup.nvmf_config.update(decode(params, STARTUP_CONFIG_SPEC))
-    return True
-
-
-@rpc("nvmf_set_max_subsystems")
-def nvmf_set_max_subsystems(ctx: RpcContext, params: Any) -> Any:
-    p = decode(params, {"max_subsystems": (U32, True)})
-    ctx.core.state.startup.max_subsystems = p["max_subsystems"]
-    return True
-
-
-@rpc("nvmf_set_crdt")
-def nvmf_set_crdt(ctx: RpcContext, params: Any) -> Any:
-    p = decode(params, {"crdt1": (U16, False), "crdt2": (U16, False), "crdt3": (U16, False)})
-    ctx.core.state.startup.crdt.update(p)
-    return True
-
-
-# -- transports ------------------------------------------------------------------------
-@rpc("nvmf_create_transport")
-def nvmf_create_transport(ctx: RpcContext, params: Any) -> Any:
-    spec: dict[str, Any] = {"trtype": (str, True), "tgt_name": (str, False)}
-    spec.update({k: (bool if isinstance(v, bool) else U16 if k in U16_OPTIONS else U32,
-                     False) for k, v in TRANSPORT_DEFAULTS.items()})
-    p = decode(params, spec, relaxed=True)
-    opts = _checked_transport(p["trtype"], {**TRANSPORT_DEFAULTS, **{
-        k: v for k, v in p.items() if k not in ("trtype", "tgt_name")}})
-    ctx.mutate(lambda: ctx.core.create_transport(p["trtype"], opts))
-    return True
-
-
-U16_OPTIONS = ("max_queue_depth", "max_io_qpairs_per_ctrlr", "kas")
-MAX_IO_SIZE_LIMIT = 2 << 20   # SPDK: at most 16 data buffers of the default iobuf size
-
-
-def _checked_transport(trtype: str, opts: dict[str, Any]) -> dict[str, Any]:
-    """What SPDK checks when it creates a TCP transport (transport.c, tcp.c): refusals
-    answer "create failed"; out-of-range depths and capsule sizes are set to what SPDK
-    would use, so the data path never sees a queue depth of 0 or a negative MDTS."""
-    mio = opts["max_io_size"]
-    why = ("max_io_size must be a power of 2 and at least 8 KiB" if mio and
-           (mio & (mio - 1) or mio < 8192) else
-           f"max_io_size above {MAX_IO_SIZE_LIMIT}" if mio > MAX_IO_SIZE_LIMIT else
-           "kas and min_kato cannot be 0" if not opts["kas"] or not opts["min_kato"] else "")
-    if why:
-        raise TargetError(INTERNAL_ERROR, f"Transport type '{trtype}' create failed", why)
-    out = dict(opts)
-    out["in_capsule_data_size"] = min(opts["in_capsule_data_size"], mio)
-    if opts["max_queue_depth"] < 2:
-        out["max_queue_depth"] = TRANSPORT_DEFAULTS["max_queue_depth"]
-    aq = max(opts["max_aq_depth"], 32)   # the NVMe-oF minimum admin queue size
-    out["max_aq_depth"] = aq if aq <= 4096 else TRANSPORT_DEFAULTS["max_aq_depth"]
-    return out
-
-
-@rpc("nvmf_get_transports")
-def nvmf_get_transports(ctx: RpcContext, params: Any) -> Any:
-    p = decode(params, {"trtype": (str, False), "tgt_name": (str, False)})
-    out = [{"trtype": t.trtype, **{k: t.options.get(k, TRANSPORT_DEFAULTS[k])
-                                   for k in TRANSPORT_REPORTED}}
-           for t in ctx.core.state.transports.values()
-           if "trtype" not in p or t.trtype == p["trtype"].upper()]
-    if "trtype" in p and not out:
-        raise not_found(f"no transport {p['trtype']}")
-    return out
+def _printable(text: str) -> bool:
+    """SPDK's serial/model decoders take printable ASCII only (0x20-0x7e)."""
+    return all(" " <= c <= "~" for c in text)
 
 
 # -- subsystems ------------------------------------------------------------------------
 @rpc("nvmf_create_subsystem")
 def nvmf_create_subsystem(ctx: RpcContext, params: Any) -> Any:
-    sub = Subsystem.from_create_params(decode(params, SUBSYSTEM_SPEC))
+    p = decode(params, SUBSYSTEM_SPEC)
+    sub = Subsystem.from_create_params(p)
     serial, model = sub.serial_number, sub.model_number
-    if len(serial) > 20 or len(model) > 40 or not serial.isascii() or not model.isascii():
+    if len(serial) > 20 or len(model) > 40 or not _printable(serial + model):
         # SPDK's decoders for these refuse them: a plain decode failure
-        raise invalid("serial number or model number too long or not ASCII")
+        raise invalid("serial number or model number too long or not printable ASCII")
+    check_target(p.get("tgt_name"), f"Unable to find target {p.get('tgt_name')}")
+    kib = p.get("max_write_zeroes_size_kib")
+    if kib is not None and kib != 0 and (kib < 8 or kib & (kib - 1)):
+        raise TargetError(INVALID_PARAMS, f"Invalid max_write_zeroes_size_kib {kib}",
+                          "0 or a power of 2 of at least 8")
+    unserved = {k: v for k, v in p.items() if k in DEFAULT_LIMITS and v != DEFAULT_LIMITS[k]}
+    if unserved:   # taken by SPDK; refused rather than ignored (hosts would see others)
+        raise TargetError(INTERNAL_ERROR, f"Unable to create subsystem {sub.nqn}",
+                          f"{unserved}: the embedded target serves only {DEFAULT_LIMITS}")
     sub.max_namespaces = sub.max_namespaces or Subsystem.max_namespaces   # 0: the default
     if sub.max_namespaces > MAX_NAMESPACES:   # SPDK would fail to allocate far earlier
         raise TargetError(INTERNAL_ERROR, f"Unable to create subsystem {sub.nqn}",
@@ -171,7 +102,9 @@ def nvmf_create_subsystem(ctx: RpcContext, params: Any) -> Any:
 
 @rpc("nvmf_delete_subsystem")
 def nvmf_delete_subsystem(ctx: RpcContext, params: Any) -> Any:
+    """The discovery subsystem may be deleted too, as in SPDK (hosts then find none)."""
     p = decode(params, {"nqn": (str, True), "tgt_name": (str, False)})
+    check_target(p.get("tgt_name"))
     ctx.mutate(lambda: ctx.core.delete_subsystem(p["nqn"]))
     return True
 
@@ -179,8 +112,9 @@ def nvmf_delete_subsystem(ctx: RpcContext, params: Any) -> Any:
 @rpc("nvmf_get_subsystems")
 def nvmf_get_subsystems(ctx: RpcContext, params: Any) -> Any:
     p = decode(params, {"nqn": (str, False), "tgt_name": (str, False)})
+    check_target(p.get("tgt_name"))
     with ctx.lock:
-        subs = list(ctx.core.state.subsystems.values())
+        subs = by_nqn(ctx.core.state.subsystems.values())
         if "nqn" in p:
             subs = [s for s in subs if s.nqn == p["nqn"]]
             if not subs:
@@ -188,6 +122,7 @@ def nvmf_get_subsystems(ctx: RpcContext, params: Any) -> Any:
         return [subsystem_info(s) for s in subs]
 
 
+# -- namespaces ------------------------------------------------------------------------
 @rpc("nvmf_subsystem_add_ns")
 def nvmf_subsystem_add_ns(ctx: RpcContext, params: Any) -> Any:
     p = decode(params, {"nqn": (str, True), "namespace": (dict, True),
@@ -197,35 +132,85 @@ def nvmf_subsystem_add_ns(ctx: RpcContext, params: Any) -> Any:
     ns.eui64 = _hex(ns.eui64, 8, "eui64")
     if ns.uuid is not None:
         ns.uuid = check_uuid(ns.uuid)
+    check_target(p.get("tgt_name"))
+    sub = ctx.core.state.subsystems.get(p["nqn"])
+    if ns.anagrpid and sub is not None and ns.anagrpid > sub.max_namespaces:
+        raise invalid(f"ANA group {ns.anagrpid} is above max_namespaces "
+                      f"{sub.max_namespaces} of {p['nqn']}")
+    ns.anagrpid = ns.anagrpid or None   # 0: the default, the nsid's group
     return ctx.mutate(lambda: ctx.core.add_namespace(p["nqn"], ns))
 
 
 @rpc("nvmf_subsystem_remove_ns")
 def nvmf_subsystem_remove_ns(ctx: RpcContext, params: Any) -> Any:
     p = decode(params, {"nqn": (str, True), "nsid": (U32, True), "tgt_name": (str, False)})
+    check_target(p.get("tgt_name"))
     ctx.mutate(lambda: ctx.core.remove_namespace(p["nqn"], p["nsid"]))
     return True
 
 
+@rpc("nvmf_subsystem_set_ns_ana_group")
+def nvmf_subsystem_set_ns_ana_group(ctx: RpcContext, params: Any) -> Any:
+    """Move a namespace to another ANA group (1..max_namespaces); hosts get a namespace
+    attribute and an ANA change notice. SPDK allows it on any subsystem."""
+    p = decode(params, {"nqn": (str, True), "nsid": (U32, True), "anagrpid": (U32, True),
+                        "tgt_name": (str, False)})
+    check_target(p.get("tgt_name"))
+    ctx.mutate(lambda: ctx.core.set_ns_ana_group(p["nqn"], p["nsid"], p["anagrpid"]))
+    return True
+
+
+# -- hosts -----------------------------------------------------------------------------
 HOST_SPEC = {"nqn": (str, True), "host": (str, True), "tgt_name": (str, False),
              "psk": (str, False), "dhchap_key": (str, False), "dhchap_ctrlr_key": (str, False)}
 
 
 @rpc("nvmf_subsystem_add_host")
 def nvmf_subsystem_add_host(ctx: RpcContext, params: Any) -> Any:
-    p = decode(params, HOST_SPEC)
+    """SPDK decodes these params relaxed (unknown keys are ignored); a host NQN that is
+    not valid, or a PSK not in the keyring, is "Internal error", an unknown DH-HMAC-CHAP
+    key "Invalid parameters"."""
+    p = decode(params, HOST_SPEC, relaxed=True)
+    check_target(p.get("tgt_name"))
     host = Host.from_create_params(p)
-    for key in (host.psk, host.dhchap_key, host.dhchap_ctrlr_key):
-        if key is not None and key not in ctx.core.state.keys:
-            raise invalid(f"key {key} is not in the keyring")
+    why = nqn_problem(host.nqn)
+    if why:
+        raise TargetError(INTERNAL_ERROR, "Internal error", why)
+    if host.psk is not None and host.psk not in ctx.core.state.keys:
+        raise TargetError(INTERNAL_ERROR, "Internal error", f"key {host.psk} is not in the "
+                          "keyring")
+    _check_keys(ctx, host.dhchap_key, host.dhchap_ctrlr_key)
     ctx.mutate(lambda: ctx.core.add_host(p["nqn"], host))
     return True
+
+
+def _check_keys(ctx: RpcContext, *keys: str | None) -> None:
+    for key in keys:
+        if key is not None and key not in ctx.core.state.keys:
+            raise invalid(f"key {key} is not in the keyring")
 
 
 @rpc("nvmf_subsystem_remove_host")
 def nvmf_subsystem_remove_host(ctx: RpcContext, params: Any) -> Any:
     p = decode(params, {"nqn": (str, True), "host": (str, True), "tgt_name": (str, False)})
+    check_target(p.get("tgt_name"))
     ctx.mutate(lambda: ctx.core.remove_host(p["nqn"], p["host"]))
+    return True
+
+
+@rpc("nvmf_subsystem_set_keys")
+def nvmf_subsystem_set_keys(ctx: RpcContext, params: Any) -> Any:
+    """Replace a host's DH-HMAC-CHAP keys (none given: none kept), as SPDK does for
+    re-keying; a host not on the subsystem's list is -22."""
+    p = decode(params, {"nqn": (str, True), "host": (str, True), "tgt_name": (str, False),
+                        "dhchap_key": (str, False), "dhchap_ctrlr_key": (str, False)})
+    check_target(p.get("tgt_name"), "Invalid parameters")
+    _check_keys(ctx, p.get("dhchap_key"), p.get("dhchap_ctrlr_key"))
+    sub = ctx.core.state.subsystems.get(p["nqn"])
+    if sub is None:
+        raise invalid(f"subsystem {p['nqn']} does not exist")
+    ctx.mutate(lambda: ctx.core.set_host_keys(p["nqn"], p["host"], p.get("dhchap_key"),
+                                              p.get("dhchap_ctrlr_key")))
     return True
 
 
@@ -233,10 +218,12 @@ def nvmf_subsystem_remove_host(ctx: RpcContext, params: Any) -> Any:
 def nvmf_subsystem_allow_any_host(ctx: RpcContext, params: Any) -> Any:
     p = decode(params, {"nqn": (str, True), "allow_any_host": (bool, True),
                         "tgt_name": (str, False)})
+    check_target(p.get("tgt_name"))
     ctx.mutate(lambda: ctx.core.allow_any_host(p["nqn"], p["allow_any_host"]))
     return True
 
 
+# -- listeners and ANA -----------------------------------------------------------------
 LISTENER_SPEC = {"nqn": (str, True), "listen_address": (dict, True), "tgt_name": (str, False),
                  "ana_state": (str, False), "secure_channel": (bool, False),
                  "sock_impl": (str, False)}
@@ -245,10 +232,11 @@ LISTENER_SPEC = {"nqn": (str, True), "listen_address": (dict, True), "tgt_name":
 @rpc("nvmf_subsystem_add_listener")
 def nvmf_subsystem_add_listener(ctx: RpcContext, params: Any) -> Any:
     p = decode(params, LISTENER_SPEC)
-    addr = _address(p["listen_address"])
+    addr = listen_address(p["listen_address"])
     state = p.get("ana_state", "optimized")
-    if state not in ANA_STATES:
-        raise invalid(f"unknown ANA state {state}")
+    if state not in SETTABLE_ANA_STATES:
+        raise invalid(f"ANA state {state} cannot be set")
+    check_target(p.get("tgt_name"))
     ctx.mutate(lambda: ctx.core.add_listener(p["nqn"], addr, state,
                                              p.get("secure_channel", False)))
     return True
@@ -258,33 +246,41 @@ def nvmf_subsystem_add_listener(ctx: RpcContext, params: Any) -> Any:
 def nvmf_subsystem_remove_listener(ctx: RpcContext, params: Any) -> Any:
     p = decode(params, {"nqn": (str, True), "listen_address": (dict, True),
                         "tgt_name": (str, False)})
-    addr = _address(p["listen_address"])
+    addr = listen_address(p["listen_address"])
+    check_target(p.get("tgt_name"))
     ctx.mutate(lambda: ctx.core.remove_listener(p["nqn"], addr))
     return True
 
 
 @rpc("nvmf_subsystem_listener_set_ana_state")
 def nvmf_subsystem_listener_set_ana_state(ctx: RpcContext, params: Any) -> Any:
+    """anagrpid 0 (or none) sets every group, as in SPDK."""
     p = decode(params, {"nqn": (str, True), "listen_address": (dict, True),
                         "ana_state": (str, True), "anagrpid": (U32, False),
                         "tgt_name": (str, False)})
-    addr = _address(p["listen_address"])
+    addr = listen_address(p["listen_address"])
+    if p["ana_state"] not in SETTABLE_ANA_STATES:
+        raise invalid(f"ANA state {p['ana_state']} cannot be set")
+    check_target(p.get("tgt_name"))
     ctx.mutate(lambda: ctx.core.set_ana_state(p["nqn"], addr, p["ana_state"],
-                                              p.get("anagrpid")))
+                                              p.get("anagrpid") or None))
     return True
 
 
 @rpc("nvmf_subsystem_get_listeners")
 def nvmf_subsystem_get_listeners(ctx: RpcContext, params: Any) -> Any:
     p = decode(params, {"nqn": (str, True), "tgt_name": (str, False)})
+    check_target(p.get("tgt_name"), "Unable to find a target")
     with ctx.lock:
         sub = ctx.core.subsystem(p["nqn"])
-        return [listener_info(ls, sub.ana_reporting) for ls in sub.listeners.values()]
+        return [listener_info(ls, sub.ana_reporting)
+                for ls in reversed(list(sub.listeners.values()))]
 
 
 @rpc("nvmf_subsystem_get_controllers")
 def nvmf_subsystem_get_controllers(ctx: RpcContext, params: Any) -> Any:
     p = decode(params, {"nqn": (str, True), "tgt_name": (str, False)})
+    check_target(p.get("tgt_name"), "Unable to find a target")
     ctx.core.subsystem(p["nqn"])
     facts = ctx.datapath.controllers(p["nqn"]) if ctx.datapath else []
     # num_io_qpairs as SPDK counts it (the admin queue pair included): see controller_facts
@@ -295,6 +291,7 @@ def nvmf_subsystem_get_controllers(ctx: RpcContext, params: Any) -> Any:
 @rpc("nvmf_subsystem_get_qpairs")
 def nvmf_subsystem_get_qpairs(ctx: RpcContext, params: Any) -> Any:
     p = decode(params, {"nqn": (str, True), "tgt_name": (str, False)})
+    check_target(p.get("tgt_name"), "Unable to find a target")
     ctx.core.subsystem(p["nqn"])
     facts = ctx.datapath.qpairs(p["nqn"]) if ctx.datapath else []
     return [{"cntlid": q.cntlid, "qid": q.qid, "state": q.state,
@@ -302,66 +299,3 @@ def nvmf_subsystem_get_qpairs(ctx: RpcContext, params: Any) -> Any:
              "listen_address": q.listen_address.to_dict(),
              "peer_address": q.peer_address.to_dict() if q.peer_address else None}
             for q in facts]
-
-
-@rpc("nvmf_get_stats")
-def nvmf_get_stats(ctx: RpcContext, params: Any) -> Any:
-    decode(params, {"tgt_name": (str, False)})
-    stats = ctx.datapath.stats() if ctx.datapath else {
-        k: 0 for k in ("admin_qpairs", "io_qpairs", "current_admin_qpairs",
-                       "current_io_qpairs", "current_unassociated_qpairs", "pending_bdev_io",
-                       "completed_nvme_io")}
-    return {"tick_rate": 1_000_000_000, "poll_groups": [
-        {"name": "nvmf_tgt_poll_group_000", **stats,
-         "transports": [{"trtype": t} for t in ctx.core.state.transports]}]}
-
-
-REFERRAL_SPEC = {"address": (dict, True), "subnqn": (str, False),
-                 "secure_channel": (bool, False), "tgt_name": (str, False)}
-
-
-@rpc("nvmf_discovery_add_referral")
-def nvmf_discovery_add_referral(ctx: RpcContext, params: Any) -> Any:
-    p = decode(params, REFERRAL_SPEC)
-    ref = Referral(address=_address(p["address"]), subnqn=p.get("subnqn") or DISCOVERY_NQN,
-                   secure_channel=p.get("secure_channel", False))
-    ctx.mutate(lambda: ctx.core.add_referral(ref))
-    return True
-
-
-@rpc("nvmf_discovery_remove_referral")
-def nvmf_discovery_remove_referral(ctx: RpcContext, params: Any) -> Any:
-    p = decode(params, REFERRAL_SPEC)
-    addr = _address(p["address"])
-    ctx.mutate(lambda: ctx.core.remove_referral(addr, p.get("subnqn")))
-    return True
-
-
-@rpc("keyring_file_add_key")
-def keyring_file_add_key(ctx: RpcContext, params: Any) -> Any:
-    try:   # SPDK decodes relaxed here and words a failure "Invalid argument"
-        p = decode(params, {"name": (str, True), "path": (str, True)}, relaxed=True)
-    except TargetError as err:
-        raise TargetError(INVALID_PARAMS, "Invalid argument", err.detail) from None
-    ctx.mutate(lambda: ctx.core.add_key(Key.from_create_params(p)))
-    return True
-
-
-@rpc("keyring_file_remove_key")
-def keyring_file_remove_key(ctx: RpcContext, params: Any) -> Any:
-    p = decode(params, {"name": (str, True)})
-    ctx.mutate(lambda: ctx.core.remove_key(p["name"]))
-    return True
-
-
-@rpc("keyring_get_keys")
-def keyring_get_keys(ctx: RpcContext, params: Any) -> Any:
-    # SPDK ignores any params here
-    return [{"name": k.name, "path": k.path, "removed": False, "probed": True}
-            for k in ctx.core.state.keys.values()]
-
-
-@rpc("nvmf_discovery_get_referrals")
-def nvmf_discovery_get_referrals(ctx: RpcContext, params: Any) -> Any:
-    decode(params, {"tgt_name": (str, False)})
-    return [r.to_dict() for r in ctx.core.state.referrals]

@@ -6,11 +6,14 @@ naming the offending key for our own logs and CLI.
 """
 from __future__ import annotations
 
+import ipaddress
 import uuid as uuidlib
 from typing import Any
 
 from nvmf_phoenix.embedded.config_store import INTERNAL_ERROR, INVALID_PARAMS, invalid
 from nvmf_phoenix.rpc.errors import TargetError
+
+from nvmf_phoenix.model import ListenAddress
 
 # A spec maps a parameter name to (accepted type or types, required).
 Spec = dict[str, tuple[type | tuple[type, ...], bool]]
@@ -82,8 +85,9 @@ def _is(value: Any, types: type | tuple[type, ...]) -> bool:
 
 
 def no_params(params: Any, message: str = "Invalid parameters") -> None:
-    """Refuse any params; ``message`` is the method's own wording in SPDK."""
-    if params not in (None, {}):
+    """Refuse any params, an empty object too (SPDK tests ``params != NULL``);
+    ``message`` is the method's own wording in SPDK."""
+    if params is not None:
         raise TargetError(INVALID_PARAMS, message, "this method takes no parameters")
 
 
@@ -93,6 +97,38 @@ def not_found(detail: str) -> TargetError:
 
 ADDRESS_SPEC: Spec = {"trtype": (str, True), "adrfam": (str, False), "traddr": (str, True),
                       "trsvcid": (str, False), "subnqn": (str, False)}
+# The one target the embedded process holds, named as nvmf_tgt names its default one.
+TARGET_NAME = "nvmf_tgt"
+# Address families SPDK knows (case-insensitive) and the IP version each means for TCP.
+ADRFAMS = {"ipv4": 4, "ipv6": 6, "ib": None, "fc": None, "intra_host": None}
+
+
+def listen_address(raw: Any) -> ListenAddress:
+    """A TCP listen address as SPDK's nvmf RPCs take it: a known address family that
+    fits the address (an IPv4 address under "ipv6" is refused), a literal IP address,
+    and a port (TCP has no default one: trsvcid is required). Refusals: -32602."""
+    p = decode(raw, ADDRESS_SPEC)
+    if p["trtype"].upper() != "TCP":
+        raise invalid(f"transport {p['trtype']} is not served by the embedded target")
+    try:
+        version = ipaddress.ip_address(p["traddr"]).version
+    except ValueError:
+        raise invalid(f"{p['traddr']!r} is not an IP address") from None
+    fam = p.get("adrfam")
+    if fam is not None and ADRFAMS.get(fam.lower(), 0) != version:
+        raise invalid(f"address family {fam!r} does not exist or does not fit {p['traddr']}")
+    port = p.get("trsvcid")
+    if port is None or not port.isdigit() or not 0 < int(port) < 65536:
+        raise invalid(f"trsvcid {port!r} is not a TCP port")
+    return ListenAddress.make(p["traddr"], port, "TCP", fam)
+
+
+def check_target(tgt_name: str | None, message: str = "Unable to find a target.",
+                 code: int = INTERNAL_ERROR) -> None:
+    """Refuse a tgt_name other than the one target; each method has SPDK's own words."""
+    if tgt_name is not None and tgt_name != TARGET_NAME:
+        raise TargetError(code, message, f"no target named {tgt_name!r}: the embedded "
+                          f"target holds one, {TARGET_NAME!r}")
 
 
 def check_uuid(value: str | None, bdev: bool = False) -> str:

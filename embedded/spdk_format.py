@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from nvmf_phoenix.embedded.config_store import TargetCore
+from nvmf_phoenix.embedded.options import Options
 
 from nvmf_phoenix.model import TRANSPORT_DEFAULTS, Bdev, Listener, Subsystem
 
@@ -23,13 +24,17 @@ TRANSPORT_REPORTED = ("max_queue_depth", "max_io_qpairs_per_ctrlr", "in_capsule_
                       "sock_priority", "abort_timeout_sec", "ack_timeout", "data_wr_pool_size",
                       "disable_command_passthru", "kas", "min_kato")
 DMRSL, WZSL = 2097152, 12
+NULL_HINTS = ("preferred_write_granularity", "preferred_write_alignment", "optimal_write_size",
+              "preferred_unmap_granularity", "preferred_unmap_alignment")
 IO_TYPES = ("read", "write", "unmap", "flush", "reset", "nvme_admin", "nvme_io", "nvme_io_md",
             "write_zeroes", "zcopy", "get_zone_info", "zone_management", "zone_append",
             "compare", "compare_and_write", "abort", "seek_hole", "seek_data", "copy",
             "nvme_iov_md", "nvme_nssr", "write_uncorrectable")
 SUPPORTED = {"malloc": {"read", "write", "unmap", "flush", "reset", "write_zeroes", "zcopy",
                         "compare", "abort", "copy"},
-             "aio": {"read", "write", "flush", "reset", "write_zeroes"}}
+             "aio": {"read", "write", "flush", "reset", "write_zeroes"},
+             "null": {"read", "write", "reset", "write_zeroes", "abort"}}
+PRODUCT = {"malloc": "Malloc disk", "aio": "AIO disk", "null": "Null disk"}
 NVMF_DEFAULT_CONFIG: dict[str, Any] = {
     "discovery_filter": "match_any",
     "admin_cmd_passthru": {k: False for k in (
@@ -41,18 +46,31 @@ NVMF_DEFAULT_CONFIG: dict[str, Any] = {
     "dup_host_policy": "allow"}
 
 
+def by_nqn(subs: Any) -> list[Subsystem]:
+    """Subsystems in SPDK's order: it keeps them in a tree sorted by NQN (strcmp)."""
+    return sorted(subs, key=lambda s: s.nqn.encode())
+
+
+def newest_first(items: Any) -> list[Any]:
+    """Listeners and hosts in SPDK's order: each new one goes to the head of its list
+    (the model's dicts keep them oldest first)."""
+    return list(reversed(list(items)))
+
+
 def subsystem_info(sub: Subsystem) -> dict[str, Any]:
     """One entry of nvmf_get_subsystems."""
     out: dict[str, Any] = {"nqn": sub.nqn, "subtype": sub.subtype,
-                           "listen_addresses": [a.to_dict() for a in sub.listeners],
+                           "listen_addresses": [a.to_dict()
+                                                for a in newest_first(sub.listeners)],
                            "allow_any_host": sub.allow_any_host,
-                           "hosts": [_host_info(h) for h in sub.hosts.values()]}
+                           "hosts": [_host_info(h) for h in newest_first(sub.hosts.values())]}
     if sub.is_discovery:
         return out
     out.update(serial_number=sub.serial_number, model_number=sub.model_number,
                max_namespaces=sub.max_namespaces, passthrough=False,
                min_cntlid=sub.min_cntlid, max_cntlid=sub.max_cntlid, dmrsl=DMRSL, wzsl=WZSL,
-               namespaces=[_ns_info(sub.namespaces[n]) for n in sorted(sub.namespaces)])
+               namespaces=[_ns_info(sub.namespaces[n], sub.ana_reporting)
+                           for n in sorted(sub.namespaces)])
     return out
 
 
@@ -61,14 +79,25 @@ def _host_info(h: Any) -> dict[str, Any]:
                               ("dhchap_ctrlr_key", h.dhchap_ctrlr_key)) if v is not None}
 
 
-def _ns_info(ns: Any) -> dict[str, Any]:
+def _ns_info(ns: Any, ana_reporting: bool) -> dict[str, Any]:
+    """As SPDK: EUI-64 in upper-case hex, anagrpid only where ANA is reported."""
     out: dict[str, Any] = {"nsid": ns.nsid, "bdev_name": ns.bdev_name, "name": ns.bdev_name,
                            "nguid": ns.nguid}
     if ns.eui64:
-        out["eui64"] = ns.eui64
+        out["eui64"] = ns.eui64.upper()
     out["uuid"] = ns.uuid
-    out["anagrpid"] = ns.anagrpid
+    if ana_reporting:
+        out["anagrpid"] = ns.anagrpid
     return out
+
+
+def _ns_params(ns: Any, ana_reporting: bool) -> dict[str, Any]:
+    p = ns.to_create_params()
+    if p.get("eui64"):
+        p["eui64"] = p["eui64"].upper()
+    if not ana_reporting:
+        p.pop("anagrpid", None)
+    return p
 
 
 def listener_info(ls: Listener, ana_reporting: bool) -> dict[str, Any]:
@@ -86,11 +115,11 @@ def bdev_info(core: TargetCore, b: Bdev) -> dict[str, Any]:
     claimed = any(ns.bdev_name == b.name for s in core.state.subsystems.values()
                   for ns in s.namespaces.values())
     out: dict[str, Any] = {"name": b.name, "aliases": [b.uuid],
-                           "product_name": "Malloc disk" if b.kind == "malloc" else "AIO disk",
+                           "product_name": PRODUCT[b.kind],
                            "block_size": b.block_size, "num_blocks": b.num_blocks}
     for k in ("preferred_write_alignment", "preferred_write_granularity", "optimal_write_size",
               "preferred_unmap_alignment", "preferred_unmap_granularity"):
-        out[k] = 0
+        out[k] = b.params.get(k, 0) if b.kind == "null" else 0
     out["uuid"] = b.uuid
     if b.kind == "malloc":
         out["numa_id"] = -1
@@ -100,7 +129,7 @@ def bdev_info(core: TargetCore, b: Bdev) -> dict[str, Any]:
     if claimed:
         out["claim_type"] = "exclusive_write"
     out["supported_io_types"] = {t: t in SUPPORTED[b.kind] for t in IO_TYPES}
-    out["driver_specific"] = {} if b.kind == "malloc" else {"aio": {
+    out["driver_specific"] = {} if b.kind != "aio" else {"aio": {
         "filename": b.filename, "block_size_override": bool(b.params.get(
             "block_size_override", True)), "readonly": bool(b.params.get("readonly", False)),
         "fallocate": bool(b.params.get("fallocate", False)), "nowait": False}}
@@ -117,25 +146,36 @@ def _bdev_create(b: Bdev) -> dict[str, Any]:
                   "dif_pi_format": b.params.get("dif_pi_format", 0),
                   "numa_id": b.params.get("numa_id", -1)}
         return {"method": "bdev_malloc_create", "params": params}
+    if b.kind == "null":   # the params bdev_null_create stored, all of them, in its order
+        return {"method": "bdev_null_create", "params": {
+            "name": b.name, "num_blocks": b.num_blocks, "block_size": b.block_size,
+            **{k: v for k, v in b.params.items() if k not in NULL_HINTS}, "uuid": b.uuid,
+            **{k: b.params.get(k, 0) for k in NULL_HINTS}}}
     return {"method": "bdev_aio_create", "params": {
         "name": b.name, "block_size": b.block_size, "filename": b.filename,
         "readonly": bool(b.params.get("readonly", False)),
         "fallocate": bool(b.params.get("fallocate", False)), "uuid": b.uuid, "nowait": False}}
 
 
-def _bdev_config(core: TargetCore) -> list[dict[str, Any]]:
+def _bdev_config(core: TargetCore, options: Options) -> list[dict[str, Any]]:
+    """In nvmf_tgt's order: the bdev layer's options, then each module's options and
+    bdevs in module order (raid, malloc, null, nvme, aio), then the examine barrier."""
     bdevs = list(core.state.bdevs.values())
-    return ([{"method": "bdev_set_options", "params": {
-        "bdev_io_pool_size": 65535, "bdev_io_cache_size": 256, "bdev_auto_examine": True,
-        "iobuf_small_cache_size": 128, "iobuf_large_cache_size": 16}}]
-        + [_bdev_create(b) for b in bdevs if b.kind == "malloc"]
-        + [_bdev_create(b) for b in bdevs if b.kind == "aio"]
-        + [{"method": "bdev_wait_for_examine"}])
+
+    def made(kind: str) -> list[dict[str, Any]]:
+        return [_bdev_create(b) for b in bdevs if b.kind == kind]
+    return [options.entry("bdev_set_options"), options.entry("bdev_raid_set_options"),
+            *made("malloc"), *made("null"), options.entry("bdev_nvme_set_options"),
+            options.entry("bdev_nvme_set_hotplug"), *made("aio"),
+            {"method": "bdev_wait_for_examine"}]
 
 
-def _nvmf_config(core: TargetCore) -> list[dict[str, Any]]:
+def _nvmf_config(core: TargetCore, with_batches: bool) -> list[Any]:
+    """As spdk_nvmf_tgt_write_config_json: target options, transports, referrals, then
+    batches of subsystems, hosts, namespaces, namespace hosts and listeners, each in
+    NQN order (hosts only of NVM subsystems). Batches flattened unless asked for."""
     st = core.state
-    out: list[dict[str, Any]] = [
+    out: list[Any] = [
         {"method": "nvmf_set_config", "params": {**NVMF_DEFAULT_CONFIG,
                                                  **st.startup.nvmf_config}},
         {"method": "nvmf_set_max_subsystems",
@@ -145,34 +185,43 @@ def _nvmf_config(core: TargetCore) -> list[dict[str, Any]]:
     for t in st.transports.values():
         opts = {k: t.options.get(k, TRANSPORT_DEFAULTS[k]) for k in TRANSPORT_REPORTED}
         out.append({"method": "nvmf_create_transport", "params": {"trtype": t.trtype, **opts}})
-    subs = [s for s in st.subsystems.values() if not s.is_discovery]
-    for s in subs:
-        out.append({"method": "nvmf_create_subsystem", "params": {
-            **s.to_create_params(), "dmrsl": DMRSL, "wzsl": WZSL, "passthrough": False,
-            "enable_nssr": False}})
-    for s in st.subsystems.values():
-        for h in s.hosts.values():
-            out.append({"method": "nvmf_subsystem_add_host",
-                        "params": h.to_create_params(s.nqn)})
-        for nsid in sorted(s.namespaces):
-            out.append({"method": "nvmf_subsystem_add_ns", "params": {
-                "nqn": s.nqn, "namespace": s.namespaces[nsid].to_create_params()}})
     for r in st.referrals:
         out.append({"method": "nvmf_discovery_add_referral",
                     "params": r.to_create_params()})
-    for s in st.subsystems.values():
-        for ls in s.listeners.values():   # nvmf_tgt reports secure_channel even when off
-            out.append({"method": "nvmf_subsystem_add_listener", "params": {
-                **ls.to_create_params(s.nqn), "secure_channel": ls.secure_channel}})
+    subs = by_nqn(st.subsystems.values())
+    nvm = [s for s in subs if not s.is_discovery]
+    batches: list[list[dict[str, Any]]] = [
+        [{"method": "nvmf_create_subsystem", "params": {
+            **s.to_create_params(), "dmrsl": DMRSL, "wzsl": WZSL, "passthrough": False,
+            "enable_nssr": False}} for s in nvm],
+        [{"method": "nvmf_subsystem_add_host", "params": h.to_create_params(s.nqn)}
+         for s in nvm for h in newest_first(s.hosts.values())],
+        [{"method": "nvmf_subsystem_add_ns", "params": {
+            "nqn": s.nqn, "namespace": _ns_params(s.namespaces[nsid], s.ana_reporting)}}
+         for s in nvm for nsid in sorted(s.namespaces)],
+        [{"method": "nvmf_ns_add_host", "params": {"nqn": s.nqn, "nsid": nsid, "host": h}}
+         for s in nvm for nsid in sorted(s.namespaces) for h in s.namespaces[nsid].hosts],
+        # nvmf_tgt reports secure_channel even when off
+        [{"method": "nvmf_subsystem_add_listener", "params": {
+            **ls.to_create_params(s.nqn), "secure_channel": ls.secure_channel}}
+         for s in subs for ls in newest_first(s.listeners.values())]]
+    for batch in batches:
+        if with_batches:
+            out.append(batch)
+        else:
+            out.extend(batch)
     return out
 
 
-def subsystem_config(core: TargetCore, name: str) -> list[dict[str, Any]] | None:
+def subsystem_config(core: TargetCore, name: str, options: Options | None = None,
+                     with_batches: bool = False) -> list[Any] | None:
+    """framework_get_config(name); None for a subsystem nvmf_tgt does not have."""
+    options = options if options is not None else Options()
     if name == "bdev":
-        return _bdev_config(core)
+        return _bdev_config(core, options)
     if name == "nvmf":
-        return _nvmf_config(core)
+        return _nvmf_config(core, with_batches)
     if name == "keyring":
         return [{"method": "keyring_file_add_key", "params": k.to_create_params()}
                 for k in core.state.keys.values()]
-    return None
+    return options.config(name)

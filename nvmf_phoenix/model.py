@@ -265,7 +265,7 @@ class Subsystem:
 
 @dataclass
 class Bdev:
-    """A block device with its creation parameters; ``kind`` is ``malloc`` or ``aio``.
+    """A block device with its creation parameters; ``kind`` is ``malloc``, ``null`` or ``aio``.
 
     ``params`` keeps every creation parameter the target reported (as framework_get_config
     gives them), so a restore recreates the bdev exactly, uuid included.
@@ -297,7 +297,7 @@ class Bdev:
 
     def to_create_params(self) -> dict[str, Any]:
         """bdev_malloc_create's or bdev_aio_create's params, uuid included."""
-        if self.kind == "malloc":
+        if kind_is_sized(self.kind):
             return {"name": self.name, "num_blocks": self.num_blocks,
                     "block_size": self.block_size, "uuid": self.uuid, **self.params}
         return {"name": self.name, "filename": self.filename, "block_size": self.block_size,
@@ -307,13 +307,19 @@ class Bdev:
     @classmethod
     def from_create_params(cls, kind: str, p: dict[str, Any]) -> Bdev:
         """From a create call's params (uuid "" when the target is left to choose)."""
-        if kind == "malloc":
+        if kind_is_sized(kind):
             return cls(name=p["name"], kind=kind, uuid=p.get("uuid", ""),
                        block_size=p["block_size"], num_blocks=p["num_blocks"],
                        params={k: v for k, v in p.items() if k not in cls.CORE})
         return cls(name=p["name"], kind=kind, uuid=p.get("uuid", ""),
                    block_size=p.get("block_size", 512), num_blocks=0,
                    filename=p["filename"], params={k: p[k] for k in cls.AIO_PARAMS if k in p})
+
+
+def kind_is_sized(kind: str) -> bool:
+    """malloc and null bdevs are made to a size (num_blocks, block_size, every other
+    creation parameter kept); an aio bdev takes its size from its file."""
+    return kind in ("malloc", "null")
 
 
 @dataclass

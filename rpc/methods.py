@@ -39,7 +39,8 @@ RUNTIME_ONLY = frozenset({RUNTIME})
 # Methods not declared here are read-only when their names say so (SPDK's naming).
 READ_ONLY_PREFIXES = ("spdk_get_version", "rpc_get_methods", "framework_wait_init",
                       "framework_get_", "bdev_get_", "nvmf_get_", "keyring_get_",
-                      "nvmf_subsystem_get_", "nvmf_discovery_get_", "save_config")
+                      "nvmf_subsystem_get_", "nvmf_discovery_get_", "save_config",
+                      "sock_get_", "sock_impl_get_", "iobuf_get_")
 
 Effect = Callable[[Params, TargetState, TargetState], bool | None]
 
@@ -148,10 +149,50 @@ METHODS = _table(
     Method("nvmf_discovery_add_referral", put=r.referral_put, emit=r.referral_params),
     Method("nvmf_discovery_remove_referral"),
     _reads("nvmf_discovery_get_referrals", RUNTIME_ONLY),
+    # -- null bdevs (reads return zeroes, writes are dropped) ---------------------------
+    Method("bdev_null_create", put=r.bdev_put("null"), emit=r.bdev_params,
+           ops=r.bdev_ops("null"), readback=r.bdev_readback,
+           effect=r.bdev_appears, result=r.bdev_result),
+    Method("bdev_null_delete", emit=r.bdev_name, ops=r.bdev_gone,
+           modelled_if=r.bdev_unused, effect=r.bdev_vanishes),
+    Method("bdev_null_resize"),   # not modelled as an op: capture reads the new size
+    # -- bdev statistics: I/O counters and latency histograms ---------------------------
+    _reads("bdev_get_iostat", RUNTIME_ONLY),
+    _reads("bdev_get_histogram", RUNTIME_ONLY),
+    Method("bdev_enable_histogram"),
+    # -- nvmf targets: one, "nvmf_tgt", on the embedded target -------------------------
+    Method("nvmf_create_target"),
+    Method("nvmf_delete_target"),
+    _reads("nvmf_get_targets", RUNTIME_ONLY),
+    # -- nvmf: a namespace's ANA group, a host's DH-HMAC-CHAP keys (general path) ------
+    Method("nvmf_subsystem_set_ns_ana_group", on_subsystem=True, ana_touching=True),
+    Method("nvmf_subsystem_set_keys", on_subsystem=True),
+    # -- framework: scheduler, reactors, CPU core locks ---------------------------------
+    # On the embedded target these are remembered and reported, without effect.
+    Method("framework_set_scheduler", phases=BOTH),
+    _reads("framework_get_scheduler"),
+    _reads("framework_get_reactors", RUNTIME_ONLY),
+    Method("framework_enable_cpumask_locks", phases=BOTH),
+    Method("framework_disable_cpumask_locks", phases=BOTH),
+    # -- options of libraries and modules a save_config carries -------------------------
+    # The embedded target accepts, remembers and reports them; they have no effect there
+    # (no socket implementations, iobuf pools, accel engine, NVMe or RAID bdevs).
+    Method("sock_impl_set_options", phases=STARTUP_ONLY),
+    _reads("sock_impl_get_options"),
+    Method("sock_set_default_impl", phases=STARTUP_ONLY),
+    _reads("sock_get_default_impl"),
+    Method("iobuf_set_options", phases=STARTUP_ONLY),
+    _reads("iobuf_get_stats", RUNTIME_ONLY),
+    Method("accel_set_options", phases=STARTUP_ONLY),
+    Method("bdev_nvme_set_options", phases=BOTH),
+    Method("bdev_nvme_set_hotplug"),
+    Method("bdev_raid_set_options", phases=BOTH),
 )
 # Which method creates (and deletes) a bdev of each kind.
-BDEV_CREATE = {"malloc": "bdev_malloc_create", "aio": "bdev_aio_create"}
-BDEV_DELETE = {"malloc": "bdev_malloc_delete", "aio": "bdev_aio_delete"}
+BDEV_CREATE = {"malloc": "bdev_malloc_create", "aio": "bdev_aio_create",
+               "null": "bdev_null_create"}
+BDEV_DELETE = {"malloc": "bdev_malloc_delete", "aio": "bdev_aio_delete",
+               "null": "bdev_null_delete"}
 
 
 def method(name: str) -> Method:

@@ -109,9 +109,12 @@ def _rich_state() -> TargetState:
     st.bdevs["a0"] = Bdev(name="a0", kind="aio", uuid="9f1e4f0b-5ab8-4c43-9b1b-000000000002",
                           block_size=512, num_blocks=0, filename="/dev/null",
                           params={"readonly": True})
+    st.bdevs["n0"] = Bdev(name="n0", kind="null", uuid="9f1e4f0b-5ab8-4c43-9b1b-000000000003",
+                          block_size=512, num_blocks=2048,
+                          params={"physical_block_size": 512, "md_size": 0})
     st.transports["TCP"] = Transport(trtype="TCP", options={"max_queue_depth": 64})
     sub = Subsystem(nqn=NQN, serial_number="SN1", model_number="M1", max_namespaces=8,
-                    min_cntlid=3, max_cntlid=9, allow_any_host=False)
+                    min_cntlid=3, max_cntlid=9, allow_any_host=False, ana_reporting=True)
     sub.hosts["nqn.h1"] = Host(nqn="nqn.h1", psk="k0", dhchap_key="k0")
     sub.namespaces[2] = Namespace(nsid=2, bdev_name="m0", uuid="0b5c7b44-0000-4000-8000-0000"
                                   "00000002", nguid="00112233445566778899AABBCCDDEEFF",
@@ -141,7 +144,7 @@ def test_prune_plans_only_declared_removals() -> None:
     the_plan = plan(TargetState.empty(), _rich_state(), prune=True)
     assert {c.method for c in the_plan.calls} == {
         "nvmf_subsystem_remove_listener", "nvmf_delete_subsystem", "bdev_malloc_delete",
-        "bdev_aio_delete"}
+        "bdev_aio_delete", "bdev_null_delete"}
 
 
 def test_embedded_config_is_captured_as_the_same_state() -> None:
