@@ -74,7 +74,7 @@ class Stream:
         p = {"name": name, "num_blocks": 256, "block_size": self.r.choice([512, 4096])}
         if self.r.random() < 0.3:
             p["uuid"] = f"0000{self.n:04d}-1111-4222-8333-444455556666"
-        return "bdev_malloc_create", p
+        return self.r.choice(["bdev_malloc_create", "bdev_malloc_create", "bdev_null_create"]), p
 
     def _key(self) -> tuple[str, dict[str, Any]]:
         path = self.files / f"key{self.n}"
