@@ -190,26 +190,50 @@ class RpcServer:
         conn.sendall(json.dumps(obj, indent=2).encode() + b"\n")
 
     def handle(self, req: Any) -> Any:
-        """Answer one request object or batch; None for notifications."""
+        """Answer one request object or batch; None when nothing is to be sent.
+
+        As lib/jsonrpc/jsonrpc_server.c: "jsonrpc" may be left out (if given it must be
+        "2.0"); an id is a string, a number or null; params an object, an array or null
+        (null: none); any other member makes the request invalid. A request that is not
+        valid is answered -32600 with id null. A result is sent only for a request with
+        a non-null id, an error always (with the id, or null)."""
         if isinstance(req, list):
             if not req:
                 return error(None, -32600, "Invalid request")
-            out = [r for r in (self.handle(x) for x in req) if r is not None]
+            out = [r for r in (self._one(x) for x in req) if r is not None]
             return out or None
-        if not isinstance(req, dict) or req.get("jsonrpc") != "2.0" or \
-                not isinstance(req.get("method"), str):
-            rid = req.get("id") if isinstance(req, dict) else None
-            return error(rid, -32600, "Invalid request")
+        return self._one(req)
+
+    def _one(self, req: Any) -> Any:
+        """Answer one request object (a batch's element that is not one is invalid)."""
+        if not _valid_request(req):
+            return error(None, -32600, "Invalid request")
         rid = req.get("id")
+        params = req.get("params")
+        if params is not None and not isinstance(params, (dict, list)):
+            return error(rid, -32600, "Invalid request")
         try:
-            result = self.dispatch(self.ctx, req["method"], req.get("params"))
+            result = self.dispatch(self.ctx, req["method"], params)
         except TargetError as err:
             log.info("%s failed: %s", req["method"], err.detail)
-            return None if "id" not in req else error(rid, err.code, err.message)
+            return error(rid, err.code, err.message)
         except Exception:   # a bug in one method must not take the server down
             log.exception("%s raised", req["method"])
-            return None if "id" not in req else error(rid, -32603, "Internal error")
-        return None if "id" not in req else {"jsonrpc": "2.0", "id": rid, "result": result}
+            return error(rid, -32603, "Internal error")
+        return None if rid is None else {"jsonrpc": "2.0", "id": rid, "result": result}
+
+
+REQUEST_MEMBERS = frozenset({"jsonrpc", "method", "params", "id"})
+
+
+def _valid_request(req: Any) -> bool:
+    """The members SPDK's request decoder takes, of the types it takes."""
+    if not isinstance(req, dict) or not set(req) <= REQUEST_MEMBERS:
+        return False
+    rid = req.get("id")
+    return (req.get("jsonrpc", "2.0") == "2.0" and isinstance(req.get("method"), str) and
+            (rid is None or isinstance(rid, str) or
+             (isinstance(rid, (int, float)) and not isinstance(rid, bool))))
 
 
 def _timeout(conn: socket.socket, option: int, seconds: float) -> None:

@@ -1,0 +1,428 @@
+"""The embedded target as a drop-in nvmf_tgt v26.05: methods, refusals, shapes, orders.
+
+Every expected answer here is what a real nvmf_tgt v26.05 (``-m 0x1``) answered to the
+same request (recorded while writing them); run with $SPDK_NVMF_TGT set (``-m spdk``) the
+same tables are checked against that target, so they cannot drift from SPDK's behaviour.
+
+tests/data/nvmf_tgt_v26.05_save_config.json is a save_config taken from such a target
+(option setters changed from their defaults, a key, malloc/null/aio bdevs, two subsystems
+with hosts, namespaces and listeners, a referral); @KEY@, @AIO@ and @PORT@ stand for the
+paths and port of the environment.
+"""
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.target_fixture import free_port
+from tests.target_process import TARGET_KINDS, target_process
+
+SAVE_CONFIG = Path(__file__).parent / "data" / "nvmf_tgt_v26.05_save_config.json"
+SPDK_RPC = str(Path(sys.executable).parent / "spdk-rpc")
+N1, N2 = "nqn.2016-06.io.spdk:p1", "nqn.2016-06.io.spdk:p2"
+DISC = "nqn.2014-08.org.nvmexpress.discovery"
+
+
+class Raw:
+    """One connection, bytes in and JSON out, so answers SPDK leaves out can be seen."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX)
+        self.sock.settimeout(10)
+        self.sock.connect(path)
+        self.buf = b""
+
+    def send(self, data: bytes, wait: float = 10) -> Any:
+        """The next answer, or None if none comes within ``wait`` seconds."""
+        self.sock.sendall(data)
+        self.sock.settimeout(wait)
+        dec = json.JSONDecoder()
+        while True:
+            text = self.buf.decode().lstrip()
+            if text:
+                try:
+                    obj, end = dec.raw_decode(text)
+                    self.buf = text[end:].encode()
+                    return obj
+                except ValueError:
+                    pass
+            try:
+                chunk = self.sock.recv(65536)
+            except TimeoutError:
+                return None
+            if not chunk:
+                return None
+            self.buf += chunk
+
+    def call(self, method: str, params: Any = None, rid: int = 1) -> Any:
+        req: dict[str, Any] = {"jsonrpc": "2.0", "id": rid, "method": method}
+        if params is not None:
+            req["params"] = params
+        return self.send(json.dumps(req).encode())
+
+
+def _outcome(resp: Any) -> Any:
+    if resp is None:
+        return "no answer"
+    if "error" in resp:
+        return (resp["error"]["code"], resp["error"]["message"])
+    return resp["result"]
+
+
+# -- methods that were missing, and refusals beyond the conformance recordings --------
+# (method, params, expected): expected is the result, or (code, message). In order on
+# one fresh target with a TCP transport, a malloc bdev M0, an ANA subsystem P1 (4
+# namespaces) with a listener and namespace 1 on M0, and a plain subsystem P2.
+ADDR = {"trtype": "tcp", "traddr": "127.0.0.1", "trsvcid": "PORT"}
+RUNTIME_CASES: list[tuple[str, Any, Any]] = [
+    # null bdevs
+    ("bdev_null_create", {"name": "N0", "num_blocks": 1024, "block_size": 512}, "N0"),
+    ("bdev_null_create", {"name": "N0", "num_blocks": 16, "block_size": 512},
+     (-17, "File exists")),
+    ("bdev_null_create", {"name": "N3", "num_blocks": 1024, "block_size": 520},
+     (-22, "Invalid argument")),
+    ("bdev_null_create", {"name": "N5", "num_blocks": 0, "block_size": 512},
+     (-22, "Invalid argument")),
+    ("bdev_null_create", {"num_blocks": 16, "block_size": 512},
+     (-32603, "spdk_json_decode_object failed")),
+    ("bdev_null_create", {"name": "N6", "num_blocks": 16, "block_size": 512, "bogus": 1},
+     (-32603, "spdk_json_decode_object failed")),
+    ("bdev_null_create", {"name": "N7", "num_blocks": 16, "block_size": 512, "dif_type": 1},
+     (-22, "Invalid argument")),
+    ("bdev_null_create", {"name": "N9", "num_blocks": 16, "block_size": 512, "md_size": 7},
+     (-22, "Invalid argument")),
+    ("bdev_null_resize", {"name": "N0", "new_size": 2}, True),
+    ("bdev_null_resize", {"name": "N0", "new_size": 1}, (-22, "Invalid argument")),
+    ("bdev_null_resize", {"name": "nope", "new_size": 2}, (-19, "No such device")),
+    ("bdev_null_delete", {"name": "nope"}, (-19, "No such device")),
+    ("bdev_null_delete", {}, (-32603, "spdk_json_decode_object failed")),
+    # statistics
+    ("bdev_get_iostat", {"name": "N0"}, (-32603, "spdk_json_decode_object failed")),
+    ("bdev_get_histogram", {"name": "N0"}, (-12, "Cannot allocate memory")),
+    ("bdev_enable_histogram", {"name": "N0", "enable": True}, True),
+    ("bdev_enable_histogram", {"name": "nope", "enable": True}, (-19, "No such device")),
+    ("bdev_get_histogram", {"name": "nope"}, (-19, "No such device")),
+    # targets
+    ("nvmf_get_targets", None, ["nvmf_tgt"]),
+    ("nvmf_get_targets", {"x": 1}, (-32602, "nvmf_get_targets has no parameters.")),
+    ("nvmf_create_target", {"name": "nvmf_tgt"}, (-32602, "Target already exists.")),
+    ("nvmf_create_target", {"name": "t4", "bogus": 1}, (-32602, "Invalid parameters")),
+    ("nvmf_delete_target", {"name": "nope"},
+     (-32602, "The specified target doesn't exist, cannot delete it.")),
+    # framework
+    ("framework_get_reactors", {"x": 1},
+     (-32602, "`framework_get_reactors` requires no arguments")),
+    ("framework_get_scheduler", {"x": 1}, (-32602, "'rpc_get_scheduler' requires no arguments")),
+    ("framework_set_scheduler", {"name": "nope"}, (-32603, "Unknown error -22")),
+    ("framework_enable_cpumask_locks", {"x": 1},
+     (-32602, "framework_enable_cpumask_locksrequires no arguments")),
+    ("framework_disable_cpumask_locks", None, True),
+    ("bdev_wait_for_examine", {}, (-32602, "bdev_wait_for_examine requires no parameters")),
+    ("bdev_nvme_set_options", {"bogus": 1}, (-32603, "spdk_json_decode_object failed")),
+    ("bdev_raid_set_options", {"bogus": 1}, (-32700, "spdk_json_decode_object failed")),
+    ("bdev_nvme_set_hotplug", {"enable": False}, True),
+    ("sock_impl_set_options", {"impl_name": "posix"},
+     (-1, "Method may only be called before framework is initialized. Use --wait-for-rpc "
+          "command line parameter and then issue this RPC before the framework_start_init "
+          "RPC.")),
+    # unknown target names, in each method's own words
+    ("nvmf_create_subsystem", {"nqn": "nqn.2016-06.io.spdk:a", "tgt_name": "nope"},
+     (-32603, "Unable to find target nope")),
+    ("nvmf_get_subsystems", {"tgt_name": "nope"}, (-32603, "Unable to find a target.")),
+    ("nvmf_get_stats", {"tgt_name": "nope"}, (-32603, "Unable to find a target.")),
+    ("nvmf_discovery_get_referrals", {"tgt_name": "nope"},
+     (-32603, "Unable to find a target")),
+    ("nvmf_subsystem_get_listeners", {"nqn": N1, "tgt_name": "nope"},
+     (-32603, "Unable to find a target")),
+    ("nvmf_subsystem_add_ns", {"nqn": N1, "namespace": {"bdev_name": "N0"},
+                               "tgt_name": "nope"}, (-32603, "Unable to find a target.")),
+    ("nvmf_subsystem_set_keys", {"nqn": N1, "host": "nqn.2016-06.io.spdk:h",
+                                 "tgt_name": "nope"}, (-32603, "Invalid parameters")),
+    # NQNs as nvmf_nqn_is_valid judges them
+    ("nvmf_create_subsystem", {"nqn": "nqn.2016-6.io.spdk:a"},
+     (-32603, "Unable to create subsystem nqn.2016-6.io.spdk:a")),
+    ("nvmf_create_subsystem", {"nqn": "nqn.2016-13.io.spdk:a"}, True),
+    ("nvmf_create_subsystem", {"nqn": "nqn.2016-06.io.spdk-:a"},
+     (-32603, "Unable to create subsystem nqn.2016-06.io.spdk-:a")),
+    ("nvmf_create_subsystem", {"nqn": "nqn.2016-06.io.spdk:"},
+     (-32603, "Unable to create subsystem nqn.2016-06.io.spdk:")),
+    ("nvmf_create_subsystem", {"nqn": "nqn.2016-06.io..spdk:a"},
+     (-32603, "Unable to create subsystem nqn.2016-06.io..spdk:a")),
+    ("nvmf_create_subsystem", {"nqn": "nqn.2016-06.io.spdk.:a"}, True),
+    ("nvmf_create_subsystem",
+     {"nqn": "nqn.2014-08.org.nvmexpress:uuid:11111111-2222-3333-4444-55555555555"},
+     (-32603, "Unable to create subsystem "
+              "nqn.2014-08.org.nvmexpress:uuid:11111111-2222-3333-4444-55555555555")),
+    ("nvmf_create_subsystem",
+     {"nqn": "nqn.2014-08.org.nvmexpress:uuid:11111111-2222-3333-4444-555555555555"}, True),
+    ("nvmf_create_subsystem", {"nqn": "nqn.2016-06.io.spdk:" + "a" * 204},
+     (-32603, "Unable to create subsystem nqn.2016-06.io.spdk:" + "a" * 204)),
+    ("nvmf_create_subsystem", {"nqn": "nqn.2016-06.io.spdk:b", "serial_number": "SN\x01x"},
+     (-32602, "Invalid parameters")),
+    ("nvmf_create_subsystem", {"nqn": "nqn.2016-06.io.spdk:b", "model_number": "M\x7fx"},
+     (-32602, "Invalid parameters")),
+    ("nvmf_create_subsystem", {"nqn": "nqn.2016-06.io.spdk:d2",
+                               "max_write_zeroes_size_kib": 7},
+     (-32602, "Invalid max_write_zeroes_size_kib 7")),
+    # listeners: address family, port, ANA states
+    ("nvmf_subsystem_add_listener", {"nqn": N1, "listen_address": {**ADDR, "adrfam": "ipv5"}},
+     (-32602, "Invalid parameters")),
+    ("nvmf_subsystem_add_listener", {"nqn": N1, "listen_address": {
+        "trtype": "tcp", "traddr": "127.0.0.1", "adrfam": "IPv4"}},
+     (-32602, "Invalid parameters")),
+    ("nvmf_subsystem_add_listener", {"nqn": N1, "listen_address": {**ADDR, "adrfam": "ipv6"}},
+     (-32602, "Invalid parameters")),
+    ("nvmf_subsystem_add_listener", {"nqn": N1, "listen_address": {**ADDR, "trsvcid": "0"}},
+     (-32602, "Invalid parameters")),
+    ("nvmf_subsystem_add_listener", {"nqn": N1, "listen_address": ADDR,
+                                     "ana_state": "change"}, (-32602, "Invalid parameters")),
+    ("nvmf_subsystem_add_listener", {"nqn": N1, "listen_address": ADDR,
+                                     "ana_state": "persistent_loss"},
+     (-32602, "Invalid parameters")),
+    ("nvmf_subsystem_listener_set_ana_state", {"nqn": N1, "listen_address": ADDR,
+                                               "ana_state": "change"},
+     (-32602, "Invalid parameters")),
+    ("nvmf_subsystem_listener_set_ana_state", {"nqn": N1, "listen_address": ADDR,
+                                               "ana_state": "inaccessible", "anagrpid": 0},
+     True),
+    ("nvmf_subsystem_listener_set_ana_state", {"nqn": N1, "listen_address": ADDR,
+                                               "ana_state": "inaccessible", "anagrpid": 5},
+     (-32603, "error setting ANA state: -22")),
+    # hosts
+    ("nvmf_subsystem_add_host", {"nqn": N1, "host": "not-an-nqn"}, (-32603, "Internal error")),
+    ("nvmf_subsystem_add_host", {"nqn": N1, "host": "nqn.2016-06.io.spdk:h1", "bogus": 1},
+     True),
+    ("nvmf_subsystem_add_host", {"nqn": N1, "host": "nqn.2016-06.io.spdk:h2"}, True),
+    ("nvmf_subsystem_add_host", {"nqn": N1, "host": "nqn.2016-06.io.spdk:h3", "psk": "nokey"},
+     (-32603, "Internal error")),
+    ("nvmf_subsystem_add_host", {"nqn": N1, "host": "nqn.2016-06.io.spdk:h4",
+                                 "dhchap_key": "nokey"}, (-32602, "Invalid parameters")),
+    ("nvmf_subsystem_remove_host", {"nqn": N1, "host": "nqn.2016-06.io.spdk:h1", "bogus": 1},
+     (-32602, "Invalid parameters")),
+    ("nvmf_subsystem_set_keys", {"nqn": N1, "host": "nqn.2016-06.io.spdk:h2"}, True),
+    ("nvmf_subsystem_set_keys", {"nqn": N1, "host": "nqn.2016-06.io.spdk:h9"},
+     (-22, "Invalid argument")),
+    ("nvmf_subsystem_set_keys", {"nqn": N1, "host": "nqn.2016-06.io.spdk:h2",
+                                 "dhchap_key": "nokey"}, (-32602, "Invalid parameters")),
+    ("nvmf_subsystem_set_keys", {"nqn": N1}, (-32602, "Invalid parameters")),
+    # namespaces and ANA groups
+    ("nvmf_subsystem_add_ns", {"nqn": N1, "namespace": {"bdev_name": "N0", "anagrpid": 7}},
+     (-32602, "Invalid parameters")),
+    ("nvmf_subsystem_add_ns", {"nqn": N1, "namespace": {"bdev_name": "N0", "anagrpid": 0}},
+     2),
+    ("nvmf_subsystem_set_ns_ana_group", {"nqn": N1, "nsid": 1, "anagrpid": 2}, True),
+    ("nvmf_subsystem_set_ns_ana_group", {"nqn": N1, "nsid": 1, "anagrpid": 9},
+     (-32602, "Invalid parameters")),
+    ("nvmf_subsystem_set_ns_ana_group", {"nqn": N1, "nsid": 5, "anagrpid": 2},
+     (-32602, "Invalid parameters")),
+    ("nvmf_subsystem_set_ns_ana_group", {"nqn": N1, "nsid": 1, "anagrpid": 0},
+     (-32602, "Invalid parameters")),
+    ("nvmf_subsystem_set_ns_ana_group", {"nqn": N1, "nsid": 1},
+     (-32602, "Invalid parameters")),
+    ("nvmf_subsystem_set_ns_ana_group", {"nqn": N2, "nsid": 1, "anagrpid": 1},
+     (-32602, "Invalid parameters")),
+    ("bdev_aio_create", {"name": "A0", "filename": "REGULAR_FILE"}, (-22, "Invalid argument")),
+    ("keyring_get_keys", {"x": 1}, []),
+    # the discovery subsystem may be deleted
+    ("nvmf_delete_subsystem", {"nqn": DISC}, True),
+]
+
+
+def _substitute(obj: Any, subst: dict[str, str]) -> Any:
+    if isinstance(obj, dict):
+        return {k: _substitute(v, subst) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_substitute(v, subst) for v in obj]
+    return subst.get(obj, obj) if isinstance(obj, str) else obj
+
+
+@pytest.mark.parametrize("kind", TARGET_KINDS)
+def test_runtime_methods_answer_as_nvmf_tgt(tmp_path: Path, kind: str) -> None:
+    regular = tmp_path / "regular.img"
+    regular.write_bytes(bytes(1 << 20))
+    subst = {"PORT": str(free_port()), "REGULAR_FILE": str(regular)}
+    with target_process(tmp_path, kind=kind) as tp:
+        s = Raw(tp.sock)
+        for method, params in (
+                ("nvmf_create_transport", {"trtype": "TCP"}),
+                ("bdev_malloc_create", {"name": "M0", "num_blocks": 64, "block_size": 512}),
+                ("nvmf_create_subsystem", {"nqn": N1, "ana_reporting": True,
+                                           "max_namespaces": 4}),
+                ("nvmf_create_subsystem", {"nqn": N2}),
+                ("nvmf_subsystem_add_listener", {"nqn": N1, "listen_address": ADDR}),
+                ("nvmf_subsystem_add_ns", {"nqn": N1, "namespace": {"bdev_name": "M0"}})):
+            assert "result" in s.call(method, _substitute(params, subst)), method
+        got = [(m, p, _outcome(s.call(m, _substitute(p, subst), i)))
+               for i, (m, p, _) in enumerate(RUNTIME_CASES, 10)]
+    assert [g for g, (_, _, want) in zip(got, RUNTIME_CASES, strict=True)
+            if g[2] != want] == []
+
+
+def _shape(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _shape(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_shape(obj[0])] if obj else []
+    return type(obj).__name__
+
+
+@pytest.mark.parametrize("kind", TARGET_KINDS)
+def test_result_shapes_and_orders_are_nvmf_tgts(tmp_path: Path, kind: str) -> None:
+    """Subsystems sorted by NQN, listeners and hosts newest first, EUI-64 upper case,
+    no anagrpid where ANA is not reported, keyring_get_keys with module and refcnt, and
+    the shapes of the statistics methods."""
+    key = tmp_path / "key0"
+    key.write_text("NVMeTLSkey-1:01:MDAxMTIyMzM0NDU1NjY3Nzg4OTlhYWJiY2NkZGVlZmZwJEiQ:\n")
+    key.chmod(0o600)
+    p1, p2 = str(free_port()), str(free_port())
+    with target_process(tmp_path, kind=kind) as tp:
+        s = Raw(tp.sock)
+        for method, params in (
+                ("nvmf_create_transport", {"trtype": "TCP"}),
+                ("keyring_file_add_key", {"name": "key0", "path": str(key)}),
+                ("bdev_null_create", {"name": "N0", "num_blocks": 64, "block_size": 512,
+                                      "uuid": "0a1b2c3d-4e5f-4071-8293-a4b5c6d7e8f9"}),
+                ("nvmf_create_subsystem", {"nqn": N2}),
+                ("nvmf_create_subsystem", {"nqn": N1}),
+                ("nvmf_subsystem_add_ns", {"nqn": N2, "namespace": {
+                    "bdev_name": "N0", "eui64": "aabbccddeeff0011"}}),
+                ("nvmf_subsystem_add_host", {"nqn": N2, "host": "nqn.2016-06.io.spdk:h1"}),
+                ("nvmf_subsystem_add_host", {"nqn": N2, "host": "nqn.2016-06.io.spdk:h2",
+                                             "dhchap_key": "key0"}),
+                ("nvmf_subsystem_add_listener", {"nqn": N2, "listen_address": {
+                    **ADDR, "trsvcid": p1}}),
+                ("nvmf_subsystem_add_listener", {"nqn": N2, "listen_address": {
+                    **ADDR, "trsvcid": p2}})):
+            assert "result" in s.call(method, params), method
+        subs = s.call("nvmf_get_subsystems")["result"]
+        listeners = s.call("nvmf_subsystem_get_listeners", {"nqn": N2})["result"]
+        keys = s.call("keyring_get_keys")["result"]
+        iostat = s.call("bdev_get_iostat")["result"]
+        reactors = s.call("framework_get_reactors")["result"]
+        scheduler = s.call("framework_get_scheduler")["result"]
+        bdev = s.call("bdev_get_bdevs", {"name": "N0"})["result"]
+        s.call("bdev_enable_histogram", {"name": "N0", "enable": True})
+        histogram = s.call("bdev_get_histogram", {"name": "N0"})["result"]
+    assert [x["nqn"] for x in subs] == [DISC, N1, N2]
+    (sub2,) = [x for x in subs if x["nqn"] == N2]
+    assert [h["nqn"] for h in sub2["hosts"]] == ["nqn.2016-06.io.spdk:h2",
+                                                 "nqn.2016-06.io.spdk:h1"]
+    assert [a["trsvcid"] for a in sub2["listen_addresses"]] == [p2, p1]
+    assert [x["address"]["trsvcid"] for x in listeners] == [p2, p1]
+    (ns,) = sub2["namespaces"]
+    assert ns["eui64"] == "AABBCCDDEEFF0011" and "anagrpid" not in ns
+    assert keys == [{"name": "key0", "module": "keyring_file", "removed": False,
+                     "probed": True, "refcnt": 2, "path": str(key)}]
+    assert _shape(iostat) == {"tick_rate": "int", "ticks": "int", "bdevs": [{
+        "name": "str", **{k: "int" for k in (
+            "bytes_read", "num_read_ops", "bytes_written", "num_write_ops", "bytes_unmapped",
+            "num_unmap_ops", "bytes_copied", "num_copy_ops", "read_latency_ticks",
+            "max_read_latency_ticks", "min_read_latency_ticks", "write_latency_ticks",
+            "max_write_latency_ticks", "min_write_latency_ticks", "unmap_latency_ticks",
+            "max_unmap_latency_ticks", "min_unmap_latency_ticks", "copy_latency_ticks",
+            "max_copy_latency_ticks", "min_copy_latency_ticks")}, "io_error": {}}]}
+    assert _shape(reactors) == {"tick_rate": "int", "pid": "int", "reactors": [{
+        "lcore": "int", "numa_id": "int", "tid": "int", "busy": "int", "idle": "int",
+        "in_interrupt": "bool", "irq": "int", "sys": "int", "usr": "int",
+        "lw_threads": [{"name": "str", "id": "int", "cpumask": "str", "elapsed": "int"}]}]}
+    assert scheduler == {"scheduler_name": "static", "scheduler_period": 0,
+                         "isolated_core_mask": "0", "scheduling_core": 0}
+    assert bdev[0]["product_name"] == "Null disk" and "numa_id" not in bdev[0]
+    assert {k: v for k, v in bdev[0]["supported_io_types"].items() if v} == {
+        "read": True, "write": True, "reset": True, "write_zeroes": True, "abort": True}
+    assert sorted(histogram) == ["granularity", "histogram", "max_range", "min_range",
+                                 "tsc_rate"]
+
+
+# -- JSON-RPC framing as lib/jsonrpc/jsonrpc_server.c has it ---------------------------
+VERSION = b'"method":"spdk_get_version"'
+INVALID = (-32600, "Invalid request")
+FRAMING: list[tuple[bytes, Any]] = [
+    (b'{' + VERSION + b',"id":1}', "result"),                       # no "jsonrpc": fine
+    (b'{"jsonrpc":"1.0",' + VERSION + b',"id":2}', (None, INVALID)),
+    (b'{"jsonrpc":"2.0",' + VERSION + b'}', "no answer"),             # a notification
+    (b'{"jsonrpc":"2.0",' + VERSION + b',"id":null}', "no answer"),   # id null: no result
+    (b'{"jsonrpc":"2.0",' + VERSION + b',"id":{"a":1}}', (None, INVALID)),
+    (b'{"jsonrpc":"2.0",' + VERSION + b',"id":[1]}', (None, INVALID)),
+    (b'{"jsonrpc":"2.0",' + VERSION + b',"id":true}', (None, INVALID)),
+    (b'{"jsonrpc":"2.0",' + VERSION + b',"id":"s1"}', "result"),
+    (b'42\n', (None, INVALID)),
+    (b'"str"', (None, INVALID)),
+    (b'{"jsonrpc":"2.0",' + VERSION + b',"id":3,"params":5}', (3, INVALID)),
+    (b'{"jsonrpc":"2.0",' + VERSION + b',"id":4,"params":null}', "result"),
+    (b'{"jsonrpc":"2.0","method":5,"id":6}', (None, INVALID)),
+    (b'[]', (None, INVALID)),
+    (b'{"jsonrpc":"2.0","method":"nope"}', (None, (-32601, "Method not found"))),
+    (b'{"jsonrpc":"2.0",' + VERSION + b',"id":7,"extra":1}', (None, INVALID)),
+    (b'{"jsonrpc":"2.0","method":"bdev_get_bdevs","id":8,"params":[]}',
+     (8, (-32603, "spdk_json_decode_object failed"))),
+    (b'{"jsonrpc":"2.0","id":11}', (None, INVALID)),
+]
+
+
+@pytest.mark.parametrize("kind", TARGET_KINDS)
+def test_jsonrpc_framing_is_spdks(tmp_path: Path, kind: str) -> None:
+    def seen(resp: Any) -> Any:
+        if resp is None:
+            return "no answer"
+        if "error" in resp:
+            return (resp["id"], (resp["error"]["code"], resp["error"]["message"]))
+        return "result"
+    with target_process(tmp_path, kind=kind) as tp:
+        s = Raw(tp.sock)
+        got = []
+        for data, _ in FRAMING:   # an answer left out is waited for 1 s
+            got.append(seen(s.send(data, wait=1.0)))
+        batch = s.send(b'[{"jsonrpc":"2.0",' + VERSION + b',"id":9},[1]]')
+    assert [(d, g) for g, (d, want) in zip(got, FRAMING, strict=True) if g != want] == []
+    assert [seen(x) for x in batch] == ["result", (None, INVALID)]
+
+
+# -- load_config of a real save_config ------------------------------------------------
+def _entries(doc: dict[str, Any]) -> dict[str, list[str]]:
+    """Each subsystem's entries, batches flattened, order aside."""
+    return {s["subsystem"]: sorted(json.dumps(x, sort_keys=True)
+                                   for e in s["config"]
+                                   for x in (e if isinstance(e, list) else [e]))
+            for s in doc["subsystems"]}
+
+
+@pytest.mark.parametrize("kind", TARGET_KINDS)
+def test_load_config_of_a_real_save_config(tmp_path: Path, kind: str) -> None:
+    """``spdk-rpc load_config`` of a save_config taken from a real nvmf_tgt, into a
+    target started with --wait-for-rpc; its save_config gives the same back."""
+    key, aio = tmp_path / "key0", tmp_path / "aio.img"
+    key.write_text("NVMeTLSkey-1:01:MDAxMTIyMzM0NDU1NjY3Nzg4OTlhYWJiY2NkZGVlZmZwJEiQ:\n")
+    key.chmod(0o600)
+    aio.write_bytes(bytes(4 << 20))
+    text = SAVE_CONFIG.read_text().replace("@KEY@", str(key)).replace(
+        "@AIO@", str(aio)).replace("@PORT@", str(free_port()))
+    with target_process(tmp_path, "--wait-for-rpc", kind=kind) as tp:
+        load = subprocess.run([SPDK_RPC, "-s", tp.sock, "load_config"], input=text,
+                              capture_output=True, text=True, timeout=120)
+        assert load.returncode == 0, load.stderr[-2000:]
+        save = subprocess.run([SPDK_RPC, "-s", tp.sock, "save_config"],
+                              capture_output=True, text=True, timeout=60)
+        assert save.returncode == 0, save.stderr[-2000:]
+    assert _entries(json.loads(save.stdout)) == _entries(json.loads(text))
+
+
+def test_framework_get_config_with_batches_keeps_nvmfs_batches(tmp_path: Path) -> None:
+    """SPDK emits the nvmf subsystems, hosts, namespaces, namespace hosts and listeners
+    as five batch arrays (empty ones too) when asked with_batches."""
+    with target_process(tmp_path) as tp:
+        s = Raw(tp.sock)
+        s.call("nvmf_create_transport", {"trtype": "TCP"})
+        s.call("nvmf_create_subsystem", {"nqn": N1})
+        cfg = s.call("framework_get_config", {"name": "nvmf", "with_batches": True})["result"]
+        flat = s.call("framework_get_config", {"name": "nvmf"})["result"]
+    batches = [e for e in cfg if isinstance(e, list)]
+    assert len(batches) == 5 and [len(b) for b in batches] == [1, 0, 0, 0, 0]
+    assert [e for e in cfg if not isinstance(e, list)] + batches[0] == flat
