@@ -213,6 +213,6 @@ def keyring_get_keys(ctx: RpcContext, params: Any) -> Any:
                 for k in (h.psk, h.dhchap_key, h.dhchap_ctrlr_key):
                     if k is not None:
                         users[k] = users.get(k, 0) + 1
-        return [{"name": k.name, "module": "keyring_file", "removed": False, "probed": True,
+        return [{"name": k.name, "module": "keyring_file", "removed": False, "probed": False,
                  "refcnt": 1 + users.get(k.name, 0), "path": k.path}
                 for k in ctx.core.state.keys.values()]

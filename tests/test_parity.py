@@ -319,7 +319,7 @@ def test_result_shapes_and_orders_are_nvmf_tgts(tmp_path: Path, kind: str) -> No
     (ns,) = sub2["namespaces"]
     assert ns["eui64"] == "AABBCCDDEEFF0011" and "anagrpid" not in ns
     assert keys == [{"name": "key0", "module": "keyring_file", "removed": False,
-                     "probed": True, "refcnt": 2, "path": str(key)}]
+                     "probed": False, "refcnt": 2, "path": str(key)}]
     assert _shape(iostat) == {"tick_rate": "int", "ticks": "int", "bdevs": [{
         "name": "str", **{k: "int" for k in (
             "bytes_read", "num_read_ops", "bytes_written", "num_write_ops", "bytes_unmapped",
