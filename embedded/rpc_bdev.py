@@ -12,6 +12,8 @@ import fcntl
 import os
 import stat
 import struct
+import threading
+import time
 from typing import Any
 
 from nvmf_phoenix.embedded.bdev import check_geometry
@@ -124,6 +126,26 @@ def _detected_block_size(path: str) -> int | None:
         os.close(fd)
 
 
+@rpc("bdev_aio_rescan")
+def bdev_aio_rescan(ctx: RpcContext, params: Any) -> Any:
+    """Take the file's new size (a file grown or shrunk under the bdev)."""
+    p = decode_bdev(params, {"name": (str, True)})
+    bdev = ctx.core.state.bdevs.get(p["name"])
+    if bdev is None or bdev.kind != "aio" or not bdev.filename:
+        raise not_found(f"no aio bdev named {p['name']}")
+    try:
+        size = os.stat(bdev.filename).st_size
+    except OSError as exc:
+        raise TargetError(-(exc.errno or 5), os.strerror(exc.errno or 5),
+                          f"{bdev.filename}: {exc.strerror}") from None
+    blocks = size // bdev.block_size
+    if blocks != bdev.num_blocks:
+        if blocks == 0:
+            raise TargetError(*EINVAL, f"{bdev.filename} is smaller than one block")
+        ctx.mutate(lambda: ctx.core.resize_bdev(bdev.name, blocks))
+    return True
+
+
 @rpc("bdev_aio_delete")
 def bdev_aio_delete(ctx: RpcContext, params: Any) -> Any:
     return _delete_bdev(ctx, params, "aio")
@@ -190,14 +212,26 @@ def _next_name(core: TargetCore, prefix: str) -> str:
 # -- listing, statistics ---------------------------------------------------------------
 @rpc("bdev_get_bdevs")
 def bdev_get_bdevs(ctx: RpcContext, params: Any) -> Any:
+    """With a name and a timeout (ms), waits that long for the bdev to appear, and
+    answers -110 if it does not, as SPDK does."""
     p = decode_bdev(params, {"name": (str, False), "timeout": (U64, False)})
-    with ctx.lock:
-        bdevs = list(ctx.core.state.bdevs.values())
-        if "name" in p:
-            bdevs = [b for b in bdevs if p["name"] in (b.name, b.uuid)]
-            if not bdevs:
-                raise not_found(f"no bdev named {p['name']}")
-        return [bdev_info(ctx.core, b) for b in bdevs]
+    deadline = time.monotonic() + p.get("timeout", 0) / 1000
+    while True:
+        with ctx.lock:
+            bdevs = list(ctx.core.state.bdevs.values())
+            if "name" in p:
+                bdevs = [b for b in bdevs if p["name"] in (b.name, b.uuid)]
+            if bdevs or "name" not in p:
+                return [bdev_info(ctx.core, b) for b in bdevs]
+        if not p.get("timeout"):
+            raise not_found(f"no bdev named {p['name']}")
+        if time.monotonic() >= deadline:
+            raise TargetError(-110, "Connection timed out",
+                              f"no bdev named {p['name']} within {p['timeout']} ms")
+        _POLL.wait(min(0.01, max(0.0, deadline - time.monotonic())))
+
+
+_POLL = threading.Event()   # never set: a bounded pause between looks for a bdev
 
 
 IOSTAT_FIELDS = ("bytes_read", "num_read_ops", "bytes_written", "num_write_ops",
@@ -229,12 +263,20 @@ def bdev_get_iostat(ctx: RpcContext, params: Any) -> Any:
     stats = [{"name": b.name, **dict.fromkeys(IOSTAT_FIELDS, 0), "io_error": {}}
              for b in chosen]
     out: dict[str, Any] = {"tick_rate": TICK_RATE, "ticks": int(ticks * TICK_RATE)}
-    if p.get("per_channel"):
-        out.update(name=chosen[0].name, channels=[
-            {"thread_id": 2, **{k: v for k, v in stats[0].items() if k != "name"}}])
+    if p.get("per_channel"):   # no I/O channels are kept per thread here
+        out.update(name=chosen[0].name, channels=[])
     else:
         out["bdevs"] = stats
     return out
+
+
+@rpc("bdev_reset_iostat")
+def bdev_reset_iostat(ctx: RpcContext, params: Any) -> Any:
+    """Nothing to reset: no counters are kept (see bdev_get_iostat)."""
+    p = decode_bdev(params, {"name": (str, False), "mode": (str, False)})
+    if "name" in p and p["name"] not in ctx.core.state.bdevs:
+        raise not_found(f"no bdev named {p['name']}")
+    return True
 
 
 TICK_RATE = 1_000_000_000

@@ -97,6 +97,19 @@ def framework_get_reactors(ctx: RpcContext, params: Any) -> Any:
              "elapsed": ticks}]}]}
 
 
+@rpc("framework_get_governor")
+def framework_get_governor(ctx: RpcContext, params: Any) -> Any:
+    """No CPU frequency governor is in use (as with nvmf_tgt's static scheduler)."""
+    no_params(params, "'rpc_get_governor' requires no arguments")
+    return {}
+
+
+@rpc("framework_get_pci_devices")
+def framework_get_pci_devices(ctx: RpcContext, params: Any) -> Any:
+    """The embedded target attaches no PCI devices."""
+    return []
+
+
 def _core_locks(name: str, enable: bool) -> Any:
     def handler(ctx: RpcContext, params: Any) -> Any:
         """Remembered only: the embedded target claims no CPU core lock files."""

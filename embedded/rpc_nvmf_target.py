@@ -216,3 +216,20 @@ def keyring_get_keys(ctx: RpcContext, params: Any) -> Any:
         return [{"name": k.name, "module": "keyring_file", "removed": False, "probed": False,
                  "refcnt": 1 + users.get(k.name, 0), "path": k.path}
                 for k in ctx.core.state.keys.values()]
+
+
+# -- mDNS pull registration requests ---------------------------------------------------
+@rpc("nvmf_publish_mdns_prr")
+def nvmf_publish_mdns_prr(ctx: RpcContext, params: Any) -> Any:
+    """As an nvmf_tgt built without avahi: mDNS publishing is not supported."""
+    p = decode(params, {"tgt_name": (str, False)})
+    check_target(p.get("tgt_name"))
+    raise TargetError(-95, "Operation not supported", "no mDNS support in the embedded target")
+
+
+@rpc("nvmf_stop_mdns_prr")
+def nvmf_stop_mdns_prr(ctx: RpcContext, params: Any) -> Any:
+    """Nothing was published: stopping succeeds, as on nvmf_tgt."""
+    p = decode(params, {"tgt_name": (str, False)})
+    check_target(p.get("tgt_name"))
+    return True

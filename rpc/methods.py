@@ -160,10 +160,15 @@ METHODS = _table(
     _reads("bdev_get_iostat", RUNTIME_ONLY),
     _reads("bdev_get_histogram", RUNTIME_ONLY),
     Method("bdev_enable_histogram"),
+    Method("bdev_reset_iostat"),
+    Method("bdev_aio_rescan"),    # not modelled as an op: capture reads the new size
     # -- nvmf targets: one, "nvmf_tgt", on the embedded target -------------------------
     Method("nvmf_create_target"),
     Method("nvmf_delete_target"),
     _reads("nvmf_get_targets", RUNTIME_ONLY),
+    # mDNS pull registration requests: nvmf_tgt built without avahi answers -95 (as here)
+    Method("nvmf_publish_mdns_prr"),
+    Method("nvmf_stop_mdns_prr"),
     # -- nvmf: a namespace's ANA group, a host's DH-HMAC-CHAP keys (general path) ------
     Method("nvmf_subsystem_set_ns_ana_group", on_subsystem=True, ana_touching=True),
     Method("nvmf_subsystem_set_keys", on_subsystem=True),
@@ -172,6 +177,8 @@ METHODS = _table(
     Method("framework_set_scheduler", phases=BOTH),
     _reads("framework_get_scheduler"),
     _reads("framework_get_reactors", RUNTIME_ONLY),
+    _reads("framework_get_governor", RUNTIME_ONLY),
+    _reads("framework_get_pci_devices", RUNTIME_ONLY),
     Method("framework_enable_cpumask_locks", phases=BOTH),
     Method("framework_disable_cpumask_locks", phases=BOTH),
     # -- options of libraries and modules a save_config carries -------------------------

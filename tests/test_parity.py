@@ -103,8 +103,14 @@ RUNTIME_CASES: list[tuple[str, Any, Any]] = [
     ("bdev_null_resize", {"name": "nope", "new_size": 2}, (-19, "No such device")),
     ("bdev_null_delete", {"name": "nope"}, (-19, "No such device")),
     ("bdev_null_delete", {}, (-32603, "spdk_json_decode_object failed")),
-    # statistics
+    # statistics, waits, rescans
     ("bdev_get_iostat", {"name": "N0"}, (-32603, "spdk_json_decode_object failed")),
+    ("bdev_get_iostat", {"names": ["N0", "nope"]}, (-19, "No such device")),
+    ("bdev_get_iostat", {"per_channel": True}, (-22, "Invalid argument")),
+    ("bdev_reset_iostat", None, True),
+    ("bdev_get_bdevs", {"name": "nope", "timeout": 200}, (-110, "Connection timed out")),
+    ("bdev_aio_rescan", {"name": "nope"}, (-19, "No such device")),
+    ("bdev_aio_rescan", {"name": "M0"}, (-19, "No such device")),
     ("bdev_get_histogram", {"name": "N0"}, (-12, "Cannot allocate memory")),
     ("bdev_enable_histogram", {"name": "N0", "enable": True}, True),
     ("bdev_enable_histogram", {"name": "nope", "enable": True}, (-19, "No such device")),
@@ -116,7 +122,13 @@ RUNTIME_CASES: list[tuple[str, Any, Any]] = [
     ("nvmf_create_target", {"name": "t4", "bogus": 1}, (-32602, "Invalid parameters")),
     ("nvmf_delete_target", {"name": "nope"},
      (-32602, "The specified target doesn't exist, cannot delete it.")),
-    # framework
+    # framework, mDNS
+    ("framework_get_governor", None, {}),
+    ("framework_get_pci_devices", None, []),
+    ("nvmf_publish_mdns_prr", None, (-95, "Operation not supported")),
+    ("nvmf_stop_mdns_prr", None, True),
+    ("nvmf_get_stats", {"x": 1}, (-32602, "Invalid parameters")),
+    ("spdk_get_version", {}, (-32602, "spdk_get_version method requires no parameters")),
     ("framework_get_reactors", {"x": 1},
      (-32602, "`framework_get_reactors` requires no arguments")),
     ("framework_get_scheduler", {"x": 1}, (-32602, "'rpc_get_scheduler' requires no arguments")),
