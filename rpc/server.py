@@ -2,9 +2,9 @@
 
 Like SPDK: an flock on ``<path>.lock`` marks the socket as owned (a second target refuses
 to start; a stale socket file whose lock is free is removed), requests arrive back to back
-without framing and may be pipelined, and a request that is not JSON gets -32700 and the
-connection is closed. Each client has its own thread, so a client that connects and never
-sends, or sends half a request, holds up nobody else.
+without framing and may be pipelined, and a request that is not JSON closes the connection
+without an answer (the reason goes to the log). Each client has its own thread, so a
+client that connects and never sends, or sends half a request, holds up nobody else.
 
 Limits against hostile clients (SPDK has the first two; the others are ours): a request is
 at most 256 KiB and found in linear time (rpc/framing.py); at most ``max_clients``
@@ -167,9 +167,8 @@ class RpcServer:
                     self.after_batch()
                 for resp in answers:
                     self._answer(conn, resp)
-                if framer.error:
-                    log.info("RPC request refused: %s", framer.error)
-                    self._answer(conn, error(None, -32700, "Parse error"))
+                if framer.error:   # SPDK closes without a word (jsonrpc_server_tcp.c)
+                    log.info("RPC request refused, connection closed: %s", framer.error)
                     return
                 if not framer.partial:
                     client.partial_since = None

@@ -116,10 +116,15 @@ class Raw:
         return self.read()
 
     def read(self) -> Any:
+        """The next answer; None if the server closed the connection without one (SPDK
+        does so on input it cannot parse)."""
         while True:
-            got = self.framer.feed(self.sock.recv(1 << 20) or b" ")
+            data = self.sock.recv(1 << 20)
+            got = self.framer.feed(data or b" ")
             if got:
                 return got[0]
+            if not data:
+                return None
 
     def closed(self) -> bool:
         """True once the server has closed this connection (bounded wait)."""
@@ -249,6 +254,10 @@ def test_generated_hostile_params_get_spdk_errors_and_change_nothing(
                 return   # a value JSON cannot carry
             resp = raw[0].call(json.loads(text))
             stats["calls"] += 1
+            if resp is None:   # closed unanswered: JSON SPDK cannot parse (lone surrogate)
+                assert "\\ud800" in text and full_state(c) == before, text
+                raw[0] = Raw(t.sock)
+                return
             check_answer(req, resp)
             if resp.get("error", {}).get("code") == -32700:
                 assert raw[0].closed()   # SPDK, too, cannot resynchronise after it
@@ -286,7 +295,7 @@ def test_huge_and_broken_values_are_refused_and_the_target_keeps_serving(
         assert resp["error"] == {"code": -12, "message": "Cannot allocate memory"}
         raw.sock.sendall(b'{"jsonrpc":"2.0","id":3,"method":"bdev_malloc_create","params":'
                          b'{"name":"\\ud800","num_blocks":8,"block_size":512}}')
-        assert raw.read()["error"]["code"] == -32700 and raw.closed()
+        assert raw.closed()   # not JSON SPDK can parse: closed without an answer
         assert full_state(c) == before
         with Host("127.0.0.1", t.port, NQN) as h:     # the data path never stalled
             h.create_io_queues(1)
@@ -419,6 +428,10 @@ def test_refused_calls_through_the_supervisor_leave_the_checkpoint_alone(
             except ValueError:
                 return
             resp = raw[0].call(req)
+            if resp is None:   # closed unanswered: JSON SPDK cannot parse (lone surrogate)
+                assert "\\ud800" in json.dumps(req) and full_state(c) == before, req
+                raw[0] = Raw(str(tmp_path / "public.sock"))
+                return
             check_answer(req, resp)
             if "error" in resp:
                 refused.append(method)

@@ -162,7 +162,7 @@ def _raw(sock_path: str, payload: bytes, timeout: float = 5) -> bytes:
             out += chunk
             if out.strip().endswith(b"}"):
                 break
-    except TimeoutError:
+    except (TimeoutError, ConnectionResetError):   # closed with our bytes unread: a reset
         pass
     s.close()
     return out
@@ -176,13 +176,12 @@ def test_hostile_rpc_input_is_refused_and_changes_nothing(tmp_path: Path, kind: 
         half = socket.socket(socket.AF_UNIX)
         half.connect(tp.sock)
         half.sendall(b'{"jsonrpc": "2.0", "method": "spdk_get_')   # half a request
-        # Unparseable input: the embedded target answers -32700 and closes. SPDK builds the
-        # same answer but closes the connection before sending it (jsonrpc_server_tcp.c
-        # closes on the parse failure): the caller sees only the close.
-        refused = b"-32700" if kind == "embedded" else b""
-        assert refused in _raw(tp.sock, b"this is not json")
+        # Unparseable input: SPDK builds a -32700 answer but closes the connection before
+        # sending it (jsonrpc_server_tcp.c closes on the parse failure): the caller sees
+        # only the close, from either target.
+        assert _raw(tp.sock, b"this is not json") == b""
         deep = b'{"jsonrpc":"2.0","id":1,"method":"x","params":' + b"[" * 100000
-        assert refused in _raw(tp.sock, deep + b"]" * 100000 + b"}")
+        assert _raw(tp.sock, deep + b"]" * 100000 + b"}") == b""
         # nvmf methods refuse bad params with -32602; SPDK's bdev modules answer a decode
         # failure with -32603 "spdk_json_decode_object failed" (checked against nvmf_tgt).
         cases = [("nvmf_create_subsystem", {"nqn": 42}, -32602),
