@@ -438,3 +438,51 @@ def test_framework_get_config_with_batches_keeps_nvmfs_batches(tmp_path: Path) -
     batches = [e for e in cfg if isinstance(e, list)]
     assert len(batches) == 5 and [len(b) for b in batches] == [1, 0, 0, 0, 0]
     assert [e for e in cfg if not isinstance(e, list)] + batches[0] == flat
+
+
+@pytest.mark.parametrize("kind", TARGET_KINDS)
+def test_started_with_a_real_save_config(tmp_path: Path, kind: str) -> None:
+    """nvmf_tgt -c <save_config>: the same file as above, taken at start."""
+    key, aio, conf = tmp_path / "key0", tmp_path / "aio.img", tmp_path / "config.json"
+    key.write_text("NVMeTLSkey-1:01:MDAxMTIyMzM0NDU1NjY3Nzg4OTlhYWJiY2NkZGVlZmZwJEiQ:\n")
+    key.chmod(0o600)
+    aio.write_bytes(bytes(4 << 20))
+    conf.write_text(SAVE_CONFIG.read_text().replace("@KEY@", str(key)).replace(
+        "@AIO@", str(aio)).replace("@PORT@", str(free_port())))
+    with target_process(tmp_path, "-c", str(conf), kind=kind) as tp:
+        save = subprocess.run([SPDK_RPC, "-s", tp.sock, "save_config"],
+                              capture_output=True, text=True, timeout=60)
+        assert save.returncode == 0, save.stderr[-2000:]
+    assert _entries(json.loads(save.stdout)) == _entries(json.loads(conf.read_text()))
+
+
+# Where the embedded target answers differently on purpose: SPDK accepts these, the
+# embedded target cannot honour them and refuses rather than ignores them (the option
+# would otherwise be silently lost: hosts would see a different device than asked for).
+REFUSED_NOT_IGNORED: list[tuple[str, Any, Any]] = [
+    ("bdev_malloc_create", {"name": "Md", "num_blocks": 64, "block_size": 512,
+                            "md_size": 8}, (-95, "Operation not supported")),
+    ("bdev_null_create", {"name": "Nd", "num_blocks": 64, "block_size": 512, "md_size": 8,
+                          "dif_type": 1}, (-95, "Operation not supported")),
+    ("bdev_null_create", {"name": "Nd", "num_blocks": 64, "block_size": 512,
+                          "md_size": 8, "dif_type": 4}, (-22, "Invalid argument")),
+    ("nvmf_create_subsystem", {"nqn": N1, "dmrsl": 5},
+     (-32603, f"Unable to create subsystem {N1}")),
+    ("nvmf_create_subsystem", {"nqn": N1, "enable_nssr": True},
+     (-32603, f"Unable to create subsystem {N1}")),
+    ("nvmf_create_subsystem", {"nqn": N1, "dmrsl": 2097152, "wzsl": 12}, True),
+    ("nvmf_create_target", {"name": "t2"}, (-32603, "Unable to create the requested target.")),
+    ("nvmf_delete_target", {"name": "nvmf_tgt"}, (-32603, "Internal error")),
+    ("nvmf_get_targets", None, ["nvmf_tgt"]),
+]
+
+
+def test_what_the_embedded_target_cannot_honour_is_refused(tmp_path: Path) -> None:
+    with target_process(tmp_path) as tp:
+        s = Raw(tp.sock)
+        got = [(m, p, _outcome(s.call(m, p, i)))
+               for i, (m, p, _) in enumerate(REFUSED_NOT_IGNORED, 1)]
+        bdevs = s.call("bdev_get_bdevs")["result"]
+    assert [g for g, (_, _, want) in zip(got, REFUSED_NOT_IGNORED, strict=True)
+            if g[2] != want] == []
+    assert bdevs == []
