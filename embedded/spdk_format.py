@@ -157,16 +157,20 @@ def _bdev_create(b: Bdev) -> dict[str, Any]:
         "fallocate": bool(b.params.get("fallocate", False)), "uuid": b.uuid, "nowait": False}}
 
 
-def _bdev_config(core: TargetCore, options: Options) -> list[dict[str, Any]]:
+def _bdev_config(core: TargetCore, options: Options, with_batches: bool) -> list[Any]:
     """In nvmf_tgt's order: the bdev layer's options, then each module's options and
-    bdevs in module order (raid, malloc, null, nvme, aio), then the examine barrier."""
+    bdevs in module order (raid, malloc, null, nvme, aio), then the examine barrier.
+    The malloc, null and nvme modules write their bdevs as batches (nvme's is empty
+    here); aio writes each bdev on its own."""
     bdevs = list(core.state.bdevs.values())
 
-    def made(kind: str) -> list[dict[str, Any]]:
-        return [_bdev_create(b) for b in bdevs if b.kind == kind]
+    def batch(kind: str) -> list[Any]:
+        made = [_bdev_create(b) for b in bdevs if b.kind == kind]
+        return [made] if with_batches else made
     return [options.entry("bdev_set_options"), options.entry("bdev_raid_set_options"),
-            *made("malloc"), *made("null"), options.entry("bdev_nvme_set_options"),
-            options.entry("bdev_nvme_set_hotplug"), *made("aio"),
+            *batch("malloc"), *batch("null"), options.entry("bdev_nvme_set_options"),
+            *batch("nvme"), options.entry("bdev_nvme_set_hotplug"),
+            *[_bdev_create(b) for b in bdevs if b.kind == "aio"],
             {"method": "bdev_wait_for_examine"}]
 
 
@@ -218,7 +222,7 @@ def subsystem_config(core: TargetCore, name: str, options: Options | None = None
     """framework_get_config(name); None for a subsystem nvmf_tgt does not have."""
     options = options if options is not None else Options()
     if name == "bdev":
-        return _bdev_config(core, options)
+        return _bdev_config(core, options, with_batches)
     if name == "nvmf":
         return _nvmf_config(core, with_batches)
     if name == "keyring":

@@ -426,18 +426,39 @@ def test_load_config_of_a_real_save_config(tmp_path: Path, kind: str) -> None:
     assert _entries(json.loads(save.stdout)) == _entries(json.loads(text))
 
 
-def test_framework_get_config_with_batches_keeps_nvmfs_batches(tmp_path: Path) -> None:
-    """SPDK emits the nvmf subsystems, hosts, namespaces, namespace hosts and listeners
-    as five batch arrays (empty ones too) when asked with_batches."""
-    with target_process(tmp_path) as tp:
+@pytest.mark.parametrize("kind", TARGET_KINDS)
+def test_framework_get_config_with_batches_keeps_spdks_batches(tmp_path: Path,
+                                                               kind: str) -> None:
+    """with_batches: nvmf's subsystems, hosts, namespaces, namespace hosts and listeners
+    are five batch arrays (empty ones too); the malloc, null and nvme bdev modules write
+    a batch each, aio none. Without it, the same entries flattened."""
+    aio = tmp_path / "a.img"
+    aio.write_bytes(bytes(1 << 20))
+
+    def methods(cfg: list[Any]) -> list[Any]:
+        return [[x["method"] for x in e] if isinstance(e, list) else e["method"]
+                for e in cfg]
+    with target_process(tmp_path, kind=kind) as tp:
         s = Raw(tp.sock)
-        s.call("nvmf_create_transport", {"trtype": "TCP"})
-        s.call("nvmf_create_subsystem", {"nqn": N1})
-        cfg = s.call("framework_get_config", {"name": "nvmf", "with_batches": True})["result"]
+        for method, params in (
+                ("nvmf_create_transport", {"trtype": "TCP"}),
+                ("nvmf_create_subsystem", {"nqn": N1}),
+                ("bdev_malloc_create", {"name": "M0", "num_blocks": 64, "block_size": 512}),
+                ("bdev_null_create", {"name": "N0", "num_blocks": 64, "block_size": 512}),
+                ("bdev_aio_create", {"name": "A0", "filename": str(aio),
+                                     "block_size": 512})):
+            assert "result" in s.call(method, params), method
+        nvmf = s.call("framework_get_config", {"name": "nvmf", "with_batches": True})
         flat = s.call("framework_get_config", {"name": "nvmf"})["result"]
-    batches = [e for e in cfg if isinstance(e, list)]
-    assert len(batches) == 5 and [len(b) for b in batches] == [1, 0, 0, 0, 0]
-    assert [e for e in cfg if not isinstance(e, list)] + batches[0] == flat
+        bdev = s.call("framework_get_config", {"name": "bdev", "with_batches": True})
+    assert methods(nvmf["result"]) == [
+        "nvmf_set_config", "nvmf_set_max_subsystems", "nvmf_set_crdt",
+        "nvmf_create_transport", ["nvmf_create_subsystem"], [], [], [], []]
+    assert [x for e in nvmf["result"] for x in (e if isinstance(e, list) else [e])] == flat
+    assert methods(bdev["result"]) == [
+        "bdev_set_options", "bdev_raid_set_options", ["bdev_malloc_create"],
+        ["bdev_null_create"], "bdev_nvme_set_options", [], "bdev_nvme_set_hotplug",
+        "bdev_aio_create", "bdev_wait_for_examine"]
 
 
 @pytest.mark.parametrize("kind", TARGET_KINDS)
