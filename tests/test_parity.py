@@ -328,3 +328,33 @@ def test_what_the_embedded_target_cannot_honour_is_refused(tmp_path: Path) -> No
     assert [g for g, (_, _, want) in zip(got, REFUSED_NOT_IGNORED, strict=True)
             if g[2] != want] == []
     assert bdevs == []
+
+
+@pytest.mark.parametrize("kind", TARGET_KINDS)
+def test_a_null_bdev_reads_zeroes_and_drops_writes(tmp_path: Path, kind: str) -> None:
+    """A host sees a null bdev's namespace at its size; what it writes is dropped; after
+    bdev_null_resize the namespace is the new size. What it reads is undefined on SPDK
+    (the null bdev leaves the read buffer as it was: whatever the pool held); the
+    embedded target answers zeroes."""
+    from nvmf_phoenix.initiator.host import Host
+
+    port = free_port()
+    with target_process(tmp_path, kind=kind) as tp:
+        s = Raw(tp.sock)
+        for method, params in (
+                ("nvmf_create_transport", {"trtype": "TCP"}),
+                ("bdev_null_create", {"name": "N0", "num_blocks": 2048, "block_size": 512}),
+                ("nvmf_create_subsystem", {"nqn": N1, "allow_any_host": True}),
+                ("nvmf_subsystem_add_ns", {"nqn": N1, "namespace": {"bdev_name": "N0"}}),
+                ("nvmf_subsystem_add_listener", {"nqn": N1, "listen_address": {
+                    **ADDR, "trsvcid": str(port)}})):
+            assert "result" in s.call(method, params), method
+        with Host("127.0.0.1", port, N1) as h:
+            h.create_io_queues(1)
+            assert h.identify_namespace(1)["nsze"] == 2048
+            h.write(1, 8, b"\xa5" * 1024, 512)
+            data = h.read(1, 8, 2, 512)
+            assert data != b"\xa5" * 1024
+            assert kind != "embedded" or data == bytes(1024)
+            assert s.call("bdev_null_resize", {"name": "N0", "new_size": 2})["result"]
+            assert h.identify_namespace(1)["nsze"] == 4096
