@@ -81,6 +81,14 @@ RUNTIME_CASES: list[tuple[str, Any, Any]] = [
     ("framework_enable_cpumask_locks", {"x": 1},
      (-32602, "framework_enable_cpumask_locksrequires no arguments")),
     ("framework_disable_cpumask_locks", None, True),
+    ("framework_set_scheduler", {"name": "dynamic"}, True),
+    ("framework_get_scheduler", None, {"scheduler_name": "dynamic",
+                                       "scheduler_period": 1000000,
+                                       "isolated_core_mask": "0", "scheduling_core": 0,
+                                       "load_limit": 20, "core_limit": 80, "core_busy": 95}),
+    ("framework_set_scheduler", {"name": "static"}, True),
+    ("framework_get_scheduler", None, {"scheduler_name": "static", "scheduler_period": 0,
+                                       "isolated_core_mask": "0", "scheduling_core": 0}),
     ("bdev_wait_for_examine", {}, (-32602, "bdev_wait_for_examine requires no parameters")),
     ("bdev_nvme_set_options", {"bogus": 1}, (-32603, "spdk_json_decode_object failed")),
     ("bdev_raid_set_options", {"bogus": 1}, (-32700, "spdk_json_decode_object failed")),
@@ -358,3 +366,26 @@ def test_a_null_bdev_reads_zeroes_and_drops_writes(tmp_path: Path, kind: str) ->
             assert kind != "embedded" or data == bytes(1024)
             assert s.call("bdev_null_resize", {"name": "N0", "new_size": 2})["result"]
             assert h.identify_namespace(1)["nsze"] == 4096
+
+
+@pytest.mark.parametrize("kind", TARGET_KINDS)
+def test_set_keys_replaces_a_hosts_keys(tmp_path: Path, kind: str) -> None:
+    """nvmf_subsystem_set_keys replaces both DH-HMAC-CHAP keys: one left out is none."""
+    keys = []
+    for name in ("key0", "key1", "ckey0"):
+        path = tmp_path / name
+        path.write_text("DHHC-1:00:MDAxMTIyMzM0NDU1NjY3Nzg4OTlhYWJiY2NkZGVlZmZwJEiQ:\n")
+        path.chmod(0o600)
+        keys.append(("keyring_file_add_key", {"name": name, "path": str(path)}))
+    host = "nqn.2016-06.io.spdk:h1"
+    with target_process(tmp_path, kind=kind) as tp:
+        s = Raw(tp.sock)
+        for method, params in (*keys, ("nvmf_create_subsystem", {"nqn": N1}),
+                               ("nvmf_subsystem_add_host", {
+                                   "nqn": N1, "host": host, "dhchap_key": "key0",
+                                   "dhchap_ctrlr_key": "ckey0"}),
+                               ("nvmf_subsystem_set_keys", {"nqn": N1, "host": host,
+                                                            "dhchap_key": "key1"})):
+            assert "result" in s.call(method, params), (method, s.buf)
+        (sub,) = s.call("nvmf_get_subsystems", {"nqn": N1})["result"]
+    assert sub["hosts"] == [{"nqn": host, "dhchap_key": "key1"}]
