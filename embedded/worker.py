@@ -23,10 +23,11 @@ from typing import Any
 
 from nvmf_phoenix.embedded.bdev import SharedBdevs
 from nvmf_phoenix.embedded.config_store import TargetCore
+from nvmf_phoenix.embedded.io_loop import DataPath
 from nvmf_phoenix.embedded.keeper_client import KeeperClient
 from nvmf_phoenix.embedded.rpc_methods import RUNTIME, STARTUP, RpcContext, dispatch
 from nvmf_phoenix.embedded.spdk_format import load_config
-from nvmf_phoenix.embedded.transparent import TransparentDataPath
+from nvmf_phoenix.embedded.transparent import KeptTransport
 from nvmf_phoenix.persist import shm
 from nvmf_phoenix.persist.region import Region, RegionError, read_latest
 from nvmf_phoenix.persist.shm import find
@@ -45,7 +46,7 @@ CONFIG_REGION = "config"
 class ConfigKeeper:
     """The worker's configuration in shared memory, saved before answers go out."""
 
-    def __init__(self, scratch: str, ctx: RpcContext, dp: TransparentDataPath) -> None:
+    def __init__(self, scratch: str, ctx: RpcContext, dp: DataPath) -> None:
         self.ctx = ctx
         self.dp = dp
         self.local = threading.local()
@@ -121,14 +122,14 @@ def run(args: argparse.Namespace) -> int:
             log.error("resuming: %s", problem)
         opener.attach = False
         phase = doc["phase"]
-    dp = TransparentDataPath(core, keeper, args.scratch, args.inflight,
-                             on_keeper_lost=stop.set)
+    kept = KeptTransport(keeper, args.scratch, args.inflight, on_keeper_lost=stop.set)
+    dp = DataPath(core, transport=kept)
     if doc is not None:
         dp.engine.discovery_genctr = int(doc["discovery_genctr"])
         dp.engine.ana_chgcnt = int(doc["ana_chgcnt"])
     ctx = RpcContext(core, dp, phase=phase,
                      on_kill=lambda sig: keeper.send({"op": "shutdown"}))
-    report = dp.resume(take.conns, take.reset or problem is not None, take.listeners)
+    report = kept.resume(take.conns, take.reset or problem is not None, take.listeners)
     dp.start_in_thread()
     config = ConfigKeeper(args.scratch, ctx, dp)
     if doc is None:
