@@ -22,6 +22,7 @@ import time
 from typing import Any
 
 from nvmf_phoenix.embedded.bdev import SharedBdevs
+from nvmf_phoenix.embedded.config_file import ConfigFileError, read_config
 from nvmf_phoenix.embedded.config_store import TargetCore
 from nvmf_phoenix.embedded.io_loop import DataPath
 from nvmf_phoenix.embedded.keeper_client import KeeperClient
@@ -134,8 +135,10 @@ def run(args: argparse.Namespace) -> int:
     config = ConfigKeeper(args.scratch, ctx, dp)
     if doc is None:
         if args.config:
-            with open(args.config) as f:
-                errors = load_config(ctx, json.load(f))
+            try:   # the keeper checked it; this is for a file changed since
+                errors = load_config(ctx, read_config(args.config))
+            except ConfigFileError as exc:
+                errors = [str(exc)]
             for e in errors:
                 print(f"config error: {e}", file=sys.stderr)
             if errors:
