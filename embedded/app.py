@@ -73,8 +73,9 @@ def scratch_name(rpc_socket: str) -> str:
 
 
 def run_keeper(args: argparse.Namespace) -> int:
+    """Be the socket keeper: its workers run the target (``--worker``) behind it."""
     if args.config:
-        # The workers load it; a file that cannot load is refused before "ready".
+        # The workers load it; a file that can never load is refused before "ready".
         try:
             read_config(args.config)
         except ConfigFileError as exc:
