@@ -57,12 +57,19 @@ class Conn(Protocol):
 
 
 class Transport(Protocol):
-    """The parts of serving NVMe/TCP that differ between transports.
+    """How connections come and go and how their bytes move: what differs between the
+    plain target and the crash-transparent one (embedded/transparent.py).
 
-    The loop calls these on its own thread. ``receive`` and ``transmit`` are the hot path;
-    they end a connection only by raising :class:`Hangup`. ``transmit`` hands on
-    everything the queue pair has produced (a crash-transparent transport commits it
-    before sending a byte of it) and keeps the connection's selector interest right.
+    The loop owns the selector, the engine, configuration events, ticks, and ending a
+    connection (:meth:`DataPath.close`). The transport owns listeners and sockets: it
+    brings a connection in with :meth:`DataPath.register`, and registers any socket of
+    its own in ``loop.sel`` with a callable as data (called when readable). Every call
+    comes from the loop's thread (before the loop runs, the one building it): no locks.
+    ``receive`` and ``transmit`` are the hot path; they end a connection only by raising
+    :class:`Hangup`. ``transmit`` hands on everything the queue pair has produced (the
+    crash-transparent transport commits it before the first byte of it is sent), keeps
+    the socket's selector interest right, and says whether output is still unsent: a
+    closing connection ends when none is, or after LINGER.
     """
 
     def attach(self, loop: DataPath) -> None:
@@ -139,6 +146,8 @@ class DataPath:
         self._lingering: set[Any] = set()   # closing, with output not yet taken
         self.transport: Transport = transport or PlainTransport()
         self.transport.attach(self)
+        self._receive = self.transport.receive     # bound once: called per wake-up
+        self._transmit = self.transport.transmit
         core.subscribe(self._on_event)
         for sub in core.state.subsystems.values():
             for addr in sub.listeners:
@@ -239,7 +248,7 @@ class DataPath:
     def _service(self, conn: Conn, mask: int) -> None:
         if mask & selectors.EVENT_READ:
             try:
-                self.transport.receive(conn)
+                self._receive(conn)
             except Hangup as exc:
                 self.close(conn, str(exc))
                 return
@@ -249,7 +258,7 @@ class DataPath:
         """Hand on what the queue pair produced; end the connection once it is closing
         and all of its output has left."""
         try:
-            unsent = self.transport.transmit(conn)
+            unsent = self._transmit(conn)
         except Hangup as exc:
             self.close(conn, str(exc))
             return
