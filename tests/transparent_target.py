@@ -16,7 +16,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from nvmf_phoenix.embedded.app import scratch_name
 from nvmf_phoenix.embedded.keeper_client import keeper_status
+from nvmf_phoenix.persist import shm
 from nvmf_phoenix.rpc import RpcClient
 
 from tests.target_fixture import HOSTNQN, NQN, free_port
@@ -78,18 +80,12 @@ class TransparentTarget:
 
     def state_file(self, name: str) -> Path:
         """A file of the target's shared state (``config``, ``conn-N``, ``bdev-...``)."""
-        from nvmf_phoenix.embedded.app import scratch_name
-        from nvmf_phoenix.persist import shm
-
         found = shm.find(name, None, scratch_name(self.sock))
         assert found is not None, f"no {name} in the target's shared memory"
         return Path(found)
 
     def conn_ids(self) -> list[int]:
         """The connections that have shared state now, oldest first."""
-        from nvmf_phoenix.embedded.app import scratch_name
-        from nvmf_phoenix.persist import shm
-
         return sorted(int(p.name[5:]) for base, _ in shm.candidates(None, scratch_name(
             self.sock)) for p in Path(base).glob("conn-*"))
 
@@ -109,9 +105,6 @@ class TransparentTarget:
         self.log.close()
         # A keeper that ends normally wipes its shared state; one a test SIGKILLed cannot,
         # and a test run must not leave RAM bdevs behind in /dev/shm.
-        from nvmf_phoenix.embedded.app import scratch_name
-        from nvmf_phoenix.persist import shm
-
         shm.wipe(scratch_name(self.sock))
         return int(self.proc.returncode)
 
