@@ -10,7 +10,6 @@ ends, never the target.
 from __future__ import annotations
 
 import logging
-import struct
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -25,9 +24,12 @@ from nvmf_phoenix.model import ListenAddress
 
 log = logging.getLogger(__name__)
 PHASE_IC, PHASE_CONNECT, PHASE_READY, PHASE_CLOSED = "ic", "connect", "ready", "closed"
-SQE_HEAD = struct.Struct("<BBHI")                  # opcode, flags, cid, nsid
-SQE_DPTR = struct.Struct("<24xQI3xB")              # SGL addr, length, sgl identifier
-IPO_SQSIZE, IPO_CNTLID, IPO_SUBNQN, IPO_HOSTNQN = 44, 16, 256, 512
+# Connect's "invalid parameter offset" (IPO): where in the SQE or the data the fault lies
+IPO_QID = nvme.CONNECT_SQE.offset("qid")
+IPO_SQSIZE = nvme.CONNECT_SQE.offset("sqsize")
+IPO_CNTLID = nvme.CONNECT_DATA.offset("cntlid")
+IPO_SUBNQN = nvme.CONNECT_DATA.offset("subnqn")
+IPO_HOSTNQN = nvme.CONNECT_DATA.offset("hostnqn")
 
 
 class Staging(Protocol):
@@ -140,7 +142,8 @@ class QueuePair:
         pfv, hpda, dgst, _ = pdu.parse_ic(p)
         if pfv != 0 or hpda > 31:
             raise pdu.ProtocolError(f"ICReq pfv={pfv} hpda={hpda}",
-                                    pdu.FES_UNSUPPORTED_PARAMETER, 8 if pfv else 10,
+                                    pdu.FES_UNSUPPORTED_PARAMETER,
+                                    pdu.IC_REQ.offset("pfv" if pfv else "hpda"),
                                     bytes(p.header))
         hd, dd = bool(dgst & pdu.DGST_HDGST_ENABLE), bool(dgst & pdu.DGST_DDGST_ENABLE)
         maxh2c = max(self.engine.opts.max_io_size, 4096)
@@ -164,8 +167,8 @@ class QueuePair:
 
     # -- capsules ----------------------------------------------------------------------
     def _capsule(self, p: pdu.Pdu, now: float) -> None:
-        sqe = bytes(p.header[8:72])
-        opcode, _flags, cid, nsid = SQE_HEAD.unpack_from(sqe)
+        sqe = pdu.capsule_sqe(p)
+        opcode, cid, nsid = nvme.SQE_HEAD.unpack_from(sqe)
         check_sgl(sqe, len(p.data), self.engine.opts.max_io_size,
                   self.engine.opts.in_capsule_data_size, bytes(p.header[:24]))
         if opcode == nvme.FABRICS:
@@ -175,7 +178,7 @@ class QueuePair:
             self.complete(cid, nvme.SC_CMD_SEQUENCE_ERROR)
             self.close("command before Connect")
             return
-        _, length, sgl_id = SQE_DPTR.unpack_from(sqe)
+        _, length, sgl_id = nvme.SQE_SGL.unpack_from(sqe)
         if self.qid:
             if self.interrupt_io:
                 self.complete(cid, nvme.SC_COMMAND_INTERRUPTED)
@@ -220,29 +223,31 @@ class QueuePair:
 
     def _finish_write(self, w: PendingWrite) -> None:
         """All data is in: execute the write, free its slot, start a waiting one."""
-        opcode, _f, cid, nsid = SQE_HEAD.unpack_from(w.sqe)
+        opcode, cid, nsid = nvme.SQE_HEAD.unpack_from(w.sqe)
         execute_io(self, w.sqe, opcode, cid, nsid, memoryview(w.buf))
         if self.staging is not None and w.slot >= 0:
             self.staging.free(w.slot)
             if self.r2t_wait:
                 sqe = self.r2t_wait.pop(0)
-                _, length, _ = SQE_DPTR.unpack_from(sqe)
-                self._start_r2t(sqe, SQE_HEAD.unpack_from(sqe)[2], length)
+                _, length, _ = nvme.SQE_SGL.unpack_from(sqe)
+                self._start_r2t(sqe, nvme.SQE.field(sqe, "cid"), length)
 
     def _h2c_data(self, p: pdu.Pdu, now: float) -> None:
         cccid, ttag, datao, datal = pdu.parse_data_hdr(p)
         w = self.pending.get(cccid)
         if w is None or w.ttag != ttag:
             raise pdu.ProtocolError(f"H2CData for unknown command {cccid}/ttag {ttag}",
-                                    pdu.FES_INVALID_HEADER_FIELD, 8, bytes(p.header))
+                                    pdu.FES_INVALID_HEADER_FIELD, pdu.DATA_HDR.offset("cccid"),
+                                    bytes(p.header))
         if datao != w.received or datal != len(p.data) or datao + datal > w.r2t_end:
             raise pdu.ProtocolError("H2CData outside the requested range",
-                                    pdu.FES_DATA_OUT_OF_RANGE, 12, bytes(p.header))
+                                    pdu.FES_DATA_OUT_OF_RANGE, pdu.DATA_HDR.offset("datao"),
+                                    bytes(p.header))
         w.buf[datao:datao + datal] = p.data   # datao == received: the data comes in order
         w.received += datal
         if w.received < w.r2t_end:
             return
-        total = SQE_DPTR.unpack_from(w.sqe)[1]
+        total = nvme.SQE.field(w.sqe, "sgl_length")
         if w.received < total:
             w.r2t_end = min(total, w.received + self.engine.opts.max_io_size)
             self.writer.r2t(cccid, ttag, w.received, w.r2t_end - w.received)
@@ -318,7 +323,7 @@ class QueuePair:
             if ctrl is None or ctrl.hostnqn != hostnqn or not ctrl.enabled:
                 self._connect_fail(cid, nvme.SC_CONNECT_INVALID_PARAMETERS, IPO_CNTLID)
             elif qid > max(ctrl.num_io_queues, 0) or qid in ctrl.io_queues:
-                self._connect_fail(cid, nvme.SC_CONNECT_INVALID_PARAMETERS, 42, False)
+                self._connect_fail(cid, nvme.SC_CONNECT_INVALID_PARAMETERS, IPO_QID, False)
             else:
                 self._attach(ctrl, qid, sqsize)
                 ctrl.io_queues.add(qid)
@@ -354,7 +359,7 @@ class QueuePair:
                 d["controller"] = self.ctrl.to_dict()
         if self.pending:
             d["pending"] = [[cid, w.sqe.hex(), w.received, w.r2t_end, w.ttag, w.slot,
-                             SQE_DPTR.unpack_from(w.sqe)[1]]
+                             nvme.SQE.field(w.sqe, "sgl_length")]
                             for cid, w in self.pending.items()]
         if self.r2t_wait:
             d["wait"] = [sqe.hex() for sqe in self.r2t_wait]

@@ -13,6 +13,7 @@ import struct
 from dataclasses import dataclass
 
 import crc32c as _crc32c
+from nvmf_phoenix.wire.layout import Layout
 
 # pdu-type
 ICREQ, ICRESP, H2C_TERM_REQ, C2H_TERM_REQ = 0x00, 0x01, 0x02, 0x03
@@ -49,12 +50,18 @@ HLEN_R2T = 24
 HLEN_TERM = 24
 MAX_TERM_DATA = 128   # a TermReq carries at most this much of the offending header
 
-CH = struct.Struct("<BBBBI")                    # pdu-type, flags, hlen, pdo, plen
-IC_REQ = struct.Struct("<BBBBIHBBI112x")        # CH + pfv, hpda, dgst, maxr2t
-IC_RESP = struct.Struct("<BBBBIHBBI112x")       # CH + pfv, cpda, dgst, maxh2cdata
-DATA_HDR = struct.Struct("<BBBBIHHII4x")        # CH + cccid, ttag, datao, datal
-R2T_HDR = struct.Struct("<BBBBIHHII4x")         # CH + cccid, ttag, r2to, r2tl
-TERM_HDR = struct.Struct("<BBBBIHI10x")         # CH + fes, fei
+_CH_FIELDS = [("pdu_type", 0, "B"), ("flags", 1, "B"), ("hlen", 2, "B"), ("pdo", 3, "B"),
+              ("plen", 4, "I")]
+CH = Layout(8, _CH_FIELDS)                       # the common header of every PDU
+IC_REQ = Layout(HLEN_IC, [*_CH_FIELDS, ("pfv", 8, "H"), ("hpda", 10, "B"), ("dgst", 11, "B"),
+                          ("maxr2t", 12, "I")])
+IC_RESP = Layout(HLEN_IC, [*_CH_FIELDS, ("pfv", 8, "H"), ("cpda", 10, "B"), ("dgst", 11, "B"),
+                           ("maxh2cdata", 12, "I")])
+DATA_HDR = Layout(HLEN_DATA, [*_CH_FIELDS, ("cccid", 8, "H"), ("ttag", 10, "H"),
+                              ("datao", 12, "I"), ("datal", 16, "I")])
+R2T_HDR = Layout(HLEN_R2T, [*_CH_FIELDS, ("cccid", 8, "H"), ("ttag", 10, "H"),
+                            ("r2to", 12, "I"), ("r2tl", 16, "I")])
+TERM_HDR = Layout(HLEN_TERM, [*_CH_FIELDS, ("fes", 8, "H"), ("fei", 10, "I")])
 DIGEST = struct.Struct("<I")
 
 
@@ -145,22 +152,22 @@ class PduReader:
     def next(self) -> Pdu | None:
         """The next complete PDU, or None if more bytes are needed."""
         buf, pos, end = self.buf, self.pos, self.end
-        if end - pos < 8:
+        if end - pos < CH.size:
             return None
         ptype, flags, hlen, pdo, plen = CH.unpack_from(buf, pos)
         shape = _SHAPE.get(ptype)
-        header = bytes(buf[pos:pos + 8])
+        header = bytes(buf[pos:pos + CH.size])
         if shape is None:
             raise ProtocolError(f"unknown PDU type {ptype:#x}", FES_INVALID_HEADER_FIELD, 0,
                                 header)
         if hlen != shape[0]:
             raise ProtocolError(f"{PDU_NAMES[ptype]} with hlen {hlen}", FES_INVALID_HEADER_FIELD,
-                                2, header)
+                                CH.offset("hlen"), header)
         hd, _ = _digest_len(flags, self.hdgst, False, False)
         if plen < hlen + hd or plen > self.max_plen:
             raise ProtocolError(f"{PDU_NAMES[ptype]} with plen {plen}",
                                 FES_DATA_LIMIT_EXCEEDED if plen > self.max_plen
-                                else FES_INVALID_HEADER_FIELD, 4, header)
+                                else FES_INVALID_HEADER_FIELD, CH.offset("plen"), header)
         if end - pos < plen:
             return None
         view = buf if isinstance(buf, memoryview) else memoryview(buf)
@@ -174,7 +181,8 @@ class PduReader:
         if plen > hlen + hd:
             if not shape[1] or pdo < hlen + hd or pdo > plen:
                 raise ProtocolError(f"{PDU_NAMES[ptype]} with pdo {pdo}",
-                                    FES_INVALID_HEADER_FIELD, 3, bytes(hdr[:MAX_TERM_DATA]))
+                                    FES_INVALID_HEADER_FIELD, CH.offset("pdo"),
+                                    bytes(hdr[:MAX_TERM_DATA]))
             dd = 4 if self.ddgst and flags & FLAG_DDGSTF and ptype not in (
                 H2C_TERM_REQ, C2H_TERM_REQ) else 0
             data = view[pos + pdo:pos + plen - dd]
@@ -275,6 +283,12 @@ def parse_ic(pdu: Pdu) -> tuple[int, int, int, int]:
     """(pfv, hpda-or-cpda, dgst, maxr2t-or-maxh2cdata) of an ICReq/ICResp."""
     _, _, _, _, _, pfv, pda, dgst, last = IC_REQ.unpack_from(pdu.header)
     return pfv, pda, dgst, last
+
+
+def capsule_sqe(pdu: Pdu) -> bytes:
+    """The SQE a CapsuleCmd carries, after the common header (a copy: it may outlive the
+    receive buffer, as a write waiting for its data does)."""
+    return bytes(pdu.header[CH.size:HLEN_CAPSULE_CMD])
 
 
 def parse_data_hdr(pdu: Pdu) -> tuple[int, int, int, int]:

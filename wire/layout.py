@@ -1,0 +1,108 @@
+"""Named binary layouts: a structure declared once as (field name, offset, format).
+
+Specifications give every structure as a table of fields at byte offsets; a
+:class:`Layout` is that table, written with the specification's field names, and
+everything else is derived from it: the precompiled :class:`struct.Struct` (a Layout *is*
+one, so hot paths unpack a whole structure positionally at C speed), packing and
+unpacking by name for the code that is not hot, and narrower precompiled readers
+(:meth:`Layout.reader`) for a hot path that wants a few fields only. The target, the
+initiator, the shared-memory files and the tests all read and write bytes through these
+declarations, so an offset is written in exactly one place.
+
+All layouts are little-endian, as NVMe, NVMe/TCP and our own files are.
+"""
+from __future__ import annotations
+
+import struct
+from collections.abc import Sequence
+from typing import Any
+
+FieldSpec = tuple[str, int, str]    # name, byte offset, struct code ("I", "16s", ...)
+
+
+def _format(size: int, fields: Sequence[FieldSpec]) -> str:
+    """The struct format of ``fields`` laid out in ``size`` bytes; gaps become pad bytes."""
+    fmt, pos = "<", 0
+    for name, offset, code in fields:
+        if offset < pos:
+            raise ValueError(f"field {name} at {offset} overlaps the one before it")
+        if offset > pos:
+            fmt += "x" if offset - pos == 1 else f"{offset - pos}x"
+        fmt += code
+        pos = offset + struct.calcsize("<" + code)
+    if pos > size:
+        raise ValueError(f"fields end at {pos}, beyond the layout's {size} bytes")
+    if size > pos:
+        fmt += "x" if size - pos == 1 else f"{size - pos}x"
+    return fmt
+
+
+def _zero(code: str) -> bytes | int:
+    return b"" if code.endswith("s") else 0
+
+
+class Layout(struct.Struct):
+    """A structure of ``size`` bytes whose fields are (name, offset, format), ascending.
+
+    Positional ``pack``/``unpack_from`` are :class:`struct.Struct`'s, in field order;
+    :meth:`build`, :meth:`put` and :meth:`get` work by name."""
+
+    __slots__ = ("_at", "_zeros", "fields", "names")
+
+    def __new__(cls, size: int, fields: Sequence[FieldSpec]) -> Layout:
+        # Struct's constructor takes the format; give it that, not our arguments
+        return super().__new__(cls, _format(size, fields))   # type: ignore[call-arg]
+
+    def __init__(self, size: int, fields: Sequence[FieldSpec]) -> None:
+        super().__init__(_format(size, fields))
+        self.fields = tuple(fields)
+        self.names = tuple(name for name, _, _ in fields)
+        self._at = {name: (offset, struct.Struct("<" + code))
+                    for name, offset, code in fields}
+        self._zeros = tuple(_zero(code) for _, _, code in fields)
+
+    def offset(self, name: str) -> int:
+        """Where ``name`` starts (for error reports that point at a field)."""
+        return self._at[name][0]
+
+    def build(self, **values: Any) -> bytearray:
+        """A new buffer with the named fields set; every other byte zero."""
+        unknown = set(values) - set(self._at)
+        if unknown:
+            raise TypeError(f"no field {sorted(unknown)} in this layout")
+        return bytearray(self.pack(*(values.get(n, z) for n, z in zip(self.names,
+                                                                        self._zeros,
+                                                                        strict=True))))
+
+    def put(self, buf: bytearray | memoryview, offset: int = 0, **values: Any) -> None:
+        """Set the named fields in ``buf`` (the structure starting at ``offset``) and
+        leave every other byte as it is: layouts can overlay one another."""
+        for name, value in values.items():
+            at, st = self._at[name]
+            st.pack_into(buf, offset + at, value)
+
+    def get(self, buf: bytes | bytearray | memoryview, offset: int = 0) -> dict[str, Any]:
+        """Every field by name."""
+        return dict(zip(self.names, self.unpack_from(buf, offset), strict=True))
+
+    def field(self, buf: bytes | bytearray | memoryview, name: str, offset: int = 0) -> Any:
+        """One field's value."""
+        at, st = self._at[name]
+        return st.unpack_from(buf, offset + at)[0]
+
+    def reader(self, *names: str) -> struct.Struct:
+        """A precompiled struct that unpacks just ``names`` (ascending), for hot paths
+        that need a few fields of a structure and not the rest."""
+        picked = [f for f in self.fields if f[0] in names]
+        if [f[0] for f in picked] != list(names):
+            raise ValueError(f"{names} are not fields of this layout in offset order")
+        end = picked[-1][1] + struct.calcsize("<" + picked[-1][2])
+        return struct.Struct(_format(end, picked))
+
+    def span(self, *names: str) -> tuple[int, struct.Struct]:
+        """(offset, struct) covering ``names`` (ascending) from the first one's offset,
+        to pack in place at C speed; bytes between them are written as zero, so use it
+        only where those bytes are reserved."""
+        reader = self.reader(*names)
+        start = self._at[names[0]][0]
+        return start, struct.Struct("<" + reader.format.removeprefix(f"<{start}x"))
