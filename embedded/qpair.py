@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any, Protocol
 
 from nvmf_phoenix.embedded.admin import execute_admin
@@ -23,13 +24,32 @@ from nvmf_phoenix.wire import nvme, pdu
 from nvmf_phoenix.model import ListenAddress
 
 log = logging.getLogger(__name__)
-PHASE_IC, PHASE_CONNECT, PHASE_READY, PHASE_CLOSED = "ic", "connect", "ready", "closed"
 # Connect's "invalid parameter offset" (IPO): where in the SQE or the data the fault lies
 IPO_QID = nvme.CONNECT_SQE.offset("qid")
 IPO_SQSIZE = nvme.CONNECT_SQE.offset("sqsize")
 IPO_CNTLID = nvme.CONNECT_DATA.offset("cntlid")
 IPO_SUBNQN = nvme.CONNECT_DATA.offset("subnqn")
 IPO_HOSTNQN = nvme.CONNECT_DATA.offset("hostnqn")
+
+
+class Phase(StrEnum):
+    """Where a queue pair is in its life. A str: the value is what :meth:`QueuePair.dump`
+    writes, so the state stays plain data."""
+
+    IC = "ic"              # waiting for the host's ICReq
+    CONNECT = "connect"    # initialized; only a Fabrics Connect may come
+    READY = "ready"        # connected to a controller: commands run
+    CLOSED = "closed"      # the connection is gone
+
+
+# Every move a queue pair makes, h11-style: the phase it is in -> the phases it may go to.
+# Any phase may close; closing again is harmless.
+NEXT_PHASES: dict[Phase, frozenset[Phase]] = {
+    Phase.IC: frozenset({Phase.CONNECT, Phase.CLOSED}),
+    Phase.CONNECT: frozenset({Phase.READY, Phase.CLOSED}),
+    Phase.READY: frozenset({Phase.CLOSED}),
+    Phase.CLOSED: frozenset({Phase.CLOSED}),
+}
 
 
 class Staging(Protocol):
@@ -64,7 +84,7 @@ class QueuePair:
         self.reader = pdu.PduReader(max_plen=engine.opts.in_capsule_data_size + 8192 +
                                     engine.opts.max_io_size)
         self.writer = pdu.PduWriter()
-        self.phase = PHASE_IC
+        self.phase = Phase.IC
         self.ctrl: Controller | None = None
         self.qid = -1
         self.sqsize = 0
@@ -75,6 +95,14 @@ class QueuePair:
         self.next_ttag = 1
         self.staging: Staging | None = None
         self.interrupt_io = False           # complete I/O with a retryable status instead
+
+    def move(self, to: Phase) -> None:
+        """The one way the phase changes; a move :data:`NEXT_PHASES` does not list is a
+        bug of ours, never the host's (its mistakes are refused before they get here)."""
+        if to not in NEXT_PHASES[self.phase]:
+            raise RuntimeError(f"connection {self.conn_id}: no move from phase "
+                               f"{self.phase} to {to}")
+        self.phase = to
 
     # -- bytes in ----------------------------------------------------------------------
     def receive(self, data: bytes | memoryview, now: float) -> None:
@@ -120,7 +148,7 @@ class QueuePair:
             self.closing = reason
 
     def _dispatch(self, p: pdu.Pdu, now: float) -> None:
-        if self.phase == PHASE_IC:
+        if self.phase == Phase.IC:
             if p.type != pdu.ICREQ:
                 raise pdu.ProtocolError("expected ICReq", pdu.FES_PDU_SEQUENCE_ERROR, 0,
                                         bytes(p.header[:8]))
@@ -150,7 +178,7 @@ class QueuePair:
         self.writer.out += pdu.ic_resp(0, hd, dd, maxh2c)
         self.reader.hdgst = self.writer.hdgst = hd
         self.reader.ddgst = self.writer.ddgst = dd
-        self.phase = PHASE_CONNECT
+        self.move(Phase.CONNECT)
 
     # -- completions -------------------------------------------------------------------
     def complete(self, cid: int, status: int, dw0: int = 0, dw1: int = 0) -> None:
@@ -174,7 +202,7 @@ class QueuePair:
         if opcode == nvme.FABRICS:
             self._fabrics(sqe, cid, p.data, now)
             return
-        if self.phase != PHASE_READY or self.ctrl is None:
+        if self.phase != Phase.READY or self.ctrl is None:
             self.complete(cid, nvme.SC_CMD_SEQUENCE_ERROR)
             self.close("command before Connect")
             return
@@ -261,14 +289,14 @@ class QueuePair:
     def _fabrics(self, sqe: bytes, cid: int, data: memoryview, now: float) -> None:
         (fctype,) = nvme.FABRICS_FCTYPE.unpack_from(sqe)
         if fctype == nvme.FCTYPE_CONNECT:
-            if self.phase != PHASE_CONNECT:
+            if self.phase != Phase.CONNECT:
                 self.complete(cid, nvme.SC_CMD_SEQUENCE_ERROR)
                 return
             self._connect(sqe, cid, data, now)
             return
-        if self.phase != PHASE_READY or self.ctrl is None or self.qid != 0:
+        if self.phase != Phase.READY or self.ctrl is None or self.qid != 0:
             self.complete(cid, nvme.SC_CMD_SEQUENCE_ERROR)
-            if self.phase != PHASE_READY:
+            if self.phase != Phase.READY:
                 self.close("fabrics command before Connect")
             return
         _attrib, ofst, value = nvme.PROPERTY_SQE.unpack_from(sqe)
@@ -331,12 +359,13 @@ class QueuePair:
                 self.complete(cid, nvme.SC_SUCCESS, ctrl.cntlid)
 
     def _attach(self, ctrl: Controller, qid: int, sqsize: int) -> None:
-        self.ctrl, self.qid, self.sqsize, self.phase = ctrl, qid, sqsize, PHASE_READY
+        self.ctrl, self.qid, self.sqsize = ctrl, qid, sqsize
+        self.move(Phase.READY)
 
     def detach(self) -> None:
         """The connection is gone: an admin queue takes its controller with it."""
         ctrl, self.ctrl = self.ctrl, None
-        self.phase = PHASE_CLOSED
+        self.move(Phase.CLOSED)
         if ctrl is None:
             return
         if self.qid == 0:
@@ -348,7 +377,7 @@ class QueuePair:
     def dump(self) -> dict[str, Any]:
         """Everything a successor needs besides the byte streams; the admin queue also
         carries its controller."""
-        d: dict[str, Any] = {"phase": self.phase, "qid": self.qid, "sqsize": self.sqsize,
+        d: dict[str, Any] = {"phase": self.phase.value, "qid": self.qid, "sqsize": self.sqsize,
                              "sqhd": self.sqhd, "ttag": self.next_ttag,
                              "hd": self.reader.hdgst, "dd": self.reader.ddgst}
         if self.closing:
@@ -367,7 +396,7 @@ class QueuePair:
 
     def load(self, d: dict[str, Any]) -> None:
         """Take the state :meth:`dump` produced (the controller is linked by the caller)."""
-        self.phase, self.qid, self.sqsize = d["phase"], int(d["qid"]), int(d["sqsize"])
+        self.phase, self.qid, self.sqsize = Phase(d["phase"]), int(d["qid"]), int(d["sqsize"])
         self.sqhd, self.next_ttag = int(d["sqhd"]), int(d["ttag"])
         self.reader.hdgst = self.writer.hdgst = bool(d["hd"])
         self.reader.ddgst = self.writer.ddgst = bool(d["dd"])
