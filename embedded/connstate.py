@@ -16,7 +16,8 @@ Stream positions count bytes since accept. A commit says: every PDU before ``rx_
 been executed and its output lies in the transmit ring before ``tx_done``; ``rx_base`` and
 ``tx_base`` are the stream positions sitting at offset 0 of each ring. How far the dead
 process really got on the socket is not stored at all: the kernel's counters say it
-exactly (see embedded/tcpcount.py).
+exactly (see embedded/tcpcount.py). Header, commit records and seal are CRC-framed records
+(persist/record.py).
 """
 from __future__ import annotations
 
@@ -25,8 +26,8 @@ import os
 import struct
 from dataclasses import dataclass
 
-import crc32c
 from nvmf_phoenix.persist import shm
+from nvmf_phoenix.persist.record import Sealed, checksum
 
 MAGIC = b"PHXCONN1"
 LAYOUT_VERSION = 4
@@ -35,10 +36,12 @@ HEADER_SIZE = 4096
 # connection id, baseline bytes_received - SIOCINQ, baseline bytes_acked + SIOCOUTQ
 # (signed: a connection reset before it was accepted reports odd counters)
 HEADER = struct.Struct("<8sIIIIIIQqq")
+HEADER_REC = Sealed(HEADER)
 # seq, rx_done, rx_base, tx_done, tx_base, SQ head, next transfer tag, blob length, blob CRC
 COMMIT = struct.Struct("<QQQQQHHII")
+COMMIT_REC = Sealed(COMMIT)
 COMMIT_HDR_SIZE = 64
-SEAL = struct.Struct("<QI")            # seq of the last complete commit, CRC of seq
+SEAL = Sealed(struct.Struct("<Q"))     # seq of the last complete commit
 SEAL_OFFSET = 2048                     # in the header page, after the header
 
 
@@ -98,9 +101,9 @@ class ConnState:
                geo: Geometry = Geometry(), directory: str | None = None) -> ConnState:
         """A new file with an empty first commit, made before the first byte is read."""
         path, mm, huge = shm.place(f"conn-{conn_id}", geo.total, directory, sub)
-        head = HEADER.pack(MAGIC, LAYOUT_VERSION, geo.rx_size, geo.tx_size, geo.slot_size,
-                           geo.slots, geo.commit_size, conn_id, base_rx, base_tx)
-        mm[:HEADER.size + 4] = head + struct.pack("<I", crc32c.crc32c(head))
+        mm[:HEADER_REC.size] = HEADER_REC.pack(MAGIC, LAYOUT_VERSION, geo.rx_size, geo.tx_size,
+                                               geo.slot_size, geo.slots, geo.commit_size,
+                                               conn_id, base_rx, base_tx)
         state = cls(path, mm, geo, conn_id, base_rx, base_tx, huge)
         state.commit(Commit(seq=1), b"{}")
         return state
@@ -122,15 +125,15 @@ class ConnState:
     def _checked(cls, path: str, mm: object, size: int) -> ConnState:
         if size < HEADER_SIZE:
             raise ConnStateError(f"{path}: truncated ({size} bytes)")
-        raw = bytes(memoryview(mm)[:HEADER.size + 4])   # type: ignore[arg-type]
+        raw = bytes(memoryview(mm)[:HEADER_REC.size])   # type: ignore[arg-type]
         (magic, version, rx, tx, slot, slots, commit, conn_id, base_rx,
-         base_tx) = HEADER.unpack_from(raw)
+         base_tx) = HEADER_REC.peek(raw)
         if magic != MAGIC:
             raise ConnStateError(f"{path}: bad magic {magic!r}")
         if version != LAYOUT_VERSION:
             raise ConnStateError(f"{path}: layout version {version}, this nvmf-phoenix "
                                  f"reads {LAYOUT_VERSION}")
-        if struct.unpack_from("<I", raw, HEADER.size)[0] != crc32c.crc32c(raw[:HEADER.size]):
+        if HEADER_REC.unpack(raw) is None:
             raise ConnStateError(f"{path}: header CRC mismatch")
         geo = Geometry(rx, tx, slot, slots, commit)
         if size < geo.total:
@@ -158,9 +161,7 @@ class ConnState:
         seal: a writer killed half-way leaves that slot invalid and the other one intact;
         one killed between record and seal leaves a complete commit the seal lags by one."""
         self._write_slot(c, blob)
-        seq = struct.pack("<Q", c.seq)
-        self._view[SEAL_OFFSET:SEAL_OFFSET + SEAL.size] = \
-            seq + struct.pack("<I", crc32c.crc32c(seq))
+        self._view[SEAL_OFFSET:SEAL_OFFSET + SEAL.size] = SEAL.pack(c.seq)
 
     def _write_slot(self, c: Commit, blob: bytes) -> None:
         if len(blob) > self.geo.commit_size - COMMIT_HDR_SIZE:
@@ -169,18 +170,14 @@ class ConnState:
         off = self._slot_off(c.seq & 1)
         view = self._view
         view[off + COMMIT_HDR_SIZE:off + COMMIT_HDR_SIZE + len(blob)] = blob
-        rec = COMMIT.pack(c.seq, c.rx_done, c.rx_base, c.tx_done, c.tx_base, c.sqhd, c.ttag,
-                          len(blob), crc32c.crc32c(blob))
-        view[off:off + COMMIT.size + 4] = rec + struct.pack("<I", crc32c.crc32c(rec))
+        view[off:off + COMMIT_REC.size] = _record(c, blob)
 
     def commit_torn(self, c: Commit, blob: bytes) -> None:
         """What a writer killed in the middle of :meth:`commit` leaves (failpoint tests):
         the blob and half of the record."""
         off = self._slot_off(c.seq & 1)
         self._view[off + COMMIT_HDR_SIZE:off + COMMIT_HDR_SIZE + len(blob)] = blob
-        rec = COMMIT.pack(c.seq, c.rx_done, c.rx_base, c.tx_done, c.tx_base, c.sqhd, c.ttag,
-                          len(blob), crc32c.crc32c(blob))
-        self._view[off:off + COMMIT.size // 2] = rec[:COMMIT.size // 2]
+        self._view[off:off + COMMIT.size // 2] = _record(c, blob)[:COMMIT.size // 2]
 
     def commit_unsealed(self, c: Commit, blob: bytes) -> None:
         """What a writer killed after the record but before the seal leaves (failpoint
@@ -189,15 +186,14 @@ class ConnState:
 
     def _read_slot(self, i: int) -> tuple[Commit, bytes] | None:
         off = self._slot_off(i)
-        rec = bytes(self._view[off:off + COMMIT.size + 4])
-        if struct.unpack_from("<I", rec, COMMIT.size)[0] != crc32c.crc32c(rec[:COMMIT.size]):
+        got = COMMIT_REC.unpack(bytes(self._view[off:off + COMMIT_REC.size]))
+        if got is None:
             return None
-        seq, rx_done, rx_base, tx_done, tx_base, sqhd, ttag, blen, bcrc = \
-            COMMIT.unpack_from(rec)
+        seq, rx_done, rx_base, tx_done, tx_base, sqhd, ttag, blen, bcrc = got
         if seq == 0 or blen > self.geo.commit_size - COMMIT_HDR_SIZE:
             return None
         blob = bytes(self._view[off + COMMIT_HDR_SIZE:off + COMMIT_HDR_SIZE + blen])
-        if crc32c.crc32c(blob) != bcrc:
+        if checksum(blob) != bcrc:
             return None
         return Commit(seq, rx_done, rx_base, tx_done, tx_base, sqhd, ttag), blob
 
@@ -216,9 +212,10 @@ class ConnState:
         if not found:
             raise ConnStateError(f"{self.path}: no complete commit")
         c, blob = max(found, key=lambda s: s[0].seq)
-        sealed, crc = SEAL.unpack_from(self._view, SEAL_OFFSET)
-        if crc != crc32c.crc32c(struct.pack("<Q", sealed)):
+        got = SEAL.unpack(self._view, SEAL_OFFSET)
+        if got is None:
             raise ConnStateError(f"{self.path}: commit seal damaged")
+        (sealed,) = got
         if sealed > c.seq:
             raise ConnStateError(f"{self.path}: commit {sealed} is sealed but damaged "
                                  f"(newest intact: {c.seq})")
@@ -229,3 +226,9 @@ class ConnState:
                 c.tx_base <= c.tx_done <= c.tx_base + self.geo.tx_size):
             raise ConnStateError(f"{self.path}: commit {c.seq} lies outside its rings")
         return c, blob
+
+
+def _record(c: Commit, blob: bytes) -> bytes:
+    """The commit record for ``c`` with ``blob``, CRC-framed."""
+    return COMMIT_REC.pack(c.seq, c.rx_done, c.rx_base, c.tx_done, c.tx_base, c.sqhd, c.ttag,
+                           len(blob), checksum(blob))

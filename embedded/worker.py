@@ -53,8 +53,7 @@ class ConfigKeeper:
         region = None
         with contextlib.suppress(RegionError):   # damaged: replaced by a new one
             region = Region.open(path) if path else None
-        self.region = region or Region.create(CONFIG_REGION, 8 << 20, qp_slots=1,
-                                              sub=scratch)
+        self.region = region or Region.create(CONFIG_REGION, 8 << 20, sub=scratch)
 
     @staticmethod
     def load(scratch: str) -> tuple[dict[str, Any] | None, str | None]:
