@@ -24,6 +24,7 @@ from typing import Any
 from nvmf_phoenix.embedded.bdev import SharedBdevs
 from nvmf_phoenix.embedded.config_store import TargetCore
 from nvmf_phoenix.embedded.keeper_client import KeeperClient
+from nvmf_phoenix.embedded.keeper_proto import Op
 from nvmf_phoenix.embedded.rpc_methods import RUNTIME, STARTUP, RpcContext, dispatch
 from nvmf_phoenix.embedded.spdk_format import load_config
 from nvmf_phoenix.embedded.transparent import TransparentDataPath
@@ -126,7 +127,7 @@ def run(args: argparse.Namespace) -> int:
         dp.engine.discovery_genctr = int(doc["discovery_genctr"])
         dp.engine.ana_chgcnt = int(doc["ana_chgcnt"])
     ctx = RpcContext(core, dp, phase=phase,
-                     on_kill=lambda sig: keeper.send({"op": "shutdown"}))
+                     on_kill=lambda sig: keeper.send(Op.SHUTDOWN))
     report = dp.resume(take.conns, take.reset or problem is not None, take.listeners)
     dp.start_in_thread()
     config = ConfigKeeper(args.scratch, ctx, dp)
@@ -137,13 +138,13 @@ def run(args: argparse.Namespace) -> int:
             for e in errors:
                 print(f"config error: {e}", file=sys.stderr)
             if errors:
-                keeper.send({"op": "shutdown"})
+                keeper.send(Op.SHUTDOWN)
                 return 1
         config.save()
     server = RpcServer(ctx, args.rpc_socket, dispatch=config.dispatch, sock=take.rpc_sock,
                        after_batch=config.after_batch)
     server.start()
-    keeper.send({"op": "ready"})
+    keeper.send(Op.READY)
     log.warning("worker %d took over in %.1f ms: %s", os.getpid(),
                 (time.monotonic() - started) * 1000, report)
     # A worker whose data path died serves nobody: leave, so a standby takes over from
