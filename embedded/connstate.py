@@ -23,11 +23,11 @@ from __future__ import annotations
 
 import contextlib
 import os
-import struct
 from dataclasses import dataclass
 
 from nvmf_phoenix.persist import shm
 from nvmf_phoenix.persist.record import Sealed, checksum
+from nvmf_phoenix.wire.layout import Layout
 
 MAGIC = b"PHXCONN1"
 LAYOUT_VERSION = 4
@@ -35,13 +35,19 @@ HEADER_SIZE = 4096
 # magic, version, rx size, tx size, staging slot size, staging slots, commit slot size,
 # connection id, baseline bytes_received - SIOCINQ, baseline bytes_acked + SIOCOUTQ
 # (signed: a connection reset before it was accepted reports odd counters)
-HEADER = struct.Struct("<8sIIIIIIQqq")
+HEADER = Layout(56, [
+    ("magic", 0, "8s"), ("version", 8, "I"), ("rx_size", 12, "I"), ("tx_size", 16, "I"),
+    ("slot_size", 20, "I"), ("slots", 24, "I"), ("commit_size", 28, "I"),
+    ("conn_id", 32, "Q"), ("base_rx", 40, "q"), ("base_tx", 48, "q")])
 HEADER_REC = Sealed(HEADER)
 # seq, rx_done, rx_base, tx_done, tx_base, SQ head, next transfer tag, blob length, blob CRC
-COMMIT = struct.Struct("<QQQQQHHII")
+COMMIT = Layout(52, [
+    ("seq", 0, "Q"), ("rx_done", 8, "Q"), ("rx_base", 16, "Q"), ("tx_done", 24, "Q"),
+    ("tx_base", 32, "Q"), ("sqhd", 40, "H"), ("ttag", 42, "H"), ("blob_length", 44, "I"),
+    ("blob_crc", 48, "I")])
 COMMIT_REC = Sealed(COMMIT)
 COMMIT_HDR_SIZE = 64
-SEAL = Sealed(struct.Struct("<Q"))     # seq of the last complete commit
+SEAL = Sealed(Layout(8, [("seq", 0, "Q")]))   # seq of the last complete commit
 SEAL_OFFSET = 2048                     # in the header page, after the header
 
 

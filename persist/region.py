@@ -25,7 +25,6 @@ import contextlib
 import logging
 import mmap
 import os
-import struct
 
 from nvmf_phoenix.persist.record import Sealed, checksum
 from nvmf_phoenix.persist.shm import (  # noqa: F401  (re-exported for callers)
@@ -39,6 +38,7 @@ from nvmf_phoenix.persist.shm import (  # noqa: F401  (re-exported for callers)
     private_dir,
     round_up,
 )
+from nvmf_phoenix.wire.layout import Layout
 
 log = logging.getLogger(__name__)
 
@@ -46,12 +46,15 @@ MAGIC = b"PHXREGN1"
 LAYOUT_VERSION = 1
 # magic, version, header size, slot size, queue-pair slots and record size (retired:
 # always 0 now), slot 0, slot 1, queue-pair table (retired: where slot 1 ends), total size
-HEADER = struct.Struct("<8sIIQIIQQQQ")
+HEADER = Layout(64, [
+    ("magic", 0, "8s"), ("version", 8, "I"), ("header_size", 12, "I"), ("slot_size", 16, "Q"),
+    ("qp_slots", 24, "I"), ("qp_record_size", 28, "I"), ("slot0", 32, "Q"),
+    ("slot1", 40, "Q"), ("qp_table", 48, "Q"), ("total_size", 56, "Q")])
 HEADER_REC = Sealed(HEADER)
 HEADER_SIZE = 4096
-MARK = Sealed(struct.Struct("<Q"))        # journal sequence number
+MARK = Sealed(Layout(8, [("seq", 0, "Q")]))   # how far the journal reaches
 MARK_OFFSET = 2048                        # in the header's spare space: v1 readers skip it
-SLOT_HDR = struct.Struct("<QQI")          # generation, payload length, payload CRC
+SLOT_HDR = Layout(20, [("generation", 0, "Q"), ("length", 8, "Q"), ("payload_crc", 16, "I")])
 SLOT_REC = Sealed(SLOT_HDR)
 SLOT_HDR_SIZE = 64
 

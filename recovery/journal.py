@@ -22,20 +22,21 @@ from __future__ import annotations
 
 import os
 import re
-import struct
 import time
 from dataclasses import dataclass, field
 
 from nvmf_phoenix.persist.atomic import atomic_write
 from nvmf_phoenix.persist.record import Sealed, checksum
+from nvmf_phoenix.wire.layout import Layout
 
 J_MAGIC = b"PHXJRNL1"
 S_MAGIC = b"PHXSNAP1"
 VERSION = 1
-FILE_HDR = struct.Struct("<8sI4x")                # magic, version
-REC_HDR = struct.Struct("<IHHQ")                  # length, kind, flags, seq
+FILE_HDR = Layout(16, [("magic", 0, "8s"), ("version", 8, "I")])
+REC_HDR = Layout(16, [("length", 0, "I"), ("kind", 4, "H"), ("flags", 6, "H"), ("seq", 8, "Q")])
 REC = Sealed(REC_HDR)                             # its CRC covers the payload after it too
-SNAP_HDR = struct.Struct("<8sI4xQQI")             # magic, version, seq, length, crc
+SNAP_HDR = Layout(36, [("magic", 0, "8s"), ("version", 8, "I"), ("seq", 16, "Q"),
+                      ("length", 24, "Q"), ("crc", 32, "I")])
 MAX_RECORD = 64 << 20
 KIND_STATE, KIND_INTENT, KIND_OUTCOME, KIND_CHANGE = 1, 2, 3, 4
 

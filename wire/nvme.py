@@ -305,8 +305,9 @@ def cmd_effects_log(admin: Iterable[int], io: Iterable[int]) -> bytes:
     return bytes(buf)
 
 
-ANA_HDR = struct.Struct("<QH6x")          # CHGCNT, NGRPS
-ANA_GROUP = struct.Struct("<IIQB15x")     # ANAGRPID, NNSID, CHGCNT, ANAS
+ANA_HDR = Layout(16, [("chgcnt", 0, "Q"), ("ngrps", 8, "H")])
+ANA_GROUP = Layout(32, [("anagrpid", 0, "I"), ("nnsid", 4, "I"), ("chgcnt", 8, "Q"),
+                        ("anas", 16, "B")])
 
 
 def ana_log(chgcnt: int, groups: list[tuple[int, int, list[int]]], rgo: bool = False) -> bytes:
@@ -331,8 +332,12 @@ def parse_ana_log(data: bytes) -> tuple[int, dict[int, tuple[int, list[int]]]]:
 
 
 # --- Discovery log page -------------------------------------------------------------------
-DISC_HDR = struct.Struct("<QQH1006x")                          # GENCTR, NUMREC, RECFMT
-DISC_ENTRY = struct.Struct("<BBBBHHHH20x32s192x256s256sB255x")  # see discovery_entry()
+DISC_HDR = Layout(1024, [("genctr", 0, "Q"), ("numrec", 8, "Q"), ("recfmt", 16, "H")])
+DISC_ENTRY = Layout(1024, [
+    ("trtype", 0, "B"), ("adrfam", 1, "B"), ("subtype", 2, "B"), ("treq", 3, "B"),
+    ("portid", 4, "H"), ("cntlid", 6, "H"), ("asqsz", 8, "H"), ("eflags", 10, "H"),
+    ("trsvcid", 32, "32s"), ("subnqn", 256, "256s"), ("traddr", 512, "256s"),
+    ("tsas_sectype", 768, "B")])
 TRTYPE_TCP = 3
 ADRFAM_CODES = {"IPv4": 1, "IPv6": 2}
 SUBTYPE_REFERRAL, SUBTYPE_NVME, SUBTYPE_CURRENT_DISCOVERY = 1, 2, 3
