@@ -30,6 +30,7 @@ IPO_SQSIZE = nvme.CONNECT_SQE.offset("sqsize")
 IPO_CNTLID = nvme.CONNECT_DATA.offset("cntlid")
 IPO_SUBNQN = nvme.CONNECT_DATA.offset("subnqn")
 IPO_HOSTNQN = nvme.CONNECT_DATA.offset("hostnqn")
+_CQE = nvme.CQE.plain         # one per command: a plain Struct (see Layout.plain)
 
 
 class Phase(StrEnum):
@@ -50,6 +51,9 @@ NEXT_PHASES: dict[Phase, frozenset[Phase]] = {
     Phase.READY: frozenset({Phase.CLOSED}),
     Phase.CLOSED: frozenset({Phase.CLOSED}),
 }
+# The phases every command is checked against, bound once: in Python 3.11 looking up an
+# Enum member as a class attribute costs some 90 ns, about what the check is worth.
+_IC, _READY = Phase.IC, Phase.READY
 
 
 class Staging(Protocol):
@@ -148,7 +152,7 @@ class QueuePair:
             self.closing = reason
 
     def _dispatch(self, p: pdu.Pdu, now: float) -> None:
-        if self.phase == Phase.IC:
+        if self.phase is _IC:
             if p.type != pdu.ICREQ:
                 raise pdu.ProtocolError("expected ICReq", pdu.FES_PDU_SEQUENCE_ERROR, 0,
                                         bytes(p.header[:8]))
@@ -183,8 +187,8 @@ class QueuePair:
     # -- completions -------------------------------------------------------------------
     def complete(self, cid: int, status: int, dw0: int = 0, dw1: int = 0) -> None:
         self.sqhd = (self.sqhd + 1) % (self.sqsize + 1) if self.sqsize else 0
-        self.writer.capsule_resp(nvme.CQE.pack(dw0, dw1, self.sqhd, max(self.qid, 0), cid,
-                                               nvme.status_word(status)))
+        self.writer.capsule_resp(_CQE.pack(dw0, dw1, self.sqhd, max(self.qid, 0), cid,
+                                           nvme.status_word(status)))
 
     def send_data(self, cid: int, data: bytes | memoryview, status_follows: bool) -> None:
         """Return read data; with C2H success the data PDU doubles as the completion."""
@@ -195,14 +199,14 @@ class QueuePair:
 
     # -- capsules ----------------------------------------------------------------------
     def _capsule(self, p: pdu.Pdu, now: float) -> None:
-        sqe = pdu.capsule_sqe(p)
+        sqe = bytes(p.header[pdu.CH_SIZE:pdu.HLEN_CAPSULE_CMD])   # outlives the buffer
         opcode, cid, nsid = nvme.SQE_HEAD.unpack_from(sqe)
         check_sgl(sqe, len(p.data), self.engine.opts.max_io_size,
                   self.engine.opts.in_capsule_data_size, bytes(p.header[:24]))
         if opcode == nvme.FABRICS:
             self._fabrics(sqe, cid, p.data, now)
             return
-        if self.phase != Phase.READY or self.ctrl is None:
+        if self.phase is not _READY or self.ctrl is None:
             self.complete(cid, nvme.SC_CMD_SEQUENCE_ERROR)
             self.close("command before Connect")
             return

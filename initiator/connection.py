@@ -19,6 +19,7 @@ DEFAULT_HOSTNQN = "nqn.2014-08.org.nvmexpress:uuid:6e767068-6f65-6e69-7800-00000
 # Filled in on every submit, in place: the command id and the SGL (address, length, id)
 _CID_AT, _CID = nvme.SQE.span("cid")
 _SGL_AT, _SGL = nvme.SQE.span("sgl_addr", "sgl_length", "sgl_id")
+_SQE, _CQE = nvme.SQE.plain, nvme.CQE.plain    # one of each per I/O (see Layout.plain)
 
 
 class NvmeError(Exception):
@@ -95,7 +96,7 @@ class QueueConn:
 
     def _handle(self, p: pdu.Pdu) -> None:
         if p.type == pdu.CAPSULE_RESP:
-            dw0, dw1, _sqhd, _sqid, cid, status = nvme.CQE.unpack_from(p.header, pdu.CH.size)
+            dw0, dw1, _sqhd, _sqid, cid, status = _CQE.unpack_from(p.header, pdu.CH_SIZE)
             cmd = self.cmds.pop(cid, None)
             if cmd is None:
                 # As for the Linux host: a second completion, or one for a command never
@@ -211,8 +212,8 @@ def make_sqe(opcode: int, nsid: int = 0, cdw10: int = 0, cdw11: int = 0, cdw12: 
              cdw13: int = 0, cdw14: int = 0, cdw15: int = 0) -> bytearray:
     """A command; :meth:`QueueConn.submit` fills in its cid and SGL. Packed positionally
     (the SQE's field order), as the I/O workload calls this once per command."""
-    return bytearray(nvme.SQE.pack(opcode, nvme.PSDT_SGL, 0, nsid, 0, 0, 0, 0, 0, 0, cdw10,
-                                   cdw11, cdw12, cdw13, cdw14, cdw15))
+    return bytearray(_SQE.pack(opcode, nvme.PSDT_SGL, 0, nsid, 0, 0, 0, 0, 0, 0, cdw10, cdw11,
+                               cdw12, cdw13, cdw14, cdw15))
 
 
 def connect_sqe(qid: int, sqsize: int, kato_ms: int) -> bytearray:

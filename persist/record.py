@@ -32,10 +32,11 @@ class Sealed:
 
     def __init__(self, layout: struct.Struct) -> None:
         self.layout = layout
+        self._body = struct.Struct(layout.format)   # a plain Struct: commits are frequent
         self.size = layout.size + CRC.size
 
     def pack(self, *values: Any, covers: Buffer = b"") -> bytes:
-        body = self.layout.pack(*values)
+        body = self._body.pack(*values)
         return body + CRC.pack(checksum(body, covers))
 
     def unpack(self, buf: Buffer, offset: int = 0,
@@ -47,7 +48,7 @@ class Sealed:
         (crc,) = CRC.unpack_from(buf, end)
         if crc != checksum(buf[offset:end], covers):
             return None
-        return self.layout.unpack_from(buf, offset)
+        return self._body.unpack_from(buf, offset)
 
     def peek(self, buf: Buffer, offset: int = 0) -> tuple[Any, ...]:
         """The fields without the check: to learn what to check against (a magic, a

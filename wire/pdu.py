@@ -63,6 +63,9 @@ R2T_HDR = Layout(HLEN_R2T, [*_CH_FIELDS, ("cccid", 8, "H"), ("ttag", 10, "H"),
                             ("r2to", 12, "I"), ("r2tl", 16, "I")])
 TERM_HDR = Layout(HLEN_TERM, [*_CH_FIELDS, ("fes", 8, "H"), ("fei", 10, "I")])
 DIGEST = struct.Struct("<I")
+# What every PDU in and out goes through, as plain Structs (see Layout.plain)
+_CH, _DATA, _R2T = CH.plain, DATA_HDR.plain, R2T_HDR.plain
+CH_SIZE = CH.size             # the SQE or CQE of a capsule starts here
 
 
 def crc32c(data: bytes | bytearray | memoryview) -> int:
@@ -152,11 +155,11 @@ class PduReader:
     def next(self) -> Pdu | None:
         """The next complete PDU, or None if more bytes are needed."""
         buf, pos, end = self.buf, self.pos, self.end
-        if end - pos < CH.size:
+        if end - pos < CH_SIZE:
             return None
-        ptype, flags, hlen, pdo, plen = CH.unpack_from(buf, pos)
+        ptype, flags, hlen, pdo, plen = _CH.unpack_from(buf, pos)
         shape = _SHAPE.get(ptype)
-        header = bytes(buf[pos:pos + CH.size])
+        header = bytes(buf[pos:pos + CH_SIZE])
         if shape is None:
             raise ProtocolError(f"unknown PDU type {ptype:#x}", FES_INVALID_HEADER_FIELD, 0,
                                 header)
@@ -234,32 +237,32 @@ class PduWriter:
     def capsule_cmd(self, sqe: bytes | bytearray, data: bytes | memoryview | None = None) -> None:
         n = len(data) if data is not None else 0
         pdo, plen = self._lens(HLEN_CAPSULE_CMD, n)
-        ch = CH.pack(CAPSULE_CMD, self._flags(0, n > 0), HLEN_CAPSULE_CMD, pdo, plen)
+        ch = _CH.pack(CAPSULE_CMD, self._flags(0, n > 0), HLEN_CAPSULE_CMD, pdo, plen)
         self._emit(ch + bytes(sqe), data)
 
     def capsule_resp(self, cqe: bytes | bytearray) -> None:
         _, plen = self._lens(HLEN_CAPSULE_RESP, 0)
-        ch = CH.pack(CAPSULE_RESP, self._flags(0, False), HLEN_CAPSULE_RESP, 0, plen)
+        ch = _CH.pack(CAPSULE_RESP, self._flags(0, False), HLEN_CAPSULE_RESP, 0, plen)
         self._emit(ch + bytes(cqe))
 
     def c2h_data(self, cccid: int, datao: int, data: bytes | memoryview, last: bool,
                  success: bool) -> None:
         pdo, plen = self._lens(HLEN_DATA, len(data))
         flags = (FLAG_LAST_PDU if last else 0) | (FLAG_SUCCESS if success else 0)
-        self._emit(DATA_HDR.pack(C2H_DATA, self._flags(flags, True), HLEN_DATA, pdo, plen,
-                                 cccid, 0, datao, len(data)), data)
+        self._emit(_DATA.pack(C2H_DATA, self._flags(flags, True), HLEN_DATA, pdo, plen,
+                              cccid, 0, datao, len(data)), data)
 
     def h2c_data(self, cccid: int, ttag: int, datao: int, data: bytes | memoryview,
                  last: bool) -> None:
         pdo, plen = self._lens(HLEN_DATA, len(data))
         flags = FLAG_LAST_PDU if last else 0
-        self._emit(DATA_HDR.pack(H2C_DATA, self._flags(flags, True), HLEN_DATA, pdo, plen,
-                                 cccid, ttag, datao, len(data)), data)
+        self._emit(_DATA.pack(H2C_DATA, self._flags(flags, True), HLEN_DATA, pdo, plen,
+                              cccid, ttag, datao, len(data)), data)
 
     def r2t(self, cccid: int, ttag: int, r2to: int, r2tl: int) -> None:
         _, plen = self._lens(HLEN_R2T, 0)
-        self._emit(R2T_HDR.pack(R2T, self._flags(0, False), HLEN_R2T, 0, plen, cccid, ttag,
-                                r2to, r2tl))
+        self._emit(_R2T.pack(R2T, self._flags(0, False), HLEN_R2T, 0, plen, cccid, ttag,
+                             r2to, r2tl))
 
     def term_req(self, ptype: int, fes: int, fei: int, offending: bytes) -> None:
         """A TermReq is sent without digests: the peer may not be able to check them."""
@@ -285,15 +288,9 @@ def parse_ic(pdu: Pdu) -> tuple[int, int, int, int]:
     return pfv, pda, dgst, last
 
 
-def capsule_sqe(pdu: Pdu) -> bytes:
-    """The SQE a CapsuleCmd carries, after the common header (a copy: it may outlive the
-    receive buffer, as a write waiting for its data does)."""
-    return bytes(pdu.header[CH.size:HLEN_CAPSULE_CMD])
-
-
 def parse_data_hdr(pdu: Pdu) -> tuple[int, int, int, int]:
     """(cccid, ttag, datao/r2to, datal/r2tl) of an H2CData, C2HData or R2T."""
-    _, _, _, _, _, cccid, ttag, off, length = DATA_HDR.unpack_from(pdu.header)
+    _, _, _, _, _, cccid, ttag, off, length = _DATA.unpack_from(pdu.header)
     return cccid, ttag, off, length
 
 
