@@ -236,17 +236,18 @@ def identify_namespace(*, nsze: int, lbads: int, nguid: str | None, eui64: str |
         eui64=bytes.fromhex(eui64) if eui64 else b"", lbaf0_lbads=lbads))
 
 
+# A Namespace Identification Descriptor's header; NIDL bytes of NID follow it.
+NS_DESC = Layout(4, [("nidt", 0, "B"), ("nidl", 1, "B")])
+
+
 def ns_descriptors(*, uuid: str | None, nguid: str | None, eui64: str | None) -> bytes:
     """Namespace Identification Descriptor list (CNS 03h)."""
-    out = bytearray()
-    if eui64:
-        out += struct.pack("<BBH", NIDT_EUI64, 8, 0) + bytes.fromhex(eui64)
-    if nguid:
-        out += struct.pack("<BBH", NIDT_NGUID, 16, 0) + bytes.fromhex(nguid)
-    if uuid:
-        out += struct.pack("<BBH", NIDT_UUID, 16, 0) + uuidlib.UUID(uuid).bytes
-    out += struct.pack("<BBHB", NIDT_CSI, 1, 0, 0)
-    return bytes(out.ljust(IDENTIFY_SIZE, b"\0"))
+    ids = [(NIDT_EUI64, bytes.fromhex(eui64) if eui64 else b""),
+           (NIDT_NGUID, bytes.fromhex(nguid) if nguid else b""),
+           (NIDT_UUID, uuidlib.UUID(uuid).bytes if uuid else b""),
+           (NIDT_CSI, b"\0")]                          # the NVM command set
+    out = b"".join(NS_DESC.pack(nidt, len(nid)) + nid for nidt, nid in ids if nid)
+    return out.ljust(IDENTIFY_SIZE, b"\0")
 
 
 def ns_list(nsids: Iterable[int], above: int = 0) -> bytes:
@@ -264,27 +265,30 @@ def parse_ns_list(data: bytes) -> list[int]:
 def parse_ns_descriptors(data: bytes) -> dict[int, bytes]:
     """NIDT -> NID from a CNS 03h list (used by the initiator and tests)."""
     out, pos = {}, 0
-    while pos + 4 <= len(data):
-        nidt, nidl = data[pos], data[pos + 1]
+    while pos + NS_DESC.size <= len(data):
+        nidt, nidl = NS_DESC.unpack_from(data, pos)
         if nidt == 0:
             break
-        out[nidt] = bytes(data[pos + 4:pos + 4 + nidl])
-        pos += 4 + nidl
+        pos += NS_DESC.size
+        out[nidt] = bytes(data[pos:pos + nidl])
+        pos += nidl
     return out
+
+
+SMART_LOG = Layout(512, [("critical_warning", 0, "B"), ("composite_temperature", 1, "H"),
+                         ("avail_spare", 3, "B"), ("avail_spare_threshold", 4, "B")])
+FW_SLOT_LOG = Layout(512, [("afi", 0, "B"), ("frs1", 8, "8s")])
 
 
 def smart_log() -> bytes:
     """SMART / Health Information: healthy, 25 degC, nothing used up."""
-    buf = bytearray(512)
-    struct.pack_into("<BHBB", buf, 0, 0, 298, 100, 10)
-    return bytes(buf)
+    return bytes(SMART_LOG.build(composite_temperature=298, avail_spare=100,
+                                 avail_spare_threshold=10))
 
 
 def firmware_slot_log(firmware: str) -> bytes:
-    buf = bytearray(512)
-    buf[0] = 0x01   # AFI: slot 1 active
-    buf[8:16] = _ascii(firmware, 8)
-    return bytes(buf)
+    return bytes(FW_SLOT_LOG.build(afi=0x01,       # slot 1 active
+                                   frs1=_ascii(firmware, 8)))
 
 
 def changed_ns_log(nsids: Iterable[int]) -> bytes:
