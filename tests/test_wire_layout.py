@@ -63,6 +63,8 @@ def test_layout_refuses_what_does_not_fit() -> None:
         nvme.SQE.reader("cdw11", "cdw10")          # not in offset order
     at, st = nvme.SQE.span("sgl_addr", "sgl_length", "sgl_id")
     assert (at, st.format) == (24, "<QI3xB")
+    at, st = nvme.SQE.span("opc", "fuse_psdt", "cid")
+    assert (at, st.format) == (0, "<BBH")
     assert isinstance(nvme.SQE, struct.Struct)
 
 

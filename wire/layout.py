@@ -3,11 +3,11 @@
 Specifications give every structure as a table of fields at byte offsets; a
 :class:`Layout` is that table, written with the specification's field names, and
 everything else is derived from it: the precompiled :class:`struct.Struct` (a Layout *is*
-one, so hot paths unpack a whole structure positionally at C speed), packing and
-unpacking by name for the code that is not hot, and narrower precompiled readers
-(:meth:`Layout.reader`) for a hot path that wants a few fields only. The target, the
-initiator, the shared-memory files and the tests all read and write bytes through these
-declarations, so an offset is written in exactly one place.
+one, so existing positional code keeps working), packing and unpacking by name for code
+that is not hot, and for the code that runs once per command plain Structs of the whole
+layout (:attr:`Layout.plain`) or of a few of its fields (:meth:`Layout.reader`,
+:meth:`Layout.span`). The target, the initiator, the shared-memory files and the tests all
+read and write bytes through these declarations, so an offset is written in one place.
 
 All layouts are little-endian, as NVMe, NVMe/TCP and our own files are.
 """
@@ -93,19 +93,21 @@ class Layout(struct.Struct):
         at, st = self._at[name]
         return st.unpack_from(buf, offset + at)[0]
 
-    def reader(self, *names: str) -> struct.Struct:
-        """A precompiled struct that unpacks just ``names`` (ascending), for hot paths
-        that need a few fields of a structure and not the rest."""
-        picked = [f for f in self.fields if f[0] in names]
-        if [f[0] for f in picked] != list(names):
+    def _picked(self, names: tuple[str, ...], start: int) -> struct.Struct:
+        picked = [(n, o - start, c) for n, o, c in self.fields if n in names]
+        if not picked or [f[0] for f in picked] != list(names):
             raise ValueError(f"{names} are not fields of this layout in offset order")
         end = picked[-1][1] + struct.calcsize("<" + picked[-1][2])
         return struct.Struct(_format(end, picked))
 
+    def reader(self, *names: str) -> struct.Struct:
+        """A plain Struct that unpacks just ``names`` (ascending) from the start of the
+        structure, for per-command code that needs a few fields and not the rest."""
+        return self._picked(names, 0)
+
     def span(self, *names: str) -> tuple[int, struct.Struct]:
-        """(offset, struct) covering ``names`` (ascending) from the first one's offset,
-        to pack in place at C speed; bytes between them are written as zero, so use it
-        only where those bytes are reserved."""
-        reader = self.reader(*names)
-        start = self._at[names[0]][0]
-        return start, struct.Struct("<" + reader.format.removeprefix(f"<{start}x"))
+        """(offset, Struct) covering ``names`` (ascending) from the first one's offset,
+        to pack them in place at C speed; the bytes between them are written as zero, so
+        use it only where those are reserved."""
+        start = self._at[names[0]][0] if names and names[0] in self._at else 0
+        return start, self._picked(names, start)
