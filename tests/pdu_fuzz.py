@@ -88,14 +88,14 @@ class _Builder:
             r2t: int = 0) -> int:
         """Queue a command; in-capsule ``data``, ``data_in`` to read, or ``r2t`` bytes
         to be asked for by the target (transport SGL)."""
-        fields = list(nvme.SQE.unpack(bytes(sqe)))
+        sqe = bytearray(sqe)
         self.cid += 1
-        fields[2] = self.cid
+        nvme.SQE.put(sqe, cid=self.cid)
         if data is not None:
-            fields[8], fields[9] = len(data), nvme.SGL_DATA_BLOCK_OFFSET
+            nvme.SQE.put(sqe, sgl_length=len(data), sgl_id=nvme.SGL_DATA_BLOCK_OFFSET)
         elif data_in or r2t:
-            fields[8], fields[9] = data_in or r2t, nvme.SGL_TRANSPORT_DATA_BLOCK
-        self.w.capsule_cmd(nvme.SQE.pack(*fields), data)
+            nvme.SQE.put(sqe, sgl_length=data_in or r2t, sgl_id=nvme.SGL_TRANSPORT_DATA_BLOCK)
+        self.w.capsule_cmd(sqe, data)
         self.raw += self.w.take()
         return self.cid
 
