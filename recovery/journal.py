@@ -104,14 +104,15 @@ def _record_at(data: bytes, pos: int) -> tuple[Record | None, int, str]:
     return Record(kind, seq, payload), end, ""
 
 
-# kind (1..4) and flags (0) of a record header, 4 bytes into it: where to try again.
+# kind (1..4) and flags (0) of a record header, where they sit in it: where to try again.
 _RESYNC = re.compile(rb"[\x01-\x04]\x00\x00\x00")
+_KIND_AT = REC_HDR.offset("kind")
 
 
 def _next_record(data: bytes, start: int, after_seq: int) -> int | None:
     """Offset of the next whole, CRC-valid record with a newer sequence number."""
-    for m in _RESYNC.finditer(data, start + 4):
-        pos = m.start() - 4
+    for m in _RESYNC.finditer(data, start + _KIND_AT):
+        pos = m.start() - _KIND_AT
         rec, _, _ = _record_at(data, pos)
         if rec is not None and rec.seq > after_seq:
             return pos
