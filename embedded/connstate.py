@@ -32,15 +32,15 @@ from nvmf_phoenix.wire.layout import Layout
 MAGIC = b"PHXCONN1"
 LAYOUT_VERSION = 4
 HEADER_SIZE = 4096
-# magic, version, rx size, tx size, staging slot size, staging slots, commit slot size,
-# connection id, baseline bytes_received - SIOCINQ, baseline bytes_acked + SIOCOUTQ
-# (signed: a connection reset before it was accepted reports odd counters)
+# slot_size and slots: the staging slots; base_rx and base_tx: the baselines, the kernel's
+# bytes_received - SIOCINQ and bytes_acked + SIOCOUTQ at accept (signed: a connection reset
+# before it was accepted reports odd counters)
 HEADER = Layout(56, [
     ("magic", 0, "8s"), ("version", 8, "I"), ("rx_size", 12, "I"), ("tx_size", 16, "I"),
     ("slot_size", 20, "I"), ("slots", 24, "I"), ("commit_size", 28, "I"),
     ("conn_id", 32, "Q"), ("base_rx", 40, "q"), ("base_tx", 48, "q")])
 HEADER_REC = Sealed(HEADER)
-# seq, rx_done, rx_base, tx_done, tx_base, SQ head, next transfer tag, blob length, blob CRC
+# sqhd and ttag: the queue pair's SQ head and next transfer tag; blob: its other state
 COMMIT = Layout(52, [
     ("seq", 0, "Q"), ("rx_done", 8, "Q"), ("rx_base", 16, "Q"), ("tx_done", 24, "Q"),
     ("tx_base", 32, "Q"), ("sqhd", 40, "H"), ("ttag", 42, "H"), ("blob_length", 44, "I"),

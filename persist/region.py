@@ -44,8 +44,7 @@ log = logging.getLogger(__name__)
 
 MAGIC = b"PHXREGN1"
 LAYOUT_VERSION = 1
-# magic, version, header size, slot size, queue-pair slots and record size (retired:
-# always 0 now), slot 0, slot 1, queue-pair table (retired: where slot 1 ends), total size
+# The queue-pair fields are retired: an empty table (0 slots of 0 bytes) where slot 1 ends.
 HEADER = Layout(64, [
     ("magic", 0, "8s"), ("version", 8, "I"), ("header_size", 12, "I"), ("slot_size", 16, "Q"),
     ("qp_slots", 24, "I"), ("qp_record_size", 28, "I"), ("slot0", 32, "Q"),
