@@ -1,4 +1,4 @@
-"""Declared layouts and the queue pair's phase table.
+"""Declared layouts, the queue pair's phase table and the keeper's message kinds.
 
 Offsets are checked against the specification tables (NVMe Base "Common Command Format",
 "Completion Queue Entry", NVMe over Fabrics Connect and Property commands, NVMe/TCP PDU
@@ -6,10 +6,12 @@ headers), so a field moved by mistake fails here, not in a host.
 """
 from __future__ import annotations
 
+import json
 import struct
 
 import pytest
 from nvmf_phoenix.embedded.controllers import Engine
+from nvmf_phoenix.embedded.keeper_proto import Op, pack, unpack
 from nvmf_phoenix.embedded.qpair import NEXT_PHASES, Phase, QueuePair
 from nvmf_phoenix.initiator.connection import connect_data, connect_sqe, make_sqe
 from nvmf_phoenix.wire import nvme, pdu
@@ -96,3 +98,14 @@ def test_phases_move_only_as_the_table_says() -> None:
     other = _qpair()
     other.load(dumped)
     assert other.phase is Phase.READY
+
+
+def test_keeper_messages_keep_their_bytes() -> None:
+    """One encoding for every control message, the same JSON the keeper always spoke."""
+    addr = ["127.0.0.1", "4420", "IPv4"]
+    assert pack(Op.LISTEN, {"addr": addr, "id": 3}) == \
+        json.dumps({"op": "listen", "addr": addr, "id": 3}).encode()
+    assert unpack(pack(Op.TAKEOVER_DONE)) == (Op.TAKEOVER_DONE, {})
+    assert unpack(b'{"op": "takeover-done"}')[0] is Op.TAKEOVER_DONE
+    assert unpack(b'{"op": "no-such-kind", "x": 1}') == (None, {"x": 1})
+    assert len(Op) == 11
