@@ -43,6 +43,7 @@ from nvmf_phoenix.embedded.connstate import (
 from nvmf_phoenix.embedded.controller import Controller
 from nvmf_phoenix.embedded.io_loop import DataPath, Hangup, Transport, recv_some
 from nvmf_phoenix.embedded.keeper_client import Handed, KeeperClient
+from nvmf_phoenix.embedded.keeper_proto import Op
 from nvmf_phoenix.embedded.qpair import QueuePair
 from nvmf_phoenix.embedded.tcpcount import TCP_ESTABLISHED, kernel_progress
 from nvmf_phoenix.persist import shm
@@ -120,7 +121,7 @@ class KeptTransport(Transport):
     def listen(self, addr: ListenAddress) -> None:
         if addr in self.kept_listeners:
             return
-        reply = self.keeper.request({"op": "listen", "addr": _key(addr)})
+        reply = self.keeper.request(Op.LISTEN, addr=_key(addr))
         if self.keeper.backlog:
             # Connections handed over while the reply was awaited wait in the client's
             # backlog, and the keeper's socket does not turn readable for them again: a
@@ -135,7 +136,7 @@ class KeptTransport(Transport):
         return self.kept_listeners
 
     def unlisten(self, addr: ListenAddress) -> None:
-        self.keeper.send({"op": "unlisten", "addr": _key(addr)})
+        self.keeper.send(Op.UNLISTEN, addr=_key(addr))
         self.kept_listeners.discard(addr)
 
     def tick(self, now: float) -> None:
@@ -146,8 +147,8 @@ class KeptTransport(Transport):
         if msgs is None:
             self._keeper_lost()
             return
-        for msg, fds in msgs:
-            if msg.get("op") == "conn" and len(fds) == 1:
+        for op, msg, fds in msgs:
+            if op is Op.CONN and len(fds) == 1:
                 h = Handed.from_msg(msg, fds[0])
                 try:
                     self.adopt_handed(h)
@@ -204,7 +205,7 @@ class KeptTransport(Transport):
         with contextlib.suppress(OSError):
             h.sock.shutdown(socket.SHUT_RDWR)
         with contextlib.suppress(OSError):
-            self.keeper.send({"op": "drop", "conn": h.conn_id})
+            self.keeper.send(Op.DROP, conn=h.conn_id)
         h.sock.close()
 
     def release(self, conn: TConn) -> None:
@@ -213,7 +214,7 @@ class KeptTransport(Transport):
         with contextlib.suppress(OSError):
             conn.sock.shutdown(socket.SHUT_RDWR)
         with contextlib.suppress(OSError):
-            self.keeper.send({"op": "drop", "conn": conn.qp.conn_id})
+            self.keeper.send(Op.DROP, conn=conn.qp.conn_id)
         conn.sock.close()
         conn.st.unlink()
         conn.st.close()
@@ -361,7 +362,7 @@ class KeptTransport(Transport):
         for key in listeners or []:
             addr = ListenAddress.make(key[0], key[1], adrfam=key[2])
             if addr not in self.kept_listeners:
-                self.keeper.send({"op": "unlisten", "addr": key})
+                self.keeper.send(Op.UNLISTEN, addr=key)
         now = self.loop.clock()
         report = {"resumed": 0, "fresh": 0, "closed": 0}
         conns: list[tuple[TConn, dict[str, Any]]] = []

@@ -26,6 +26,7 @@ from nvmf_phoenix.embedded.config_file import ConfigFileError, read_config
 from nvmf_phoenix.embedded.config_store import TargetCore
 from nvmf_phoenix.embedded.io_loop import DataPath
 from nvmf_phoenix.embedded.keeper_client import KeeperClient
+from nvmf_phoenix.embedded.keeper_proto import Op
 from nvmf_phoenix.embedded.rpc_methods import (
     RUNTIME,
     STARTUP,
@@ -60,8 +61,7 @@ class ConfigKeeper:
         region = None
         with contextlib.suppress(RegionError):   # damaged: replaced by a new one
             region = Region.open(path) if path else None
-        self.region = region or Region.create(CONFIG_REGION, 8 << 20, qp_slots=1,
-                                              sub=scratch)
+        self.region = region or Region.create(CONFIG_REGION, 8 << 20, sub=scratch)
 
     @staticmethod
     def load(scratch: str) -> tuple[dict[str, Any] | None, str | None]:
@@ -129,7 +129,7 @@ def run(args: argparse.Namespace) -> int:
         dp.engine.discovery_genctr = int(doc["discovery_genctr"])
         dp.engine.ana_chgcnt = int(doc["ana_chgcnt"])
     ctx = RpcContext(core, dp, phase=phase,
-                     on_kill=lambda sig: keeper.send({"op": "shutdown"}))
+                     on_kill=lambda sig: keeper.send(Op.SHUTDOWN))
     # A saved bdev that cannot be opened again resets the connections too.
     reset = take.reset or problem is not None or bool(unopened)
     report = kept.resume(take.conns, reset, take.listeners)
@@ -144,13 +144,13 @@ def run(args: argparse.Namespace) -> int:
             for e in errors:
                 print(f"config error: {e}", file=sys.stderr)
             if errors:
-                keeper.send({"op": "shutdown"})
+                keeper.send(Op.SHUTDOWN)
                 return 1
         config.save()
     server = RpcServer(ctx, args.rpc_socket, dispatch=config.dispatch, sock=take.rpc_sock,
                        after_batch=config.after_batch)
     server.start()
-    keeper.send({"op": "ready"})
+    keeper.send(Op.READY)
     log.warning("worker %d took over in %.1f ms: %s", os.getpid(),
                 (time.monotonic() - started) * 1000, report)
     return _serve(stop, dp, server)

@@ -21,7 +21,6 @@ import struct
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 
-from nvmf_phoenix.embedded.nvm import DSM_RANGE
 from nvmf_phoenix.initiator.connection import connect_data, connect_sqe, property_sqe
 from nvmf_phoenix.wire import nvme, pdu
 
@@ -89,14 +88,14 @@ class _Builder:
             r2t: int = 0) -> int:
         """Queue a command; in-capsule ``data``, ``data_in`` to read, or ``r2t`` bytes
         to be asked for by the target (transport SGL)."""
-        fields = list(nvme.SQE.unpack(bytes(sqe)))
+        sqe = bytearray(sqe)
         self.cid += 1
-        fields[2] = self.cid
+        nvme.SQE.put(sqe, cid=self.cid)
         if data is not None:
-            fields[8], fields[9] = len(data), nvme.SGL_DATA_BLOCK_OFFSET
+            nvme.SQE.put(sqe, sgl_length=len(data), sgl_id=nvme.SGL_DATA_BLOCK_OFFSET)
         elif data_in or r2t:
-            fields[8], fields[9] = data_in or r2t, nvme.SGL_TRANSPORT_DATA_BLOCK
-        self.w.capsule_cmd(nvme.SQE.pack(*fields), data)
+            nvme.SQE.put(sqe, sgl_length=data_in or r2t, sgl_id=nvme.SGL_TRANSPORT_DATA_BLOCK)
+        self.w.capsule_cmd(sqe, data)
         self.raw += self.w.take()
         return self.cid
 
@@ -171,7 +170,7 @@ def io_session(hdgst: bool = False, ddgst: bool = False, cntlid: int = 1, subnqn
     b.io(nvme.NVM_READ, 1, 8, 4, data_in=4 * BS)
     b.io(nvme.NVM_FLUSH, 1)
     b.io(nvme.NVM_WRITE_ZEROES, 1, 2, 2)
-    b.io(nvme.NVM_DSM, 1, 0, 1, data=DSM_RANGE.pack(0, 1, 4), cdw11=0x4)
+    b.io(nvme.NVM_DSM, 1, 0, 1, data=nvme.DSM_RANGE.pack(0, 1, 4), cdw11=0x4)
     b.io(nvme.NVM_READ, 1, BLOCKS - 1, 2, data_in=2 * BS)   # past the end
     b.io(nvme.NVM_READ, 2, 0, 1, data_in=BS)                # no such namespace
     return b.session("io")
