@@ -74,3 +74,4 @@ def test_readme_crash_transparent_section_runs_as_written(tmp_path: Path) -> Non
 
     out = _run_section("## Crash-transparent target", tmp_path, {"4420": str(free_port())})
     assert "crash-transparent: worker" in out and "standby" in out
+    assert re.search(r"0 errors, 0 mismatches, 0 reconnects, longest stall [\d.]+ ms", out), out
