@@ -17,7 +17,6 @@ other slot holds the previous complete snapshot: a reader never sees a torn stat
 """
 from __future__ import annotations
 
-import contextlib
 import logging
 import mmap
 import os
@@ -34,6 +33,7 @@ from nvmf_phoenix.persist.shm import (  # noqa: F401  (re-exported for callers)
     on_hugetlbfs,
     place,
     private_dir,
+    remove,
     round_up,
 )
 
@@ -131,8 +131,7 @@ class Region:
         self.mm.close()
 
     def unlink(self) -> None:
-        with contextlib.suppress(OSError):
-            os.unlink(self.path)
+        remove(self.path)   # and the record of its owner beside it
 
     # -- snapshots -----------------------------------------------------------------------
     def _slot(self, i: int) -> tuple[int, bytes] | None:

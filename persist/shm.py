@@ -5,22 +5,36 @@ and costs no page faults on first touch; a file on /dev/shm (tmpfs) survives the
 with 4 KiB pages. Both the checkpoint region (persist/region.py) and the embedded target's
 per-connection state (embedded/connstate.py) are placed here. Failures to use hugepages are
 never silent: the fallback is logged with the reason (no mount, pool exhausted, ...).
+
+Such files outlive every process by design, so each says who it belongs to: beside a
+region or a scratch directory ``NAME`` lies ``NAME.owner``, a small JSON record of its
+owner (a state directory, or the RPC socket of a crash-transparent target), the process
+that made it and when. ``persist/shm_inventory.py`` reads these records to list what is
+left and to remove what no one owns any more.
 """
 from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
+import json
 import logging
 import mmap
 import os
 import shutil
 import stat
+import time
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger(__name__)
 
 HUGEPAGE = 2 << 20
 SHM_DIR = "/dev/shm"
+ROOT = "nvmf-phoenix"          # our directory on each hugetlbfs mount and in /dev/shm
+OWNER_SUFFIX = ".owner"
+OWNER_STATE_DIR = "state directory"
+OWNER_SOCKET = "socket"
 
 
 def hugetlbfs_mounts() -> list[str]:
@@ -73,8 +87,8 @@ def candidates(directory: str | None, sub: str = "") -> list[tuple[str, bool]]:
     out = []
     mount = hugetlbfs_mount()
     if mount:
-        out.append((os.path.join(mount, "nvmf-phoenix", sub), True))
-    out.append((os.path.join(SHM_DIR, "nvmf-phoenix", sub), False))
+        out.append((os.path.join(mount, ROOT, sub), True))
+    out.append((os.path.join(SHM_DIR, ROOT, sub), False))
     return out
 
 
@@ -146,9 +160,77 @@ def find(name: str, directory: str | None = None, sub: str = "") -> str | None:
 
 
 def wipe(sub: str) -> None:
-    """Remove a scratch directory (every candidate location) and what is in it."""
+    """Remove a scratch directory (every candidate location), what is in it, and the
+    record of its owner."""
     for base, _ in candidates(None, sub):
         shutil.rmtree(base, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            os.unlink(base.rstrip("/") + OWNER_SUFFIX)
+
+
+def remove(path: str) -> None:
+    """Remove a region (or scratch directory) and the record of its owner."""
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+    with contextlib.suppress(OSError):
+        os.unlink(path.rstrip("/") + OWNER_SUFFIX)
+
+
+# -- owners ------------------------------------------------------------------------------
+def process_start(pid: int) -> int | None:
+    """When ``pid`` started (clock ticks since boot), to tell it from a later process
+    given the same number; None if there is no such process."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def record_owner(path: str, owner: str, kind: str) -> None:
+    """Write ``path.owner``: who ``path`` (a region or scratch directory) belongs to, and
+    which process (with its start time) made it. Best effort: a listing without it only
+    shows the owner as unknown."""
+    pid = os.getpid()
+    doc = {"owner": owner, "kind": kind, "pid": pid, "pid_start": process_start(pid),
+           "created": time.time()}
+    target = path.rstrip("/") + OWNER_SUFFIX
+    tmp = f"{target}.tmp.{pid}"
+    try:
+        private_dir(os.path.dirname(target))
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(doc, f)
+        os.rename(tmp, target)
+    except OSError as exc:
+        log.warning("cannot record the owner of %s: %s", path, exc.strerror)
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+
+
+def owner_tag(owner: str) -> str:
+    """A short name for an owner path, the same in every process: its absolute path's
+    hash (names of state-directory regions and crash-transparent scratch directories)."""
+    return hashlib.sha1(os.path.abspath(owner).encode()).hexdigest()[:12]
+
+
+def read_owner(path: str) -> dict[str, Any] | None:
+    try:
+        with open(path.rstrip("/") + OWNER_SUFFIX) as f:
+            doc = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) and isinstance(doc.get("owner"), str) else None
+
+
+def claim(sub: str, owner: str, kind: str = OWNER_SOCKET) -> None:
+    """Record the owner of scratch directory ``sub`` wherever its files may be placed
+    (each file goes to hugetlbfs or, when that fails, to /dev/shm)."""
+    for base, _ in candidates(None, sub):
+        record_owner(base, owner, kind)
 
 
 def where() -> str:

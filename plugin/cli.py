@@ -12,7 +12,7 @@ import argparse
 import logging
 import sys
 
-from nvmf_phoenix.plugin import cli_checkpoint
+from nvmf_phoenix.plugin import cli_checkpoint, cli_shm
 from nvmf_phoenix.plugin import io as io_command
 from nvmf_phoenix.plugin.cli_common import (
     EXIT_CODES,
@@ -193,6 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=guarded(_cmd_restart))
     cli_checkpoint.add_parsers(sub)
     io_command.add_parser(sub, guarded)
+    cli_shm.add_parsers(sub)
     p = sub.add_parser("metrics", help="serve Prometheus metrics for a target or supervisor")
     add_socket(p), add_state_dir(p)
     p.add_argument("--port", type=int, default=9556, help="HTTP port (default 9556; 0 picks "

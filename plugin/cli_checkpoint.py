@@ -68,6 +68,16 @@ def _export(args: argparse.Namespace) -> int:
     return ops.EXIT_OK
 
 
+def _drop(args: argparse.Namespace) -> int:
+    result = ops.drop(args.state_dir)
+    emit(args, result, lambda r: "\n".join(
+        [f"removed {p}" for p in r["removed"]]
+        + ([f"kept {r['state_dir']}: it holds {', '.join(r['kept'])}"] if r["kept"] else [])
+        + [f"freed {kib(r['freed_bytes'])}" if r["removed"] else
+           f"nothing to drop for {r['state_dir']}"]))
+    return ops.EXIT_OK
+
+
 def _import(args: argparse.Namespace) -> int:
     emit(args, ops.import_(args.state_dir, args.file), _human_info)
     return ops.EXIT_OK
@@ -292,6 +302,10 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("file", help="output file, or - for stdout")
     add_state_dir(p), add_json(p)
     p.set_defaults(func=guarded(_export))
+    p = cks.add_parser("drop", help="delete the checkpoint for good: its shared-memory "
+                       "region, journal and snapshot, and the directory if left empty")
+    add_state_dir(p), add_json(p)
+    p.set_defaults(func=guarded(_drop))
     p = cks.add_parser("import", help="make an exported file the newest checkpoint")
     p.add_argument("file", help="a file written by `checkpoint export`")
     add_state_dir(p), add_json(p)

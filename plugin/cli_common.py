@@ -42,7 +42,7 @@ def add_socket(p: argparse.ArgumentParser) -> None:
 
 
 def add_state_dir(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--state-dir", default=default_state_dir(),
+    p.add_argument("-d", "--state-dir", default=default_state_dir(),
                    help="checkpoint directory (default $NVMF_PHOENIX_STATE_DIR or "
                    "/var/lib/nvmf-phoenix, the supervisor's default)")
 
