@@ -7,6 +7,7 @@ stderr, one line per stage, so stdout stays clean for scripts.
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import socket
 import struct
 import sys
@@ -261,6 +262,13 @@ def _address(args: argparse.Namespace) -> int:
     from nvmf_phoenix.plugin import netplumb
 
     addr, _, prefix = args.address.partition("/")
+    try:
+        ipaddress.ip_address(addr)
+        if prefix:
+            int(prefix)
+    except ValueError:
+        raise ops.PhoenixError(f"{args.address!r} is not an IP address (ADDR or ADDR/PREFIX, "
+                               "e.g. 192.0.2.10/24)", ops.EXIT_USAGE) from None
     if args.action == "check":
         where = netplumb.interfaces_with(addr)
         emit(args, {"address": addr, "interfaces": where},

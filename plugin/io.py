@@ -25,6 +25,7 @@ from typing import Any
 
 from nvmf_phoenix.initiator.connection import DEFAULT_HOSTNQN, NvmeError
 from nvmf_phoenix.initiator.host import Host
+from nvmf_phoenix.plugin.cli_common import DefaultsShown
 from nvmf_phoenix.plugin.io_workload import PATTERNS, CliWorkload, Pattern
 from nvmf_phoenix.plugin.ops import EXIT_FAIL, EXIT_OK, EXIT_UNREACHABLE, PhoenixError
 
@@ -268,7 +269,7 @@ def add_parser(sub: Any, guarded: Callable[[Callable[[argparse.Namespace], int]]
     p = sub.add_parser(
         "io", help="drive an NVMe/TCP target with (verified) I/O and report IOPS, "
         "latency, stalls and errors, like SPDK's perf",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsShown,
         description="Connect as a host, keep QD commands outstanding for --time seconds "
         "(or --count commands), print progress every second on stderr and a summary on "
         "stdout. Reconnects and re-sends outstanding commands if the connection drops. "
