@@ -102,8 +102,9 @@ def load(state_dir: str) -> tuple[Loaded, CheckpointStore]:
 
 def _ours(name: str) -> bool:
     """Files a state directory holds because of us: journal (and damaged journals set
-    aside), snapshot, lock, the last restore's record, atomic writes' temp files."""
-    return (name in ("journal", "snapshot", "lock", LAST_RESTORE)
+    aside), snapshot, lock, the last restore's record, the supervised target's output,
+    atomic writes' temp files."""
+    return (name in ("journal", "snapshot", "lock", LAST_RESTORE, "target.log")
             or name.startswith(("journal.damaged-", "journal.tmp.", "snapshot.tmp.",
                                 f"{LAST_RESTORE}.tmp.")))
 
