@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -88,8 +90,10 @@ def reconnect(target: Target, deadline: float) -> Host:
 def drive(target: Target, nsid: int | None, io_size: int, qd: int, pattern_name: str,
           rwmixread: int, verify: bool, seconds: float, count: int | None,
           ctrl_loss_tmo: float = 60.0, seed: int | None = None,
-          progress: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Run the workload and return the summary (see :func:`summarize`)."""
+          progress: Callable[[str], None] | None = None,
+          stop: Callable[[], bool] = lambda: False) -> dict[str, Any]:
+    """Run the workload and return the summary (see :func:`summarize`); ``stop`` ends
+    the run early (what is outstanding still completes and is counted)."""
     try:
         host = target.connect()
     except (NvmeError, OSError) as exc:
@@ -121,14 +125,15 @@ def drive(target: Target, nsid: int | None, io_size: int, qd: int, pattern_name:
                            pattern, seed=seed)
         work.gap_threshold = STALL_THRESHOLD
         run = Run(started=time.monotonic())
-        host = _loop(target, host, work, run, seconds, ctrl_loss_tmo, progress)
+        host = _loop(target, host, work, run, seconds, ctrl_loss_tmo, progress, stop)
     finally:
         host.close()
     return summarize(work, run, nsid, lba, io_size, pattern_name, rwmixread, target)
 
 
 def _loop(target: Target, host: Host, work: CliWorkload, run: Run, seconds: float,
-          ctrl_loss_tmo: float, progress: Callable[[str], None] | None) -> Host:
+          ctrl_loss_tmo: float, progress: Callable[[str], None] | None,
+          stop: Callable[[], bool]) -> Host:
     """Step the workload until the time or count is reached and all is complete, then
     (with --verify) read back what was written; reconnect whenever the connection goes.
     Returns the host connected at the end."""
@@ -138,7 +143,7 @@ def _loop(target: Target, host: Host, work: CliWorkload, run: Run, seconds: floa
     tick, last_done = run.started + 1.0, 0
     while True:
         now = time.monotonic()
-        if not work.stopping and (now >= end or work.finished):
+        if not work.stopping and (now >= end or work.finished or stop()):
             work.stopping = True
             drain_by = now + ctrl_loss_tmo + 30.0
         if work.finished:
@@ -319,9 +324,25 @@ def run_command(args: argparse.Namespace) -> int:
     def say(line: str) -> None:
         print(line, file=sys.stderr, flush=True)
 
-    summary = drive(target, args.nsid, args.io_size, args.queue_depth, args.workload,
-                    args.rwmixread, args.verify, args.time, args.count,
-                    ctrl_loss_tmo=args.ctrl_loss_tmo, seed=args.seed,
-                    progress=None if args.quiet else say)
+    # Ctrl-C (or SIGTERM) ends the run early with a summary, as perf does; a second one
+    # interrupts for good.
+    stopped = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        if stopped.is_set():
+            raise KeyboardInterrupt
+        stopped.set()
+    before = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            before[sig] = signal.signal(sig, on_signal)
+    try:
+        summary = drive(target, args.nsid, args.io_size, args.queue_depth, args.workload,
+                        args.rwmixread, args.verify, args.time, args.count,
+                        ctrl_loss_tmo=args.ctrl_loss_tmo, seed=args.seed,
+                        progress=None if args.quiet else say, stop=stopped.is_set)
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
     print(json.dumps(summary, indent=2) if args.json else human(summary), flush=True)
     return EXIT_FAIL if summary["errors"] or summary["mismatches"] else EXIT_OK

@@ -202,3 +202,28 @@ def test_kill_9_of_the_crash_transparent_worker_costs_no_errors(tmp_path: Path) 
     m = re.search(r"0 errors, 0 mismatches, 0 reconnects, longest stall ([\d.]+) ms", out)
     assert m, out
     assert float(m.group(1)) > 0
+
+
+def test_ctrl_c_ends_the_run_with_a_summary() -> None:
+    """As with perf: Ctrl-C stops submitting, lets what is outstanding complete, and
+    prints the summary of what ran."""
+    import signal
+
+    with running_target() as rt:
+        proc = subprocess.Popen(
+            [str(BIN / "nvmf-phoenix"), "io", "-s", str(rt.port), "-n", NQN, "-T", "120",
+             "--verify", "--json"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            assert proc.stderr is not None
+            first = proc.stderr.readline()      # the first progress line, after 1 s
+            assert first.startswith("io:"), first
+            proc.send_signal(signal.SIGINT)
+            out, _ = proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
+    s = json.loads(out)
+    assert proc.returncode == 0 and s["seconds"] < 60 and s["ios"] > 0
+    assert s["errors"] == 0 and s["mismatches"] == 0
