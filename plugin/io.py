@@ -140,7 +140,7 @@ def _loop(target: Target, host: Host, work: CliWorkload, run: Run, seconds: floa
     end = run.started + seconds
     drain_by: float | None = None
     next_ka = run.started + target.kato_ms / 4000
-    tick, last_done = run.started + 1.0, 0
+    last_tick, last_done = run.started, 0
     while True:
         now = time.monotonic()
         if not work.stopping and (now >= end or work.finished or stop()):
@@ -176,13 +176,17 @@ def _loop(target: Target, host: Host, work: CliWorkload, run: Run, seconds: floa
                 break
             work.attach(host.io, pending)
             next_ka = time.monotonic() + target.kato_ms / 4000
-        if progress and time.monotonic() >= tick:
+        now = time.monotonic()
+        if progress and now >= last_tick + 1.0:
+            # A rate over the time since the last line: a stall (a reconnect) makes one
+            # long interval, not a burst of lines.
             done = work.stats.completed
-            progress(f"io: {tick - run.started:4.0f} s  {done - last_done:8d} IOPS  "
+            progress(f"io: {now - run.started:4.0f} s  "
+                     f"{(done - last_done) / (now - last_tick):8.0f} IOPS  "
                      f"{len(work.stats.errors)} errors  {len(work.stats.mismatches)} "
                      f"mismatches  {run.reconnects} reconnects"
                      + ("  (reading back)" if run.readback else ""))
-            tick, last_done = tick + 1.0, done
+            last_tick, last_done = now, done
     if not run.readback:
         _end_main(work, run, time.monotonic())
     return host
