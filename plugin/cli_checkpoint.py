@@ -7,6 +7,7 @@ stderr, one line per stage, so stdout stays clean for scripts.
 from __future__ import annotations
 
 import argparse
+import glob
 import ipaddress
 import socket
 import struct
@@ -201,11 +202,15 @@ def _peer_pid(client: Any) -> int | None:
 
 
 def _children(pid: int) -> list[int]:
-    try:
-        with open(f"/proc/{pid}/task/{pid}/children") as f:
-            return [int(x) for x in f.read().split()]
-    except (OSError, ValueError):
-        return []
+    """Child processes of ``pid``, whichever of its threads started them."""
+    kids: list[int] = []
+    for task in glob.glob(f"/proc/{pid}/task/*/children"):
+        try:
+            with open(task) as f:
+                kids += [int(x) for x in f.read().split()]
+        except (OSError, ValueError):
+            continue
+    return sorted(kids)
 
 
 def _kill_pid(pid: int | None, sup: dict[str, Any] | None,
