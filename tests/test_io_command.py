@@ -227,3 +227,24 @@ def test_ctrl_c_ends_the_run_with_a_summary() -> None:
     s = json.loads(out)
     assert proc.returncode == 0 and s["seconds"] < 60 and s["ios"] > 0
     assert s["errors"] == 0 and s["mismatches"] == 0
+
+
+def test_a_target_that_never_comes_back_is_an_error_after_ctrl_loss_tmo() -> None:
+    with running_target() as rt:
+        proxy = CuttingProxy(rt.port)
+        result: list[dict] = []
+        th = threading.Thread(target=lambda: result.append(drive(
+            Target("127.0.0.1", str(proxy.port), NQN, HOSTNQN), None, 4096, 8, "randrw",
+            50, verify=True, seconds=30, count=None, ctrl_loss_tmo=1.0)), daemon=True)
+        th.start()
+        try:
+            wait_for(lambda: proxy.forwarded > 1 << 18, timeout=20, what="I/O flowing")
+            proxy.lsock.close()              # no new connection gets through
+            proxy.cut()
+            th.join(60)
+        finally:
+            proxy.close()
+    assert not th.is_alive() and result
+    s = result[0]
+    assert s["reconnects"] == 1 and s["errors"] >= 1 and "could not reconnect" in s["failure"]
+    assert s["seconds"] < 30
