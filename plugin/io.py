@@ -227,6 +227,9 @@ def summarize(work: CliWorkload, run: Run, nsid: int, lba: int, io_size: int,
         "longest_stall_at_s": None if stall_at is None else
         round(stall_at - run.max_gap - run.started, 2),
         "stalls_over_10ms": len(gaps),
+        # Each of them (the first 1,000), for a soak's stall distribution.
+        "stalls": [{"at_s": round(at - gap - run.started, 3), "ms": round(gap * 1000, 1)}
+                   for at, gap in gaps[:1000]],
         "errors": len(st.errors), "mismatches": len(st.mismatches),
         "reconnects": run.reconnects, "retries": st.retries, "read_back": run.readback,
         "error_samples": st.errors[:10], "mismatched_lbas": st.mismatches[:10],

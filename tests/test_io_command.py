@@ -169,6 +169,8 @@ def test_dropped_connections_are_reconnected_and_outstanding_commands_resent() -
     assert s["reconnects"] == 1, s
     assert s["errors"] == 0 and s["mismatches"] == 0, s
     assert s["longest_stall_ms"] > 0
+    assert all(st["ms"] > 10 for st in s["stalls"])
+    assert len(s["stalls"]) == s["stalls_over_10ms"] or len(s["stalls"]) == 1000
 
 
 def test_kill_9_of_the_crash_transparent_worker_costs_no_errors(tmp_path: Path) -> None:
