@@ -250,3 +250,17 @@ def test_a_target_that_never_comes_back_is_an_error_after_ctrl_loss_tmo() -> Non
     s = result[0]
     assert s["reconnects"] == 1 and s["errors"] >= 1 and "could not reconnect" in s["failure"]
     assert s["seconds"] < 30
+
+
+def test_the_soak_script_runs_and_finds_nothing_wrong() -> None:
+    """benchmarks/soak_io.py, as RELIABILITY.md's long runs use it, with two kills."""
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    run = subprocess.run([sys.executable, str(root / "benchmarks" / "soak_io.py"),
+                          "--kills", "2", "--max-delay", "0.2"],
+                         capture_output=True, text=True, timeout=300, cwd=root)
+    assert run.returncode == 0, run.stdout + run.stderr
+    s = json.loads(run.stdout)
+    assert s["kills"] == 2 and s["errors"] == 0 and s["mismatches"] == 0
+    assert s["reconnects"] == 0 and s["ios"] > 0
