@@ -6,11 +6,14 @@ with 4 KiB pages. Both the checkpoint region (persist/region.py) and the embedde
 per-connection state (embedded/connstate.py) are placed here. Failures to use hugepages are
 never silent: the fallback is logged with the reason (no mount, pool exhausted, ...).
 
-Such files outlive every process by design, so each says who it belongs to: beside a
-region or a scratch directory ``NAME`` lies ``NAME.owner``, a small JSON record of its
-owner (a state directory, or the RPC socket of a crash-transparent target), the process
-that made it and when. ``persist/shm_inventory.py`` reads these records to list what is
-left and to remove what no one owns any more.
+Such files outlive every process by design, so each says who it belongs to: a small JSON
+record per region or scratch directory names its owner (a state directory, or the RPC
+socket of a crash-transparent target), the process that made it and when. The records
+live together in /dev/shm/nvmf-phoenix/.owners/, keyed by the hash of the path they
+describe: hugetlbfs holds only files that are mapped (write(2) fails there), and
+a record beside each file would change what a directory of regions holds.
+``persist/shm_inventory.py`` reads them to list what is left and to remove what no one
+owns any more.
 """
 from __future__ import annotations
 
@@ -32,7 +35,7 @@ log = logging.getLogger(__name__)
 HUGEPAGE = 2 << 20
 SHM_DIR = "/dev/shm"
 ROOT = "nvmf-phoenix"          # our directory on each hugetlbfs mount and in /dev/shm
-OWNER_SUFFIX = ".owner"
+OWNERS = os.path.join(SHM_DIR, ROOT, ".owners")   # the owner records (see above)
 OWNER_STATE_DIR = "state directory"
 OWNER_SOCKET = "socket"
 
@@ -164,8 +167,7 @@ def wipe(sub: str) -> None:
     record of its owner."""
     for base, _ in candidates(None, sub):
         shutil.rmtree(base, ignore_errors=True)
-        with contextlib.suppress(OSError):
-            os.unlink(base.rstrip("/") + OWNER_SUFFIX)
+        forget_owner(base)
 
 
 def remove(path: str) -> None:
@@ -175,8 +177,7 @@ def remove(path: str) -> None:
     else:
         with contextlib.suppress(OSError):
             os.unlink(path)
-    with contextlib.suppress(OSError):
-        os.unlink(path.rstrip("/") + OWNER_SUFFIX)
+    forget_owner(path)
 
 
 # -- owners ------------------------------------------------------------------------------
@@ -190,17 +191,22 @@ def process_start(pid: int) -> int | None:
         return None
 
 
+def _record_path(path: str) -> str:
+    real = os.path.abspath(path.rstrip("/"))
+    return os.path.join(OWNERS, hashlib.sha1(real.encode()).hexdigest()[:24] + ".json")
+
+
 def record_owner(path: str, owner: str, kind: str) -> None:
-    """Write ``path.owner``: who ``path`` (a region or scratch directory) belongs to, and
-    which process (with its start time) made it. Best effort: a listing without it only
-    shows the owner as unknown."""
+    """Record who ``path`` (a region or scratch directory) belongs to, and which process
+    (with its start time) made it. Best effort: a listing without it only shows the
+    owner as unknown."""
     pid = os.getpid()
-    doc = {"owner": owner, "kind": kind, "pid": pid, "pid_start": process_start(pid),
-           "created": time.time()}
-    target = path.rstrip("/") + OWNER_SUFFIX
+    doc = {"path": os.path.abspath(path.rstrip("/")), "owner": owner, "kind": kind,
+           "pid": pid, "pid_start": process_start(pid), "created": time.time()}
+    target = _record_path(path)
     tmp = f"{target}.tmp.{pid}"
     try:
-        private_dir(os.path.dirname(target))
+        private_dir(OWNERS)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
         with os.fdopen(fd, "w") as f:
             json.dump(doc, f)
@@ -217,13 +223,35 @@ def owner_tag(owner: str) -> str:
     return hashlib.sha1(os.path.abspath(owner).encode()).hexdigest()[:12]
 
 
-def read_owner(path: str) -> dict[str, Any] | None:
+def _read_record(record: str) -> dict[str, Any] | None:
     try:
-        with open(path.rstrip("/") + OWNER_SUFFIX) as f:
+        with open(record) as f:
             doc = json.load(f)
     except (OSError, ValueError):
         return None
-    return doc if isinstance(doc, dict) and isinstance(doc.get("owner"), str) else None
+    ok = isinstance(doc, dict) and all(isinstance(doc.get(k), str) for k in ("owner", "path"))
+    return doc if ok else None
+
+
+def read_owner(path: str) -> dict[str, Any] | None:
+    """The owner record of ``path``, or None."""
+    doc = _read_record(_record_path(path))
+    return doc if doc and doc["path"] == os.path.abspath(path.rstrip("/")) else None
+
+
+def forget_owner(path: str) -> None:
+    with contextlib.suppress(OSError):
+        os.unlink(_record_path(path))
+
+
+def owner_records() -> list[dict[str, Any]]:
+    """Every owner record (with the path it describes, which may be gone)."""
+    try:
+        names = sorted(os.listdir(OWNERS))
+    except OSError:
+        return []
+    docs = (_read_record(os.path.join(OWNERS, n)) for n in names if n.endswith(".json"))
+    return [d for d in docs if d]
 
 
 def claim(sub: str, owner: str, kind: str = OWNER_SOCKET) -> None:

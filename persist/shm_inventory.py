@@ -4,8 +4,8 @@ Regions and scratch directories outlive their processes on purpose (that is how 
 restarted target finds its state), so nothing removes them by itself when their owner is
 gone for good: a state directory deleted, a crash-transparent target killed together with
 its keeper. This module finds every one of them under our directory on each hugetlbfs
-mount and in /dev/shm, reads the owner record beside it (shm.record_owner) and decides
-whether the owner is alive:
+mount and in /dev/shm, reads its owner record (shm.record_owner) and decides whether the
+owner is alive:
 
 - any process maps one of its files: alive, whatever the record says;
 - a state directory's region: alive while the directory exists;
@@ -15,7 +15,7 @@ whether the owner is alive:
   whose name matches one of the directories the caller knows of.
 
 :func:`clean` removes the entries whose owner is dead, never a live one; unknown ones
-only when asked to.
+only when asked to, and forgets the records of paths that are gone.
 """
 from __future__ import annotations
 
@@ -29,11 +29,12 @@ from dataclasses import asdict, dataclass
 from nvmf_phoenix.persist.shm import (
     OWNER_SOCKET,
     OWNER_STATE_DIR,
-    OWNER_SUFFIX,
     ROOT,
     SHM_DIR,
+    forget_owner,
     hugetlbfs_mounts,
     on_hugetlbfs,
+    owner_records,
     owner_tag,
     process_start,
     read_owner,
@@ -46,7 +47,7 @@ LEGACY_REGION = re.compile(r"supervisor-([0-9a-f]{12})\.region$")
 @dataclass
 class Entry:
     path: str
-    kind: str                 # "region", "scratch", "file", or "owner record" (alone)
+    kind: str                 # "region", "scratch" or "file"
     size: int                 # bytes (all files, for a directory)
     age_s: float
     owner: str | None
@@ -126,7 +127,7 @@ def _judge(path: str, record: dict[str, object] | None, users: set[int],
 
 def inventory(known_state_dirs: Iterable[str] = (), where: Iterable[str] | None = None
               ) -> list[Entry]:
-    """Every region, scratch directory and stray owner record, with its owner's state.
+    """Every region and scratch directory (and stray file), with its owner's state.
     ``known_state_dirs`` name the owners of regions made before owner records; ``where``
     replaces the usual places (each hugetlbfs mount's directory and /dev/shm's)."""
     known = {owner_tag(d): os.path.abspath(d) for d in known_state_dirs}
@@ -137,18 +138,15 @@ def inventory(known_state_dirs: Iterable[str] = (), where: Iterable[str] | None 
     out = []
     for root, huge in found:
         for name in sorted(os.listdir(root)):
+            if name.startswith("."):
+                continue              # the owner records
             path = os.path.join(root, name)
-            if name.endswith(OWNER_SUFFIX):
-                if os.path.lexists(path[:-len(OWNER_SUFFIX)]):
-                    continue          # shown with what it describes
-                kind = "owner record"
-            elif ".tmp." in name:
+            if ".tmp." in name:
                 kind = "file"
             else:
                 kind = "scratch" if os.path.isdir(path) else \
                     "region" if name.endswith(".region") else "file"
-            record = read_owner(path[:-len(OWNER_SUFFIX)] if kind == "owner record"
-                                else path)
+            record = read_owner(path)
             try:
                 st, size = os.lstat(path), _size(path)
             except OSError:
@@ -170,5 +168,12 @@ def clean(known_state_dirs: Iterable[str] = (), unknown: bool = False,
               if e.alive is False or (unknown and e.alive is None)]
     if not dry_run:
         for e in doomed:
-            remove(e.path[:-len(OWNER_SUFFIX)] if e.kind == "owner record" else e.path)
+            remove(e.path)
+        # Records of what is gone (removed by hand, claimed but never made) whose owner
+        # is gone too.
+        known = {owner_tag(d): os.path.abspath(d) for d in known_state_dirs}
+        for doc in owner_records():
+            if not os.path.lexists(doc["path"]) and \
+                    _judge(doc["path"], doc, set(), known)[2] is False:
+                forget_owner(doc["path"])
     return doomed

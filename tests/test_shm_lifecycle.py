@@ -50,8 +50,10 @@ def test_a_state_directory_region_is_named_for_it_and_records_it(tmp_path: Path)
     assert os.path.basename(path) == region_name(str(tmp_path / "my state")) + ".region"
     assert os.path.basename(path).startswith("state-my_state-")
     owner = shm.read_owner(path)
+    shm.remove(path)
     assert owner is not None and owner["owner"] == str(tmp_path / "my state")
     assert owner["kind"] == shm.OWNER_STATE_DIR and owner["pid"] == os.getpid()
+    assert shm.read_owner(path) is None         # removing a region forgets its owner
 
 
 def test_a_region_under_the_old_name_is_renamed_and_still_loads(tmp_path: Path) -> None:
@@ -68,7 +70,9 @@ def test_a_region_under_the_old_name_is_renamed_and_still_loads(tmp_path: Path) 
     assert not (shm_dir / f"{legacy}.region").exists()
     path = store.region_path()
     owner = shm.read_owner(path) if path else None
+    store.region.unlink()
     assert owner is not None and owner["owner"] == str(state_dir)
+    assert path and shm.read_owner(path) is None
 
 
 def test_list_and_clean_remove_orphans_only(tmp_path: Path) -> None:
@@ -109,7 +113,7 @@ def test_list_and_clean_remove_orphans_only(tmp_path: Path) -> None:
         assert run.returncode == 0, run.stderr
         assert len(json.loads(run.stdout)["removed"]) == 2
         left = sorted(p.name for p in root.iterdir())
-        assert "t-dead" not in left and "t-dead.owner" not in left
+        assert "t-dead" not in left and shm.read_owner(str(root / "t-dead")) is None
         assert os.path.basename(str(orphan.region_path())) not in left
         assert {"t-live", "t-unknown"} <= set(left)
         assert live.region_path() and mapped.region_path()
@@ -119,8 +123,15 @@ def test_list_and_clean_remove_orphans_only(tmp_path: Path) -> None:
         listing = phoenix("shm", "list", "--root", str(root))
         assert listing.returncode == 0 and "ORPHAN" not in listing.stdout
         assert "state directory " + str(tmp_path / "live") in listing.stdout
+        # Owner records are kept apart from what they describe: this root holds only
+        # regions and scratch directories.
+        assert not [p for p in root.iterdir() if not p.name.endswith(".region")
+                    and not p.name.startswith("t-")]
     finally:
         mapped.close()
+        for p in root.iterdir():              # and their owner records
+            shm.remove(str(p))
+        assert not [d for d in shm.owner_records() if d["path"].startswith(str(tmp_path))]
 
 
 def test_checkpoint_drop_removes_the_region_with_the_directory(tmp_path: Path) -> None:
@@ -128,7 +139,7 @@ def test_checkpoint_drop_removes_the_region_with_the_directory(tmp_path: Path) -
     try:
         store = _saved(state_dir, None)      # where the CLI puts it: hugetlbfs or /dev/shm
         region = store.region_path()
-        assert region and os.path.exists(region + shm.OWNER_SUFFIX)
+        assert region and shm.read_owner(region) is not None
         fd = lock_state_dir(str(state_dir))  # a supervisor owns it: refused
         try:
             run = phoenix("checkpoint", "drop", "-d", str(state_dir))
@@ -140,7 +151,7 @@ def test_checkpoint_drop_removes_the_region_with_the_directory(tmp_path: Path) -
         assert run.returncode == 0, run.stderr
         assert f"removed {region}" in run.stdout and "freed" in run.stdout
         assert not state_dir.exists() and not os.path.exists(region)
-        assert not os.path.exists(region + shm.OWNER_SUFFIX)
+        assert shm.read_owner(region) is None
         # A directory deleted by hand: its region is still found and dropped.
         _saved(state_dir, None)
         region = find_region(str(state_dir))
