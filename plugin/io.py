@@ -150,6 +150,9 @@ def _loop(target: Target, host: Host, work: CliWorkload, run: Run, seconds: floa
             if work.pattern.verify and not run.readback and work.expected and not run.failure:
                 _end_main(work, run, now)
                 run.readback = work.start_readback()
+                # However long reading it all back takes: a target that stops answering
+                # fails Keep Alive, and a reconnect is bounded by ctrl_loss_tmo.
+                drain_by = None
                 continue
             break
         if drain_by is not None and now > drain_by:
