@@ -83,6 +83,7 @@ def run_keeper(args: argparse.Namespace) -> int:
             return 1
     scratch = scratch_name(args.rpc_socket)
     shm.wipe(scratch)   # a new target starts from nothing, as nvmf_tgt does
+    shm.claim(scratch, os.path.abspath(args.rpc_socket))   # `nvmf-phoenix shm list`
     cmd = [sys.executable, "-m", "nvmf_phoenix.embedded", "--worker",
            args.rpc_socket + ".keeper", "--scratch", scratch, "-r", args.rpc_socket,
            "--inflight", args.inflight, "--log-level", args.log_level]

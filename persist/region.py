@@ -21,7 +21,6 @@ other slot holds the previous complete snapshot: a reader never sees a torn stat
 """
 from __future__ import annotations
 
-import contextlib
 import logging
 import mmap
 import os
@@ -36,6 +35,7 @@ from nvmf_phoenix.persist.shm import (  # noqa: F401  (re-exported for callers)
     on_hugetlbfs,
     place,
     private_dir,
+    remove,
     round_up,
 )
 from nvmf_phoenix.wire.layout import Layout
@@ -120,8 +120,7 @@ class Region:
         self.mm.close()
 
     def unlink(self) -> None:
-        with contextlib.suppress(OSError):
-            os.unlink(self.path)
+        remove(self.path)   # and the record of its owner beside it
 
     # -- snapshots -----------------------------------------------------------------------
     def _slot(self, i: int) -> tuple[int, bytes] | None:
