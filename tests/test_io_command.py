@@ -169,7 +169,7 @@ def test_dropped_connections_are_reconnected_and_outstanding_commands_resent() -
     assert s["reconnects"] == 1, s
     assert s["errors"] == 0 and s["mismatches"] == 0, s
     assert s["longest_stall_ms"] > 0
-    assert all(st["ms"] > 10 for st in s["stalls"])
+    assert all(st["ms"] >= 10 for st in s["stalls"])   # over 10 ms, rounded to 0.1
     assert len(s["stalls"]) == s["stalls_over_10ms"] or len(s["stalls"]) == 1000
 
 
