@@ -28,7 +28,7 @@ from nvmf_phoenix.rpc import nvmf as rn
 
 from tests.corruption import open_store, run_trial, state
 from tests.phoenix_tools import drop_region
-from tests.test_supervisor import EMBEDDED, supervised
+from tests.support import EMBEDDED, supervised
 from tests.waiting import wait_for
 
 PUBLIC = "public.sock"

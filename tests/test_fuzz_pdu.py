@@ -30,7 +30,7 @@ from tests.pdu_fuzz import (
     STREAM_OPS,
     Mutation,
     OutputChecker,
-    _Builder,
+    PduBuilder,
     session,
 )
 from tests.pdu_fuzz_live import GoodHost, LiveFuzzer, configure
@@ -91,12 +91,12 @@ def test_arbitrary_bytes_end_cleanly(prefix: int, junk: bytes, cut: list[int]) -
 
 
 # -- bugs the fuzzer found (regressions) ----------------------------------------------------
-def _io_target() -> tuple[SansIoTarget, QueuePair, _Builder]:
+def _io_target() -> tuple[SansIoTarget, QueuePair, PduBuilder]:
     t = SansIoTarget()
     t.prepare("io", False, False)
     qp = t.open()
     t.feed(qp, b"".join(f.encode(False, False) for f in session("io").frames[:2]))
-    b = _Builder(False, False)
+    b = PduBuilder(False, False)
     b.raw = bytearray()
     return t, qp, b
 
@@ -115,7 +115,7 @@ def test_log_page_longer_than_the_buffer_is_refused() -> None:
     t = SansIoTarget()
     qp = t.open()
     t.feed(qp, b"".join(f.encode(False, False) for f in session("raw").frames))
-    b = _Builder(False, False)
+    b = PduBuilder(False, False)
     b.raw = bytearray()
     b.admin(nvme.ADM_GET_LOG_PAGE, 0, nvme.LOG_SMART | (0xFFFF << 16), 0xFFFF, data_in=512)
     b.admin(nvme.ADM_GET_LOG_PAGE, 0, nvme.LOG_SMART | (127 << 16), data_in=512)

@@ -394,7 +394,7 @@ def test_refused_calls_through_the_supervisor_leave_the_checkpoint_alone(
         tmp_path: Path) -> None:
     """Through the write-ahead front: a refused mutation is journaled as refused and
     neither the target nor the checkpoint a restart would restore changes."""
-    from tests.test_supervisor import supervised
+    from tests.support import supervised
     port = free_port()
     with supervised(tmp_path) as sup, RpcClient.connect(str(tmp_path / "public.sock")) as c:
         rn.nvmf_create_transport(c, "TCP")
