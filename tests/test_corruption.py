@@ -34,6 +34,7 @@ from tests.waiting import wait_for
 PUBLIC = "public.sock"
 
 
+@pytest.mark.slow
 def test_random_damage_is_detected_and_never_restored_wrongly() -> None:
     rng = random.Random(2026)
     base = tempfile.mkdtemp(dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
@@ -271,6 +272,7 @@ def _damage_spot(rng: random.Random, geo: Any) -> int:
     return rng.randrange(cs.HEADER_SIZE + 2 * geo.commit_size)
 
 
+@pytest.mark.slow
 def test_damaged_queue_pair_state_is_never_resumed(tmp_path: Path,
                                                   request: pytest.FixtureRequest) -> None:
     """Random damage to a connection's shared state (header, seal, commit records and

@@ -70,6 +70,7 @@ def test_valid_sessions_are_answered_in_full(kind: str, answers: int, digests: b
     assert check.pdus == answers
 
 
+@pytest.mark.slow
 @settings(FUZZ, max_examples=3000)
 @given(st.sampled_from(KINDS), st.booleans(), mutations, cuts)
 def test_mutated_sessions_end_cleanly(kind: str, digests: bool, muts: list[Mutation],
@@ -171,6 +172,7 @@ def test_an_internal_error_costs_one_connection_only() -> None:
 
 
 # -- a live target -------------------------------------------------------------------------
+@pytest.mark.slow
 def test_live_target_fuzzed_while_a_good_host_does_verified_io(tmp_path: Path) -> None:
     port = free_port()
     with target_process(tmp_path) as tp, RpcClient.connect(tp.sock) as rpc:
@@ -203,6 +205,7 @@ def test_live_target_fuzzed_while_a_good_host_does_verified_io(tmp_path: Path) -
         assert fuzzer.runs >= 500
 
 
+@pytest.mark.slow
 def test_live_fuzz_across_kills_with_the_keeper(tmp_path: Path,
                                                request: pytest.FixtureRequest) -> None:
     """The crash-transparent target fuzzed while its serving worker is SIGKILLed again

@@ -228,6 +228,7 @@ def requests(draw: st.DrawFn, port: int) -> tuple[str, Any]:
     return method, p
 
 
+@pytest.mark.slow
 def test_generated_hostile_params_get_spdk_errors_and_change_nothing(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.ERROR)

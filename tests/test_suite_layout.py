@@ -13,7 +13,10 @@ under a public name, and:
 from __future__ import annotations
 
 import ast
+import re
+import tomllib
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 CHECKED = ("tests", "benchmarks")
@@ -98,3 +101,22 @@ def test_every_checked_folder_has_sources() -> None:
     """Guards the check against a renamed folder silently checking nothing."""
     for folder in CHECKED:
         assert list((ROOT / folder).glob("*.py")), folder
+
+
+def _pytest_options() -> dict[str, Any]:
+    with open(ROOT / "pyproject.toml", "rb") as f:
+        return dict(tomllib.load(f)["tool"]["pytest"]["ini_options"])
+
+
+def test_every_declared_marker_is_used_and_the_default_run_takes_all() -> None:
+    """A marker declared and never used (``slow`` was) promises a selection that selects
+    nothing; --strict-markers refuses the reverse. The default options must not deselect
+    anything: CI's plain ``pytest`` runs the slow tests too."""
+    options = _pytest_options()
+    declared = {m.split(":")[0].strip() for m in options["markers"]}
+    text = "\n".join(p.read_text() for p in sorted((ROOT / "tests").glob("*.py")))
+    used = set(re.findall(r"pytest\.mark\.(\w+)", text))
+    assert declared <= used, f"declared, never used: {declared - used}"
+    args = options["addopts"].split()
+    assert "--strict-markers" in args
+    assert not any(a.startswith(("-m", "-k")) for a in args), args

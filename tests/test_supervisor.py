@@ -107,6 +107,7 @@ def test_changes_behind_the_back_are_captured(tmp_path: Path, kind: str) -> None
             assert rn.nvmf_get_subsystems(c, "nqn.2016-06.io.phx:sneaky")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", TARGET_KINDS)
 def test_torture_rpc_stream_and_host_io_under_sigkill(tmp_path: Path, kind: str,
                                                        request: pytest.FixtureRequest) -> None:
