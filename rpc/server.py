@@ -19,6 +19,7 @@ import contextlib
 import json
 import logging
 import os
+import select
 import socket
 import struct
 import threading
@@ -226,13 +227,18 @@ class RpcServer:
 
 
 def _hung_up(conn: socket.socket) -> bool:
-    """Whether the peer has closed and everything it sent has been read (the next read
-    would return end-of-file, or a reset)."""
+    """Whether nobody is left to serve: the client has closed its end entirely (POLLHUP;
+    one that only shut down its sending side still waits for answers) and everything it
+    sent has been read (a request still unread is run, as the client's thread would)."""
+    poller = select.poll()
+    poller.register(conn, select.POLLHUP)
+    if not poller.poll(0):
+        return False
     try:
         return conn.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
     except BlockingIOError:
         return False
-    except OSError:
+    except OSError:   # a reset: nothing left to read either
         return True
 
 

@@ -427,6 +427,45 @@ def test_silent_trickling_endless_and_deaf_clients_hold_up_nobody(tmp_path: Path
             s.close()
 
 
+def test_a_full_server_makes_room_from_clients_that_left_before_evicting_one(
+        tmp_path: Path) -> None:
+    """On a loaded machine the table fills with clients that have gone but whose threads
+    have not run since (some still busy with a call): they make room first, not a live
+    client. A client that only shut its sending side still waits for, and gets, its
+    answer."""
+    release, running = threading.Event(), []
+
+    def dispatch(ctx: Any, method: str, params: Any) -> Any:
+        running.append(method)
+        if method == "hold":
+            release.wait(10)
+        return method
+
+    server = RpcServer(None, str(tmp_path / "rpc.sock"), dispatch, max_clients=3)
+    server.start()
+    try:
+        gone, waiting = Raw(server.path), Raw(server.path)
+        for i, raw in enumerate((gone, waiting)):
+            raw.sock.sendall(json.dumps({"jsonrpc": "2.0", "id": i, "method": "hold"})
+                             .encode())
+        waiting.sock.shutdown(socket.SHUT_WR)
+        idle = Raw(server.path)   # live, and simply quiet
+        wait_for(lambda: len(running) == 2 and server.client_count == 3, timeout=10,
+                 what="both calls running and three clients in")
+        gone.close()              # leaves while its call runs
+        newcomer = Raw(server.path)
+        assert newcomer.call({"jsonrpc": "2.0", "id": 9, "method": "ping"})["result"] == \
+            "ping"
+        assert server.evictions == 0 and held_open(idle.sock)
+        release.set()
+        assert waiting.read() == {"jsonrpc": "2.0", "id": 1, "result": "hold"}
+        for raw in (waiting, idle, newcomer):
+            raw.close()
+    finally:
+        release.set()
+        server.close()
+
+
 def test_refused_calls_through_the_supervisor_leave_the_checkpoint_alone(
         tmp_path: Path) -> None:
     """Through the write-ahead front: a refused mutation is journaled as refused and
