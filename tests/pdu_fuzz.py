@@ -74,7 +74,7 @@ class Session:
                                      for f in self.frames])
 
 
-class _Builder:
+class PduBuilder:
     """Writes a host's PDUs with PduWriter, then splits them back into frames."""
 
     def __init__(self, hdgst: bool, ddgst: bool) -> None:
@@ -124,7 +124,7 @@ class _Builder:
         return Session(kind, self.hdgst, self.ddgst, frames)
 
 
-def _connect(b: _Builder, qid: int, subnqn: str, hostnqn: str, cntlid: int,
+def _connect(b: PduBuilder, qid: int, subnqn: str, hostnqn: str, cntlid: int,
              sqsize: int = 31, kato: int = 30000) -> None:
     b.cmd(connect_sqe(qid, sqsize, kato), connect_data(HOSTID, cntlid, subnqn, hostnqn))
 
@@ -132,7 +132,7 @@ def _connect(b: _Builder, qid: int, subnqn: str, hostnqn: str, cntlid: int,
 def admin_session(hdgst: bool = False, ddgst: bool = False, subnqn: str = NQN,
                   hostnqn: str = HOSTNQN) -> Session:
     """What a host driver sends on a new admin queue, and the usual admin commands."""
-    b = _Builder(hdgst, ddgst)
+    b = PduBuilder(hdgst, ddgst)
     _connect(b, 0, subnqn, hostnqn, 0xFFFF)
     b.cmd(property_sqe(nvme.FCTYPE_PROPERTY_GET, nvme.PROP_CAP, size8=True))
     b.cmd(property_sqe(nvme.FCTYPE_PROPERTY_SET, nvme.PROP_CC,
@@ -159,7 +159,7 @@ def io_session(hdgst: bool = False, ddgst: bool = False, cntlid: int = 1, subnqn
                hostnqn: str = HOSTNQN, qid: int = 1) -> Session:
     """An I/O queue joining controller ``cntlid``: writes (in-capsule and by R2T), reads,
     flush, write zeroes, deallocate, and two commands the target must refuse."""
-    b = _Builder(hdgst, ddgst)
+    b = PduBuilder(hdgst, ddgst)
     _connect(b, qid, subnqn, hostnqn, cntlid)
     b.io(nvme.NVM_WRITE, 1, 0, 2, data=bytes(range(256)) * 4)
     b.io(nvme.NVM_READ, 1, 0, 2, data_in=2 * BS)
@@ -178,7 +178,7 @@ def io_session(hdgst: bool = False, ddgst: bool = False, cntlid: int = 1, subnqn
 
 def discovery_session(hdgst: bool = False, ddgst: bool = False,
                       hostnqn: str = HOSTNQN) -> Session:
-    b = _Builder(hdgst, ddgst)
+    b = PduBuilder(hdgst, ddgst)
     _connect(b, 0, DISCOVERY_NQN, hostnqn, 0xFFFF)
     b.cmd(property_sqe(nvme.FCTYPE_PROPERTY_SET, nvme.PROP_CC, nvme.CC_EN))
     b.admin(nvme.ADM_IDENTIFY, 0, nvme.CNS_CONTROLLER, data_in=4096)

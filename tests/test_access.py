@@ -26,8 +26,8 @@ from nvmf_phoenix.rpc import RpcClient
 from nvmf_phoenix.rpc import nvmf as rn
 from nvmf_phoenix.wire import nvme
 
+from tests.support import supervised
 from tests.target_fixture import NQN, running_target
-from tests.test_supervisor import supervised
 
 OTHER_UID = 65534
 

@@ -52,6 +52,7 @@ def _source_copy(dest: Path) -> Path:
     return dest
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(os.geteuid() != 0, reason="the role reserves hugepages and mounts "
                     "hugetlbfs: needs root")
 @pytest.mark.skipif(shutil.which("start-stop-daemon") is None and

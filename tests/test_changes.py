@@ -24,9 +24,9 @@ from nvmf_phoenix.rpc import RpcClient, RpcError
 from nvmf_phoenix.rpc import nvmf as rn
 
 from nvmf_phoenix.model import DISCOVERY_NQN, Subsystem, TargetState
+from tests.support import supervised
 from tests.target_fixture import free_port
 from tests.target_process import TARGET_KINDS, target_process
-from tests.test_supervisor import supervised
 from tests.waiting import wait_for
 
 P = "nqn.2016-06.io.phx:chg"

@@ -28,7 +28,7 @@ from nvmf_phoenix.rpc import bdev as rb
 from nvmf_phoenix.rpc import nvmf as rn
 
 from nvmf_phoenix.model import Namespace, Subsystem, TargetState
-from tests.test_supervisor import supervised
+from tests.support import supervised
 from tests.waiting import wait_for
 
 NQN = "nqn.2016-06.io.phx:inflight"

@@ -143,10 +143,12 @@ def _killed_writer(tmp_path: Path, kind: str, trials: int) -> None:
         region.close()
 
 
+@pytest.mark.slow
 def test_region_survives_writer_sigkill_at_random_points(tmp_path: Path) -> None:
     _killed_writer(tmp_path, "region", 200)
 
 
+@pytest.mark.slow
 def test_journal_survives_writer_sigkill_at_random_points(tmp_path: Path) -> None:
     _killed_writer(tmp_path, "journal", 200)
 

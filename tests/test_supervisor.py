@@ -6,34 +6,17 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 from nvmf_phoenix.recovery.capture import capture_config
-from nvmf_phoenix.recovery.supervisor import Supervisor
 from nvmf_phoenix.rpc import RpcClient, RpcError
 from nvmf_phoenix.rpc import bdev as rb
 from nvmf_phoenix.rpc import nvmf as rn
 
+from tests.support import supervised
 from tests.target_process import TARGET_KINDS, target_command
 from tests.waiting import wait_for
-
-EMBEDDED = target_command("embedded")
-
-
-@contextmanager
-def supervised(tmp_path: Path, cmd: list[str] | None = None, kind: str = "embedded",
-               **kw: object) -> Iterator[Supervisor]:
-    sup = Supervisor(cmd or target_command(kind), str(tmp_path / "private.sock"),
-                     str(tmp_path / "public.sock"), str(tmp_path / "state"), **kw)
-    try:
-        sup.start()
-        yield sup
-    finally:
-        sup.stop()
-        sup.store.region.unlink()
 
 
 @pytest.mark.parametrize("kind", TARGET_KINDS)
@@ -124,6 +107,7 @@ def test_changes_behind_the_back_are_captured(tmp_path: Path, kind: str) -> None
             assert rn.nvmf_get_subsystems(c, "nqn.2016-06.io.phx:sneaky")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", TARGET_KINDS)
 def test_torture_rpc_stream_and_host_io_under_sigkill(tmp_path: Path, kind: str,
                                                        request: pytest.FixtureRequest) -> None:
