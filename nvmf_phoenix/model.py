@@ -47,6 +47,7 @@ class Kind(StrEnum):
     REFERRAL = "referral"
     ALLOW_ANY_HOST = "allow_any_host"
     ANA = "ana"
+    NS_HOST = "ns_host"      # a host on a namespace's visibility list
 
 
 def _clean(d: dict[str, Any]) -> dict[str, Any]:
@@ -162,7 +163,8 @@ class Namespace:
     anagrpid: int | None = None
     ptpl_file: str | None = None
     no_auto_visible: bool = False
-    hosts: list[str] = field(default_factory=list)   # visibility list when no_auto_visible
+    # Who sees a no_auto_visible namespace, newest first (SPDK keeps and reports its list so).
+    hosts: list[str] = field(default_factory=list)
 
     # What a host sees of a namespace besides its nsid: equal in two states or a conflict.
     IDENTITY: ClassVar[tuple[str, ...]] = ("bdev_name", "uuid", "nguid", "eui64", "anagrpid")
@@ -173,6 +175,10 @@ class Namespace:
 
     def identity(self) -> tuple[Any, ...]:
         return tuple(getattr(self, k) for k in self.IDENTITY)
+
+    def visible_to(self, hostnqn: str) -> bool:
+        """Whether a controller of ``hostnqn`` has this namespace active (SPDK's rule)."""
+        return not self.no_auto_visible or hostnqn in self.hosts
 
     def to_dict(self) -> dict[str, Any]:
         d = _clean({"nsid": self.nsid, "bdev_name": self.bdev_name, "uuid": self.uuid,

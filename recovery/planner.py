@@ -2,9 +2,10 @@
 
 Order follows what depends on what, and what a host may see when: STARTUP options,
 framework_start_init, keys, bdevs (with their uuids), transports, subsystems, namespaces
-(explicit nsid/uuid/nguid/eui64/anagrpid), hosts, then listeners last. Listeners of
-ANA-reporting subsystems open ``inaccessible`` and flip to their saved states in a final
-stage, once everything behind them exists, so no host sees a half-built subsystem.
+(explicit nsid/uuid/nguid/eui64/anagrpid), hosts (of subsystems, then of no_auto_visible
+namespaces), then listeners last. Listeners of ANA-reporting subsystems open
+``inaccessible`` and flip to their saved states in a final stage, once everything behind
+them exists, so no host sees a half-built subsystem.
 
 Only differences produce calls: restoring onto a target that already matches plans
 nothing, and nothing that matches is deleted and re-added. An object that exists with a
@@ -21,7 +22,7 @@ from typing import Any
 
 from nvmf_phoenix.rpc.methods import bdev_method, emit
 
-from nvmf_phoenix.model import Listener, Subsystem, TargetState
+from nvmf_phoenix.model import Listener, Namespace, Subsystem, TargetState
 
 STAGES = ("startup", "init", "keys", "bdevs", "transports", "subsystems", "namespaces",
           "hosts", "listeners", "ana", "prune")
@@ -132,8 +133,23 @@ def _subsystem(p: Plan, sub: Subsystem, have: Subsystem | None) -> None:
         if hostnqn not in have.hosts:
             p.emit("hosts", "nvmf_subsystem_add_host", (sub, host), f"{key}/host:{hostnqn}",
                    key)
+    for nsid, ns in sorted(sub.namespaces.items()):
+        _ns_hosts(p, sub, ns, have.namespaces.get(nsid), f"{key}/ns:{nsid}")
     for addr, ls in sub.listeners.items():
         _listener(p, sub, ls, have.listeners.get(addr), key)
+
+
+def _ns_hosts(p: Plan, sub: Subsystem, ns: Namespace, have: Namespace | None,
+              nskey: str) -> None:
+    """Who sees a no_auto_visible namespace, before any listener opens. The list is
+    newest first and each call puts its host at the head: so the oldest goes first."""
+    if have is not None and have.identity() != ns.identity():
+        return   # a conflict, reported with the namespace: its hosts are not ours to add
+    had = have.hosts if have is not None else []
+    for host in reversed(ns.hosts):
+        if host not in had:
+            p.emit("hosts", "nvmf_ns_add_host", (sub, ns, host), f"{nskey}/host:{host}",
+                   nskey)
 
 
 def _listener(p: Plan, sub: Subsystem, ls: Listener, have: Listener | None, key: str) -> None:
@@ -170,6 +186,9 @@ def _extra(desired: TargetState, live: TargetState) -> list[str]:
             continue
         out += [f"{nqn} nsid {n}" for n in sub.namespaces if n not in want.namespaces]
         out += [f"{nqn} host {h}" for h in sub.hosts if h not in want.hosts]
+        out += [f"{nqn} nsid {n} host {h}" for n, ns in sub.namespaces.items()
+                if n in want.namespaces for h in ns.hosts
+                if h not in want.namespaces[n].hosts]
         out += [f"{nqn} listener {a.traddr}:{a.trsvcid}" for a in sub.listeners
                 if a not in want.listeners]
     return out
@@ -191,6 +210,11 @@ def _prune(p: Plan, desired: TargetState, live: TargetState) -> None:
         for nsid, ns in sub.namespaces.items():
             if want is not None and nsid not in want.namespaces:
                 p.emit("prune", "nvmf_subsystem_remove_ns", (sub, ns), f"-{nqn}/ns:{nsid}")
+            elif want is not None:
+                for h in ns.hosts:
+                    if h not in want.namespaces[nsid].hosts:
+                        p.emit("prune", "nvmf_ns_remove_host", (sub, ns, h),
+                               f"-{nqn}/ns:{nsid}/host:{h}")
     for name, b in live.bdevs.items():
         if name not in desired.bdevs:
             p.emit("prune", bdev_method(b.kind, create=False), (b,), f"-bdev:{name}")

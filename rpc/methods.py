@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from nvmf_phoenix.rpc import method_rules as r
+from nvmf_phoenix.rpc import method_rules_ns_hosts as nh
 from nvmf_phoenix.rpc.method_rules import Call, ModelMismatch, NotModelled, Op, Params
 
 from nvmf_phoenix.model import TargetState
@@ -131,6 +132,12 @@ METHODS = _table(
            on_subsystem=True, effect=r.host_appears),
     Method("nvmf_subsystem_remove_host", emit=r.host_nqn, ops=r.host_gone,
            on_subsystem=True, effect=r.host_vanishes),
+    # -- nvmf: who sees a no_auto_visible namespace -------------------------------------
+    Method("nvmf_ns_add_host", put=nh.ns_host_put, emit=nh.ns_host_params,
+           ops=nh.ns_host_ops, on_subsystem=True, modelled_if=nh.ns_known,
+           effect=nh.ns_host_appears),
+    Method("nvmf_ns_remove_host", emit=nh.ns_host_params, ops=nh.ns_host_gone,
+           on_subsystem=True, modelled_if=nh.ns_known, effect=nh.ns_host_vanishes),
     Method("nvmf_subsystem_allow_any_host", emit=r.allow_any_host_params,
            ops=r.allow_any_host_ops, on_subsystem=True, effect=r.allow_any_host_set),
     Method("nvmf_subsystem_add_listener", put=r.listener_put, emit=r.listener_params,

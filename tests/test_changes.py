@@ -104,10 +104,20 @@ class Stream:
             ns: dict[str, Any] = {"bdev_name": r.choice(free)}
             if r.random() < 0.3:
                 ns["uuid"] = f"5555{self.n:04d}-6666-4777-8888-999900001111"
+            if r.random() < 0.4:
+                ns["no_auto_visible"] = True
             out.append(("nvmf_subsystem_add_ns", {"nqn": nqn, "namespace": ns}))
         if s.namespaces:
             out.append(("nvmf_subsystem_remove_ns", {"nqn": nqn,
                                                      "nsid": r.choice(list(s.namespaces))}))
+        hidden = [n for n in s.namespaces.values() if n.no_auto_visible]
+        if hidden:
+            ns_obj = r.choice(hidden)
+            out.append(("nvmf_ns_add_host", {"nqn": nqn, "nsid": ns_obj.nsid,
+                                              "host": f"nqn.2014-08.org.h:{self.n % 4}"}))
+            if ns_obj.hosts:
+                out.append(("nvmf_ns_remove_host", {"nqn": nqn, "nsid": ns_obj.nsid,
+                                                     "host": r.choice(ns_obj.hosts)}))
         if addr["trsvcid"] not in {a.trsvcid for a in s.listeners}:
             out.append(("nvmf_subsystem_add_listener", {"nqn": nqn, "listen_address": addr}))
         if s.listeners:
