@@ -12,6 +12,7 @@ always explicit here: a restore never leaves it for the target to invent.
 """
 from __future__ import annotations
 
+import copy
 import ipaddress
 from dataclasses import dataclass, field, fields
 from enum import StrEnum
@@ -487,6 +488,10 @@ class TargetState:
     subsystems: dict[str, Subsystem] = field(default_factory=dict)
     referrals: list[Referral] = field(default_factory=list)
     runtime: Runtime = field(default_factory=Runtime)
+    # What the target's configuration holds that no declaration models, verbatim and in
+    # its order: {"subsystem": s, "method": m, "params": p}. None: not recorded (a state
+    # built by hand, or a checkpoint older than this field), so nothing to compare.
+    opaque: list[dict[str, Any]] | None = None
 
     @classmethod
     def empty(cls) -> TargetState:
@@ -502,7 +507,8 @@ class TargetState:
                 "bdevs": [b.to_dict() for b in self.bdevs.values()],
                 "transports": [t.to_dict() for t in self.transports.values()],
                 "subsystems": [s.to_dict() for s in self.subsystems.values()],
-                "referrals": [r.to_dict() for r in self.referrals]}
+                "referrals": [r.to_dict() for r in self.referrals],
+                **({} if self.opaque is None else {"opaque": _entries(self.opaque)})}
 
     def to_dict(self) -> dict[str, Any]:
         d = self.config_dict()
@@ -524,4 +530,11 @@ class TargetState:
                    transports={t.trtype: t for t in trs},
                    subsystems={s.nqn: s for s in subs},
                    referrals=[Referral.from_dict(r) for r in d.get("referrals", [])],
-                   runtime=Runtime.from_dict(d.get("runtime", {})))
+                   runtime=Runtime.from_dict(d.get("runtime", {})),
+                   opaque=_entries(d["opaque"]) if d.get("opaque") is not None else None)
+
+
+def _entries(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Opaque configuration entries, copied (their params are SPDK's, as given)."""
+    return [{"subsystem": e.get("subsystem", ""), "method": e["method"],
+             "params": copy.deepcopy(e.get("params"))} for e in entries]

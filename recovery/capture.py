@@ -8,10 +8,12 @@ facts are read on demand (``capture_runtime``), never on every change.
 """
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
-from nvmf_phoenix.rpc.client import call_all
+from nvmf_phoenix.rpc.client import call_all, outcomes
+from nvmf_phoenix.rpc.errors import RpcError
 from nvmf_phoenix.rpc.methods import METHODS
 
 from nvmf_phoenix.model import (
@@ -24,7 +26,14 @@ from nvmf_phoenix.model import (
     TargetState,
 )
 
+log = logging.getLogger(__name__)
+
 CONFIG_SUBSYSTEMS = ("keyring", "bdev", "nvmf")
+# The target's option sections: a target may not have them (the embedded one has none).
+OPTION_SUBSYSTEMS = ("iobuf", "sock", "accel")
+# What capture reads, in the order nvmf_tgt's save_config lists these subsystems.
+CAPTURED = ("keyring", "iobuf", "sock", "accel", "bdev", "nvmf")
+_told: set[str] = set()   # methods already logged as carried without a model
 
 
 def state_from_rpc(configs: dict[str, list[dict[str, Any]]],
@@ -32,11 +41,19 @@ def state_from_rpc(configs: dict[str, list[dict[str, Any]]],
                    controllers: dict[str, list[dict[str, Any]]] | None = None,
                    qpairs: dict[str, list[dict[str, Any]]] | None = None,
                    captured_at: float = 0.0) -> TargetState:
-    """Build a TargetState from framework_get_config answers (+ optional live facts)."""
+    """Build a TargetState from framework_get_config answers (+ optional live facts).
+
+    Entries no declaration models are kept verbatim (``TargetState.opaque``), so nothing
+    the target holds is lost: restore replays them and diff compares them."""
     st = TargetState.empty()
-    for name in CONFIG_SUBSYSTEMS:
+    st.opaque = []
+    names = [n for n in CAPTURED if n in configs] + [n for n in configs if n not in CAPTURED]
+    for name in names:
         for entry in configs.get(name) or []:
-            apply_entry(st, entry.get("method", ""), entry.get("params") or {})
+            method, params = entry.get("method", ""), entry.get("params")
+            if not apply_entry(st, method, params or {}):
+                st.opaque.append({"subsystem": name, "method": method, "params": params})
+    _tell_opaque({e["method"] for e in st.opaque})
     for nqn, entries in (listeners or {}).items():
         sub = st.subsystems.get(nqn)
         if sub is None:
@@ -54,12 +71,23 @@ def ana_states(listeners: list[dict[str, Any]]) -> dict[ListenAddress, dict[int,
             for e in listeners}
 
 
-def apply_entry(st: TargetState, method: str, p: dict[str, Any]) -> None:
+def apply_entry(st: TargetState, method: str, p: dict[str, Any]) -> bool:
     """One framework_get_config entry (a creating call with the target's parameters)
-    into ``st``, as the method's declaration puts it; entries not modelled are skipped."""
+    into ``st``, as the method's declaration puts it; False for an entry not modelled."""
     m = METHODS.get(method)
-    if m is not None and m.put is not None:
-        m.put(st, p)
+    if m is None or m.put is None:
+        return False
+    m.put(st, p)
+    return True
+
+
+def _tell_opaque(methods: set[str]) -> None:
+    """Say once per method (per process) what is carried without being modelled."""
+    new = sorted(methods - _told)
+    if new:
+        _told.update(new)
+        log.info("carried verbatim, not modelled (replayed as they are on restore): %s",
+                 ", ".join(new))
 
 
 def runtime_from_rpc(controllers: dict[str, list[dict[str, Any]]],
@@ -80,9 +108,14 @@ def runtime_from_rpc(controllers: dict[str, list[dict[str, Any]]],
 
 def capture_config(client: Any) -> TargetState:
     """Configuration plus ANA states of ANA-reporting subsystems' listeners."""
-    answers = call_all(client, [("framework_get_config", {"name": n})
-                                 for n in CONFIG_SUBSYSTEMS])
-    configs = dict(zip(CONFIG_SUBSYSTEMS, answers, strict=True))
+    answers = outcomes(client, [("framework_get_config", {"name": n}) for n in CAPTURED])
+    configs: dict[str, list[dict[str, Any]]] = {}
+    for name, got in zip(CAPTURED, answers, strict=True):
+        if isinstance(got, RpcError) and name in OPTION_SUBSYSTEMS and got.code is not None:
+            continue    # the target has no such subsystem: nothing to carry
+        if isinstance(got, Exception):
+            raise got
+        configs[name] = got
     st = state_from_rpc(configs)
     ana = [s.nqn for s in st.subsystems.values() if s.ana_reporting]
     if ana:

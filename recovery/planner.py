@@ -20,7 +20,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from nvmf_phoenix.rpc.methods import bdev_method, emit
+from nvmf_phoenix.recovery.diff import opaque_label
+from nvmf_phoenix.rpc.methods import bdev_method, emit, is_startup_option
 
 from nvmf_phoenix.model import Listener, Namespace, Subsystem, TargetState
 
@@ -45,6 +46,7 @@ class Plan:
     calls: list[Call] = field(default_factory=list)
     conflicts: list[str] = field(default_factory=list)
     extra: list[str] = field(default_factory=list)   # live objects not in the desired state
+    opaque: list[str] = field(default_factory=list)  # entries replayed verbatim (labels)
 
     def add(self, stage: str, method: str, params: dict[str, Any] | None, key: str,
             *deps: str) -> None:
@@ -63,6 +65,7 @@ class Plan:
 def plan(desired: TargetState, live: TargetState, phase: str = "running",
          prune: bool = False) -> Plan:
     p = Plan()
+    _opaque(p, desired, live, phase, options=True)
     if phase == "startup":
         _startup(p, desired)
         p.emit("init", "framework_start_init", (), "framework")
@@ -89,11 +92,40 @@ def plan(desired: TargetState, live: TargetState, phase: str = "running",
         if ref not in live.referrals:
             p.emit("listeners", "nvmf_discovery_add_referral", (ref,),
                    f"referral:{ref.address.traddr}:{ref.address.trsvcid}")
+    _opaque(p, desired, live, phase, options=False)
     if prune:
         _prune(p, desired, live)
     else:
         p.extra = _extra(desired, live)
     return p
+
+
+# When an opaque entry of each configuration subsystem is replayed: after the modelled
+# objects of its subsystem (added after them to the same stage), nvmf's before listeners
+# open; entries of the other subsystems before any bdev, which may need them.
+OPAQUE_STAGE = {"keyring": "keys", "bdev": "bdevs", "nvmf": "hosts"}
+
+
+def _opaque(p: Plan, desired: TargetState, live: TargetState, phase: str,
+            options: bool) -> None:
+    """Replay, verbatim, the entries no declaration models that the live target lacks:
+    option setters (``options``) before framework_start_init, the rest by subsystem.
+    An option the running target has otherwise cannot be set any more: a conflict."""
+    have = [(e["method"], e.get("params")) for e in live.opaque or []]
+    for e in desired.opaque or []:
+        method, params = e["method"], e.get("params")
+        if is_startup_option(method) != options or (method, params) in have:
+            continue
+        label = opaque_label(e)
+        if options and phase != "startup":
+            p.conflicts.append(f"{label}: differs from the checkpoint; a STARTUP option, "
+                               "set only on a target started with --wait-for-rpc")
+            continue
+        name = params.get("name") if isinstance(params, dict) else None
+        key = f"bdev:{name}" if e.get("subsystem") == "bdev" and name else f"opaque:{label}"
+        stage = "startup" if options else OPAQUE_STAGE.get(e.get("subsystem", ""), "keys")
+        p.add(stage, method, params, key)
+        p.opaque.append(label)
 
 
 def _startup(p: Plan, st: TargetState) -> None:
@@ -179,6 +211,10 @@ def _listener(p: Plan, sub: Subsystem, ls: Listener, have: Listener | None, key:
 
 def _extra(desired: TargetState, live: TargetState) -> list[str]:
     out = [f"bdev {n}" for n in live.bdevs if n not in desired.bdevs]
+    if desired.opaque is not None:
+        carried = [(e["method"], e.get("params")) for e in desired.opaque]
+        out += [f"opaque {opaque_label(e)}" for e in live.opaque or []
+                if (e["method"], e.get("params")) not in carried]
     for nqn, sub in live.subsystems.items():
         want = desired.subsystems.get(nqn)
         if want is None:

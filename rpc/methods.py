@@ -31,7 +31,8 @@ from nvmf_phoenix.rpc.method_rules import Call, ModelMismatch, NotModelled, Op, 
 from nvmf_phoenix.model import TargetState
 
 __all__ = ["METHODS", "RUNTIME", "STARTUP", "Call", "Method", "ModelMismatch", "NotModelled",
-           "Op", "Params", "bdev_method", "emit", "is_read_only", "method"]
+           "Op", "Params", "bdev_method", "emit", "is_read_only", "is_startup_option",
+           "method"]
 
 STARTUP, RUNTIME = "startup", "runtime"
 BOTH = frozenset({STARTUP, RUNTIME})
@@ -191,3 +192,17 @@ def emit(name: str, *objs: Any) -> Any:
 def bdev_method(kind: str, create: bool = True) -> str:
     """The method that creates (or deletes) a bdev of ``kind``."""
     return (BDEV_CREATE if create else BDEV_DELETE)[kind]
+
+
+# SPDK names the methods that set a module's options so (iobuf_set_options,
+# sock_impl_set_options, sock_set_default_impl, bdev_nvme_set_options...).
+OPTION_SUFFIXES = ("_set_options", "_set_default_impl")
+
+
+def is_startup_option(name: str) -> bool:
+    """Whether ``name`` sets options that belong before framework_start_init: declared
+    STARTUP-only, or an option setter (by SPDK's naming) a STARTUP target accepts."""
+    m = METHODS.get(name)
+    if m is not None and m.phases == STARTUP_ONLY:
+        return True
+    return name.endswith(OPTION_SUFFIXES) and (m is None or STARTUP in m.phases)
