@@ -177,6 +177,10 @@ def _ns_hosts(p: Plan, sub: Subsystem, ns: Namespace, have: Namespace | None,
     newest first and each call puts its host at the head: so the oldest goes first."""
     if have is not None and have.identity() != ns.identity():
         return   # a conflict, reported with the namespace: its hosts are not ours to add
+    if have is not None and have.no_auto_visible != ns.no_auto_visible and ns.hosts:
+        p.conflicts.append(f"subsystem {sub.nqn} nsid {ns.nsid}: no_auto_visible "
+                           f"{have.no_auto_visible} != {ns.no_auto_visible}")
+        return
     had = have.hosts if have is not None else []
     for host in reversed(ns.hosts):
         if host not in had:

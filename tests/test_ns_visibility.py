@@ -25,7 +25,7 @@ from nvmf_phoenix.rpc import bdev as rb
 from nvmf_phoenix.rpc import nvmf as rn
 from nvmf_phoenix.wire import nvme
 
-from nvmf_phoenix.model import Namespace, TargetState
+from nvmf_phoenix.model import Bdev, Namespace, TargetState
 from tests.target_fixture import NQN, free_port, running_target
 from tests.target_process import TargetProcess, target_process
 
@@ -178,8 +178,37 @@ def test_only_listed_hosts_see_the_namespace_and_a_change_notifies() -> None:
             assert len(b.read(1, 0, 1, 4096)) == 4096
             # Host A's view did not change: no notice, nothing in its changed list.
             assert struct.unpack("<I", a.get_log_page(nvme.LOG_CHANGED_NS, 4)) == (0,)
+            # A new namespace nobody may see yet changes nobody's view: no notice.
+            rt.call(lambda: core.add_bdev(Bdev(name="M9", kind="malloc", uuid="",
+                                               block_size=4096, num_blocks=64)))
+            rt.call(lambda: core.add_namespace(NQN, Namespace(nsid=2, bdev_name="M9",
+                                                              no_auto_visible=True)))
+            for h in (a, b):
+                assert struct.unpack("<I", h.get_log_page(nvme.LOG_CHANGED_NS, 4)) == (0,)
+                assert h.active_namespaces() == [1]
             # And taking B off the list hides the namespace from B again, with a notice.
             cid = b.submit_aer()
             rt.call(lambda: core.set_ns_visible(NQN, 1, HOST_B, False))
             assert (b.wait_aer(cid, timeout=5) >> 8) & 0xFF == nvme.AER_NOTICE_NS_ATTR_CHANGED
             assert b.active_namespaces() == [] and a.active_namespaces() == [1]
+
+
+def test_planner_adds_only_missing_hosts_and_prunes_extra_ones() -> None:
+    nvmf = [{"method": "nvmf_create_subsystem", "params": {"nqn": SUB}},
+            {"method": "nvmf_subsystem_add_ns", "params": {"nqn": SUB, "namespace": {
+                "nsid": 1, "bdev_name": "M0", "no_auto_visible": True}}},
+            {"method": "nvmf_ns_add_host", "params": {"nqn": SUB, "nsid": 1, "host": HOST_A}}]
+    desired = state_from_rpc({"nvmf": nvmf})
+    live = state_from_rpc({"nvmf": nvmf})
+    live.subsystems[SUB].namespaces[1].hosts = [HOST_B]
+    the_plan = plan(desired, live)
+    assert [(c.method, c.params) for c in the_plan.calls] == [
+        ("nvmf_ns_add_host", {"nqn": SUB, "nsid": 1, "host": HOST_A})]
+    assert the_plan.extra == [f"{SUB} nsid 1 host {HOST_B}"]
+    pruned = plan(desired, live, prune=True)
+    assert ("nvmf_ns_remove_host", {"nqn": SUB, "nsid": 1, "host": HOST_B}) in [
+        (c.method, c.params) for c in pruned.calls]
+    # A live namespace everyone sees cannot take a host list: a conflict, no call.
+    live.subsystems[SUB].namespaces[1].no_auto_visible = False
+    visible = plan(desired, live)
+    assert visible.calls == [] and "no_auto_visible" in visible.conflicts[0]
