@@ -148,7 +148,10 @@ def bdev_unused(p: Params, model: TargetState) -> bool:
 
 
 def _bdev_named(st: TargetState, p: Params) -> bool:
-    return p["name"] in st.bdevs
+    """A modelled bdev, or one of another module carried verbatim (TargetState.opaque)."""
+    return p["name"] in st.bdevs or any(
+        e.get("subsystem") == "bdev" and isinstance(e.get("params"), dict) and
+        e["params"].get("name") == p["name"] for e in st.opaque or [])
 
 
 def bdev_appears(p: Params, before: TargetState, after: TargetState) -> bool | None:

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from nvmf_phoenix.recovery import capture as capture_mod
+from nvmf_phoenix.recovery import inflight
 from nvmf_phoenix.recovery.capture import capture_config, state_from_rpc
 from nvmf_phoenix.recovery.carry import missing, overlay
 from nvmf_phoenix.recovery.diff import diff
@@ -151,3 +152,16 @@ def test_embedded_restore_replays_and_reports_them(tmp_path: Path) -> None:
     assert report.ok, report.summary()
     assert {"bdev_set_options", "bdev_wait_for_examine"} <= set(report.summary()["opaque"])
     assert diff(before, after) == []
+
+
+def test_a_lost_answer_of_an_unmodelled_bdev_is_found_among_them() -> None:
+    """bdev_passthru_create's answer lost: the bdev shows among the carried entries, so
+    the call is not sent again (which SPDK would refuse: the name exists)."""
+    after = state_from_rpc(_configs())
+    before = TargetState.from_dict(after.to_dict())
+    assert before.opaque is not None
+    before.opaque = [e for e in before.opaque if e["method"] != "bdev_passthru_create"]
+    assert inflight.effect_present("bdev_passthru_create", PASSTHRU, before, after)
+    assert inflight.result_of("bdev_passthru_create", PASSTHRU, before, after) == "P0"
+    assert not inflight.effect_present("bdev_passthru_create", PASSTHRU, after, after)
+    assert inflight.effect_present("bdev_passthru_delete", {"name": "P0"}, after, before)
