@@ -12,8 +12,7 @@ import logging
 import time
 from typing import Any
 
-from nvmf_phoenix.rpc.client import call_all, outcomes
-from nvmf_phoenix.rpc.errors import RpcError
+from nvmf_phoenix.rpc.client import call_all
 from nvmf_phoenix.rpc.methods import METHODS
 
 from nvmf_phoenix.model import (
@@ -108,14 +107,15 @@ def runtime_from_rpc(controllers: dict[str, list[dict[str, Any]]],
 
 def capture_config(client: Any) -> TargetState:
     """Configuration plus ANA states of ANA-reporting subsystems' listeners."""
-    answers = outcomes(client, [("framework_get_config", {"name": n}) for n in CAPTURED])
-    configs: dict[str, list[dict[str, Any]]] = {}
-    for name, got in zip(CAPTURED, answers, strict=True):
-        if isinstance(got, RpcError) and name in OPTION_SUBSYSTEMS and got.code is not None:
-            continue    # the target has no such subsystem: nothing to carry
-        if isinstance(got, Exception):
-            raise got
-        configs[name] = got
+    *answers, present = call_all(client, [("framework_get_config", {"name": n})
+                                          for n in CONFIG_SUBSYSTEMS] +
+                                 [("framework_get_subsystems", None)])
+    configs = dict(zip(CONFIG_SUBSYSTEMS, answers, strict=True))
+    have = {s.get("subsystem") for s in present}
+    options = [n for n in OPTION_SUBSYSTEMS if n in have]   # the embedded target has none
+    if options:
+        got = call_all(client, [("framework_get_config", {"name": n}) for n in options])
+        configs.update(zip(options, got, strict=True))
     st = state_from_rpc(configs)
     ana = [s.nqn for s in st.subsystems.values() if s.ana_reporting]
     if ana:
