@@ -6,7 +6,9 @@ target at the next mutation, which does not have them: without care, one transie
 at a restart would delete them from the configuration for good. So the supervisor keeps
 what failed (:func:`missing`) and every checkpoint adds it back (:func:`overlay`), until
 the live target has an object by that name again (it came back, or the user made a new
-one) or its subsystem is gone (the user deleted it): then the live target wins.
+one) or its subsystem is gone (the user deleted it): then the live target wins. Entries
+carried verbatim (``TargetState.opaque``) are kept the same way, until the live target
+has the same entry.
 
 Pure functions over the state model.
 """

@@ -13,6 +13,8 @@ Change operations (the journal's dict form, one per object touched; ``op`` is a
     {"op": "listener", "nqn": q, "address": a, "value": Listener | None}
     {"op": "allow_any_host", "nqn": q, "value": bool}
     {"op": "ana", "nqn": q, "listeners": [{"address": a, "ana_states": {group: state}}]}
+    {"op": "ns_host", "nqn": q, "nsid": i, "host": h, "value": h | None}
+        (a namespace's visibility list: :mod:`.method_rules_ns_hosts`)
 """
 from __future__ import annotations
 
