@@ -13,6 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from nvmf_phoenix.embedded import rpc_nvmf  # noqa: F401  (registers the nvmf handlers)
+from nvmf_phoenix.embedded.config_store import TargetCore
+from nvmf_phoenix.embedded.rpc_methods import RpcContext, load_config
 from nvmf_phoenix.initiator.connection import NvmeStatusError
 from nvmf_phoenix.initiator.host import Host
 from nvmf_phoenix.plugin import ops
@@ -212,3 +215,22 @@ def test_planner_adds_only_missing_hosts_and_prunes_extra_ones() -> None:
     live.subsystems[SUB].namespaces[1].no_auto_visible = False
     visible = plan(desired, live)
     assert visible.calls == [] and "no_auto_visible" in visible.conflicts[0]
+
+
+def test_load_config_takes_nvmf_tgts_entries() -> None:
+    """A save_config from nvmf_tgt with namespace hosts loads on the embedded target
+    (-c/--json, spdk-rpc load_config). Like nvmf_tgt, loading the newest-first list in
+    file order reverses it; the restore planner replays it oldest first instead."""
+    ctx = RpcContext(TargetCore())
+    ns = {"nsid": 1, "bdev_name": "M0", "no_auto_visible": True}
+    doc = {"subsystems": [
+        {"subsystem": "bdev", "config": [{"method": "bdev_malloc_create", "params": {
+            "name": "M0", "num_blocks": 64, "block_size": 512}}]},
+        {"subsystem": "nvmf", "config": [
+            {"method": "nvmf_create_subsystem", "params": {"nqn": SUB}},
+            {"method": "nvmf_subsystem_add_ns", "params": {"nqn": SUB, "namespace": ns}},
+            {"method": "nvmf_ns_add_host", "params": {"nqn": SUB, "nsid": 1, "host": HOST_B}},
+            {"method": "nvmf_ns_add_host", "params": {"nqn": SUB, "nsid": 1,
+                                                      "host": HOST_A}}]}]}
+    assert load_config(ctx, doc) == []
+    assert ctx.core.state.subsystems[SUB].namespaces[1].hosts == [HOST_A, HOST_B]
