@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from nvmf_phoenix.recovery.diff import opaque_label
+from nvmf_phoenix.recovery.diff import opaque_label, unset_option
 from nvmf_phoenix.rpc.methods import bdev_method, emit, is_startup_option
 
 from nvmf_phoenix.model import Listener, Namespace, Subsystem, TargetState
@@ -218,7 +218,8 @@ def _extra(desired: TargetState, live: TargetState) -> list[str]:
     if desired.opaque is not None:
         carried = [(e["method"], e.get("params")) for e in desired.opaque]
         out += [f"opaque {opaque_label(e)}" for e in live.opaque or []
-                if (e["method"], e.get("params")) not in carried]
+                if (e["method"], e.get("params")) not in carried and
+                not unset_option(e, desired.opaque)]
     for nqn, sub in live.subsystems.items():
         want = desired.subsystems.get(nqn)
         if want is None:

@@ -165,3 +165,21 @@ def test_a_lost_answer_of_an_unmodelled_bdev_is_found_among_them() -> None:
     assert inflight.result_of("bdev_passthru_create", PASSTHRU, before, after) == "P0"
     assert not inflight.effect_present("bdev_passthru_create", PASSTHRU, after, after)
     assert inflight.effect_present("bdev_passthru_delete", {"name": "P0"}, after, before)
+
+
+def test_options_a_checkpoint_never_set_are_the_targets_own() -> None:
+    """A checkpoint of a target without an option section (the embedded target has no
+    sock options) restored onto one with it: those defaults are no difference; a bdev
+    the checkpoint does not have is."""
+    desired, live = state_from_rpc(_configs()), state_from_rpc(_configs())
+    assert live.opaque is not None
+    sock = {"impl_name": "posix", "recv_buf_size": 2097152}
+    live.opaque.insert(1, {"subsystem": "sock", "method": "sock_impl_set_options",
+                           "params": sock})
+    assert diff(desired, live, desired=True) == []
+    assert diff(desired, live) != []           # compared as equals, they differ
+    live.opaque.append({"subsystem": "bdev", "method": "bdev_null_create",
+                        "params": {"name": "N0", "num_blocks": 8, "block_size": 512}})
+    assert [d.split(":")[0] for d in diff(desired, live, desired=True)] == [
+        "opaque[bdev_null_create N0]"]
+    assert plan(desired, live).extra == ["opaque bdev_null_create N0"]
