@@ -118,8 +118,9 @@ def _opaque(p: Plan, desired: TargetState, live: TargetState, phase: str,
             continue
         label = opaque_label(e)
         if options and phase != "startup":
-            p.conflicts.append(f"{label}: differs from the checkpoint; a STARTUP option, "
-                               "set only on a target started with --wait-for-rpc")
+            p.conflicts.append(f"{label}: the live target's is not the checkpoint's; a "
+                               "STARTUP option, set only on a target started with "
+                               "--wait-for-rpc")
             continue
         name = params.get("name") if isinstance(params, dict) else None
         key = f"bdev:{name}" if e.get("subsystem") == "bdev" and name else f"opaque:{label}"
