@@ -93,10 +93,10 @@ def plan(desired: TargetState, live: TargetState, phase: str = "running",
             p.emit("listeners", "nvmf_discovery_add_referral", (ref,),
                    f"referral:{ref.address.traddr}:{ref.address.trsvcid}")
     _opaque(p, desired, live, phase, options=False)
-    if prune:
+    p.extra = _extra(desired, live)
+    if prune:   # what it removes is no longer extra; opaque entries it cannot remove
         _prune(p, desired, live)
-    else:
-        p.extra = _extra(desired, live)
+        p.extra = [x for x in p.extra if x.startswith("opaque ")]
     return p
 
 

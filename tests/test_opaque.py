@@ -183,3 +183,4 @@ def test_options_a_checkpoint_never_set_are_the_targets_own() -> None:
     assert [d.split(":")[0] for d in diff(desired, live, desired=True)] == [
         "opaque[bdev_null_create N0]"]
     assert plan(desired, live).extra == ["opaque bdev_null_create N0"]
+    assert plan(desired, live, prune=True).extra == ["opaque bdev_null_create N0"]
