@@ -26,7 +26,7 @@ def execute_io(qp: QueuePair, sqe: bytes, opcode: int, cid: int, nsid: int,
     assert ctrl is not None
     sub = engine.core.state.subsystems.get(ctrl.nqn)
     ns = sub.namespaces.get(nsid) if sub is not None else None
-    if ns is None or sub is None:
+    if ns is None or sub is None or not ns.visible_to(ctrl.hostnqn):
         qp.complete(cid, nvme.SC_INVALID_NS)
         return
     if sub.ana_reporting:

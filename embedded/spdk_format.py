@@ -157,6 +157,10 @@ def _nvmf_config(core: TargetCore) -> list[dict[str, Any]]:
         for nsid in sorted(s.namespaces):
             out.append({"method": "nvmf_subsystem_add_ns", "params": {
                 "nqn": s.nqn, "namespace": s.namespaces[nsid].to_create_params()}})
+    for s in st.subsystems.values():   # as nvmf_tgt: after every namespace, newest first
+        for nsid in sorted(s.namespaces):
+            out += [{"method": "nvmf_ns_add_host", "params": {
+                "nqn": s.nqn, "nsid": nsid, "host": h}} for h in s.namespaces[nsid].hosts]
     for r in st.referrals:
         out.append({"method": "nvmf_discovery_add_referral",
                     "params": r.to_create_params()})

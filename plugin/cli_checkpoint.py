@@ -102,6 +102,7 @@ def _human_restore(r: dict[str, Any]) -> str:
     lines += [f"  failed: {f}" for f in r["failures"]]
     lines += [f"  skipped: {s}" for s in r["skipped"]]
     lines += [f"  conflict: {c}" for c in r["conflicts"]]
+    lines += [f"  replayed verbatim (not modelled): {o}" for o in r.get("opaque", [])]
     lines += [f"  differs after restore: {d}" for d in r["differences"]]
     h = r.get("hosts")
     if h:

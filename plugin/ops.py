@@ -151,6 +151,7 @@ def summary(state: TargetState) -> dict[str, int]:
             "listeners": sum(len(s.listeners) for s in state.subsystems.values()),
             "bdevs": len(state.bdevs), "transports": len(state.transports),
             "keys": len(state.keys), "referrals": len(state.referrals),
+            "opaque_entries": len(state.opaque or []),
             "connected_controllers": len(state.runtime.controllers)}
 
 
