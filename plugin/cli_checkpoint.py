@@ -138,7 +138,7 @@ def _restore(args: argparse.Namespace) -> int:
 
 
 # -- status ----------------------------------------------------------------------------
-def _human_status(d: dict[str, Any]) -> str:
+def human_status(d: dict[str, Any]) -> str:
     sup, tgt, ck = d["supervisor"], d["target"], d["checkpoint"]
     lines = []
     if sup:
@@ -259,7 +259,7 @@ def _status(args: argparse.Namespace) -> int:
            "kill_pid": kill_pid}
     if keeper:
         keeper["takeovers_since_start"] = _takeovers(keeper)
-    emit(args, doc, _human_status)
+    emit(args, doc, human_status)
     return ops.EXIT_OK if sup is None or sup["state"] == "ready" else ops.EXIT_FAIL
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from nvmf_phoenix.plugin.cli import build_parser
-from nvmf_phoenix.plugin.cli_checkpoint import _human_status
+from nvmf_phoenix.plugin.cli_checkpoint import human_status
 
 from tests.phoenix_tools import BIN, phoenix
 from tests.waiting import wait_for
@@ -84,10 +84,10 @@ def _status(restarts: int, takeovers: int | None) -> dict:
 
 
 def test_status_counts_only_what_happened() -> None:
-    text = _human_status(_status(0, 1))
+    text = human_status(_status(0, 1))
     assert "0 restarts" in text and "death to ready" not in text
     assert "0 takeovers" in text            # handing the first worker over is none
     assert "checkpoint: none needed" in text
-    text = _human_status(_status(1, 3))
+    text = human_status(_status(1, 3))
     assert "1 restart," in text and "death to ready 0.34 s" in text
     assert "2 takeovers" in text
