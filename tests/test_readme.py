@@ -54,7 +54,9 @@ def test_readme_by_hand_section_runs_as_written(tmp_path: Path) -> None:
                            {"4420": str(free_port())})
     finally:
         drop_region(tmp_path / "phx-state")
-    assert "restore complete: 9 of 9 calls" in out and "live target matches" in out
+    # 9 modelled calls, and the bdev options the target reported, replayed verbatim
+    assert "restore complete: 11 of 11 calls" in out and "live target matches" in out
+    assert "replayed verbatim (not modelled): bdev_set_options" in out
 
 
 def test_readme_supervised_section_runs_as_written(tmp_path: Path) -> None:
