@@ -30,7 +30,7 @@ from nvmf_phoenix.wire import nvme
 
 from nvmf_phoenix.model import Bdev, Namespace, TargetState
 from tests.target_fixture import NQN, free_port, running_target
-from tests.target_process import TargetProcess, target_process
+from tests.target_process import TARGET_KINDS, TargetProcess, target_process
 
 SUB = "nqn.2016-06.io.phx:visible"
 HOST_A = "nqn.2014-08.org.nvmexpress:uuid:0000000a-0000-4000-8000-000000000000"
@@ -118,11 +118,12 @@ def test_refusals_and_save_config_are_spdks(tmp_path: Path) -> None:
     assert last < methods.index("nvmf_subsystem_add_listener")
 
 
-def test_restore_brings_the_namespace_host_list_back(tmp_path: Path) -> None:
+@pytest.mark.parametrize("kind", TARGET_KINDS)
+def test_restore_brings_the_namespace_host_list_back(tmp_path: Path, kind: str) -> None:
     """The issue's finding: checkpoint, SIGKILL, restore into a fresh target: the host
     list is back, and `checkpoint diff` notices when it is not."""
     sock, state_dir = str(tmp_path / "spdk.sock"), str(tmp_path / "state")
-    tp = TargetProcess(sock)
+    tp = TargetProcess(sock, kind=kind)
     try:
         with RpcClient.connect(sock) as c:
             _hidden_namespace(c)
@@ -133,7 +134,7 @@ def test_restore_brings_the_namespace_host_list_back(tmp_path: Path) -> None:
     loaded, _ = ops.load(state_dir)
     assert loaded.state is not None
     assert loaded.state.subsystems[SUB].namespaces[1].hosts == [HOST_B, HOST_A]
-    fresh = TargetProcess(sock, "--wait-for-rpc")
+    fresh = TargetProcess(sock, "--wait-for-rpc", kind=kind)
     try:
         with RpcClient.connect(sock) as c:
             report = restore(c, loaded.state)
