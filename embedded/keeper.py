@@ -105,6 +105,9 @@ class Keeper:
     quick_deaths: int = 0
     failed_starts: int = 0
     exit_code: int | None = None
+    # Printed when the first worker has loaded the configuration and serves: before
+    # that the target is not ready (a configuration that fails never says it is).
+    banner: str | None = None
 
     def __post_init__(self) -> None:
         self.sel = selectors.DefaultSelector()
@@ -257,10 +260,15 @@ class Keeper:
             # The new standby starts only now, so it does not compete for the CPU with
             # the worker that is resuming.
             w.ready = True
+            if self.banner is not None:
+                print(self.banner, flush=True)
+                self.banner = None
             self._ensure_standby()
             return
         elif op == "shutdown":
-            self.exit_code = 0
+            # spdk_kill_instance stops cleanly; a worker that could not load the
+            # configuration stops the target with the exit code it says.
+            self.exit_code = int(msg.get("exit", 0))
             return
         elif op == "status":
             reply.update(self.status())
@@ -397,9 +405,9 @@ def serve(rpc_path: str, worker_cmd: list[str]) -> int:
     finally:
         os.umask(old)
     rpc.listen(64)
-    keeper = Keeper(rpc_path + ".keeper", rpc, worker_cmd)
-    print(f"nvmf-phoenix target ready: rpc={rpc_path} crash-transparent "
-          f"(keeper pid {os.getpid()})", flush=True)
+    keeper = Keeper(rpc_path + ".keeper", rpc, worker_cmd,
+                    banner=f"nvmf-phoenix target ready: rpc={rpc_path} crash-transparent "
+                    f"(keeper pid {os.getpid()})")
     try:
         return keeper.run()
     finally:

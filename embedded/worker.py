@@ -143,8 +143,8 @@ def run(args: argparse.Namespace) -> int:
                 errors = [str(exc)]
             for e in errors:
                 print(f"config error: {e}", file=sys.stderr)
-            if errors:
-                keeper.send({"op": "shutdown"})
+            if errors:   # the target stops, and exits 1 as nvmf_tgt does
+                keeper.send({"op": "shutdown", "exit": 1})
                 return 1
         config.save()
     server = RpcServer(ctx, args.rpc_socket, dispatch=config.dispatch, sock=take.rpc_sock,
