@@ -283,8 +283,11 @@ class Keeper:
         self.active = None
         lived = time.monotonic() - w.since
         self.quick_deaths = 0 if w.ready else self.quick_deaths + 1
-        log.warning("active worker %d died after %.3f s%s; %d standby", w.pid, lived,
-                    "" if w.ready else " while resuming", len(self.standby))
+        # A standby taking over is what this mode is for; a worker that dies while
+        # resuming (the state may be what kills it) is for an operator to look into.
+        (log.info if w.ready else log.warning)(
+            "active worker %d died after %.3f s%s; %d standby", w.pid, lived,
+            "" if w.ready else " while resuming", len(self.standby))
         if self.quick_deaths >= GIVE_UP_AFTER:
             log.error("workers keep dying right after taking over: giving up")
             self.exit_code = 1

@@ -151,7 +151,7 @@ def run(args: argparse.Namespace) -> int:
                        after_batch=config.after_batch)
     server.start()
     keeper.send({"op": "ready"})
-    log.warning("worker %d took over in %.1f ms: %s", os.getpid(),
+    log.info("worker %d took over in %.1f ms: %s", os.getpid(),
                 (time.monotonic() - started) * 1000, report)
     return _serve(stop, dp, server)
 
