@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import mmap
+import operator
 import os
 import struct
 from collections.abc import Callable
@@ -58,8 +59,8 @@ class CountersError(Exception):
     """The file cannot be trusted (the message says why)."""
 
 
-def snapshot(stats: Stats) -> tuple[int, ...]:
-    return tuple(getattr(stats, f) for f in FIELDS)
+snapshot: Callable[[Stats], tuple[int, ...]] = operator.attrgetter(*FIELDS)
+CRC = struct.Struct("<I")
 
 
 class SharedCounters:
@@ -70,6 +71,7 @@ class SharedCounters:
         self.mm = mm
         self.seq = 0
         self.written: tuple[int, ...] = (0,) * N    # the totals of the newest record
+        self._buf = bytearray(RECORD.size + CRC.size)
 
     # -- opening -------------------------------------------------------------------------
     @classmethod
@@ -124,9 +126,11 @@ class SharedCounters:
     def _write(self, totals: tuple[int, ...], conn_id: int, commit: int,
                delta: tuple[int, ...]) -> None:
         self.seq += 1
-        rec = RECORD.pack(self.seq, *totals, conn_id, commit, *delta)
+        buf = self._buf
+        RECORD.pack_into(buf, 0, self.seq, *totals, conn_id, commit, *delta)
+        CRC.pack_into(buf, RECORD.size, crc32c.crc32c(memoryview(buf)[:RECORD.size]))
         off = RECORD_OFFSET[self.seq & 1]
-        self.mm[off:off + RECORD.size + 4] = rec + struct.pack("<I", crc32c.crc32c(rec))
+        self.mm[off:off + len(buf)] = buf
         self.written = totals
 
     def latest(self) -> tuple[int, tuple[int, ...], int, int, tuple[int, ...]]:
@@ -161,7 +165,5 @@ class SharedCounters:
         """Called just before ``commit`` of ``conn_id`` is written: what the engine
         counted since the last record becomes part of that commit."""
         now = snapshot(stats)
-        if now == self.written:
-            return
-        delta = tuple(a - b for a, b in zip(now, self.written, strict=True))
-        self._write(now, conn_id, commit, delta)
+        if now != self.written:
+            self._write(now, conn_id, commit, tuple(map(operator.sub, now, self.written)))
