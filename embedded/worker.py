@@ -152,7 +152,7 @@ def run(args: argparse.Namespace) -> int:
     server.start()
     keeper.send({"op": "ready"})
     log.info("worker %d took over in %.1f ms: %s", os.getpid(),
-                (time.monotonic() - started) * 1000, report)
+             (time.monotonic() - started) * 1000, report)
     return _serve(stop, dp, server)
 
 
