@@ -47,7 +47,7 @@ N = len(FIELDS)
 # magic, layout version, number of counters, CRC32C of their names (a build with other
 # counters must not read this one's as its own), then the header's CRC32C
 HEADER = struct.Struct("<8sIII")
-# seq, totals, connection id, commit seq, delta; CRC32C of all that follows the record
+# seq, totals, connection id, commit seq, delta; the record's CRC32C follows it
 RECORD = struct.Struct(f"<Q{N}QQQ{N}q")
 RECORD_OFFSET = (64, 64 + 256)
 SIZE = 4096
@@ -59,12 +59,16 @@ class CountersError(Exception):
     """The file cannot be trusted (the message says why)."""
 
 
+# The counters as a tuple, in C: record() runs before every commit.
 snapshot: Callable[[Stats], tuple[int, ...]] = operator.attrgetter(*FIELDS)
 CRC = struct.Struct("<I")
+assert N > 1   # attrgetter of one name would give a number, not a tuple
 
 
 class SharedCounters:
-    """The counters file of one crash-transparent target, open in this worker."""
+    """The counters file of one crash-transparent target, open in this worker:
+    :meth:`reconcile` once, before anything is served, then :meth:`record` before each
+    commit."""
 
     def __init__(self, path: str, mm: mmap.mmap) -> None:
         self.path = path
