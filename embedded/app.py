@@ -93,7 +93,7 @@ def run_keeper(args: argparse.Namespace) -> int:
         cmd.append("--wait-for-rpc")
     if args.huge_dir:
         cmd += ["--huge-dir", args.huge_dir]
-    log.warning("crash-transparent state goes to %s", shm.where())
+    log.info("crash-transparent state goes to %s", shm.where())
     try:
         return serve(args.rpc_socket, cmd)
     finally:

@@ -82,6 +82,9 @@ class Keeper:
     quick_deaths: int = 0
     failed_starts: int = 0
     exit_code: int | None = None
+    # Printed when the first worker has loaded the configuration and serves: before
+    # that the target is not ready (a configuration that fails never says it is).
+    banner: str | None = None
 
     def __post_init__(self) -> None:
         self.sel = selectors.DefaultSelector()
@@ -235,10 +238,15 @@ class Keeper:
             # The new standby starts only now, so it does not compete for the CPU with
             # the worker that is resuming.
             w.ready = True
+            if self.banner is not None:
+                print(self.banner, flush=True)
+                self.banner = None
             self._ensure_standby()
             return
         elif op is Op.SHUTDOWN:
-            self.exit_code = 0
+            # spdk_kill_instance stops cleanly; a worker that could not load the
+            # configuration stops the target with the exit code it says.
+            self.exit_code = int(msg.get("exit", 0))
             return
         elif op is Op.STATUS:
             reply.update(self.status())
@@ -253,8 +261,11 @@ class Keeper:
         self.active = None
         lived = time.monotonic() - w.since
         self.quick_deaths = 0 if w.ready else self.quick_deaths + 1
-        log.warning("active worker %d died after %.3f s%s; %d standby", w.pid, lived,
-                    "" if w.ready else " while resuming", len(self.standby))
+        # A standby taking over is what this mode is for; a worker that dies while
+        # resuming (the state may be what kills it) is for an operator to look into.
+        (log.info if w.ready else log.warning)(
+            "active worker %d died after %.3f s%s; %d standby", w.pid, lived,
+            "" if w.ready else " while resuming", len(self.standby))
         if self.quick_deaths >= GIVE_UP_AFTER:
             log.error("workers keep dying right after taking over: giving up")
             self.exit_code = 1
@@ -375,9 +386,9 @@ def serve(rpc_path: str, worker_cmd: list[str]) -> int:
     finally:
         os.umask(old)
     rpc.listen(64)
-    keeper = Keeper(rpc_path + ".keeper", rpc, worker_cmd)
-    print(f"nvmf-phoenix target ready: rpc={rpc_path} crash-transparent "
-          f"(keeper pid {os.getpid()})", flush=True)
+    keeper = Keeper(rpc_path + ".keeper", rpc, worker_cmd,
+                    banner=f"nvmf-phoenix target ready: rpc={rpc_path} crash-transparent "
+                    f"(keeper pid {os.getpid()})")
     try:
         return keeper.run()
     finally:

@@ -41,6 +41,7 @@ from nvmf_phoenix.embedded.connstate import (
     Geometry,
 )
 from nvmf_phoenix.embedded.controller import Controller
+from nvmf_phoenix.embedded.counters import SharedCounters
 from nvmf_phoenix.embedded.io_loop import DataPath, Hangup, Transport, recv_some
 from nvmf_phoenix.embedded.keeper_client import Handed, KeeperClient
 from nvmf_phoenix.embedded.keeper_proto import Op
@@ -111,6 +112,10 @@ class KeptTransport(Transport):
         self.sel = loop.sel
         self.engine = loop.engine
         self.sel.register(self.keeper.sock, selectors.EVENT_READ, self._keeper_readable)
+        # The statistics go on from where the commits that exist left them, before
+        # anything is served (embedded/counters.py).
+        self.counters = SharedCounters.open(self.scratch)
+        self.engine.stats = self.counters.reconcile(self._newest_commit)
 
     @property
     def worst_pdu(self) -> int:
@@ -329,6 +334,7 @@ class KeptTransport(Transport):
                 conn.st.rx[0:left] = conn.st.rx[reader.pos:reader.end]
             new.rx_base = rx_done
         blob = self._blob(conn)
+        self.counters.record(self.engine.stats, qp.conn_id, new.seq)
         if failpoints.ARMED and qp.qid > 0:
             failpoints.hit("io-torn-commit", lambda: conn.st.commit_torn(new, blob))
             failpoints.hit("io-unsealed-commit", lambda: conn.st.commit_unsealed(new, blob))
@@ -409,6 +415,22 @@ class KeptTransport(Transport):
             self.loop.send(conn)
             conn.qp.interrupt_io = False
         return report
+
+    def _newest_commit(self, conn_id: int) -> int | None:
+        """The seq of the newest complete commit of a connection, None if unknown."""
+        path = shm.find(f"conn-{conn_id}", self.shm_dir, self.scratch)
+        if path is None:
+            return None
+        try:
+            st = ConnState.open(path)
+        except ConnStateError:
+            return None
+        try:
+            return st.latest()[0].seq
+        except ConnStateError:
+            return None
+        finally:
+            st.close()
 
     @staticmethod
     def _untouched(h: Handed) -> bool:

@@ -143,16 +143,16 @@ def run(args: argparse.Namespace) -> int:
                 errors = [str(exc)]
             for e in errors:
                 print(f"config error: {e}", file=sys.stderr)
-            if errors:
-                keeper.send(Op.SHUTDOWN)
+            if errors:   # the target stops, and exits 1 as nvmf_tgt does
+                keeper.send(Op.SHUTDOWN, exit=1)
                 return 1
         config.save()
     server = RpcServer(ctx, args.rpc_socket, dispatch=config.dispatch, sock=take.rpc_sock,
                        after_batch=config.after_batch)
     server.start()
     keeper.send(Op.READY)
-    log.warning("worker %d took over in %.1f ms: %s", os.getpid(),
-                (time.monotonic() - started) * 1000, report)
+    log.info("worker %d took over in %.1f ms: %s", os.getpid(),
+             (time.monotonic() - started) * 1000, report)
     return _serve(stop, dp, server)
 
 

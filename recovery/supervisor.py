@@ -324,7 +324,9 @@ class Supervisor:
                 return
             self.ready.clear()
             self.status.state = "restarting"
-            log.warning("%s: restarting", why)
+            # A planned restart (an upgrade, a restart asked for) is routine; a target
+            # that died or hung is for an operator to look into.
+            (log.info if planned else log.warning)("%s: restarting", why)
             self._awaited = sorted(set(expectations(self.runtime)) | set(self._awaited),
                                    key=lambda e: (e.nqn, e.hostnqn))
             self._end_target(planned)

@@ -2,8 +2,10 @@
 
 Missing, unreadable, not JSON, or JSON that is not a save_config document: the target
 prints one line on stderr and exits 1 (nvmf_tgt fails start-up too), before anything says
-"ready" and before the RPC socket exists, with or without --crash-transparent. A good file
-still loads in both modes.
+"ready" and before the RPC socket exists, with or without --crash-transparent. A file
+that reads well but whose calls fail prints one line per failed call and exits 1, never
+having said "ready", in both modes (crash-transparent: the first worker loads it, and the
+keeper says "ready" only once that worked). A good file still loads in both modes.
 """
 from __future__ import annotations
 
@@ -69,6 +71,30 @@ def test_unusable_config_file_is_one_line_and_exit_1(tmp_path: Path, case: str,
 
 
 @pytest.mark.parametrize("mode", MODES)
+def test_failing_calls_are_one_line_each_and_exit_1(tmp_path: Path, mode: list[str]) -> None:
+    """Valid JSON whose calls fail: a namespace on a bdev that does not exist, a
+    subsystem made twice. The calls that work do not make it a success."""
+    cfg = tmp_path / "config.json"
+    cfg.write_text(json.dumps({"subsystems": [{"subsystem": "nvmf", "config": [
+        {"method": "nvmf_create_subsystem", "params": {"nqn": NQN}},
+        {"method": "nvmf_subsystem_add_ns",
+         "params": {"nqn": NQN, "namespace": {"bdev_name": "NoSuchBdev"}}},
+        {"method": "nvmf_create_subsystem", "params": {"nqn": NQN}}]}]}))
+    sock = tmp_path / "spdk.sock"
+    run = subprocess.run([str(BIN), "target", "-r", str(sock), "-c", str(cfg), *mode],
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 1, run.stdout + run.stderr
+    lines = run.stderr.splitlines()
+    assert len(lines) == 2 and all(line.startswith("config error: ") for line in lines), \
+        run.stderr
+    assert lines[0].startswith("config error: nvmf_subsystem_add_ns ")
+    assert "NoSuchBdev" in lines[0]
+    assert lines[1].startswith("config error: nvmf_create_subsystem ")
+    assert "ready" not in run.stdout, run.stdout
+    assert not sock.exists() and not Path(f"{sock}.keeper").exists()
+
+
+@pytest.mark.parametrize("mode", MODES)
 def test_a_good_config_file_still_loads(tmp_path: Path, mode: list[str]) -> None:
     cfg = tmp_path / "config.json"
     cfg.write_text(json.dumps({"subsystems": [
@@ -81,6 +107,8 @@ def test_a_good_config_file_still_loads(tmp_path: Path, mode: list[str]) -> None
     if mode:
         with transparent_target(tmp_path, "-c", str(cfg)) as t, t.rpc() as c:
             subs = c.call("nvmf_get_subsystems")
+            # said once the first worker had loaded it, and only then
+            assert "nvmf-phoenix target ready" in t.log_path.read_text()
     else:
         sock = tmp_path / "spdk.sock"
         proc = subprocess.Popen([str(BIN), "target", "-r", str(sock), "-c", str(cfg)],

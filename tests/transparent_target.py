@@ -11,7 +11,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -121,12 +121,13 @@ def transparent_target(workdir: Path, *args: str, env: dict[str, str] | None = N
 
 def torture(t: TransparentTarget, kills: int, qd: int = 32, queues: int = 2,
             max_nlb: int = 4, max_delay: float = 0.2, kato_ms: int = 4000,
-            seed: int = 1, digests: bool = False, gap_threshold: float = 0.010
-            ) -> dict[str, Any]:
+            seed: int = 1, digests: bool = False, gap_threshold: float = 0.010,
+            after_takeover: Callable[[int], None] | None = None) -> dict[str, Any]:
     """Verified mixed I/O at ``qd`` while the serving worker is SIGKILLed ``kills`` times,
     each at a random moment after a standby is ready. Keep-alives keep flowing on the
     admin queue (a controller expired by the restarts would fail the run). Returns the
-    workload's findings plus the host-visible stall around each kill."""
+    workload's findings plus the host-visible stall around each kill;
+    ``after_takeover(n)`` runs (on another thread) once the n-th successor is ready."""
     import random
     import threading
     import time
@@ -152,6 +153,8 @@ def torture(t: TransparentTarget, kills: int, qd: int = 32, queues: int = 2,
                 killed_at.append(time.monotonic())
                 t.kill_active()
                 seen = t.wait_standby(seen + 1)["takeovers"]
+                if after_takeover is not None:
+                    after_takeover(len(killed_at))
         except BaseException as exc:
             failure.append(exc)
         finally:
@@ -183,5 +186,6 @@ def torture(t: TransparentTarget, kills: int, qd: int = 32, queues: int = 2,
     stalls = [max((g for at, g in work.stats.gaps if at - g <= k <= at),
                   default=gap_threshold) for k in killed_at]
     return {**work.stats.summary(), "kills": len(killed_at), "unreadable": len(unreadable),
+            "verified": len(work.expected),   # the read-backs: one 1-block read each
             "seconds": round(time.monotonic() - start, 1), "stalls": stalls,
             "outstanding": sum(len(f) for f in work.inflight), "status": status}
