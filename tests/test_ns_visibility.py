@@ -29,6 +29,7 @@ from nvmf_phoenix.rpc import nvmf as rn
 from nvmf_phoenix.wire import nvme
 
 from nvmf_phoenix.model import Bdev, Namespace, TargetState
+from tests.phoenix_tools import drop_region
 from tests.target_fixture import NQN, free_port, running_target
 from tests.target_process import TARGET_KINDS, TargetProcess, target_process
 
@@ -148,6 +149,7 @@ def test_restore_brings_the_namespace_host_list_back(tmp_path: Path, kind: str) 
             got = ops.diff_live(c, state_dir)
     finally:
         fresh.stop()
+        drop_region(state_dir)
     assert not got["same"]
     assert any("hosts" in d for d in got["differences"]), got["differences"]
 
