@@ -39,7 +39,7 @@ from nvmf_phoenix.initiator.host import Host
 from nvmf_phoenix.rpc import RpcClient
 from nvmf_phoenix.wire import nvme, pdu
 
-from tests.pdu_fuzz import NQN, _Builder, session
+from tests.pdu_fuzz import NQN, PduBuilder, session
 from tests.pdu_fuzz_live import GoodHost, configure
 from tests.target_fixture import free_port
 from tests.target_process import TargetProcess
@@ -167,7 +167,7 @@ def main() -> int:
             deaf = socket.create_connection(("127.0.0.1", port))
             deaf.sendall(b"".join(f.encode(False, False)
                                   for f in session("io", cntlid=admin.cntlid).frames[:2]))
-            b = _Builder(False, False)
+            b = PduBuilder(False, False)
             b.raw = bytearray()
             for _ in range(30):
                 b.io(nvme.NVM_READ, 1, 0, 128, data_in=128 * 512)

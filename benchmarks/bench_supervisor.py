@@ -208,6 +208,7 @@ def main() -> None:
             res = run_torture(Path(d), kills=args.kills, seed=11, target_cmd=cmd)
         res["rpc_failed"] = len(res["rpc_failed"])
         res["restores_incomplete"] = len(res["restores_incomplete"])
+        del res["to_ready_s"], res["host_stalls_s"]   # per kill: soak_supervised.py
         print(json.dumps({"torture": res}), flush=True)
 
 

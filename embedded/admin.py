@@ -19,7 +19,7 @@ def execute_admin(qp: QueuePair, sqe: bytes, opcode: int, cid: int, nsid: int,
     if sub is None:
         qp.complete(cid, nvme.SC_INTERNAL)
         return
-    cdw10, cdw11, cdw12, cdw13, _cdw14, _cdw15 = _cdws(sqe)
+    cdw10, cdw11, cdw12, cdw13, _cdw14, _cdw15 = nvme.SQE_CDWS.unpack_from(sqe)
     handler = engine.admin
     if opcode == nvme.ADM_KEEP_ALIVE:
         ctrl.touch(now)
@@ -65,9 +65,5 @@ def _log_page_fits(sqe: bytes, offset: int, length: int, max_io_size: int) -> bo
     """SPDK's checks before building a log page: a dword-aligned offset, and no more
     than the host's buffer (the SGL length), which itself stays within MDTS. Without
     them NUMD (up to 2^32 dwords) would make us build 16 GiB of zeroes."""
-    sgl_len = nvme.SQE.unpack_from(sqe)[8]
+    sgl_len = nvme.SQE.field(sqe, "sgl_length")
     return not offset & 3 and length <= sgl_len <= max(max_io_size, nvme.IDENTIFY_SIZE)
-
-
-def _cdws(sqe: bytes) -> tuple[int, int, int, int, int, int]:
-    return nvme.SQE.unpack_from(sqe)[-6:]

@@ -5,20 +5,22 @@ that matter here (``-r``, ``--wait-for-rpc``, ``-c/--json``) and ignores the DPD
 (``-m``, ``-i``, ``-s``, ``--no-huge``), so scripts written for nvmf_tgt run it unchanged.
 
 With ``--crash-transparent`` the process started is the socket keeper (embedded/keeper.py):
-it owns the sockets and runs the target in worker processes, so the serving process can be
-killed at any moment without a host noticing. Modules are imported where they are used, so
-the keeper stays small.
+it owns the sockets and runs the target in worker processes (embedded/worker.py), so the
+serving process can be killed at any moment without a host noticing. Without it the
+target runs in this process (embedded/plain.py). The keeper is this module too, and it
+must stay small: the modes that run the target are imported only when chosen.
 """
 from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import logging
 import os
-import signal
 import sys
-import threading
+
+from nvmf_phoenix.embedded.config_file import ConfigFileError, read_config
+from nvmf_phoenix.embedded.keeper import serve
+from nvmf_phoenix.persist import shm
 
 DEFAULT_SOCKET = "/var/tmp/spdk.sock"
 log = logging.getLogger("nvmf_phoenix.embedded")
@@ -55,13 +57,13 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.huge_dir:
-        from nvmf_phoenix.persist import shm
         shm.prefer_mount(args.huge_dir)
     if args.worker:
-        from nvmf_phoenix.embedded.worker import run
-        return run(args)
+        from nvmf_phoenix.embedded.worker import run as run_worker
+        return run_worker(args)
     if args.crash_transparent:
         return run_keeper(args)
+    from nvmf_phoenix.embedded.plain import run as run_plain
     return run_plain(args)
 
 
@@ -71,11 +73,17 @@ def scratch_name(rpc_socket: str) -> str:
 
 
 def run_keeper(args: argparse.Namespace) -> int:
-    from nvmf_phoenix.embedded.keeper import serve
-    from nvmf_phoenix.persist import shm
-
+    """Be the socket keeper: its workers run the target (``--worker``) behind it."""
+    if args.config:
+        # The workers load it; a file that can never load is refused before "ready".
+        try:
+            read_config(args.config)
+        except ConfigFileError as exc:
+            print(f"nvmf-phoenix target: {exc}", file=sys.stderr)
+            return 1
     scratch = scratch_name(args.rpc_socket)
     shm.wipe(scratch)   # a new target starts from nothing, as nvmf_tgt does
+    shm.claim(scratch, os.path.abspath(args.rpc_socket))   # `nvmf-phoenix shm list`
     cmd = [sys.executable, "-m", "nvmf_phoenix.embedded", "--worker",
            args.rpc_socket + ".keeper", "--scratch", scratch, "-r", args.rpc_socket,
            "--inflight", args.inflight, "--log-level", args.log_level]
@@ -85,64 +93,11 @@ def run_keeper(args: argparse.Namespace) -> int:
         cmd.append("--wait-for-rpc")
     if args.huge_dir:
         cmd += ["--huge-dir", args.huge_dir]
-    log.warning("crash-transparent state goes to %s", shm.where())
+    log.info("crash-transparent state goes to %s", shm.where())
     try:
         return serve(args.rpc_socket, cmd)
     finally:
         shm.wipe(scratch)
-
-
-def run_plain(args: argparse.Namespace) -> int:
-    from nvmf_phoenix.embedded.bdev import open_bdev
-    from nvmf_phoenix.embedded.config_store import TargetCore
-    from nvmf_phoenix.embedded.io_loop import DataPath
-    from nvmf_phoenix.embedded.rpc_methods import (
-        RUNTIME,
-        STARTUP,
-        RpcContext,
-        dispatch,
-        load_config,
-    )
-    from nvmf_phoenix.rpc.server import RpcServer
-    from nvmf_phoenix.rpc.sockpath import SocketInUse
-
-    # Importing registers the nvmf_* methods.
-    from nvmf_phoenix.embedded import rpc_nvmf  # noqa: F401  isort: skip
-
-    core = TargetCore(bdev_opener=open_bdev)
-    dp = DataPath(core)
-    stop = threading.Event()
-    ctx = RpcContext(core, dp, phase=STARTUP if args.wait_for_rpc or args.config else RUNTIME,
-                     on_kill=lambda sig: stop.set())
-    dp.start_in_thread()
-    try:
-        if args.config:
-            with open(args.config) as f:
-                errors = load_config(ctx, json.load(f))
-            if errors:
-                for e in errors:
-                    print(f"config error: {e}", file=sys.stderr)
-                return 1
-        try:
-            server = RpcServer(ctx, args.rpc_socket, dispatch)
-        except (SocketInUse, OSError) as exc:
-            print(f"nvmf-phoenix target: {exc}", file=sys.stderr)
-            return 1
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, lambda *_: stop.set())
-        server.start()
-        print(f"nvmf-phoenix target ready: rpc={args.rpc_socket} "
-              f"phase={ctx.phase}", flush=True)
-        while not stop.wait(0.5):
-            if not dp.alive:   # hosts would hang on a target that only answers RPC
-                print("nvmf-phoenix target: the data path stopped (see the log); exiting",
-                      file=sys.stderr, flush=True)
-                server.close()
-                return 1
-        server.close()
-        return 0
-    finally:
-        dp.stop()
 
 
 if __name__ == "__main__":

@@ -300,6 +300,30 @@ class TargetCore:
         del sub.namespaces[nsid]
         self._emit(Event(Kind.NS, Change.REMOVED, nqn=nqn, nsid=nsid))
 
+    def set_ns_visible(self, nqn: str, nsid: int, hostnqn: str, visible: bool) -> None:
+        """nvmf_ns_add_host / nvmf_ns_remove_host, with SPDK's refusals (subsystem.c,
+        nvmf_ns_visible): all "Invalid parameters". Adding a listed host or removing an
+        unlisted one changes nothing and is no error. A new host goes to the head."""
+        sub = self.subsystem(nqn)
+        if nqn_problem(hostnqn) is not None:
+            raise invalid(f"host {hostnqn!r} is not a valid NQN")
+        if not 0 < nsid <= sub.max_namespaces:
+            raise invalid(f"nsid {nsid} is outside 1-{sub.max_namespaces}")
+        ns = sub.namespaces.get(nsid)
+        if ns is None:
+            raise invalid(f"namespace {nsid} does not exist in {nqn}")
+        if not ns.no_auto_visible:
+            raise invalid(f"namespace {nsid} is visible to every host (no_auto_visible "
+                          "was not set)")
+        if visible == (hostnqn in ns.hosts):
+            return
+        if visible:
+            ns.hosts.insert(0, hostnqn)
+        else:
+            ns.hosts.remove(hostnqn)
+        self._emit(Event(Kind.NS_HOST, Change.ADDED if visible else Change.REMOVED, nqn=nqn,
+                         nsid=nsid, host=hostnqn))
+
     # -- hosts -------------------------------------------------------------------------
     def add_host(self, nqn: str, host: Host) -> None:
         sub = self.subsystem(nqn)

@@ -16,29 +16,38 @@ Stream positions count bytes since accept. A commit says: every PDU before ``rx_
 been executed and its output lies in the transmit ring before ``tx_done``; ``rx_base`` and
 ``tx_base`` are the stream positions sitting at offset 0 of each ring. How far the dead
 process really got on the socket is not stored at all: the kernel's counters say it
-exactly (see embedded/tcpcount.py).
+exactly (see embedded/tcpcount.py). Header, commit records and seal are CRC-framed records
+(persist/record.py).
 """
 from __future__ import annotations
 
 import contextlib
 import os
-import struct
 from dataclasses import dataclass
 
-import crc32c
 from nvmf_phoenix.persist import shm
+from nvmf_phoenix.persist.record import Sealed, checksum
+from nvmf_phoenix.wire.layout import Layout
 
 MAGIC = b"PHXCONN1"
 LAYOUT_VERSION = 4
 HEADER_SIZE = 4096
-# magic, version, rx size, tx size, staging slot size, staging slots, commit slot size,
-# connection id, baseline bytes_received - SIOCINQ, baseline bytes_acked + SIOCOUTQ
-# (signed: a connection reset before it was accepted reports odd counters)
-HEADER = struct.Struct("<8sIIIIIIQqq")
-# seq, rx_done, rx_base, tx_done, tx_base, SQ head, next transfer tag, blob length, blob CRC
-COMMIT = struct.Struct("<QQQQQHHII")
+# slot_size and slots: the staging slots; base_rx and base_tx: the baselines, the kernel's
+# bytes_received - SIOCINQ and bytes_acked + SIOCOUTQ at accept (signed: a connection reset
+# before it was accepted reports odd counters)
+HEADER = Layout(56, [
+    ("magic", 0, "8s"), ("version", 8, "I"), ("rx_size", 12, "I"), ("tx_size", 16, "I"),
+    ("slot_size", 20, "I"), ("slots", 24, "I"), ("commit_size", 28, "I"),
+    ("conn_id", 32, "Q"), ("base_rx", 40, "q"), ("base_tx", 48, "q")])
+HEADER_REC = Sealed(HEADER)
+# sqhd and ttag: the queue pair's SQ head and next transfer tag; blob: its other state
+COMMIT = Layout(52, [
+    ("seq", 0, "Q"), ("rx_done", 8, "Q"), ("rx_base", 16, "Q"), ("tx_done", 24, "Q"),
+    ("tx_base", 32, "Q"), ("sqhd", 40, "H"), ("ttag", 42, "H"), ("blob_length", 44, "I"),
+    ("blob_crc", 48, "I")])
+COMMIT_REC = Sealed(COMMIT)
 COMMIT_HDR_SIZE = 64
-SEAL = struct.Struct("<QI")            # seq of the last complete commit, CRC of seq
+SEAL = Sealed(Layout(8, [("seq", 0, "Q")]))   # seq of the last complete commit
 SEAL_OFFSET = 2048                     # in the header page, after the header
 
 
@@ -98,9 +107,9 @@ class ConnState:
                geo: Geometry = Geometry(), directory: str | None = None) -> ConnState:
         """A new file with an empty first commit, made before the first byte is read."""
         path, mm, huge = shm.place(f"conn-{conn_id}", geo.total, directory, sub)
-        head = HEADER.pack(MAGIC, LAYOUT_VERSION, geo.rx_size, geo.tx_size, geo.slot_size,
-                           geo.slots, geo.commit_size, conn_id, base_rx, base_tx)
-        mm[:HEADER.size + 4] = head + struct.pack("<I", crc32c.crc32c(head))
+        mm[:HEADER_REC.size] = HEADER_REC.pack(MAGIC, LAYOUT_VERSION, geo.rx_size, geo.tx_size,
+                                               geo.slot_size, geo.slots, geo.commit_size,
+                                               conn_id, base_rx, base_tx)
         state = cls(path, mm, geo, conn_id, base_rx, base_tx, huge)
         state.commit(Commit(seq=1), b"{}")
         return state
@@ -122,15 +131,15 @@ class ConnState:
     def _checked(cls, path: str, mm: object, size: int) -> ConnState:
         if size < HEADER_SIZE:
             raise ConnStateError(f"{path}: truncated ({size} bytes)")
-        raw = bytes(memoryview(mm)[:HEADER.size + 4])   # type: ignore[arg-type]
+        raw = bytes(memoryview(mm)[:HEADER_REC.size])   # type: ignore[arg-type]
         (magic, version, rx, tx, slot, slots, commit, conn_id, base_rx,
-         base_tx) = HEADER.unpack_from(raw)
+         base_tx) = HEADER_REC.peek(raw)
         if magic != MAGIC:
             raise ConnStateError(f"{path}: bad magic {magic!r}")
         if version != LAYOUT_VERSION:
             raise ConnStateError(f"{path}: layout version {version}, this nvmf-phoenix "
                                  f"reads {LAYOUT_VERSION}")
-        if struct.unpack_from("<I", raw, HEADER.size)[0] != crc32c.crc32c(raw[:HEADER.size]):
+        if HEADER_REC.unpack(raw) is None:
             raise ConnStateError(f"{path}: header CRC mismatch")
         geo = Geometry(rx, tx, slot, slots, commit)
         if size < geo.total:
@@ -158,9 +167,7 @@ class ConnState:
         seal: a writer killed half-way leaves that slot invalid and the other one intact;
         one killed between record and seal leaves a complete commit the seal lags by one."""
         self._write_slot(c, blob)
-        seq = struct.pack("<Q", c.seq)
-        self._view[SEAL_OFFSET:SEAL_OFFSET + SEAL.size] = \
-            seq + struct.pack("<I", crc32c.crc32c(seq))
+        self._view[SEAL_OFFSET:SEAL_OFFSET + SEAL.size] = SEAL.pack(c.seq)
 
     def _write_slot(self, c: Commit, blob: bytes) -> None:
         if len(blob) > self.geo.commit_size - COMMIT_HDR_SIZE:
@@ -169,18 +176,14 @@ class ConnState:
         off = self._slot_off(c.seq & 1)
         view = self._view
         view[off + COMMIT_HDR_SIZE:off + COMMIT_HDR_SIZE + len(blob)] = blob
-        rec = COMMIT.pack(c.seq, c.rx_done, c.rx_base, c.tx_done, c.tx_base, c.sqhd, c.ttag,
-                          len(blob), crc32c.crc32c(blob))
-        view[off:off + COMMIT.size + 4] = rec + struct.pack("<I", crc32c.crc32c(rec))
+        view[off:off + COMMIT_REC.size] = _record(c, blob)
 
     def commit_torn(self, c: Commit, blob: bytes) -> None:
         """What a writer killed in the middle of :meth:`commit` leaves (failpoint tests):
         the blob and half of the record."""
         off = self._slot_off(c.seq & 1)
         self._view[off + COMMIT_HDR_SIZE:off + COMMIT_HDR_SIZE + len(blob)] = blob
-        rec = COMMIT.pack(c.seq, c.rx_done, c.rx_base, c.tx_done, c.tx_base, c.sqhd, c.ttag,
-                          len(blob), crc32c.crc32c(blob))
-        self._view[off:off + COMMIT.size // 2] = rec[:COMMIT.size // 2]
+        self._view[off:off + COMMIT.size // 2] = _record(c, blob)[:COMMIT.size // 2]
 
     def commit_unsealed(self, c: Commit, blob: bytes) -> None:
         """What a writer killed after the record but before the seal leaves (failpoint
@@ -189,15 +192,14 @@ class ConnState:
 
     def _read_slot(self, i: int) -> tuple[Commit, bytes] | None:
         off = self._slot_off(i)
-        rec = bytes(self._view[off:off + COMMIT.size + 4])
-        if struct.unpack_from("<I", rec, COMMIT.size)[0] != crc32c.crc32c(rec[:COMMIT.size]):
+        got = COMMIT_REC.unpack(bytes(self._view[off:off + COMMIT_REC.size]))
+        if got is None:
             return None
-        seq, rx_done, rx_base, tx_done, tx_base, sqhd, ttag, blen, bcrc = \
-            COMMIT.unpack_from(rec)
+        seq, rx_done, rx_base, tx_done, tx_base, sqhd, ttag, blen, bcrc = got
         if seq == 0 or blen > self.geo.commit_size - COMMIT_HDR_SIZE:
             return None
         blob = bytes(self._view[off + COMMIT_HDR_SIZE:off + COMMIT_HDR_SIZE + blen])
-        if crc32c.crc32c(blob) != bcrc:
+        if checksum(blob) != bcrc:
             return None
         return Commit(seq, rx_done, rx_base, tx_done, tx_base, sqhd, ttag), blob
 
@@ -216,9 +218,10 @@ class ConnState:
         if not found:
             raise ConnStateError(f"{self.path}: no complete commit")
         c, blob = max(found, key=lambda s: s[0].seq)
-        sealed, crc = SEAL.unpack_from(self._view, SEAL_OFFSET)
-        if crc != crc32c.crc32c(struct.pack("<Q", sealed)):
+        got = SEAL.unpack(self._view, SEAL_OFFSET)
+        if got is None:
             raise ConnStateError(f"{self.path}: commit seal damaged")
+        (sealed,) = got
         if sealed > c.seq:
             raise ConnStateError(f"{self.path}: commit {sealed} is sealed but damaged "
                                  f"(newest intact: {c.seq})")
@@ -229,3 +232,9 @@ class ConnState:
                 c.tx_base <= c.tx_done <= c.tx_base + self.geo.tx_size):
             raise ConnStateError(f"{self.path}: commit {c.seq} lies outside its rings")
         return c, blob
+
+
+def _record(c: Commit, blob: bytes) -> bytes:
+    """The commit record for ``c`` with ``blob``, CRC-framed."""
+    return COMMIT_REC.pack(c.seq, c.rx_done, c.rx_base, c.tx_done, c.tx_base, c.sqhd, c.ttag,
+                           len(blob), checksum(blob))

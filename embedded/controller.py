@@ -139,13 +139,15 @@ class AdminHandler:
             return nvme.SC_SUCCESS, 0, self.identify_controller(ctrl, sub)
         if ctrl.discovery:
             return nvme.SC_INVALID_FIELD, 0, None
+        # A namespace this host may not see is inactive to its controllers (SPDK).
+        active = {n: ns for n, ns in sub.namespaces.items() if ns.visible_to(ctrl.hostnqn)}
         if cns == nvme.CNS_ACTIVE_NS_LIST:
-            return nvme.SC_SUCCESS, 0, nvme.ns_list(sub.namespaces, nsid)
+            return nvme.SC_SUCCESS, 0, nvme.ns_list(active, nsid)
         if cns in (nvme.CNS_CS_CONTROLLER, nvme.CNS_CS_ACTIVE_NS_LIST):
-            data = nvme.ns_list(sub.namespaces, nsid) if cns == nvme.CNS_CS_ACTIVE_NS_LIST \
+            data = nvme.ns_list(active, nsid) if cns == nvme.CNS_CS_ACTIVE_NS_LIST \
                 else bytes(nvme.IDENTIFY_SIZE)
             return nvme.SC_SUCCESS, 0, data
-        ns = sub.namespaces.get(nsid)
+        ns = active.get(nsid)
         if cns in (nvme.CNS_NAMESPACE, nvme.CNS_NS_DESC_LIST, nvme.CNS_CS_NAMESPACE):
             if ns is None:
                 # An inactive but valid nsid gets zeroes; an invalid one an error.

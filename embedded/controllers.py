@@ -198,8 +198,8 @@ class Engine:
         if ev.change == Change.REMOVED and ev.obj in (Kind.SUBSYSTEM, Kind.HOST,
                                                       Kind.LISTENER):
             self._disconnect_matching(ev)
-        elif ev.obj == Kind.NS:
-            for ctrl in self._controllers_of(ev.nqn):
+        elif ev.obj in (Kind.NS, Kind.NS_HOST):
+            for ctrl in self._seeing_change(ev):
                 ctrl.changed_nsids.add(ev.nsid or 0)
                 self._notify(ctrl, nvme.aer_dw0(nvme.AER_NOTICE_NS_ATTR_CHANGED,
                                                 nvme.LOG_CHANGED_NS), nvme.AEC_NS_ATTR)
@@ -213,6 +213,16 @@ class Engine:
 
     def _controllers_of(self, nqn: str | None) -> list[Controller]:
         return [c for (n, _), c in self.controllers.items() if n == nqn]
+
+    def _seeing_change(self, ev: Event) -> list[Controller]:
+        """Whose view of a namespace changed (SPDK notifies only those): a visibility
+        change, the named host's controllers; a namespace there, those that see it."""
+        ctrls = self._controllers_of(ev.nqn)
+        if ev.obj == Kind.NS_HOST:
+            return [c for c in ctrls if c.hostnqn == ev.host]
+        sub = self.core.state.subsystems.get(ev.nqn or "")
+        ns = sub.namespaces.get(ev.nsid or 0) if sub is not None else None
+        return [c for c in ctrls if ns is None or ns.visible_to(c.hostnqn)]
 
     def _disconnect_matching(self, ev: Event) -> None:
         for ctrl in self._controllers_of(ev.nqn):

@@ -10,57 +10,33 @@ writes a byte of NVMe/TCP, so there is little here that can crash.
 
 Only processes of the keeper's own user may talk to it (SO_PEERCRED), and its control
 socket is 0600. Messages are JSON on a SOCK_SEQPACKET socket, one message per packet, a
-descriptor attached where one travels. This module imports only the standard library.
+descriptor attached where one travels (embedded/keeper_proto.py declares them). Besides the
+standard library this module imports only small declarations, so little here can break.
 """
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import selectors
 import signal
 import socket
-import struct
 import subprocess
 import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+from nvmf_phoenix.embedded.keeper_proto import SEND_TIMEOUT, Op, recv_msg, send_msg
 from nvmf_phoenix.embedded.tcpcount import kernel_progress
+from nvmf_phoenix.wire.peercred import peer_cred
 
 log = logging.getLogger(__name__)
-MSG_MAX = 1 << 16
-SEND_TIMEOUT = 5.0
 # Workers that die before they report having resumed, in a row: after RESET_AFTER the
 # next one drops the connections' shared state (hosts reconnect; the state may be what
 # kills them), after GIVE_UP_AFTER the keeper stops and leaves it to a supervisor.
 RESET_AFTER = 3
 GIVE_UP_AFTER = 6
-
-
-def send_msg(sock: socket.socket, obj: dict[str, Any], fds: list[int] | None = None) -> None:
-    socket.send_fds(sock, [json.dumps(obj).encode()], fds or [])
-
-
-def recv_msg(sock: socket.socket) -> tuple[dict[str, Any], list[int]] | None:
-    """One message and its descriptors; None when the peer is gone."""
-    try:
-        data, fds, _flags, _addr = socket.recv_fds(sock, MSG_MAX, 16)
-    except (ConnectionResetError, BrokenPipeError):
-        return None
-    if not data:
-        for fd in fds:
-            os.close(fd)
-        return None
-    return json.loads(data), fds
-
-
-def peer_uid(sock: socket.socket) -> int:
-    _pid, uid, _gid = struct.unpack("3i", sock.getsockopt(
-        socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))
-    return int(uid)
 
 
 def baselines(sock: socket.socket) -> tuple[int, int]:
@@ -80,7 +56,8 @@ class Kept:
     base_tx: int
 
     def meta(self, cid: int) -> dict[str, Any]:
-        return {"op": "conn", "id": cid, "listen": self.listen, "peer": self.peer,
+        """The facts an :data:`Op.CONN` message hands over with the socket."""
+        return {"id": cid, "listen": self.listen, "peer": self.peer,
                 "base_rx": self.base_rx, "base_tx": self.base_tx}
 
 
@@ -105,6 +82,9 @@ class Keeper:
     quick_deaths: int = 0
     failed_starts: int = 0
     exit_code: int | None = None
+    # Printed when the first worker has loaded the configuration and serves: before
+    # that the target is not ready (a configuration that fails never says it is).
+    banner: str | None = None
 
     def __post_init__(self) -> None:
         self.sel = selectors.DefaultSelector()
@@ -185,21 +165,23 @@ class Keeper:
     # -- workers -------------------------------------------------------------------------
     def _accept_worker(self) -> None:
         sock, _ = self.ctl.accept()
-        if peer_uid(sock) != os.getuid():
-            log.warning("refusing a control connection from uid %d", peer_uid(sock))
+        uid = peer_cred(sock).uid
+        if uid != os.getuid():
+            log.warning("refusing a control connection from uid %d", uid)
             sock.close()
             return
         sock.settimeout(SEND_TIMEOUT)
         got = recv_msg(sock)
-        if got is None or got[0].get("op") not in ("hello", "status"):
+        if got is None or got[0] not in (Op.HELLO, Op.STATUS):
             sock.close()
             return
-        if got[0]["op"] == "status":
+        op, msg, _fds = got
+        if op is Op.STATUS:
             with contextlib.suppress(OSError):
-                send_msg(sock, self.status())
+                send_msg(sock, Op.REPLY, self.status())
             sock.close()
             return
-        w = Worker(sock, int(got[0].get("pid", 0)))
+        w = Worker(sock, int(msg.get("pid", 0)))
         self.greeted.add(w.pid)
         self.failed_starts = 0
         self.sel.register(sock, selectors.EVENT_READ, w)
@@ -220,12 +202,12 @@ class Keeper:
             w = self.standby.popleft()
             reset = self.quick_deaths >= RESET_AFTER
             try:
-                send_msg(w.sock, {"op": "takeover", "reset": reset,
-                                  "listeners": [list(k) for k in self.listeners]},
+                send_msg(w.sock, Op.TAKEOVER, {"reset": reset,
+                                               "listeners": [list(k) for k in self.listeners]},
                          [self.rpc_sock.fileno()])
                 for cid, kept in self.conns.items():
-                    send_msg(w.sock, kept.meta(cid), [kept.sock.fileno()])
-                send_msg(w.sock, {"op": "takeover-done"})
+                    send_msg(w.sock, Op.CONN, kept.meta(cid), [kept.sock.fileno()])
+                send_msg(w.sock, Op.TAKEOVER_DONE)
             except OSError as exc:
                 log.warning("hand-off to worker %d failed: %s", w.pid, exc)
                 self._forget(w)
@@ -239,33 +221,37 @@ class Keeper:
         if got is None:
             self._worker_gone(w)
             return
-        msg, fds = got
+        op, msg, fds = got
         for fd in fds:
             os.close(fd)
-        op = msg.get("op")
-        reply: dict[str, Any] = {"op": "reply", "id": msg.get("id")}
-        if op == "listen":
+        reply: dict[str, Any] = {"id": msg.get("id")}
+        if op is Op.LISTEN:
             reply["error"] = self._listen(tuple(msg["addr"]))
-        elif op == "unlisten":
+        elif op is Op.UNLISTEN:
             self._unlisten(tuple(msg["addr"]))
-        elif op == "drop":
+        elif op is Op.DROP:
             kept = self.conns.pop(int(msg["conn"]), None)
             if kept is not None:
                 kept.sock.close()
             return
-        elif op == "ready":
+        elif op is Op.READY:
             # The new standby starts only now, so it does not compete for the CPU with
             # the worker that is resuming.
             w.ready = True
+            if self.banner is not None:
+                print(self.banner, flush=True)
+                self.banner = None
             self._ensure_standby()
             return
-        elif op == "shutdown":
-            self.exit_code = 0
+        elif op is Op.SHUTDOWN:
+            # spdk_kill_instance stops cleanly; a worker that could not load the
+            # configuration stops the target with the exit code it says.
+            self.exit_code = int(msg.get("exit", 0))
             return
-        elif op == "status":
+        elif op is Op.STATUS:
             reply.update(self.status())
         with contextlib.suppress(OSError):
-            send_msg(w.sock, reply)
+            send_msg(w.sock, Op.REPLY, reply)
 
     def _worker_gone(self, w: Worker) -> None:
         self._forget(w)
@@ -275,8 +261,11 @@ class Keeper:
         self.active = None
         lived = time.monotonic() - w.since
         self.quick_deaths = 0 if w.ready else self.quick_deaths + 1
-        log.warning("active worker %d died after %.3f s%s; %d standby", w.pid, lived,
-                    "" if w.ready else " while resuming", len(self.standby))
+        # A standby taking over is what this mode is for; a worker that dies while
+        # resuming (the state may be what kills it) is for an operator to look into.
+        (log.info if w.ready else log.warning)(
+            "active worker %d died after %.3f s%s; %d standby", w.pid, lived,
+            "" if w.ready else " while resuming", len(self.standby))
         if self.quick_deaths >= GIVE_UP_AFTER:
             log.error("workers keep dying right after taking over: giving up")
             self.exit_code = 1
@@ -352,7 +341,7 @@ class Keeper:
             if self.active is not None:
                 # If the active worker is dying, its successor gets this one at takeover.
                 with contextlib.suppress(OSError):
-                    send_msg(self.active.sock, kept.meta(cid), [sock.fileno()])
+                    send_msg(self.active.sock, Op.CONN, kept.meta(cid), [sock.fileno()])
 
     def _stop_all(self) -> None:
         for c in self.children.values():
@@ -397,9 +386,9 @@ def serve(rpc_path: str, worker_cmd: list[str]) -> int:
     finally:
         os.umask(old)
     rpc.listen(64)
-    keeper = Keeper(rpc_path + ".keeper", rpc, worker_cmd)
-    print(f"nvmf-phoenix target ready: rpc={rpc_path} crash-transparent "
-          f"(keeper pid {os.getpid()})", flush=True)
+    keeper = Keeper(rpc_path + ".keeper", rpc, worker_cmd,
+                    banner=f"nvmf-phoenix target ready: rpc={rpc_path} crash-transparent "
+                    f"(keeper pid {os.getpid()})")
     try:
         return keeper.run()
     finally:

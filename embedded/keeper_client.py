@@ -16,7 +16,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
-from nvmf_phoenix.embedded.keeper import SEND_TIMEOUT, recv_msg, send_msg
+from nvmf_phoenix.embedded.keeper_proto import SEND_TIMEOUT, Message, Op, recv_msg, send_msg
 
 
 def keeper_status(ctl_path: str, timeout: float = 5.0) -> dict[str, Any]:
@@ -24,11 +24,11 @@ def keeper_status(ctl_path: str, timeout: float = 5.0) -> dict[str, Any]:
     with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as s:
         s.settimeout(timeout)
         s.connect(ctl_path)
-        send_msg(s, {"op": "status"})
+        send_msg(s, Op.STATUS)
         got = recv_msg(s)
     if got is None:
         raise ConnectionError(f"keeper at {ctl_path} closed the connection")
-    return got[0]
+    return got[1]
 
 
 @dataclass
@@ -64,24 +64,24 @@ class KeeperClient:
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self.sock.connect(path)
         self.timeout = timeout
-        self.backlog: deque[tuple[dict[str, Any], list[int]]] = deque()
+        self.backlog: deque[Message] = deque()
         self.next_req = 1
-        send_msg(self.sock, {"op": "hello", "pid": os.getpid()})
+        send_msg(self.sock, Op.HELLO, {"pid": os.getpid()})
 
     def wait_takeover(self) -> Takeover | None:
         """Block until this worker is made active; None if the keeper went away."""
         self.sock.settimeout(None)
         got = recv_msg(self.sock)
-        if got is None or got[0].get("op") != "takeover" or len(got[1]) != 1:
+        if got is None or got[0] is not Op.TAKEOVER or len(got[2]) != 1:
             return None
-        head, (rpc_fd,) = got
+        _, head, (rpc_fd,) = got
         conns = []
         while True:
             got = recv_msg(self.sock)
             if got is None:
                 return None
-            msg, fds = got
-            if msg.get("op") == "takeover-done":
+            op, msg, fds = got
+            if op is Op.TAKEOVER_DONE:
                 break
             conns.append(Handed.from_msg(msg, fds[0]))
         self.sock.setblocking(False)
@@ -91,21 +91,21 @@ class KeeperClient:
     # The I/O loop reads this socket, non-blocking, on its own thread while other threads
     # send on it: so nothing here ever changes its mode (a timeout set for one send made
     # a concurrent read block, and fail after 5 s, killing the data path). Waits are polls.
-    def send(self, msg: dict[str, Any]) -> None:
+    def send(self, op: Op, **fields: Any) -> None:
         """Send one message, waiting at most ``timeout`` for room."""
         deadline = time.monotonic() + self.timeout
         while True:
             try:
-                send_msg(self.sock, msg)
+                send_msg(self.sock, op, fields)
                 return
             except (BlockingIOError, InterruptedError):
                 self._wait(select.POLLOUT, deadline)
 
-    def request(self, msg: dict[str, Any]) -> dict[str, Any]:
+    def request(self, op: Op, **fields: Any) -> dict[str, Any]:
         """Send and wait for the matching reply, keeping other messages for later."""
-        msg = {**msg, "id": self.next_req}
+        req = self.next_req
         self.next_req += 1
-        self.send(msg)
+        self.send(op, **fields, id=req)
         deadline = time.monotonic() + self.timeout
         while True:
             try:
@@ -115,8 +115,8 @@ class KeeperClient:
                 continue
             if got is None:
                 raise ConnectionError("the socket keeper is gone")
-            if got[0].get("op") == "reply" and got[0].get("id") == msg["id"]:
-                return got[0]
+            if got[0] is Op.REPLY and got[1].get("id") == req:
+                return got[1]
             self.backlog.append(got)
 
     def _wait(self, event: int, deadline: float) -> None:
@@ -126,7 +126,7 @@ class KeeperClient:
         if left <= 0 or not poller.poll(left * 1000):
             raise TimeoutError(f"the socket keeper did not respond within {self.timeout} s")
 
-    def incoming(self) -> list[tuple[dict[str, Any], list[int]]] | None:
+    def incoming(self) -> list[Message] | None:
         """Messages waiting now (non-blocking); None once the keeper is gone."""
         out = list(self.backlog)
         self.backlog.clear()

@@ -5,7 +5,6 @@ the block device, and one PDU out (a C2HData that doubles as the completion).
 """
 from __future__ import annotations
 
-import struct
 from typing import TYPE_CHECKING
 
 from nvmf_phoenix.wire import nvme
@@ -13,8 +12,9 @@ from nvmf_phoenix.wire import nvme
 if TYPE_CHECKING:
     from nvmf_phoenix.embedded.qpair import QueuePair
 
-RW = struct.Struct("<24xQI3xBIII")     # SGL addr, length, sgl id, cdw10 (SLBA lo), 11, 12
-DSM_RANGE = struct.Struct("<IIQ")      # context attributes, length in LBAs, starting LBA
+# The fields of the SQE a read or write needs, one precompiled unpack: SGL length,
+# cdw10/cdw11 (SLBA low/high; DSM: number of ranges, attributes), cdw12 (NLB, 0-based)
+RW = nvme.SQE.reader("sgl_length", "cdw10", "cdw11", "cdw12")
 _ANA_ERR = {"inaccessible": nvme.SC_ANA_INACCESSIBLE,
             "persistent_loss": nvme.SC_ANA_PERSISTENT_LOSS, "change": nvme.SC_ANA_TRANSITION}
 
@@ -26,7 +26,7 @@ def execute_io(qp: QueuePair, sqe: bytes, opcode: int, cid: int, nsid: int,
     assert ctrl is not None
     sub = engine.core.state.subsystems.get(ctrl.nqn)
     ns = sub.namespaces.get(nsid) if sub is not None else None
-    if ns is None or sub is None:
+    if ns is None or sub is None or not ns.visible_to(ctrl.hostnqn):
         qp.complete(cid, nvme.SC_INVALID_NS)
         return
     if sub.ana_reporting:
@@ -40,7 +40,7 @@ def execute_io(qp: QueuePair, sqe: bytes, opcode: int, cid: int, nsid: int,
     if dev is None:
         qp.complete(cid, nvme.SC_NS_NOT_READY)
         return
-    _addr, sgl_len, _sgl, lo, hi, cdw12 = RW.unpack_from(sqe)
+    sgl_len, lo, hi, cdw12 = RW.unpack_from(sqe)
     bs = dev.block_size
     if opcode == nvme.NVM_FLUSH:
         dev.flush()
@@ -84,11 +84,11 @@ def _dsm(qp: QueuePair, dev: object, cid: int, nr: int, cdw11: int,
          data: memoryview | bytes | None) -> None:
     """Dataset Management: only the deallocate attribute does anything."""
     count = nr + 1
-    if data is None or len(data) < count * DSM_RANGE.size:
+    if data is None or len(data) < count * nvme.DSM_RANGE.size:
         qp.complete(cid, nvme.SC_DATA_TRANSFER_ERROR)
         return
-    if cdw11 & 0x4:   # AD: deallocate
-        ranges = [DSM_RANGE.unpack_from(data, i * DSM_RANGE.size) for i in range(count)]
+    if cdw11 & nvme.DSM_ATTR_DEALLOCATE:
+        ranges = [nvme.DSM_RANGE.unpack_from(data, i * nvme.DSM_RANGE.size) for i in range(count)]
         bs, nblocks = dev.block_size, dev.num_blocks   # type: ignore[attr-defined]
         if any(slba + n > nblocks for _, n, slba in ranges):
             qp.complete(cid, nvme.SC_LBA_OUT_OF_RANGE)

@@ -10,8 +10,8 @@ ends, never the target.
 from __future__ import annotations
 
 import logging
-import struct
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any, Protocol
 
 from nvmf_phoenix.embedded.admin import execute_admin
@@ -24,10 +24,36 @@ from nvmf_phoenix.wire import nvme, pdu
 from nvmf_phoenix.model import ListenAddress
 
 log = logging.getLogger(__name__)
-PHASE_IC, PHASE_CONNECT, PHASE_READY, PHASE_CLOSED = "ic", "connect", "ready", "closed"
-SQE_HEAD = struct.Struct("<BBHI")                  # opcode, flags, cid, nsid
-SQE_DPTR = struct.Struct("<24xQI3xB")              # SGL addr, length, sgl identifier
-IPO_SQSIZE, IPO_CNTLID, IPO_SUBNQN, IPO_HOSTNQN = 44, 16, 256, 512
+# Connect's "invalid parameter offset" (IPO): where in the SQE or the data the fault lies
+IPO_QID = nvme.CONNECT_SQE.offset("qid")
+IPO_SQSIZE = nvme.CONNECT_SQE.offset("sqsize")
+IPO_CNTLID = nvme.CONNECT_DATA.offset("cntlid")
+IPO_SUBNQN = nvme.CONNECT_DATA.offset("subnqn")
+IPO_HOSTNQN = nvme.CONNECT_DATA.offset("hostnqn")
+_CQE = nvme.CQE.plain         # one per command: a plain Struct (see Layout.plain)
+
+
+class Phase(StrEnum):
+    """Where a queue pair is in its life. A str: the value is what :meth:`QueuePair.dump`
+    writes, so the state stays plain data."""
+
+    IC = "ic"              # waiting for the host's ICReq
+    CONNECT = "connect"    # initialized; only a Fabrics Connect may come
+    READY = "ready"        # connected to a controller: commands run
+    CLOSED = "closed"      # the connection is gone
+
+
+# Every move a queue pair makes, h11-style: the phase it is in -> the phases it may go to.
+# Any phase may close; closing again is harmless.
+NEXT_PHASES: dict[Phase, frozenset[Phase]] = {
+    Phase.IC: frozenset({Phase.CONNECT, Phase.CLOSED}),
+    Phase.CONNECT: frozenset({Phase.READY, Phase.CLOSED}),
+    Phase.READY: frozenset({Phase.CLOSED}),
+    Phase.CLOSED: frozenset({Phase.CLOSED}),
+}
+# The phases every command is checked against, bound once: in Python 3.11 looking up an
+# Enum member as a class attribute costs some 90 ns, about what the check is worth.
+_IC, _READY = Phase.IC, Phase.READY
 
 
 class Staging(Protocol):
@@ -62,7 +88,7 @@ class QueuePair:
         self.reader = pdu.PduReader(max_plen=engine.opts.in_capsule_data_size + 8192 +
                                     engine.opts.max_io_size)
         self.writer = pdu.PduWriter()
-        self.phase = PHASE_IC
+        self.phase = Phase.IC
         self.ctrl: Controller | None = None
         self.qid = -1
         self.sqsize = 0
@@ -73,6 +99,14 @@ class QueuePair:
         self.next_ttag = 1
         self.staging: Staging | None = None
         self.interrupt_io = False           # complete I/O with a retryable status instead
+
+    def move(self, to: Phase) -> None:
+        """The one way the phase changes; a move :data:`NEXT_PHASES` does not list is a
+        bug of ours, never the host's (its mistakes are refused before they get here)."""
+        if to not in NEXT_PHASES[self.phase]:
+            raise RuntimeError(f"connection {self.conn_id}: no move from phase "
+                               f"{self.phase} to {to}")
+        self.phase = to
 
     # -- bytes in ----------------------------------------------------------------------
     def receive(self, data: bytes | memoryview, now: float) -> None:
@@ -118,7 +152,7 @@ class QueuePair:
             self.closing = reason
 
     def _dispatch(self, p: pdu.Pdu, now: float) -> None:
-        if self.phase == PHASE_IC:
+        if self.phase is _IC:
             if p.type != pdu.ICREQ:
                 raise pdu.ProtocolError("expected ICReq", pdu.FES_PDU_SEQUENCE_ERROR, 0,
                                         bytes(p.header[:8]))
@@ -140,20 +174,21 @@ class QueuePair:
         pfv, hpda, dgst, _ = pdu.parse_ic(p)
         if pfv != 0 or hpda > 31:
             raise pdu.ProtocolError(f"ICReq pfv={pfv} hpda={hpda}",
-                                    pdu.FES_UNSUPPORTED_PARAMETER, 8 if pfv else 10,
+                                    pdu.FES_UNSUPPORTED_PARAMETER,
+                                    pdu.IC_REQ.offset("pfv" if pfv else "hpda"),
                                     bytes(p.header))
         hd, dd = bool(dgst & pdu.DGST_HDGST_ENABLE), bool(dgst & pdu.DGST_DDGST_ENABLE)
         maxh2c = max(self.engine.opts.max_io_size, 4096)
         self.writer.out += pdu.ic_resp(0, hd, dd, maxh2c)
         self.reader.hdgst = self.writer.hdgst = hd
         self.reader.ddgst = self.writer.ddgst = dd
-        self.phase = PHASE_CONNECT
+        self.move(Phase.CONNECT)
 
     # -- completions -------------------------------------------------------------------
     def complete(self, cid: int, status: int, dw0: int = 0, dw1: int = 0) -> None:
         self.sqhd = (self.sqhd + 1) % (self.sqsize + 1) if self.sqsize else 0
-        self.writer.capsule_resp(nvme.CQE.pack(dw0, dw1, self.sqhd, max(self.qid, 0), cid,
-                                               nvme.status_word(status)))
+        self.writer.capsule_resp(_CQE.pack(dw0, dw1, self.sqhd, max(self.qid, 0), cid,
+                                           nvme.status_word(status)))
 
     def send_data(self, cid: int, data: bytes | memoryview, status_follows: bool) -> None:
         """Return read data; with C2H success the data PDU doubles as the completion."""
@@ -164,18 +199,18 @@ class QueuePair:
 
     # -- capsules ----------------------------------------------------------------------
     def _capsule(self, p: pdu.Pdu, now: float) -> None:
-        sqe = bytes(p.header[8:72])
-        opcode, _flags, cid, nsid = SQE_HEAD.unpack_from(sqe)
+        sqe = bytes(p.header[pdu.CH_SIZE:pdu.HLEN_CAPSULE_CMD])   # outlives the buffer
+        opcode, cid, nsid = nvme.SQE_HEAD.unpack_from(sqe)
         check_sgl(sqe, len(p.data), self.engine.opts.max_io_size,
                   self.engine.opts.in_capsule_data_size, bytes(p.header[:24]))
         if opcode == nvme.FABRICS:
             self._fabrics(sqe, cid, p.data, now)
             return
-        if self.phase != PHASE_READY or self.ctrl is None:
+        if self.phase is not _READY or self.ctrl is None:
             self.complete(cid, nvme.SC_CMD_SEQUENCE_ERROR)
             self.close("command before Connect")
             return
-        _, length, sgl_id = SQE_DPTR.unpack_from(sqe)
+        _, length, sgl_id = nvme.SQE_SGL.unpack_from(sqe)
         if self.qid:
             if self.interrupt_io:
                 self.complete(cid, nvme.SC_COMMAND_INTERRUPTED)
@@ -220,29 +255,31 @@ class QueuePair:
 
     def _finish_write(self, w: PendingWrite) -> None:
         """All data is in: execute the write, free its slot, start a waiting one."""
-        opcode, _f, cid, nsid = SQE_HEAD.unpack_from(w.sqe)
+        opcode, cid, nsid = nvme.SQE_HEAD.unpack_from(w.sqe)
         execute_io(self, w.sqe, opcode, cid, nsid, memoryview(w.buf))
         if self.staging is not None and w.slot >= 0:
             self.staging.free(w.slot)
             if self.r2t_wait:
                 sqe = self.r2t_wait.pop(0)
-                _, length, _ = SQE_DPTR.unpack_from(sqe)
-                self._start_r2t(sqe, SQE_HEAD.unpack_from(sqe)[2], length)
+                _, length, _ = nvme.SQE_SGL.unpack_from(sqe)
+                self._start_r2t(sqe, nvme.SQE.field(sqe, "cid"), length)
 
     def _h2c_data(self, p: pdu.Pdu, now: float) -> None:
         cccid, ttag, datao, datal = pdu.parse_data_hdr(p)
         w = self.pending.get(cccid)
         if w is None or w.ttag != ttag:
             raise pdu.ProtocolError(f"H2CData for unknown command {cccid}/ttag {ttag}",
-                                    pdu.FES_INVALID_HEADER_FIELD, 8, bytes(p.header))
+                                    pdu.FES_INVALID_HEADER_FIELD, pdu.DATA_HDR.offset("cccid"),
+                                    bytes(p.header))
         if datao != w.received or datal != len(p.data) or datao + datal > w.r2t_end:
             raise pdu.ProtocolError("H2CData outside the requested range",
-                                    pdu.FES_DATA_OUT_OF_RANGE, 12, bytes(p.header))
+                                    pdu.FES_DATA_OUT_OF_RANGE, pdu.DATA_HDR.offset("datao"),
+                                    bytes(p.header))
         w.buf[datao:datao + datal] = p.data   # datao == received: the data comes in order
         w.received += datal
         if w.received < w.r2t_end:
             return
-        total = SQE_DPTR.unpack_from(w.sqe)[1]
+        total = nvme.SQE.field(w.sqe, "sgl_length")
         if w.received < total:
             w.r2t_end = min(total, w.received + self.engine.opts.max_io_size)
             self.writer.r2t(cccid, ttag, w.received, w.r2t_end - w.received)
@@ -256,14 +293,14 @@ class QueuePair:
     def _fabrics(self, sqe: bytes, cid: int, data: memoryview, now: float) -> None:
         (fctype,) = nvme.FABRICS_FCTYPE.unpack_from(sqe)
         if fctype == nvme.FCTYPE_CONNECT:
-            if self.phase != PHASE_CONNECT:
+            if self.phase != Phase.CONNECT:
                 self.complete(cid, nvme.SC_CMD_SEQUENCE_ERROR)
                 return
             self._connect(sqe, cid, data, now)
             return
-        if self.phase != PHASE_READY or self.ctrl is None or self.qid != 0:
+        if self.phase != Phase.READY or self.ctrl is None or self.qid != 0:
             self.complete(cid, nvme.SC_CMD_SEQUENCE_ERROR)
-            if self.phase != PHASE_READY:
+            if self.phase != Phase.READY:
                 self.close("fabrics command before Connect")
             return
         _attrib, ofst, value = nvme.PROPERTY_SQE.unpack_from(sqe)
@@ -318,7 +355,7 @@ class QueuePair:
             if ctrl is None or ctrl.hostnqn != hostnqn or not ctrl.enabled:
                 self._connect_fail(cid, nvme.SC_CONNECT_INVALID_PARAMETERS, IPO_CNTLID)
             elif qid > max(ctrl.num_io_queues, 0) or qid in ctrl.io_queues:
-                self._connect_fail(cid, nvme.SC_CONNECT_INVALID_PARAMETERS, 42, False)
+                self._connect_fail(cid, nvme.SC_CONNECT_INVALID_PARAMETERS, IPO_QID, False)
             else:
                 self._attach(ctrl, qid, sqsize)
                 ctrl.io_queues.add(qid)
@@ -326,12 +363,13 @@ class QueuePair:
                 self.complete(cid, nvme.SC_SUCCESS, ctrl.cntlid)
 
     def _attach(self, ctrl: Controller, qid: int, sqsize: int) -> None:
-        self.ctrl, self.qid, self.sqsize, self.phase = ctrl, qid, sqsize, PHASE_READY
+        self.ctrl, self.qid, self.sqsize = ctrl, qid, sqsize
+        self.move(Phase.READY)
 
     def detach(self) -> None:
         """The connection is gone: an admin queue takes its controller with it."""
         ctrl, self.ctrl = self.ctrl, None
-        self.phase = PHASE_CLOSED
+        self.move(Phase.CLOSED)
         if ctrl is None:
             return
         if self.qid == 0:
@@ -343,7 +381,7 @@ class QueuePair:
     def dump(self) -> dict[str, Any]:
         """Everything a successor needs besides the byte streams; the admin queue also
         carries its controller."""
-        d: dict[str, Any] = {"phase": self.phase, "qid": self.qid, "sqsize": self.sqsize,
+        d: dict[str, Any] = {"phase": self.phase.value, "qid": self.qid, "sqsize": self.sqsize,
                              "sqhd": self.sqhd, "ttag": self.next_ttag,
                              "hd": self.reader.hdgst, "dd": self.reader.ddgst}
         if self.closing:
@@ -354,7 +392,7 @@ class QueuePair:
                 d["controller"] = self.ctrl.to_dict()
         if self.pending:
             d["pending"] = [[cid, w.sqe.hex(), w.received, w.r2t_end, w.ttag, w.slot,
-                             SQE_DPTR.unpack_from(w.sqe)[1]]
+                             nvme.SQE.field(w.sqe, "sgl_length")]
                             for cid, w in self.pending.items()]
         if self.r2t_wait:
             d["wait"] = [sqe.hex() for sqe in self.r2t_wait]
@@ -362,7 +400,7 @@ class QueuePair:
 
     def load(self, d: dict[str, Any]) -> None:
         """Take the state :meth:`dump` produced (the controller is linked by the caller)."""
-        self.phase, self.qid, self.sqsize = d["phase"], int(d["qid"]), int(d["sqsize"])
+        self.phase, self.qid, self.sqsize = Phase(d["phase"]), int(d["qid"]), int(d["sqsize"])
         self.sqhd, self.next_ttag = int(d["sqhd"]), int(d["ttag"])
         self.reader.hdgst = self.writer.hdgst = bool(d["hd"])
         self.reader.ddgst = self.writer.ddgst = bool(d["dd"])

@@ -11,15 +11,16 @@ from __future__ import annotations
 
 from nvmf_phoenix.wire import nvme, pdu
 
-FEI_PLEN = 4              # offsets the TermReq's FEI points at (in the capsule PDU)
-FEI_SGL_ADDRESS = 8 + 24
-FEI_SGL_ID = 8 + 39
+# Offsets the TermReq's FEI points at (in the capsule PDU: common header, then the SQE)
+FEI_PLEN = 4
+FEI_SGL_ADDRESS = pdu.CH.size + nvme.SQE.offset("sgl_addr")
+FEI_SGL_ID = pdu.CH.size + nvme.SQE.offset("sgl_id")
 
 
 def check_sgl(sqe: bytes, in_capsule: int, max_io_size: int, max_icd: int,
               header: bytes) -> None:
     """Raise :class:`pdu.ProtocolError` if the SGL is one the transport refuses."""
-    addr, length, sgl_id = nvme.SQE.unpack_from(sqe)[7:10]
+    addr, length, sgl_id = nvme.SQE_SGL.unpack_from(sqe)
     if sgl_id == nvme.SGL_TRANSPORT_DATA_BLOCK:
         if length > max_io_size:
             raise pdu.ProtocolError(f"SGL length {length} exceeds max_io_size {max_io_size}",

@@ -1,8 +1,10 @@
-"""The crash-transparent data path: connections and queue pairs outlive the process.
+"""The crash-transparent transport: connections and queue pairs outlive the process.
 
-The socket keeper (embedded/keeper.py) holds every connection; this data path serves them
-from per-connection state in shared memory (embedded/connstate.py), so a successor process
-can take over at any instant with no byte lost or repeated:
+The socket keeper (embedded/keeper.py) holds every connection; the I/O loop
+(embedded/io_loop.py, the same loop as the plain target's) serves them through
+:class:`KeptTransport`, which keeps per-connection state in shared memory
+(embedded/connstate.py), so a successor process can take over at any instant with no byte
+lost or repeated:
 
 - bytes are read with ``recv_into`` straight into the connection's receive ring and parsed
   there, so what a killed process had read still exists;
@@ -27,12 +29,11 @@ import json
 import logging
 import selectors
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from nvmf_phoenix.embedded import failpoints
-from nvmf_phoenix.embedded.config_store import TargetCore
 from nvmf_phoenix.embedded.connstate import (
     Commit,
     ConnState,
@@ -40,10 +41,13 @@ from nvmf_phoenix.embedded.connstate import (
     Geometry,
 )
 from nvmf_phoenix.embedded.controller import Controller
-from nvmf_phoenix.embedded.io_loop import DataPath, recv_some
+from nvmf_phoenix.embedded.counters import SharedCounters
+from nvmf_phoenix.embedded.io_loop import DataPath, Hangup, Transport, recv_some
 from nvmf_phoenix.embedded.keeper_client import Handed, KeeperClient
+from nvmf_phoenix.embedded.keeper_proto import Op
 from nvmf_phoenix.embedded.qpair import QueuePair
 from nvmf_phoenix.embedded.tcpcount import TCP_ESTABLISHED, kernel_progress
+from nvmf_phoenix.persist import shm
 from nvmf_phoenix.rpc.errors import TargetError
 from nvmf_phoenix.wire import nvme, pdu
 
@@ -88,11 +92,13 @@ class TConn:
     closing_at: float = 0.0    # when it started closing with output still unsent
 
 
-class TransparentDataPath(DataPath):
-    def __init__(self, core: TargetCore, keeper: KeeperClient, scratch: str,
-                 inflight: str = REPLAY, geometry: Geometry | None = None,
-                 shm_dir: str | None = None, on_keeper_lost: Callable[[], None] | None = None
-                 ) -> None:
+class KeptTransport(Transport):
+    """The crash-transparent transport: the keeper owns listeners and connections, and
+    every connection's bytes go through its rings in shared memory."""
+
+    def __init__(self, keeper: KeeperClient, scratch: str, inflight: str = REPLAY,
+                 geometry: Geometry | None = None, shm_dir: str | None = None,
+                 on_keeper_lost: Callable[[], None] | None = None) -> None:
         self.keeper = keeper
         self.scratch = scratch
         self.inflight = inflight
@@ -100,8 +106,16 @@ class TransparentDataPath(DataPath):
         self.shm_dir = shm_dir
         self.kept_listeners: set[ListenAddress] = set()
         self.on_keeper_lost = on_keeper_lost or (lambda: None)
-        super().__init__(core)
-        self.sel.register(keeper.sock, selectors.EVENT_READ, "keeper")
+
+    def attach(self, loop: DataPath) -> None:
+        self.loop = loop
+        self.sel = loop.sel
+        self.engine = loop.engine
+        self.sel.register(self.keeper.sock, selectors.EVENT_READ, self._keeper_readable)
+        # The statistics go on from where the commits that exist left them, before
+        # anything is served (embedded/counters.py).
+        self.counters = SharedCounters.open(self.scratch)
+        self.engine.stats = self.counters.reconcile(self._newest_commit)
 
     @property
     def worst_pdu(self) -> int:
@@ -109,38 +123,37 @@ class TransparentDataPath(DataPath):
         return max(self.engine.opts.max_io_size, nvme.MAX_TRANSFER) + 512
 
     # -- listeners live in the keeper ------------------------------------------------------
-    def _listen(self, addr: ListenAddress) -> None:
+    def listen(self, addr: ListenAddress) -> None:
         if addr in self.kept_listeners:
             return
-        reply = self.keeper.request({"op": "listen", "addr": _key(addr)})
+        reply = self.keeper.request(Op.LISTEN, addr=_key(addr))
         if self.keeper.backlog:
             # Connections handed over while the reply was awaited wait in the client's
             # backlog, and the keeper's socket does not turn readable for them again: a
             # host that connected then would wait for the next hand-over to be served.
-            self._wake()
+            self.loop.call_soon(self._keeper_readable)
         if reply.get("error"):
             raise TargetError(-32602, "Invalid parameters", f"cannot listen on "
                               f"{addr.traddr}:{addr.trsvcid}: {reply['error']}")
         self.kept_listeners.add(addr)
 
-    def _close_unused_listeners(self) -> None:
-        used = {a for s in self.core.state.subsystems.values() for a in s.listeners}
-        for addr in [a for a in self.kept_listeners if a not in used]:
-            self.keeper.send({"op": "unlisten", "addr": _key(addr)})
-            self.kept_listeners.discard(addr)
+    def listening(self) -> Iterable[ListenAddress]:
+        return self.kept_listeners
 
-    def _drain_wake(self) -> None:
-        super()._drain_wake()
-        if self.keeper.backlog:
-            self._control("keeper")
+    def unlisten(self, addr: ListenAddress) -> None:
+        self.keeper.send(Op.UNLISTEN, addr=_key(addr))
+        self.kept_listeners.discard(addr)
 
-    def _control(self, name: str) -> None:
+    def tick(self, now: float) -> None:
+        pass
+
+    def _keeper_readable(self) -> None:
         msgs = self.keeper.incoming()
         if msgs is None:
             self._keeper_lost()
             return
-        for msg, fds in msgs:
-            if msg.get("op") == "conn" and len(fds) == 1:
+        for op, msg, fds in msgs:
+            if op is Op.CONN and len(fds) == 1:
                 h = Handed.from_msg(msg, fds[0])
                 try:
                     self.adopt_handed(h)
@@ -158,10 +171,10 @@ class TransparentDataPath(DataPath):
         log.error("the socket keeper is gone: closing every connection")
         with contextlib.suppress(KeyError, ValueError):
             self.sel.unregister(self.keeper.sock)
-        for conn in list(self.conns.values()):
-            self._close(conn, "socket keeper gone")
+        for conn in list(self.loop.conns.values()):
+            self.loop.close(conn, "socket keeper gone")
         self.on_keeper_lost()
-        self._stop.set()
+        self.loop.stop()
 
     # -- connections -----------------------------------------------------------------------
     def adopt_handed(self, h: Handed) -> TConn | None:
@@ -191,79 +204,61 @@ class TransparentDataPath(DataPath):
         if conn.qp.staging is None:
             conn.qp.staging = SlotStaging(conn.st.staging, self.geo.slot_size,
                                           self.geo.slots, set())
-        self.engine.qpairs[conn.qp.conn_id] = conn.qp
-        self.conns[conn.sock.fileno()] = conn
-        self.by_qp[conn.qp.conn_id] = conn
-        self.sel.register(conn.sock, selectors.EVENT_READ, conn)
+        self.loop.register(conn)
 
     def _abandon(self, h: Handed) -> None:
         with contextlib.suppress(OSError):
             h.sock.shutdown(socket.SHUT_RDWR)
         with contextlib.suppress(OSError):
-            self.keeper.send({"op": "drop", "conn": h.conn_id})
+            self.keeper.send(Op.DROP, conn=h.conn_id)
         h.sock.close()
 
-    def _close(self, conn: Any, reason: str) -> None:
+    def release(self, conn: TConn) -> None:
         """End a connection for real: the keeper holds a copy, so close() alone would not;
         shutdown() does, then the keeper lets go of its copy."""
-        self._lingering.discard(conn)
-        fd = conn.sock.fileno()
-        if self.conns.pop(fd, None) is None:
-            return
-        log.info("closing connection %d: %s", conn.qp.conn_id, reason)
-        self.sel.unregister(conn.sock)
         with contextlib.suppress(OSError):
             conn.sock.shutdown(socket.SHUT_RDWR)
         with contextlib.suppress(OSError):
-            self.keeper.send({"op": "drop", "conn": conn.qp.conn_id})
+            self.keeper.send(Op.DROP, conn=conn.qp.conn_id)
         conn.sock.close()
         conn.st.unlink()
         conn.st.close()
-        self.engine.qpairs.pop(conn.qp.conn_id, None)
-        self.by_qp.pop(conn.qp.conn_id, None)
-        conn.qp.close(reason)
-        conn.qp.detach()
 
-    def _shutdown(self) -> None:
+    def shutdown(self) -> None:
         """This process stops; the connections do not (the keeper holds them)."""
-        for conn in list(self.conns.values()):
+        for conn in list(self.loop.conns.values()):
             with contextlib.suppress(OSError):
                 conn.sock.close()
-        self.conns.clear()
-        self._loop_ident = None
+        self.loop.conns.clear()
 
     # -- the byte path -----------------------------------------------------------------------
-    def _service(self, conn: Any, mask: int) -> None:
-        if mask & selectors.EVENT_READ:
-            offset = conn.rx_w - conn.c.rx_base
-            room = self.geo.rx_size - offset
-            if room > 0:
-                n = recv_some(conn.sock, conn.st.rx[offset:], room)
-                if n == 0:
-                    self._close(conn, "host closed the connection")
-                    return
-                if n > 0:
-                    conn.rx_w += n
-                    conn.qp.reader.extend(n)
-                    if failpoints.ARMED and conn.qp.qid > 0 and \
-                            conn.qp.reader.pending() > 4200:
-                        failpoints.hit("io-read")   # whole commands read, none executed
-        self._send(conn)
+    def receive(self, conn: TConn) -> None:
+        offset = conn.rx_w - conn.c.rx_base
+        room = self.geo.rx_size - offset
+        if room > 0:
+            n = recv_some(conn.sock, conn.st.rx[offset:], room)
+            if n == 0:
+                raise Hangup("host closed the connection")
+            if n > 0:
+                conn.rx_w += n
+                conn.qp.reader.extend(n)
+                if failpoints.ARMED and conn.qp.qid > 0 and \
+                        conn.qp.reader.pending() > 4200:
+                    failpoints.hit("io-read")   # whole commands read, none executed
 
-    def _send(self, conn: Any) -> None:
+    def transmit(self, conn: TConn) -> bool:
         """Execute what the receive ring holds as far as the transmit ring has room,
         commit, then send; repeat while sending made room for more."""
         qp = conn.qp
         for _ in range(8):
             room = self.geo.tx_size - self._tx_used(conn) - self.worst_pdu
             if room > 0 and qp.reader.pending() >= 8 and not qp.closing:
-                qp.process(self.clock(), room)
+                qp.process(self.loop.clock(), room)
             try:
                 self._commit(conn)
             except ConnStateError as exc:
                 log.error("connection %d: %s", qp.conn_id, exc)
-                self._close(conn, "shared state failed")
-                return
+                raise Hangup("shared state failed") from None
             unsent = conn.c.tx_done - conn.tx_sent
             if unsent:
                 start = conn.tx_sent - conn.c.tx_base
@@ -274,23 +269,20 @@ class TransparentDataPath(DataPath):
                 except (BlockingIOError, InterruptedError):
                     pass
                 except OSError:
-                    self._close(conn, "send failed")
-                    return
+                    raise Hangup("send failed") from None
             if conn.tx_sent < conn.c.tx_done or qp.reader.pending() < 8 or qp.closing:
                 break
-        if qp.closing and conn.tx_sent == conn.c.tx_done:
-            self._close(conn, qp.closing)
-            return
-        if qp.closing and not conn.closing_at:   # see DataPath._close_lingering
-            conn.closing_at = self.clock()
-            self._lingering.add(conn)
+        pending = conn.tx_sent < conn.c.tx_done
+        if qp.closing and not pending:
+            return False   # the loop closes it: no interest to update
         want = (selectors.EVENT_READ if conn.rx_w - conn.c.rx_base < self.geo.rx_size else 0) | \
-            (selectors.EVENT_WRITE if conn.tx_sent < conn.c.tx_done else 0)
+            (selectors.EVENT_WRITE if pending else 0)
         if self.sel.get_key(conn.sock).events != want:
             if want:
                 self.sel.modify(conn.sock, want, conn)
             else:   # both rings full: wait for the next wake-up of the loop (tick)
                 self.sel.modify(conn.sock, selectors.EVENT_WRITE, conn)
+        return pending
 
     def _failpoint_send(self, conn: TConn, start: int, unsent: int) -> None:
         failpoints.hit("io-committed")              # committed, nothing of it sent
@@ -342,6 +334,7 @@ class TransparentDataPath(DataPath):
                 conn.st.rx[0:left] = conn.st.rx[reader.pos:reader.end]
             new.rx_base = rx_done
         blob = self._blob(conn)
+        self.counters.record(self.engine.stats, qp.conn_id, new.seq)
         if failpoints.ARMED and qp.qid > 0:
             failpoints.hit("io-torn-commit", lambda: conn.st.commit_torn(new, blob))
             failpoints.hit("io-unsealed-commit", lambda: conn.st.commit_unsealed(new, blob))
@@ -375,8 +368,8 @@ class TransparentDataPath(DataPath):
         for key in listeners or []:
             addr = ListenAddress.make(key[0], key[1], adrfam=key[2])
             if addr not in self.kept_listeners:
-                self.keeper.send({"op": "unlisten", "addr": key})
-        now = self.clock()
+                self.keeper.send(Op.UNLISTEN, addr=key)
+        now = self.loop.clock()
         report = {"resumed": 0, "fresh": 0, "closed": 0}
         conns: list[tuple[TConn, dict[str, Any]]] = []
         for h in handed:
@@ -419,9 +412,25 @@ class TransparentDataPath(DataPath):
             report["resumed" if d else "fresh"] += 1
         for conn, _ in conns:
             conn.qp.interrupt_io = self.inflight == ABORT
-            self._send(conn)
+            self.loop.send(conn)
             conn.qp.interrupt_io = False
         return report
+
+    def _newest_commit(self, conn_id: int) -> int | None:
+        """The seq of the newest complete commit of a connection, None if unknown."""
+        path = shm.find(f"conn-{conn_id}", self.shm_dir, self.scratch)
+        if path is None:
+            return None
+        try:
+            st = ConnState.open(path)
+        except ConnStateError:
+            return None
+        try:
+            return st.latest()[0].seq
+        except ConnStateError:
+            return None
+        finally:
+            st.close()
 
     @staticmethod
     def _untouched(h: Handed) -> bool:
@@ -433,8 +442,6 @@ class TransparentDataPath(DataPath):
                 written == h.base_tx)
 
     def _reattach(self, h: Handed) -> tuple[TConn, dict[str, Any]]:
-        from nvmf_phoenix.persist import shm
-
         path = shm.find(f"conn-{h.conn_id}", self.shm_dir, self.scratch)
         if path is None:
             raise ConnStateError(f"no state file for connection {h.conn_id}")

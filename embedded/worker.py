@@ -22,8 +22,11 @@ import time
 from typing import Any
 
 from nvmf_phoenix.embedded.bdev import SharedBdevs
+from nvmf_phoenix.embedded.config_file import ConfigFileError, read_config
 from nvmf_phoenix.embedded.config_store import TargetCore
+from nvmf_phoenix.embedded.io_loop import DataPath
 from nvmf_phoenix.embedded.keeper_client import KeeperClient
+from nvmf_phoenix.embedded.keeper_proto import Op
 from nvmf_phoenix.embedded.rpc_methods import (
     RUNTIME,
     STARTUP,
@@ -31,7 +34,7 @@ from nvmf_phoenix.embedded.rpc_methods import (
     dispatch,
     load_config,
 )
-from nvmf_phoenix.embedded.transparent import TransparentDataPath
+from nvmf_phoenix.embedded.transparent import KeptTransport
 from nvmf_phoenix.persist import shm
 from nvmf_phoenix.persist.region import Region, RegionError, read_latest
 from nvmf_phoenix.persist.shm import find
@@ -50,7 +53,7 @@ CONFIG_REGION = "config"
 class ConfigKeeper:
     """The worker's configuration in shared memory, saved before answers go out."""
 
-    def __init__(self, scratch: str, ctx: RpcContext, dp: TransparentDataPath) -> None:
+    def __init__(self, scratch: str, ctx: RpcContext, dp: DataPath) -> None:
         self.ctx = ctx
         self.dp = dp
         self.local = threading.local()
@@ -58,8 +61,7 @@ class ConfigKeeper:
         region = None
         with contextlib.suppress(RegionError):   # damaged: replaced by a new one
             region = Region.open(path) if path else None
-        self.region = region or Region.create(CONFIG_REGION, 8 << 20, qp_slots=1,
-                                              sub=scratch)
+        self.region = region or Region.create(CONFIG_REGION, 8 << 20, sub=scratch)
 
     @staticmethod
     def load(scratch: str) -> tuple[dict[str, Any] | None, str | None]:
@@ -117,41 +119,60 @@ def run(args: argparse.Namespace) -> int:
         # restore from its durable journal.
         log.error("saved configuration unusable (%s): closing every connection and "
                   "starting empty", problem)
-    opener = SharedBdevs(args.scratch)
-    core = TargetCore(bdev_opener=opener)
+    core, unopened = _saved_core(args.scratch, doc)
     phase = STARTUP if args.wait_for_rpc or args.config else RUNTIME
     if doc is not None:
-        opener.attach = True
-        for problem in core.adopt(TargetState.from_dict(doc["state"])):
-            log.error("resuming: %s", problem)
-        opener.attach = False
         phase = doc["phase"]
-    dp = TransparentDataPath(core, keeper, args.scratch, args.inflight,
-                             on_keeper_lost=stop.set)
+    kept = KeptTransport(keeper, args.scratch, args.inflight, on_keeper_lost=stop.set)
+    dp = DataPath(core, transport=kept)
     if doc is not None:
         dp.engine.discovery_genctr = int(doc["discovery_genctr"])
         dp.engine.ana_chgcnt = int(doc["ana_chgcnt"])
     ctx = RpcContext(core, dp, phase=phase,
-                     on_kill=lambda sig: keeper.send({"op": "shutdown"}))
-    report = dp.resume(take.conns, take.reset or problem is not None, take.listeners)
+                     on_kill=lambda sig: keeper.send(Op.SHUTDOWN))
+    # A saved bdev that cannot be opened again resets the connections too.
+    reset = take.reset or problem is not None or bool(unopened)
+    report = kept.resume(take.conns, reset, take.listeners)
     dp.start_in_thread()
     config = ConfigKeeper(args.scratch, ctx, dp)
     if doc is None:
         if args.config:
-            with open(args.config) as f:
-                errors = load_config(ctx, json.load(f))
+            try:   # the keeper checked it; this is for a file changed since
+                errors = load_config(ctx, read_config(args.config))
+            except ConfigFileError as exc:
+                errors = [str(exc)]
             for e in errors:
                 print(f"config error: {e}", file=sys.stderr)
-            if errors:
-                keeper.send({"op": "shutdown"})
+            if errors:   # the target stops, and exits 1 as nvmf_tgt does
+                keeper.send(Op.SHUTDOWN, exit=1)
                 return 1
         config.save()
     server = RpcServer(ctx, args.rpc_socket, dispatch=config.dispatch, sock=take.rpc_sock,
                        after_batch=config.after_batch)
     server.start()
-    keeper.send({"op": "ready"})
-    log.warning("worker %d took over in %.1f ms: %s", os.getpid(),
-                (time.monotonic() - started) * 1000, report)
+    keeper.send(Op.READY)
+    log.info("worker %d took over in %.1f ms: %s", os.getpid(),
+             (time.monotonic() - started) * 1000, report)
+    return _serve(stop, dp, server)
+
+
+def _saved_core(scratch: str, doc: dict[str, Any] | None) -> tuple[TargetCore, list[str]]:
+    """The configuration store: the predecessor's configuration when one was saved (its
+    RAM bdevs attached to their shared memory, not made anew), else empty; and the saved
+    bdevs that could not be opened."""
+    opener = SharedBdevs(scratch)
+    core = TargetCore(bdev_opener=opener)
+    if doc is None:
+        return core, []
+    opener.attach = True
+    unopened = core.adopt(TargetState.from_dict(doc["state"]))
+    opener.attach = False
+    for problem in unopened:
+        log.error("resuming: %s", problem)
+    return core, unopened
+
+
+def _serve(stop: threading.Event, dp: DataPath, server: RpcServer) -> int:
     # A worker whose data path died serves nobody: leave, so a standby takes over from
     # the last commit (the keeper notices at once) instead of every host hanging.
     while not stop.wait(0.2):

@@ -9,7 +9,6 @@ the way a host driver does. Every wait is bounded; NVMe errors raise
 from __future__ import annotations
 
 import socket
-import struct
 import time
 import uuid as uuidlib
 from dataclasses import dataclass, field
@@ -17,6 +16,10 @@ from dataclasses import dataclass, field
 from nvmf_phoenix.wire import nvme, pdu
 
 DEFAULT_HOSTNQN = "nqn.2014-08.org.nvmexpress:uuid:6e767068-6f65-6e69-7800-000000000001"
+# Filled in on every submit, in place: the command id and the SGL (address, length, id)
+_CID_AT, _CID = nvme.SQE.span("cid")
+_SGL_AT, _SGL = nvme.SQE.span("sgl_addr", "sgl_length", "sgl_id")
+_SQE, _CQE = nvme.SQE.plain, nvme.CQE.plain    # one of each per I/O (see Layout.plain)
 
 
 class NvmeError(Exception):
@@ -93,7 +96,7 @@ class QueueConn:
 
     def _handle(self, p: pdu.Pdu) -> None:
         if p.type == pdu.CAPSULE_RESP:
-            dw0, dw1, _sqhd, _sqid, cid, status = nvme.CQE.unpack_from(p.header, 8)
+            dw0, dw1, _sqhd, _sqid, cid, status = _CQE.unpack_from(p.header, pdu.CH_SIZE)
             cmd = self.cmds.pop(cid, None)
             if cmd is None:
                 # As for the Linux host: a second completion, or one for a command never
@@ -143,11 +146,11 @@ class QueueConn:
                data_in: int = 0, flush: bool = True) -> int:
         """Send a command; ``sqe`` gets its cid and SGL filled in here."""
         cid = self.alloc_cid()
-        struct.pack_into("<H", sqe, 2, cid)
+        _CID.pack_into(sqe, _CID_AT, cid)
         n = len(data_out) if data_out is not None else data_in
         in_capsule = data_out is not None and len(data_out) <= self.icd_size
         sgl = nvme.SGL_DATA_BLOCK_OFFSET if in_capsule else nvme.SGL_TRANSPORT_DATA_BLOCK
-        struct.pack_into("<QI3xB", sqe, 24, 0, n, sgl if n else 0)
+        _SGL.pack_into(sqe, _SGL_AT, 0, n, sgl if n else 0)
         self.cmds[cid] = _Cmd(data_in, None if in_capsule else data_out)
         self.writer.capsule_cmd(sqe, data_out if in_capsule else None)
         if flush:
@@ -207,24 +210,25 @@ class QueueConn:
 
 def make_sqe(opcode: int, nsid: int = 0, cdw10: int = 0, cdw11: int = 0, cdw12: int = 0,
              cdw13: int = 0, cdw14: int = 0, cdw15: int = 0) -> bytearray:
-    return bytearray(nvme.SQE.pack(opcode, 0x40, 0, nsid, 0, 0, 0, 0, 0, 0, cdw10, cdw11,
-                                   cdw12, cdw13, cdw14, cdw15))
+    """A command; :meth:`QueueConn.submit` fills in its cid and SGL. Packed positionally
+    (the SQE's field order), as the I/O workload calls this once per command."""
+    return bytearray(_SQE.pack(opcode, nvme.PSDT_SGL, 0, nsid, 0, 0, 0, 0, 0, 0, cdw10, cdw11,
+                               cdw12, cdw13, cdw14, cdw15))
 
 
 def connect_sqe(qid: int, sqsize: int, kato_ms: int) -> bytearray:
-    sqe = bytearray(64)
-    sqe[0], sqe[1], sqe[4] = nvme.FABRICS, 0x40, nvme.FCTYPE_CONNECT
-    struct.pack_into("<HHHBxI", sqe, 40, 0, qid, sqsize, 0, kato_ms)
+    sqe = nvme.FABRICS_SQE.build(opc=nvme.FABRICS, fuse_psdt=nvme.PSDT_SGL,
+                                 fctype=nvme.FCTYPE_CONNECT)
+    nvme.CONNECT_SQE.put(sqe, recfmt=0, qid=qid, sqsize=sqsize, cattr=0, kato=kato_ms)
     return sqe
 
 
 def property_sqe(fctype: int, offset: int, value: int = 0, size8: bool = False) -> bytearray:
-    sqe = bytearray(64)
-    sqe[0], sqe[1], sqe[4] = nvme.FABRICS, 0x40, fctype
-    struct.pack_into("<B3xIQ", sqe, 40, 1 if size8 else 0, offset, value)
+    sqe = nvme.FABRICS_SQE.build(opc=nvme.FABRICS, fuse_psdt=nvme.PSDT_SGL, fctype=fctype)
+    nvme.PROPERTY_SQE.put(sqe, attrib=1 if size8 else 0, ofst=offset, value=value)
     return sqe
 
 
 def connect_data(hostid: str, cntlid: int, subnqn: str, hostnqn: str) -> bytes:
-    return nvme.CONNECT_DATA.pack(uuidlib.UUID(hostid).bytes, cntlid, subnqn.encode(),
-                                  hostnqn.encode())
+    return bytes(nvme.CONNECT_DATA.build(hostid=uuidlib.UUID(hostid).bytes, cntlid=cntlid,
+                                         subnqn=subnqn.encode(), hostnqn=hostnqn.encode()))

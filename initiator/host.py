@@ -7,7 +7,6 @@ returned.
 """
 from __future__ import annotations
 
-import struct
 import time
 from typing import Any
 
@@ -91,8 +90,7 @@ class Host:
 
     def active_namespaces(self) -> list[int]:
         data = self.identify(nvme.CNS_ACTIVE_NS_LIST)
-        ids = struct.unpack("<1024I", data)
-        return [i for i in ids if i]
+        return nvme.parse_ns_list(data)
 
     def get_log_page(self, lid: int, length: int, lsp: int = 0, offset: int = 0,
                      rae: bool = False) -> bytes:
@@ -164,9 +162,9 @@ class Host:
                                                        slba & 0xFFFFFFFF, slba >> 32, nlb - 1))
 
     def deallocate(self, nsid: int, ranges: list[tuple[int, int]], qid: int = 1) -> None:
-        data = b"".join(struct.pack("<IIQ", 0, n, slba) for slba, n in ranges)
+        data = b"".join(nvme.DSM_RANGE.build(nlb=n, slba=slba) for slba, n in ranges)
         self._io(qid).execute("Dataset Management", make_sqe(
-            nvme.NVM_DSM, nsid, len(ranges) - 1, 0x4), data_out=data)
+            nvme.NVM_DSM, nsid, len(ranges) - 1, nvme.DSM_ATTR_DEALLOCATE), data_out=data)
 
     def close(self) -> None:
         for q in self.io:

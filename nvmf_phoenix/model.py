@@ -12,6 +12,7 @@ always explicit here: a restore never leaves it for the target to invent.
 """
 from __future__ import annotations
 
+import copy
 import ipaddress
 from dataclasses import dataclass, field, fields
 from enum import StrEnum
@@ -47,6 +48,7 @@ class Kind(StrEnum):
     REFERRAL = "referral"
     ALLOW_ANY_HOST = "allow_any_host"
     ANA = "ana"
+    NS_HOST = "ns_host"      # a host on a namespace's visibility list
 
 
 def _clean(d: dict[str, Any]) -> dict[str, Any]:
@@ -162,7 +164,8 @@ class Namespace:
     anagrpid: int | None = None
     ptpl_file: str | None = None
     no_auto_visible: bool = False
-    hosts: list[str] = field(default_factory=list)   # visibility list when no_auto_visible
+    # Who sees a no_auto_visible namespace, newest first (SPDK keeps and reports its list so).
+    hosts: list[str] = field(default_factory=list)
 
     # What a host sees of a namespace besides its nsid: equal in two states or a conflict.
     IDENTITY: ClassVar[tuple[str, ...]] = ("bdev_name", "uuid", "nguid", "eui64", "anagrpid")
@@ -173,6 +176,10 @@ class Namespace:
 
     def identity(self) -> tuple[Any, ...]:
         return tuple(getattr(self, k) for k in self.IDENTITY)
+
+    def visible_to(self, hostnqn: str) -> bool:
+        """Whether a controller of ``hostnqn`` has this namespace active (SPDK's rule)."""
+        return not self.no_auto_visible or hostnqn in self.hosts
 
     def to_dict(self) -> dict[str, Any]:
         d = _clean({"nsid": self.nsid, "bdev_name": self.bdev_name, "uuid": self.uuid,
@@ -487,6 +494,10 @@ class TargetState:
     subsystems: dict[str, Subsystem] = field(default_factory=dict)
     referrals: list[Referral] = field(default_factory=list)
     runtime: Runtime = field(default_factory=Runtime)
+    # What the target's configuration holds that no declaration models, verbatim and in
+    # its order: {"subsystem": s, "method": m, "params": p}. None: not recorded (a state
+    # built by hand, or a checkpoint older than this field), so nothing to compare.
+    opaque: list[dict[str, Any]] | None = None
 
     @classmethod
     def empty(cls) -> TargetState:
@@ -502,7 +513,8 @@ class TargetState:
                 "bdevs": [b.to_dict() for b in self.bdevs.values()],
                 "transports": [t.to_dict() for t in self.transports.values()],
                 "subsystems": [s.to_dict() for s in self.subsystems.values()],
-                "referrals": [r.to_dict() for r in self.referrals]}
+                "referrals": [r.to_dict() for r in self.referrals],
+                **({} if self.opaque is None else {"opaque": _entries(self.opaque)})}
 
     def to_dict(self) -> dict[str, Any]:
         d = self.config_dict()
@@ -524,4 +536,11 @@ class TargetState:
                    transports={t.trtype: t for t in trs},
                    subsystems={s.nqn: s for s in subs},
                    referrals=[Referral.from_dict(r) for r in d.get("referrals", [])],
-                   runtime=Runtime.from_dict(d.get("runtime", {})))
+                   runtime=Runtime.from_dict(d.get("runtime", {})),
+                   opaque=_entries(d["opaque"]) if d.get("opaque") is not None else None)
+
+
+def _entries(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Opaque configuration entries, copied (their params are SPDK's, as given)."""
+    return [{"subsystem": e.get("subsystem", ""), "method": e["method"],
+             "params": copy.deepcopy(e.get("params"))} for e in entries]

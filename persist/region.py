@@ -1,4 +1,4 @@
-"""The shared-memory region: latest snapshot in two slots, plus a queue-pair table.
+"""The shared-memory region: the latest snapshot, in two slots.
 
 A file on hugetlbfs (or /dev/shm when no hugepages are to be had, with a warning saying
 why), mapped MAP_SHARED, survives the SIGKILL of every process that maps it. Layout,
@@ -9,7 +9,11 @@ declared once here (little-endian):
                      journaled, CRC32C): how far the journal must reach
     slot 0, slot 1   64-byte slot header (generation, length, payload CRC, header CRC)
                      followed by the payload (a serialised TargetState)
-    qpair table      fixed-size records, each with its own CRC
+
+Header, slot headers and mark are CRC-framed records (persist/record.py). Regions made by
+earlier versions end in a queue-pair table that nothing read; it was removed from the
+end, so no other byte moved: the header keeps its fields for it (written as an empty
+table at the end of slot 1), and a region that still has one opens as before.
 
 A writer fills the *older* slot's payload, then writes that slot's header last. A writer
 killed at any instruction leaves either the new slot complete or its CRC broken, and the
@@ -17,14 +21,11 @@ other slot holds the previous complete snapshot: a reader never sees a torn stat
 """
 from __future__ import annotations
 
-import contextlib
 import logging
 import mmap
 import os
-import struct
-from dataclasses import dataclass
 
-import crc32c
+from nvmf_phoenix.persist.record import Sealed, checksum
 from nvmf_phoenix.persist.shm import (  # noqa: F401  (re-exported for callers)
     HUGEPAGE,
     candidates,
@@ -34,39 +35,31 @@ from nvmf_phoenix.persist.shm import (  # noqa: F401  (re-exported for callers)
     on_hugetlbfs,
     place,
     private_dir,
+    remove,
     round_up,
 )
+from nvmf_phoenix.wire.layout import Layout
 
 log = logging.getLogger(__name__)
 
 MAGIC = b"PHXREGN1"
 LAYOUT_VERSION = 1
-HEADER = struct.Struct("<8sIIQIIQQQQ")   # magic, version, hdr size, slot size, qp slots,
-HEADER_SIZE = 4096                        # qp record size, slot0, slot1, qp table, total
-MARK = struct.Struct("<QI")               # journal sequence number, its CRC32C
+# The queue-pair fields are retired: an empty table (0 slots of 0 bytes) where slot 1 ends.
+HEADER = Layout(64, [
+    ("magic", 0, "8s"), ("version", 8, "I"), ("header_size", 12, "I"), ("slot_size", 16, "Q"),
+    ("qp_slots", 24, "I"), ("qp_record_size", 28, "I"), ("slot0", 32, "Q"),
+    ("slot1", 40, "Q"), ("qp_table", 48, "Q"), ("total_size", 56, "Q")])
+HEADER_REC = Sealed(HEADER)
+HEADER_SIZE = 4096
+MARK = Sealed(Layout(8, [("seq", 0, "Q")]))   # how far the journal reaches
 MARK_OFFSET = 2048                        # in the header's spare space: v1 readers skip it
-SLOT_HDR = struct.Struct("<QQI")          # generation, payload length, payload CRC
+SLOT_HDR = Layout(20, [("generation", 0, "Q"), ("length", 8, "Q"), ("payload_crc", 16, "I")])
+SLOT_REC = Sealed(SLOT_HDR)
 SLOT_HDR_SIZE = 64
-# valid, cntlid, qid, sqsize, sqhd, kato_ms, digests, hostnqn, listen, peer
-QP_RECORD = struct.Struct("<BxHHHHIB3x64s48s48s")
-QP_RECORD_SIZE = QP_RECORD.size + 4      # + CRC32C
 
 
 class RegionError(Exception):
     """The region cannot be used; the message says what is wrong with which file."""
-
-
-@dataclass
-class QPairRecord:
-    cntlid: int
-    qid: int
-    sqsize: int
-    sqhd: int
-    kato_ms: int
-    digests: int
-    hostnqn: str
-    listen: str
-    peer: str
 
 
 class Region:
@@ -76,23 +69,20 @@ class Region:
         self.path = path
         self.mm = mm
         self.hugepages = hugepages
-        (_, _, _, self.slot_size, self.qp_slots, _, s0, s1, self.qp_off,
-         self.size) = HEADER.unpack_from(mm, 0)
+        (_, _, _, self.slot_size, _, _, s0, s1, _, self.size) = HEADER.unpack_from(mm, 0)
         self.slots = (s0, s1)
 
     # -- creation and attachment ---------------------------------------------------------
     @classmethod
-    def create(cls, name: str, slot_size: int = 4 << 20, qp_slots: int = 4096,
-               directory: str | None = None, sub: str = "") -> Region:
+    def create(cls, name: str, slot_size: int = 4 << 20, directory: str | None = None,
+               sub: str = "") -> Region:
         """Create (or replace) a region; hugetlbfs first, /dev/shm as the fallback."""
         slot_size = round_up(slot_size, 4096)
         s0 = HEADER_SIZE
         s1 = s0 + slot_size
-        qp_off = s1 + slot_size
-        size = qp_off + qp_slots * QP_RECORD_SIZE
-        header = HEADER.pack(MAGIC, LAYOUT_VERSION, HEADER_SIZE, slot_size, qp_slots,
-                             QP_RECORD_SIZE, s0, s1, qp_off, size)
-        header += struct.pack("<I", crc32c.crc32c(header))
+        size = s1 + slot_size
+        header = HEADER_REC.pack(MAGIC, LAYOUT_VERSION, HEADER_SIZE, slot_size, 0, 0, s0, s1,
+                                 size, size)
         try:
             path, mm, huge = place(name, size, directory, sub)
         except OSError as exc:
@@ -111,16 +101,15 @@ class Region:
             mm = map_file(path, size, create=False)
         except OSError as exc:
             raise RegionError(f"region {path}: {exc.strerror}") from None
-        if size < HEADER.size + 4:
+        if size < HEADER_REC.size:
             raise RegionError(f"region {path}: truncated ({size} bytes)")
-        magic, version = struct.unpack_from("<8sI", mm, 0)
+        magic, version = HEADER_REC.peek(mm)[:2]
         if magic != MAGIC:
             raise RegionError(f"region {path}: bad magic {magic!r}")
         if version > LAYOUT_VERSION:
             raise RegionError(f"region {path}: layout version {version} is newer than "
                               f"this nvmf-phoenix ({LAYOUT_VERSION})")
-        (crc,) = struct.unpack_from("<I", mm, HEADER.size)
-        if crc != crc32c.crc32c(mm[:HEADER.size]):
+        if HEADER_REC.unpack(mm) is None:
             raise RegionError(f"region {path}: header CRC mismatch")
         region = cls(path, mm, on_hugetlbfs(path))
         if region.size > size:
@@ -131,19 +120,19 @@ class Region:
         self.mm.close()
 
     def unlink(self) -> None:
-        with contextlib.suppress(OSError):
-            os.unlink(self.path)
+        remove(self.path)   # and the record of its owner beside it
 
     # -- snapshots -----------------------------------------------------------------------
     def _slot(self, i: int) -> tuple[int, bytes] | None:
         off = self.slots[i]
-        gen, length, pcrc = SLOT_HDR.unpack_from(self.mm, off)
-        (hcrc,) = struct.unpack_from("<I", self.mm, off + SLOT_HDR.size)
-        if gen == 0 or hcrc != crc32c.crc32c(self.mm[off:off + SLOT_HDR.size]) or \
-                length > self.slot_size - SLOT_HDR_SIZE:
+        got = SLOT_REC.unpack(self.mm, off)
+        if got is None:
+            return None
+        gen, length, pcrc = got
+        if gen == 0 or length > self.slot_size - SLOT_HDR_SIZE:
             return None
         payload = self.mm[off + SLOT_HDR_SIZE:off + SLOT_HDR_SIZE + length]
-        return (gen, payload) if crc32c.crc32c(payload) == pcrc else None
+        return (gen, payload) if checksum(payload) == pcrc else None
 
     def read_snapshot(self) -> tuple[int, bytes] | None:
         """The newest complete snapshot as (generation, payload), or None."""
@@ -161,55 +150,22 @@ class Region:
         gen = max(gens) + 1
         off = self.slots[target]
         self.mm[off + SLOT_HDR_SIZE:off + SLOT_HDR_SIZE + len(payload)] = payload
-        hdr = SLOT_HDR.pack(gen, len(payload), crc32c.crc32c(payload))
-        self.mm[off:off + SLOT_HDR.size + 4] = hdr + struct.pack("<I", crc32c.crc32c(hdr))
+        self.mm[off:off + SLOT_REC.size] = SLOT_REC.pack(gen, len(payload), checksum(payload))
         return gen
-
-    # -- queue-pair table ----------------------------------------------------------------
-    def put_qpair(self, index: int, rec: QPairRecord) -> None:
-        body = QP_RECORD.pack(1, rec.cntlid, rec.qid, rec.sqsize, rec.sqhd, rec.kato_ms,
-                              rec.digests, rec.hostnqn.encode()[:64], rec.listen.encode()[:48],
-                              rec.peer.encode()[:48])
-        off = self._qp_off(index)
-        self.mm[off:off + QP_RECORD_SIZE] = body + struct.pack("<I", crc32c.crc32c(body))
-
-    def clear_qpair(self, index: int) -> None:
-        off = self._qp_off(index)
-        self.mm[off:off + QP_RECORD_SIZE] = bytes(QP_RECORD_SIZE)
-
-    def get_qpair(self, index: int) -> QPairRecord | None:
-        """The record at ``index``; None if empty; RegionError if torn."""
-        off = self._qp_off(index)
-        body = self.mm[off:off + QP_RECORD.size]
-        if body[0] == 0:
-            return None
-        (crc,) = struct.unpack_from("<I", self.mm, off + QP_RECORD.size)
-        if crc != crc32c.crc32c(body):
-            raise RegionError(f"region {self.path}: queue-pair record {index} CRC mismatch")
-        (_, cntlid, qid, sqsize, sqhd, kato, dg, host, listen, peer) = QP_RECORD.unpack(body)
-        return QPairRecord(cntlid, qid, sqsize, sqhd, kato, dg, _text(host), _text(listen),
-                           _text(peer))
-
-    def _qp_off(self, index: int) -> int:
-        if not 0 <= index < self.qp_slots:
-            raise IndexError(f"queue-pair slot {index} outside 0..{self.qp_slots - 1}")
-        return self.qp_off + index * QP_RECORD_SIZE
-
 
     def set_mark(self, seq: int) -> None:
         """Record that the journal reaches ``seq``. One 12-byte store: a writer killed
         half-way leaves a CRC mismatch, which reads as damaged, never as a wrong mark."""
-        raw = struct.pack("<Q", seq)
-        self.mm[MARK_OFFSET:MARK_OFFSET + MARK.size] = MARK.pack(seq, crc32c.crc32c(raw))
+        self.mm[MARK_OFFSET:MARK_OFFSET + MARK.size] = MARK.pack(seq)
 
     def mark(self) -> int | None:
         """The journal mark; None if never set; RegionError if damaged."""
-        seq, crc = MARK.unpack_from(self.mm, MARK_OFFSET)
-        if seq == 0 and crc == 0:
+        if MARK.blank(self.mm, MARK_OFFSET):
             return None
-        if crc != crc32c.crc32c(struct.pack("<Q", seq)):
+        got = MARK.unpack(self.mm, MARK_OFFSET)
+        if got is None:
             raise RegionError(f"region {self.path}: journal mark damaged")
-        return int(seq)
+        return int(got[0])
 
 
 def read_mark(path: str) -> int | None:
@@ -233,6 +189,3 @@ def read_latest(path: str) -> bytes:
         raise RegionError(f"region {path}: no complete snapshot")
     return snap[1]
 
-
-def _text(raw: bytes) -> str:
-    return raw.split(b"\0", 1)[0].decode(errors="replace")

@@ -5,22 +5,39 @@ and costs no page faults on first touch; a file on /dev/shm (tmpfs) survives the
 with 4 KiB pages. Both the checkpoint region (persist/region.py) and the embedded target's
 per-connection state (embedded/connstate.py) are placed here. Failures to use hugepages are
 never silent: the fallback is logged with the reason (no mount, pool exhausted, ...).
+
+Such files outlive every process by design, so each says who it belongs to: a small JSON
+record per region or scratch directory names its owner (a state directory, or the RPC
+socket of a crash-transparent target), the process that made it and when. The records
+live together in /dev/shm/nvmf-phoenix/.owners/, keyed by the hash of the path they
+describe: hugetlbfs holds only files that are mapped (write(2) fails there), and
+a record beside each file would change what a directory of regions holds.
+``persist/shm_inventory.py`` reads them to list what is left and to remove what no one
+owns any more.
 """
 from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
+import json
 import logging
 import mmap
 import os
 import shutil
 import stat
+import time
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger(__name__)
 
 HUGEPAGE = 2 << 20
 SHM_DIR = "/dev/shm"
+ROOT = "nvmf-phoenix"          # our directory on each hugetlbfs mount and in /dev/shm
+OWNERS = os.path.join(SHM_DIR, ROOT, ".owners")   # the owner records (see above)
+OWNER_STATE_DIR = "state directory"
+OWNER_SOCKET = "socket"
 
 
 def hugetlbfs_mounts() -> list[str]:
@@ -73,8 +90,8 @@ def candidates(directory: str | None, sub: str = "") -> list[tuple[str, bool]]:
     out = []
     mount = hugetlbfs_mount()
     if mount:
-        out.append((os.path.join(mount, "nvmf-phoenix", sub), True))
-    out.append((os.path.join(SHM_DIR, "nvmf-phoenix", sub), False))
+        out.append((os.path.join(mount, ROOT, sub), True))
+    out.append((os.path.join(SHM_DIR, ROOT, sub), False))
     return out
 
 
@@ -146,9 +163,102 @@ def find(name: str, directory: str | None = None, sub: str = "") -> str | None:
 
 
 def wipe(sub: str) -> None:
-    """Remove a scratch directory (every candidate location) and what is in it."""
+    """Remove a scratch directory (every candidate location), what is in it, and the
+    record of its owner."""
     for base, _ in candidates(None, sub):
         shutil.rmtree(base, ignore_errors=True)
+        forget_owner(base)
+
+
+def remove(path: str) -> None:
+    """Remove a region (or scratch directory) and the record of its owner."""
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+    forget_owner(path)
+
+
+# -- owners ------------------------------------------------------------------------------
+def process_start(pid: int) -> int | None:
+    """When ``pid`` started (clock ticks since boot), to tell it from a later process
+    given the same number; None if there is no such process."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _record_path(path: str) -> str:
+    real = os.path.abspath(path.rstrip("/"))
+    return os.path.join(OWNERS, hashlib.sha1(real.encode()).hexdigest()[:24] + ".json")
+
+
+def record_owner(path: str, owner: str, kind: str) -> None:
+    """Record who ``path`` (a region or scratch directory) belongs to, and which process
+    (with its start time) made it. Best effort: a listing without it only shows the
+    owner as unknown."""
+    pid = os.getpid()
+    doc = {"path": os.path.abspath(path.rstrip("/")), "owner": owner, "kind": kind,
+           "pid": pid, "pid_start": process_start(pid), "created": time.time()}
+    target = _record_path(path)
+    tmp = f"{target}.tmp.{pid}"
+    try:
+        private_dir(OWNERS)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(doc, f)
+        os.rename(tmp, target)
+    except OSError as exc:
+        log.warning("cannot record the owner of %s: %s", path, exc.strerror)
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+
+
+def owner_tag(owner: str) -> str:
+    """A short name for an owner path, the same in every process: its absolute path's
+    hash (names of state-directory regions and crash-transparent scratch directories)."""
+    return hashlib.sha1(os.path.abspath(owner).encode()).hexdigest()[:12]
+
+
+def _read_record(record: str) -> dict[str, Any] | None:
+    try:
+        with open(record) as f:
+            doc = json.load(f)
+    except (OSError, ValueError):
+        return None
+    ok = isinstance(doc, dict) and all(isinstance(doc.get(k), str) for k in ("owner", "path"))
+    return doc if ok else None
+
+
+def read_owner(path: str) -> dict[str, Any] | None:
+    """The owner record of ``path``, or None."""
+    doc = _read_record(_record_path(path))
+    return doc if doc and doc["path"] == os.path.abspath(path.rstrip("/")) else None
+
+
+def forget_owner(path: str) -> None:
+    with contextlib.suppress(OSError):
+        os.unlink(_record_path(path))
+
+
+def owner_records() -> list[dict[str, Any]]:
+    """Every owner record (with the path it describes, which may be gone)."""
+    try:
+        names = sorted(os.listdir(OWNERS))
+    except OSError:
+        return []
+    docs = (_read_record(os.path.join(OWNERS, n)) for n in names if n.endswith(".json"))
+    return [d for d in docs if d]
+
+
+def claim(sub: str, owner: str, kind: str = OWNER_SOCKET) -> None:
+    """Record the owner of scratch directory ``sub`` wherever its files may be placed
+    (each file goes to hugetlbfs or, when that fails, to /dev/shm)."""
+    for base, _ in candidates(None, sub):
+        record_owner(base, owner, kind)
 
 
 def where() -> str:

@@ -12,9 +12,11 @@ import argparse
 import logging
 import sys
 
-from nvmf_phoenix.plugin import cli_checkpoint
+from nvmf_phoenix.plugin import cli_checkpoint, cli_shm
+from nvmf_phoenix.plugin import io as io_command
 from nvmf_phoenix.plugin.cli_common import (
     EXIT_CODES,
+    DefaultsShown,
     add_json,
     add_socket,
     add_state_dir,
@@ -162,23 +164,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=_cmd_demo)
     p = sub.add_parser("supervise", help="run a target under supervision: restart and "
-                       "restore it on death; serve its RPC socket write-ahead")
+                       "restore it on death; serve its RPC socket write-ahead",
+                       formatter_class=DefaultsShown)
     p.add_argument("-s", "--rpc-socket", default="/var/tmp/spdk.sock",
                    help="public RPC socket users and tools talk to")
     p.add_argument("--target-socket", default="/var/tmp/nvmf-phoenix-target.sock",
                    help="the target's private RPC socket")
-    p.add_argument("--state-dir", default="/var/lib/nvmf-phoenix",
+    p.add_argument("-d", "--state-dir", default="/var/lib/nvmf-phoenix",
                    help="journal and snapshot directory")
     p.add_argument("--target-cmd", help="target command without -r (default: the embedded "
                    "target), e.g. '/usr/local/bin/nvmf_tgt -m 0x1'")
     p.add_argument("--adopt", action="store_true", help="adopt a target already serving "
                    "--target-socket instead of starting one")
-    p.add_argument("--ping-interval", type=float, default=0.5)
+    p.add_argument("--ping-interval", type=float, default=0.5, metavar="SECONDS",
+                   help="how often the target is pinged (spdk_get_version)")
     p.add_argument("--misses", type=int, default=4, help="missed pings before a silent "
                    "target is declared dead")
-    p.add_argument("--max-restarts", type=int, default=10)
-    p.add_argument("--restart-window", type=float, default=60.0)
-    p.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
+    p.add_argument("--max-restarts", type=int, default=10, help="restarts allowed within "
+                   "--restart-window before the supervisor gives up (state: failed)")
+    p.add_argument("--restart-window", type=float, default=60.0, metavar="SECONDS",
+                   help="the window --max-restarts counts in")
+    p.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port "
+                   "(default: no metrics)")
     p.add_argument("--metrics-address", default="0.0.0.0", help="metrics bind address")
     p.add_argument("--metrics-hosts-interval", type=float, default=10.0, metavar="SECONDS",
                    help="poll connected hosts for metrics at most this often")
@@ -191,6 +198,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target-cmd", help="start this command instead (upgrade)")
     p.set_defaults(func=guarded(_cmd_restart))
     cli_checkpoint.add_parsers(sub)
+    io_command.add_parser(sub, guarded)
+    cli_shm.add_parsers(sub)
     p = sub.add_parser("metrics", help="serve Prometheus metrics for a target or supervisor")
     add_socket(p), add_state_dir(p)
     p.add_argument("--port", type=int, default=9556, help="HTTP port (default 9556; 0 picks "

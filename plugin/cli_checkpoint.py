@@ -7,6 +7,10 @@ stderr, one line per stage, so stdout stays clean for scripts.
 from __future__ import annotations
 
 import argparse
+import glob
+import ipaddress
+import socket
+import struct
 import sys
 import time
 from typing import Any
@@ -66,6 +70,16 @@ def _export(args: argparse.Namespace) -> int:
     return ops.EXIT_OK
 
 
+def _drop(args: argparse.Namespace) -> int:
+    result = ops.drop(args.state_dir)
+    emit(args, result, lambda r: "\n".join(
+        [f"removed {p}" for p in r["removed"]]
+        + ([f"kept {r['state_dir']}: it holds {', '.join(r['kept'])}"] if r["kept"] else [])
+        + [f"freed {kib(r['freed_bytes'])}" if r["removed"] else
+           f"nothing to drop for {r['state_dir']}"]))
+    return ops.EXIT_OK
+
+
 def _import(args: argparse.Namespace) -> int:
     emit(args, ops.import_(args.state_dir, args.file), _human_info)
     return ops.EXIT_OK
@@ -88,6 +102,7 @@ def _human_restore(r: dict[str, Any]) -> str:
     lines += [f"  failed: {f}" for f in r["failures"]]
     lines += [f"  skipped: {s}" for s in r["skipped"]]
     lines += [f"  conflict: {c}" for c in r["conflicts"]]
+    lines += [f"  replayed verbatim (not modelled): {o}" for o in r.get("opaque", [])]
     lines += [f"  differs after restore: {d}" for d in r["differences"]]
     h = r.get("hosts")
     if h:
@@ -123,25 +138,45 @@ def _restore(args: argparse.Namespace) -> int:
 
 
 # -- status ----------------------------------------------------------------------------
-def _human_status(d: dict[str, Any]) -> str:
+def human_status(d: dict[str, Any]) -> str:
     sup, tgt, ck = d["supervisor"], d["target"], d["checkpoint"]
     lines = []
     if sup:
-        lines.append(f"supervisor: {sup['state']}, {sup['restarts']} restarts, last restore "
-                     f"{sup['last_restore_s']} s, death to ready {sup['last_death_to_ready_s']}"
-                     " s" + (f"; last error: {sup['last_error']}" if sup["last_error"] else ""))
+        restarts = sup["restarts"]
+        line = f"supervisor: {sup['state']}, {restarts} restart{'s' * (restarts != 1)}"
+        if restarts:
+            line += (f", last restore {sup['last_restore_s']} s, death to ready "
+                     f"{sup['last_death_to_ready_s']} s")
+        lines.append(line + (f"; last error: {sup['last_error']}" if sup["last_error"]
+                             else ""))
     else:
         lines.append("supervisor: none on this socket (unsupervised target)")
+    pid = f", pid {tgt['pid']}" if tgt.get("pid") else ""
     lines.append(f"target: {tgt['socket']}: {tgt['version']}, {tgt['phase']}, "
-                 f"{tgt['subsystems']} subsystems")
-    if d.get("keeper"):
-        k = d["keeper"]
+                 f"{tgt['subsystems']} subsystems{pid}")
+    k = d.get("keeper")
+    if k:
+        kills = _takeovers(k)
         lines.append(f"crash-transparent: worker {k['active']} serving, standby "
-                     f"{', '.join(map(str, k['standby'])) or 'starting'}, {k['takeovers']} "
-                     f"takeovers, {k['connections']} connections held")
-    lines.append(_human_info(ck) if ck else "checkpoint: none in "
-                 f"{d['state_dir']} (take one with `nvmf-phoenix checkpoint now`)")
+                     f"{', '.join(map(str, k['standby'])) or 'starting'}, {kills} "
+                     f"takeover{'s' * (kills != 1)}, {k['connections']} connections held")
+    if d.get("kill_pid"):
+        lines.append(f"to try it: kill -9 {d['kill_pid']} (the process serving I/O)")
+    if ck:
+        lines.append(_human_info(ck))
+    elif k:
+        lines.append("checkpoint: none needed (crash-transparent: the state lives in shared "
+                     "memory; `nvmf-phoenix shm list` shows where)")
+    else:
+        lines.append(f"checkpoint: none in {d['state_dir']} (take one with "
+                     "`nvmf-phoenix checkpoint now`)")
     return "\n".join(lines)
+
+
+def _takeovers(keeper: dict[str, Any]) -> int:
+    """Takeovers since start: the keeper also counts handing the first worker its
+    listeners, which no user would call a takeover."""
+    return max(0, int(keeper["takeovers"]) - 1)
 
 
 def _keeper(args: argparse.Namespace) -> dict[str, Any] | None:
@@ -154,10 +189,48 @@ def _keeper(args: argparse.Namespace) -> dict[str, Any] | None:
         return None
 
 
+def _peer_pid(client: Any) -> int | None:
+    """The process serving a Unix RPC socket (SO_PEERCRED), or None (TCP, HTTP)."""
+    sock = getattr(client.transport, "sock", None)
+    if sock is None or sock.family != socket.AF_UNIX:
+        return None
+    try:
+        pid, _uid, _gid = struct.unpack("3i", sock.getsockopt(
+            socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))
+    except OSError:
+        return None
+    return pid or None
+
+
+def _children(pid: int) -> list[int]:
+    """Child processes of ``pid``, whichever of its threads started them."""
+    kids: list[int] = []
+    for task in glob.glob(f"/proc/{pid}/task/*/children"):
+        try:
+            with open(task) as f:
+                kids += [int(x) for x in f.read().split()]
+        except (OSError, ValueError):
+            continue
+    return sorted(kids)
+
+
+def _kill_pid(pid: int | None, sup: dict[str, Any] | None,
+              keeper: dict[str, Any] | None) -> int | None:
+    """The process whose kill -9 the project claims to survive: the worker serving a
+    crash-transparent target, a supervisor's target (its child), or the target itself."""
+    if keeper:
+        return keeper.get("active")
+    if sup and pid:
+        kids = _children(pid)
+        return kids[0] if kids else None
+    return pid
+
+
 def _status(args: argparse.Namespace) -> int:
     from nvmf_phoenix.recovery.restore import target_phase
 
     with connect(args) as c:
+        pid = _peer_pid(c)
         try:
             sup = c.call("phoenix_status")
         except RpcError as err:
@@ -172,10 +245,21 @@ def _status(args: argparse.Namespace) -> int:
         ck = ops.show(args.state_dir)
     except ops.PhoenixError:
         ck = None
+    keeper = _keeper(args)
+    kill_pid = _kill_pid(pid, sup, keeper)
+    if args.pid:
+        if kill_pid is None:
+            raise ops.PhoenixError(f"no process id for {args.rpc_socket} (not a local Unix "
+                                   "socket?)")
+        print(kill_pid)
+        return ops.EXIT_OK
     doc = {"supervisor": sup, "target": {"socket": args.rpc_socket, "version": version,
-                                         "phase": phase, "subsystems": subs},
-           "checkpoint": ck, "state_dir": args.state_dir, "keeper": _keeper(args)}
-    emit(args, doc, _human_status)
+                                         "phase": phase, "subsystems": subs, "pid": pid},
+           "checkpoint": ck, "state_dir": args.state_dir, "keeper": keeper,
+           "kill_pid": kill_pid}
+    if keeper:
+        keeper["takeovers_since_start"] = _takeovers(keeper)
+    emit(args, doc, human_status)
     return ops.EXIT_OK if sup is None or sup["state"] == "ready" else ops.EXIT_FAIL
 
 
@@ -184,6 +268,13 @@ def _address(args: argparse.Namespace) -> int:
     from nvmf_phoenix.plugin import netplumb
 
     addr, _, prefix = args.address.partition("/")
+    try:
+        ipaddress.ip_address(addr)
+        if prefix:
+            int(prefix)
+    except ValueError:
+        raise ops.PhoenixError(f"{args.address!r} is not an IP address (ADDR or ADDR/PREFIX, "
+                               "e.g. 192.0.2.10/24)", ops.EXIT_USAGE) from None
     if args.action == "check":
         where = netplumb.interfaces_with(addr)
         emit(args, {"address": addr, "interfaces": where},
@@ -225,6 +316,10 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("file", help="output file, or - for stdout")
     add_state_dir(p), add_json(p)
     p.set_defaults(func=guarded(_export))
+    p = cks.add_parser("drop", help="delete the checkpoint for good: its shared-memory "
+                       "region, journal and snapshot, and the directory if left empty")
+    add_state_dir(p), add_json(p)
+    p.set_defaults(func=guarded(_drop))
     p = cks.add_parser("import", help="make an exported file the newest checkpoint")
     p.add_argument("file", help="a file written by `checkpoint export`")
     add_state_dir(p), add_json(p)
@@ -251,6 +346,8 @@ def add_parsers(sub: Any) -> None:
     p = sub.add_parser("status", help="supervisor, target and checkpoint at a glance "
                        "(exit 1 if the supervisor is not ready)")
     add_socket(p), add_state_dir(p), add_json(p)
+    p.add_argument("--pid", action="store_true", help="print only the PID of the process "
+                   "serving I/O (the crash-transparent worker, the supervised target)")
     p.set_defaults(func=guarded(_status))
 
     p = sub.add_parser("address", help="check, add or remove a (floating) listener address")

@@ -33,6 +33,18 @@ EXIT_CODES = (f"exit codes: {EXIT_OK} ok, {EXIT_FAIL} the operation failed, {EXI
 DEFAULT_SOCKET = "/var/tmp/spdk.sock"
 
 
+class DefaultsShown(argparse.HelpFormatter):
+    """Help that ends each option with its default, when it has one worth showing (not
+    for flags, nor for options that are off unless given)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if "%(default)" in text or action.default in (None, False, argparse.SUPPRESS) \
+                or not action.option_strings or "default" in text:
+            return text
+        return text + " (default: %(default)s)"
+
+
 def add_socket(p: argparse.ArgumentParser) -> None:
     default = os.environ.get("NVMF_PHOENIX_RPC_SOCKET", DEFAULT_SOCKET)
     p.add_argument("-s", "--rpc-socket", default=default,
@@ -42,7 +54,7 @@ def add_socket(p: argparse.ArgumentParser) -> None:
 
 
 def add_state_dir(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--state-dir", default=default_state_dir(),
+    p.add_argument("-d", "--state-dir", default=default_state_dir(),
                    help="checkpoint directory (default $NVMF_PHOENIX_STATE_DIR or "
                    "/var/lib/nvmf-phoenix, the supervisor's default)")
 

@@ -61,7 +61,11 @@ class HostTracker:
         self.connected: set[HostKey] = set()
 
     def restarted(self, also_expected: set[HostKey] | None = None) -> None:
-        self.expected = self.known | (also_expected or set())
+        """A restart: hosts seen since the last one are now expected back. Hosts expected
+        after the last restart stay expected: one restart may be seen twice (the restart
+        count changes, then a scrape lands while the target is still being restored),
+        and the second sighting must not forget hosts that had no time to come back."""
+        self.expected = self.known | (self.expected or set()) | (also_expected or set())
         self.known = set()
         self.connected = set()
 

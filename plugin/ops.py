@@ -9,7 +9,8 @@ Where checkpoints live: a *state directory* (``--state-dir``; default
 ``$NVMF_PHOENIX_STATE_DIR`` or ``/var/lib/nvmf-phoenix``, the supervisor's default too)
 holds the journal and snapshot; its shared-memory region is named after the directory
 (``CheckpointStore.for_state_dir``), so the CLI, the plugin and a supervisor using the
-same directory all see the same checkpoint. Writers take the directory's lock.
+same directory all see the same checkpoint. Writers take the directory's lock. ``drop``
+removes all of it, region included.
 """
 from __future__ import annotations
 
@@ -20,12 +21,19 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+from nvmf_phoenix.persist import shm
 from nvmf_phoenix.persist.atomic import atomic_write
 from nvmf_phoenix.recovery.capture import capture, capture_config
 from nvmf_phoenix.recovery.diff import diff
 from nvmf_phoenix.recovery.executor import Progress
 from nvmf_phoenix.recovery.restore import RestoreReport, restore
-from nvmf_phoenix.recovery.store import CheckpointStore, Loaded, StateDirBusy, lock_state_dir
+from nvmf_phoenix.recovery.store import (
+    CheckpointStore,
+    Loaded,
+    StateDirBusy,
+    find_region,
+    lock_state_dir,
+)
 from nvmf_phoenix.recovery.verify import expectations, verify_reconnect
 
 from nvmf_phoenix.model import DISCOVERY_NQN, TargetState
@@ -49,8 +57,8 @@ def default_state_dir() -> str:
 
 
 @contextlib.contextmanager
-def _writer(state_dir: str) -> Iterator[CheckpointStore]:
-    """The store, opened for writing under the directory's lock."""
+def _locked(state_dir: str) -> Iterator[None]:
+    """Hold the directory's writer lock (refused while a supervisor owns it)."""
     try:
         fd = lock_state_dir(state_dir)
     except StateDirBusy as exc:
@@ -59,12 +67,21 @@ def _writer(state_dir: str) -> Iterator[CheckpointStore]:
     except OSError as exc:
         raise PhoenixError(f"cannot use state directory {state_dir}: {exc.strerror} "
                            "(choose a writable one with --state-dir)") from None
-    store = CheckpointStore.for_state_dir(state_dir, region_dir=None)
     try:
-        yield store
+        yield
     finally:
-        store.close()
         os.close(fd)
+
+
+@contextlib.contextmanager
+def _writer(state_dir: str) -> Iterator[CheckpointStore]:
+    """The store, opened for writing under the directory's lock."""
+    with _locked(state_dir):
+        store = CheckpointStore.for_state_dir(state_dir, region_dir=None)
+        try:
+            yield store
+        finally:
+            store.close()
 
 
 def load(state_dir: str) -> tuple[Loaded, CheckpointStore]:
@@ -83,6 +100,49 @@ def load(state_dir: str) -> tuple[Loaded, CheckpointStore]:
     return loaded, store
 
 
+def _ours(name: str) -> bool:
+    """Files a state directory holds because of us: journal (and damaged journals set
+    aside), snapshot, lock, the last restore's record, the supervised target's output,
+    atomic writes' temp files."""
+    return (name in ("journal", "snapshot", "lock", LAST_RESTORE, "target.log")
+            or name.startswith(("journal.damaged-", "journal.tmp.", "snapshot.tmp.",
+                                f"{LAST_RESTORE}.tmp.")))
+
+
+def drop(state_dir: str) -> dict[str, Any]:
+    """Remove a state directory's checkpoint for good: its shared-memory region (which
+    would otherwise stay until the next boot), journal, snapshot and lock, then the
+    directory if nothing else is in it. Refused while a supervisor owns the directory.
+    A directory already deleted by hand still has its region removed."""
+    removed: list[str] = []
+    kept: list[str] = []
+    freed = 0
+    region = find_region(state_dir)
+    if os.path.isdir(state_dir):
+        with _locked(state_dir):
+            region = find_region(state_dir)     # under the lock: no one is writing
+            for name in sorted(os.listdir(state_dir)):
+                path = os.path.join(state_dir, name)
+                if _ours(name) and os.path.isfile(path):
+                    freed += os.path.getsize(path)
+                    os.unlink(path)
+                    removed.append(path)
+                else:
+                    kept.append(name)
+            if region:
+                freed += os.path.getsize(region)
+                shm.remove(region)
+                removed.append(region)
+        if not kept:
+            os.rmdir(state_dir)
+            removed.append(state_dir)
+    elif region:
+        freed += os.path.getsize(region)
+        shm.remove(region)
+        removed.append(region)
+    return {"state_dir": state_dir, "removed": removed, "kept": kept, "freed_bytes": freed}
+
+
 def summary(state: TargetState) -> dict[str, int]:
     subs = [s for s in state.subsystems.values() if s.nqn != DISCOVERY_NQN]
     return {"subsystems": len(subs),
@@ -91,6 +151,7 @@ def summary(state: TargetState) -> dict[str, int]:
             "listeners": sum(len(s.listeners) for s in state.subsystems.values()),
             "bdevs": len(state.bdevs), "transports": len(state.transports),
             "keys": len(state.keys), "referrals": len(state.referrals),
+            "opaque_entries": len(state.opaque or []),
             "connected_controllers": len(state.runtime.controllers)}
 
 

@@ -8,6 +8,7 @@ facts are read on demand (``capture_runtime``), never on every change.
 """
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
@@ -24,7 +25,14 @@ from nvmf_phoenix.model import (
     TargetState,
 )
 
+log = logging.getLogger(__name__)
+
 CONFIG_SUBSYSTEMS = ("keyring", "bdev", "nvmf")
+# The target's option sections: a target may not have them (the embedded one has none).
+OPTION_SUBSYSTEMS = ("iobuf", "sock", "accel")
+# What capture reads, in the order nvmf_tgt's save_config lists these subsystems.
+CAPTURED = ("keyring", "iobuf", "sock", "accel", "bdev", "nvmf")
+_told: set[str] = set()   # methods already logged as carried without a model
 
 
 def state_from_rpc(configs: dict[str, list[dict[str, Any]]],
@@ -32,11 +40,19 @@ def state_from_rpc(configs: dict[str, list[dict[str, Any]]],
                    controllers: dict[str, list[dict[str, Any]]] | None = None,
                    qpairs: dict[str, list[dict[str, Any]]] | None = None,
                    captured_at: float = 0.0) -> TargetState:
-    """Build a TargetState from framework_get_config answers (+ optional live facts)."""
+    """Build a TargetState from framework_get_config answers (+ optional live facts).
+
+    Entries no declaration models are kept verbatim (``TargetState.opaque``), so nothing
+    the target holds is lost: restore replays them and diff compares them."""
     st = TargetState.empty()
-    for name in CONFIG_SUBSYSTEMS:
+    st.opaque = []
+    names = [n for n in CAPTURED if n in configs] + [n for n in configs if n not in CAPTURED]
+    for name in names:
         for entry in configs.get(name) or []:
-            apply_entry(st, entry.get("method", ""), entry.get("params") or {})
+            method, params = entry.get("method", ""), entry.get("params")
+            if not apply_entry(st, method, params or {}):
+                st.opaque.append({"subsystem": name, "method": method, "params": params})
+    _tell_opaque({e["method"] for e in st.opaque})
     for nqn, entries in (listeners or {}).items():
         sub = st.subsystems.get(nqn)
         if sub is None:
@@ -54,12 +70,23 @@ def ana_states(listeners: list[dict[str, Any]]) -> dict[ListenAddress, dict[int,
             for e in listeners}
 
 
-def apply_entry(st: TargetState, method: str, p: dict[str, Any]) -> None:
+def apply_entry(st: TargetState, method: str, p: dict[str, Any]) -> bool:
     """One framework_get_config entry (a creating call with the target's parameters)
-    into ``st``, as the method's declaration puts it; entries not modelled are skipped."""
+    into ``st``, as the method's declaration puts it; False for an entry not modelled."""
     m = METHODS.get(method)
-    if m is not None and m.put is not None:
-        m.put(st, p)
+    if m is None or m.put is None:
+        return False
+    m.put(st, p)
+    return True
+
+
+def _tell_opaque(methods: set[str]) -> None:
+    """Say once per method (per process) what is carried without being modelled."""
+    new = sorted(methods - _told)
+    if new:
+        _told.update(new)
+        log.info("carried verbatim, not modelled (replayed as they are on restore): %s",
+                 ", ".join(new))
 
 
 def runtime_from_rpc(controllers: dict[str, list[dict[str, Any]]],
@@ -80,9 +107,15 @@ def runtime_from_rpc(controllers: dict[str, list[dict[str, Any]]],
 
 def capture_config(client: Any) -> TargetState:
     """Configuration plus ANA states of ANA-reporting subsystems' listeners."""
-    answers = call_all(client, [("framework_get_config", {"name": n})
-                                 for n in CONFIG_SUBSYSTEMS])
+    *answers, present = call_all(client, [("framework_get_config", {"name": n})
+                                          for n in CONFIG_SUBSYSTEMS] +
+                                 [("framework_get_subsystems", None)])
     configs = dict(zip(CONFIG_SUBSYSTEMS, answers, strict=True))
+    have = {s.get("subsystem") for s in present}
+    options = [n for n in OPTION_SUBSYSTEMS if n in have]   # the embedded target has none
+    if options:
+        got = call_all(client, [("framework_get_config", {"name": n}) for n in options])
+        configs.update(zip(options, got, strict=True))
     st = state_from_rpc(configs)
     ana = [s.nqn for s in st.subsystems.values() if s.ana_reporting]
     if ana:

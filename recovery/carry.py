@@ -6,7 +6,9 @@ target at the next mutation, which does not have them: without care, one transie
 at a restart would delete them from the configuration for good. So the supervisor keeps
 what failed (:func:`missing`) and every checkpoint adds it back (:func:`overlay`), until
 the live target has an object by that name again (it came back, or the user made a new
-one) or its subsystem is gone (the user deleted it): then the live target wins.
+one) or its subsystem is gone (the user deleted it): then the live target wins. Entries
+carried verbatim (``TargetState.opaque``) are kept the same way, until the live target
+has the same entry.
 
 Pure functions over the state model.
 """
@@ -14,7 +16,9 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
+
+from nvmf_phoenix.recovery.diff import opaque_label
 
 from nvmf_phoenix.model import Subsystem, TargetState
 
@@ -31,11 +35,13 @@ class Carried:
 
     def __bool__(self) -> bool:
         w = self.whole
-        return bool(w.keys or w.bdevs or w.transports or w.subsystems or self.parts)
+        return bool(w.keys or w.bdevs or w.transports or w.subsystems or self.parts or
+                    w.opaque)
 
     def describe(self) -> list[str]:
         w = self.whole
         out = [f"key {k}" for k in w.keys] + [f"bdev {b}" for b in w.bdevs]
+        out += [f"opaque {opaque_label(e)}" for e in w.opaque or []]
         out += [f"transport {t}" for t in w.transports]
         out += [f"subsystem {n}" for n in w.subsystems]
         for nqn, p in self.parts.items():
@@ -52,6 +58,8 @@ def missing(desired: TargetState, live: TargetState) -> Carried:
     w.keys = {k: v for k, v in desired.keys.items() if k not in live.keys}
     w.bdevs = {k: v for k, v in desired.bdevs.items() if k not in live.bdevs}
     w.transports = {k: v for k, v in desired.transports.items() if k not in live.transports}
+    if desired.opaque is not None:
+        w.opaque = [copy.deepcopy(e) for e in desired.opaque if not _has(live, e)]
     for nqn, sub in desired.subsystems.items():
         have = live.subsystems.get(nqn)
         if have is None:
@@ -74,6 +82,9 @@ def overlay(live: TargetState, carried: Carried) -> tuple[TargetState, Carried]:
     _fill(carried.whole.bdevs, st.bdevs, still.whole.bdevs)
     _fill(carried.whole.transports, st.transports, still.whole.transports)
     _fill(carried.whole.subsystems, st.subsystems, still.whole.subsystems)
+    if carried.whole.opaque and st.opaque is not None:
+        still.whole.opaque = [e for e in carried.whole.opaque if not _has(st, e)]
+        st.opaque += still.whole.opaque
     for nqn, part in carried.parts.items():
         have = st.subsystems.get(nqn)
         if have is None:                              # its subsystem was deleted since
@@ -91,6 +102,12 @@ def overlay(live: TargetState, carried: Carried) -> tuple[TargetState, Carried]:
         if left.namespaces or left.hosts or left.listeners:
             still.parts[nqn] = left
     return st, still
+
+
+def _has(st: TargetState, entry: dict[str, Any]) -> bool:
+    """Whether ``st`` holds this opaque entry (same method, same params)."""
+    return any(e["method"] == entry["method"] and e.get("params") == entry.get("params")
+               for e in st.opaque or [])
 
 
 def _fill(src: dict[K, V], dst: dict[K, V], keep: dict[K, V]) -> None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 from typing import Any
 
 from nvmf_phoenix.recovery.capture import ana_states
+from nvmf_phoenix.rpc.method_rules_ns_hosts import apply_ns_host
 from nvmf_phoenix.rpc.methods import (
     METHODS,
     Call,
@@ -120,6 +121,11 @@ def _target(model: TargetState, op: Op) -> Subsystem | None:
         return None
     if kind in (Kind.HOST, Kind.NS, Kind.LISTENER, Kind.ALLOW_ANY_HOST, Kind.ANA):
         return _sub(model, op.get("nqn"))
+    if kind == Kind.NS_HOST:
+        sub = _sub(model, op.get("nqn"))
+        if op.get("nsid") not in sub.namespaces:
+            raise ModelMismatch(f"no namespace {op.get('nsid')!r} in {sub.nqn}")
+        return sub
     raise ModelMismatch(f"unknown operation {kind!r}")
 
 
@@ -143,6 +149,8 @@ def _put(model: TargetState, op: Op) -> None:
                  Listener.from_dict(value) if value else None)
         elif kind == Kind.ALLOW_ANY_HOST:
             sub.allow_any_host = bool(value)
+        elif kind == Kind.NS_HOST:
+            apply_ns_host(sub.namespaces[int(op["nsid"])], op["host"], value)
         else:
             for ls in op["listeners"]:
                 addr = ListenAddress.from_dict(ls["address"])

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from nvmf_phoenix.rpc.methods import is_startup_option
+
 from nvmf_phoenix.model import TargetState
 
 # Containers of options where a desired state may leave a key for the target to fill in
@@ -19,8 +21,44 @@ def diff(a: TargetState, b: TargetState, runtime: bool = False,
     """
     da = a.to_dict() if runtime else a.config_dict()
     db = b.to_dict() if runtime else b.config_dict()
+    if "opaque" in da and "opaque" in db:
+        if desired:   # options the desired state never set: the target's own, like OPEN
+            db["opaque"] = [e for e in db["opaque"] if not unset_option(e, da["opaque"])]
+        da["opaque"], db["opaque"] = opaque_keyed(da["opaque"]), opaque_keyed(db["opaque"])
+    else:    # one side never recorded them: nothing to compare
+        da.pop("opaque", None)
+        db.pop("opaque", None)
     out: list[str] = []
     _walk(_keyed(da), _keyed(db), "", out, desired)
+    return out
+
+
+# The params that name what an entry configures (a bdev, a subsystem's host, a socket
+# implementation): an entry's label, so a changed option reads as one changed value.
+OPAQUE_IDS = ("name", "nqn", "nsid", "host", "impl_name", "trtype")
+
+
+def opaque_label(entry: dict[str, Any]) -> str:
+    p = entry.get("params")
+    ids = [str(p[k]) for k in OPAQUE_IDS if isinstance(p, dict) and k in p]
+    return " ".join([entry["method"], *ids])
+
+
+def unset_option(entry: dict[str, Any], desired: list[dict[str, Any]]) -> bool:
+    """An option setter of a method the desired entries never call (e.g. a checkpoint of
+    a target without that module): the live target's defaults, not a difference."""
+    return is_startup_option(entry["method"]) and \
+        all(e["method"] != entry["method"] for e in desired)
+
+
+def opaque_keyed(entries: list[dict[str, Any]]) -> dict[str, Any]:
+    """Opaque entries by label (order aside, as SPDK's load_config would take them)."""
+    out: dict[str, Any] = {}
+    for e in entries:
+        label, n = opaque_label(e), 2
+        while label in out:
+            label, n = f"{opaque_label(e)} #{n}", n + 1
+        out[label] = e.get("params")
     return out
 
 

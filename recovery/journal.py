@@ -22,20 +22,21 @@ from __future__ import annotations
 
 import os
 import re
-import struct
 import time
 from dataclasses import dataclass, field
 
-import crc32c
 from nvmf_phoenix.persist.atomic import atomic_write
+from nvmf_phoenix.persist.record import Sealed, checksum
+from nvmf_phoenix.wire.layout import Layout
 
 J_MAGIC = b"PHXJRNL1"
 S_MAGIC = b"PHXSNAP1"
 VERSION = 1
-FILE_HDR = struct.Struct("<8sI4x")                # magic, version
-REC_HDR = struct.Struct("<IHHQ")                  # length, kind, flags, seq
-CRC = struct.Struct("<I")
-SNAP_HDR = struct.Struct("<8sI4xQQI")             # magic, version, seq, length, crc
+FILE_HDR = Layout(16, [("magic", 0, "8s"), ("version", 8, "I")])
+REC_HDR = Layout(16, [("length", 0, "I"), ("kind", 4, "H"), ("flags", 6, "H"), ("seq", 8, "Q")])
+REC = Sealed(REC_HDR)                             # its CRC covers the payload after it too
+SNAP_HDR = Layout(36, [("magic", 0, "8s"), ("version", 8, "I"), ("seq", 16, "Q"),
+                      ("length", 24, "Q"), ("crc", 32, "I")])
 MAX_RECORD = 64 << 20
 KIND_STATE, KIND_INTENT, KIND_OUTCOME, KIND_CHANGE = 1, 2, 3, 4
 
@@ -91,28 +92,27 @@ def read_journal(path: str) -> ReadResult:
 
 def _record_at(data: bytes, pos: int) -> tuple[Record | None, int, str]:
     """The record starting at ``pos`` if it is whole and its CRC matches."""
-    if len(data) - pos < REC_HDR.size + CRC.size:
+    if len(data) - pos < REC.size:
         return None, pos, f"truncated record header at offset {pos}"
-    length, kind, _flags, seq = REC_HDR.unpack_from(data, pos)
-    end = pos + REC_HDR.size + CRC.size + length
+    length, kind, _flags, seq = REC.peek(data, pos)
+    end = pos + REC.size + length
     if length > MAX_RECORD or end > len(data):
         return None, pos, f"truncated record at offset {pos} (claims {length} bytes)"
-    body = data[pos:pos + REC_HDR.size]
-    payload = data[pos + REC_HDR.size + CRC.size:end]
-    (crc,) = CRC.unpack_from(data, pos + REC_HDR.size)
-    if crc != crc32c.crc32c(body + payload):
+    payload = data[pos + REC.size:end]
+    if REC.unpack(data, pos, covers=payload) is None:
         return None, pos, f"CRC mismatch in record at offset {pos}"
     return Record(kind, seq, payload), end, ""
 
 
-# kind (1..4) and flags (0) of a record header, 4 bytes into it: where to try again.
+# kind (1..4) and flags (0) of a record header, where they sit in it: where to try again.
 _RESYNC = re.compile(rb"[\x01-\x04]\x00\x00\x00")
+_KIND_AT = REC_HDR.offset("kind")
 
 
 def _next_record(data: bytes, start: int, after_seq: int) -> int | None:
     """Offset of the next whole, CRC-valid record with a newer sequence number."""
-    for m in _RESYNC.finditer(data, start + 4):
-        pos = m.start() - 4
+    for m in _RESYNC.finditer(data, start + _KIND_AT):
+        pos = m.start() - _KIND_AT
         rec, _, _ = _record_at(data, pos)
         if rec is not None and rec.seq > after_seq:
             return pos
@@ -190,13 +190,12 @@ class Journal:
 
 
 def _frame(kind: int, seq: int, payload: bytes) -> bytes:
-    body = REC_HDR.pack(len(payload), kind, 0, seq)
-    return body + CRC.pack(crc32c.crc32c(body + payload)) + payload
+    return REC.pack(len(payload), kind, 0, seq, covers=payload) + payload
 
 
 def write_snapshot(path: str, seq: int, payload: bytes) -> None:
     atomic_write(path, SNAP_HDR.pack(S_MAGIC, VERSION, seq, len(payload),
-                                     crc32c.crc32c(payload)) + payload)
+                                     checksum(payload)) + payload)
 
 
 def read_snapshot(path: str) -> tuple[int, bytes]:
@@ -215,6 +214,6 @@ def read_snapshot(path: str) -> tuple[int, bytes]:
     if len(payload) != length:
         raise JournalError(f"snapshot {path}: truncated payload ({len(payload)} of "
                            f"{length} bytes)")
-    if crc32c.crc32c(payload) != crc:
+    if checksum(payload) != crc:
         raise JournalError(f"snapshot {path}: CRC mismatch")
     return seq, payload

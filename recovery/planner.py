@@ -2,9 +2,10 @@
 
 Order follows what depends on what, and what a host may see when: STARTUP options,
 framework_start_init, keys, bdevs (with their uuids), transports, subsystems, namespaces
-(explicit nsid/uuid/nguid/eui64/anagrpid), hosts, then listeners last. Listeners of
-ANA-reporting subsystems open ``inaccessible`` and flip to their saved states in a final
-stage, once everything behind them exists, so no host sees a half-built subsystem.
+(explicit nsid/uuid/nguid/eui64/anagrpid), hosts (of subsystems, then of no_auto_visible
+namespaces), then listeners last. Listeners of ANA-reporting subsystems open
+``inaccessible`` and flip to their saved states in a final stage, once everything behind
+them exists, so no host sees a half-built subsystem.
 
 Only differences produce calls: restoring onto a target that already matches plans
 nothing, and nothing that matches is deleted and re-added. An object that exists with a
@@ -19,9 +20,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from nvmf_phoenix.rpc.methods import bdev_method, emit
+from nvmf_phoenix.recovery.diff import opaque_label, unset_option
+from nvmf_phoenix.rpc.methods import bdev_method, emit, is_startup_option
 
-from nvmf_phoenix.model import Listener, Subsystem, TargetState
+from nvmf_phoenix.model import Listener, Namespace, Subsystem, TargetState
 
 STAGES = ("startup", "init", "keys", "bdevs", "transports", "subsystems", "namespaces",
           "hosts", "listeners", "ana", "prune")
@@ -44,6 +46,7 @@ class Plan:
     calls: list[Call] = field(default_factory=list)
     conflicts: list[str] = field(default_factory=list)
     extra: list[str] = field(default_factory=list)   # live objects not in the desired state
+    opaque: list[str] = field(default_factory=list)  # entries replayed verbatim (labels)
 
     def add(self, stage: str, method: str, params: dict[str, Any] | None, key: str,
             *deps: str) -> None:
@@ -62,6 +65,7 @@ class Plan:
 def plan(desired: TargetState, live: TargetState, phase: str = "running",
          prune: bool = False) -> Plan:
     p = Plan()
+    _opaque(p, desired, live, phase, options=True)
     if phase == "startup":
         _startup(p, desired)
         p.emit("init", "framework_start_init", (), "framework")
@@ -88,11 +92,41 @@ def plan(desired: TargetState, live: TargetState, phase: str = "running",
         if ref not in live.referrals:
             p.emit("listeners", "nvmf_discovery_add_referral", (ref,),
                    f"referral:{ref.address.traddr}:{ref.address.trsvcid}")
-    if prune:
+    _opaque(p, desired, live, phase, options=False)
+    p.extra = _extra(desired, live)
+    if prune:   # what it removes is no longer extra; opaque entries it cannot remove
         _prune(p, desired, live)
-    else:
-        p.extra = _extra(desired, live)
+        p.extra = [x for x in p.extra if x.startswith("opaque ")]
     return p
+
+
+# When an opaque entry of each configuration subsystem is replayed: after the modelled
+# objects of its subsystem (added after them to the same stage), nvmf's before listeners
+# open; entries of the other subsystems before any bdev, which may need them.
+OPAQUE_STAGE = {"keyring": "keys", "bdev": "bdevs", "nvmf": "hosts"}
+
+
+def _opaque(p: Plan, desired: TargetState, live: TargetState, phase: str,
+            options: bool) -> None:
+    """Replay, verbatim, the entries no declaration models that the live target lacks:
+    option setters (``options``) before framework_start_init, the rest by subsystem.
+    An option the running target has otherwise cannot be set any more: a conflict."""
+    have = [(e["method"], e.get("params")) for e in live.opaque or []]
+    for e in desired.opaque or []:
+        method, params = e["method"], e.get("params")
+        if is_startup_option(method) != options or (method, params) in have:
+            continue
+        label = opaque_label(e)
+        if options and phase != "startup":
+            p.conflicts.append(f"{label}: the live target's is not the checkpoint's; a "
+                               "STARTUP option, set only on a target started with "
+                               "--wait-for-rpc")
+            continue
+        name = params.get("name") if isinstance(params, dict) else None
+        key = f"bdev:{name}" if e.get("subsystem") == "bdev" and name else f"opaque:{label}"
+        stage = "startup" if options else OPAQUE_STAGE.get(e.get("subsystem", ""), "keys")
+        p.add(stage, method, params, key)
+        p.opaque.append(label)
 
 
 def _startup(p: Plan, st: TargetState) -> None:
@@ -132,8 +166,27 @@ def _subsystem(p: Plan, sub: Subsystem, have: Subsystem | None) -> None:
         if hostnqn not in have.hosts:
             p.emit("hosts", "nvmf_subsystem_add_host", (sub, host), f"{key}/host:{hostnqn}",
                    key)
+    for nsid, ns in sorted(sub.namespaces.items()):
+        _ns_hosts(p, sub, ns, have.namespaces.get(nsid), f"{key}/ns:{nsid}")
     for addr, ls in sub.listeners.items():
         _listener(p, sub, ls, have.listeners.get(addr), key)
+
+
+def _ns_hosts(p: Plan, sub: Subsystem, ns: Namespace, have: Namespace | None,
+              nskey: str) -> None:
+    """Who sees a no_auto_visible namespace, before any listener opens. The list is
+    newest first and each call puts its host at the head: so the oldest goes first."""
+    if have is not None and have.identity() != ns.identity():
+        return   # a conflict, reported with the namespace: its hosts are not ours to add
+    if have is not None and have.no_auto_visible != ns.no_auto_visible and ns.hosts:
+        p.conflicts.append(f"subsystem {sub.nqn} nsid {ns.nsid}: no_auto_visible "
+                           f"{have.no_auto_visible} != {ns.no_auto_visible}")
+        return
+    had = have.hosts if have is not None else []
+    for host in reversed(ns.hosts):
+        if host not in had:
+            p.emit("hosts", "nvmf_ns_add_host", (sub, ns, host), f"{nskey}/host:{host}",
+                   nskey)
 
 
 def _listener(p: Plan, sub: Subsystem, ls: Listener, have: Listener | None, key: str) -> None:
@@ -163,6 +216,11 @@ def _listener(p: Plan, sub: Subsystem, ls: Listener, have: Listener | None, key:
 
 def _extra(desired: TargetState, live: TargetState) -> list[str]:
     out = [f"bdev {n}" for n in live.bdevs if n not in desired.bdevs]
+    if desired.opaque is not None:
+        carried = [(e["method"], e.get("params")) for e in desired.opaque]
+        out += [f"opaque {opaque_label(e)}" for e in live.opaque or []
+                if (e["method"], e.get("params")) not in carried and
+                not unset_option(e, desired.opaque)]
     for nqn, sub in live.subsystems.items():
         want = desired.subsystems.get(nqn)
         if want is None:
@@ -170,6 +228,9 @@ def _extra(desired: TargetState, live: TargetState) -> list[str]:
             continue
         out += [f"{nqn} nsid {n}" for n in sub.namespaces if n not in want.namespaces]
         out += [f"{nqn} host {h}" for h in sub.hosts if h not in want.hosts]
+        out += [f"{nqn} nsid {n} host {h}" for n, ns in sub.namespaces.items()
+                if n in want.namespaces for h in ns.hosts
+                if h not in want.namespaces[n].hosts]
         out += [f"{nqn} listener {a.traddr}:{a.trsvcid}" for a in sub.listeners
                 if a not in want.listeners]
     return out
@@ -191,6 +252,11 @@ def _prune(p: Plan, desired: TargetState, live: TargetState) -> None:
         for nsid, ns in sub.namespaces.items():
             if want is not None and nsid not in want.namespaces:
                 p.emit("prune", "nvmf_subsystem_remove_ns", (sub, ns), f"-{nqn}/ns:{nsid}")
+            elif want is not None:
+                for h in ns.hosts:
+                    if h not in want.namespaces[nsid].hosts:
+                        p.emit("prune", "nvmf_ns_remove_host", (sub, ns, h),
+                               f"-{nqn}/ns:{nsid}/host:{h}")
     for name, b in live.bdevs.items():
         if name not in desired.bdevs:
             p.emit("prune", bdev_method(b.kind, create=False), (b,), f"-bdev:{name}")

@@ -10,10 +10,9 @@ import os
 import select
 import signal
 import socket
-import struct
 import subprocess
 
-_CREDS = struct.Struct("3i")          # struct ucred: pid, uid, gid
+from nvmf_phoenix.wire.peercred import peer_cred
 
 
 def socket_owner(path: str) -> int:
@@ -21,9 +20,7 @@ def socket_owner(path: str) -> int:
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
         s.settimeout(5)
         s.connect(path)
-        pid, _uid, _gid = _CREDS.unpack(s.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
-                                                     _CREDS.size))
-    return int(pid)
+        return peer_cred(s).pid
 
 
 class Adopted:

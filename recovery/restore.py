@@ -32,7 +32,8 @@ class RestoreReport:
         return {"ok": self.ok, "calls": len(self.plan.calls), "done": self.execution.done,
                 "failures": [str(f) for f in self.execution.failures],
                 "skipped": self.execution.skipped, "conflicts": self.plan.conflicts,
-                "extra": self.plan.extra, "differences": self.differences,
+                "extra": self.plan.extra, "opaque": self.plan.opaque,
+                "differences": self.differences,
                 "seconds": {k: round(v, 4) for k, v in self.seconds.items()}}
 
 

@@ -14,10 +14,10 @@ from __future__ import annotations
 import contextlib
 import copy
 import fcntl
-import hashlib
 import json
 import logging
 import os
+import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -93,6 +93,39 @@ def lock_state_dir(directory: str) -> int:
     return fd
 
 
+def region_name(directory: str) -> str:
+    """The region of a state directory: ``state-<its name>-<hash of its path>`` (the
+    ``.region`` suffix is the store's), readable in a listing, unique per path."""
+    base = re.sub(r"[^A-Za-z0-9._-]", "_", os.path.basename(os.path.abspath(directory)))
+    return f"state-{base[:40]}-{shm.owner_tag(directory)}"
+
+
+def _legacy_name(directory: str) -> str:
+    return f"supervisor-{shm.owner_tag(directory)}.region"
+
+
+def find_region(directory: str, region_dir: str | None = None) -> str | None:
+    """The region of a state directory, under its name or the one older versions gave
+    it, without creating anything (the directory itself may be gone)."""
+    return (shm.find(region_name(directory) + ".region", region_dir)
+            or shm.find(_legacy_name(directory), region_dir))
+
+
+def _migrate(directory: str, region_dir: str | None) -> None:
+    """Rename a region made by an older version (``supervisor-<hash>.region``, named so
+    even when no supervisor ran) to the state directory's name, recording its owner."""
+    old = shm.find(_legacy_name(directory), region_dir)
+    if old is None or shm.find(region_name(directory) + ".region", region_dir):
+        return
+    new = os.path.join(os.path.dirname(old), region_name(directory) + ".region")
+    try:
+        os.rename(old, new)
+    except OSError:
+        return                  # another process migrated it first, or cannot: load finds
+    shm.record_owner(new, os.path.abspath(directory), shm.OWNER_STATE_DIR)
+    log.info("region %s renamed %s (its state directory's name)", old, new)
+
+
 @dataclass
 class Pending:
     """A mutating call journaled by the front whose outcome was never recorded."""
@@ -107,9 +140,13 @@ class CheckpointStore:
     @classmethod
     def for_state_dir(cls, directory: str, **kwargs: object) -> CheckpointStore:
         """The store of a state directory, its shared-memory region named after the
-        directory's path, so every process using the directory finds the same region."""
-        tag = hashlib.sha1(os.path.abspath(directory).encode()).hexdigest()[:12]
-        return cls(directory, name=f"supervisor-{tag}", **kwargs)  # type: ignore[arg-type]
+        directory's path, so every process using the directory finds the same region.
+        A region under the name older versions gave it is renamed on the way."""
+        region_dir = kwargs.get("region_dir")
+        _migrate(directory, region_dir if isinstance(region_dir, str) else None)
+        store = cls(directory, name=region_name(directory), **kwargs)  # type: ignore[arg-type]
+        store.region_owner = os.path.abspath(directory)
+        return store
 
     def __init__(self, directory: str, name: str = "nvmf-phoenix",
                  region_dir: str | None = None, slot_size: int = 8 << 20) -> None:
@@ -123,6 +160,7 @@ class CheckpointStore:
         self.problems: list[str] = []   # what went wrong saving (shown by status)
         self.region_name = f"{name}.region"
         self.region_dir = region_dir
+        self.region_owner: str | None = None   # recorded beside the region when set
         self.slot_size = slot_size
         self._journal: Journal | None = None
         self._region: Region | None = None
@@ -158,6 +196,9 @@ class CheckpointStore:
             if self._region is None:
                 self._region = Region.create(self.region_name, self.slot_size,
                                              directory=self.region_dir)
+                if self.region_owner:   # outliving us, it says whose it is (shm list)
+                    shm.record_owner(self._region.path, self.region_owner,
+                                     shm.OWNER_STATE_DIR)
         return self._region
 
     def region_path(self) -> str | None:

@@ -324,7 +324,9 @@ class Supervisor:
                 return
             self.ready.clear()
             self.status.state = "restarting"
-            log.warning("%s: restarting", why)
+            # A planned restart (an upgrade, a restart asked for) is routine; a target
+            # that died or hung is for an operator to look into.
+            (log.info if planned else log.warning)("%s: restarting", why)
             self._awaited = sorted(set(expectations(self.runtime)) | set(self._awaited),
                                    key=lambda e: (e.nqn, e.hostnqn))
             self._end_target(planned)
@@ -378,7 +380,11 @@ class Supervisor:
                 groups = c.call("nvmf_get_stats").get("poll_groups", [])
                 counts = [(g.get("current_admin_qpairs"), g.get("current_io_qpairs"))
                           for g in groups]
-                if counts == self._qpairs_seen:
+                # Same counts on the same target: nothing to re-read. A restarted target
+                # is always read once: hosts that reconnect before the first look leave
+                # the counts as they were on the dead one.
+                if counts == self._qpairs_seen and \
+                        self.runtime_generation == self.status.generation:
                     return
                 saved, gen = self.store.current, self.status.generation
                 runtime = capture_runtime(c, list(saved.subsystems) if saved else [])

@@ -13,6 +13,8 @@ Change operations (the journal's dict form, one per object touched; ``op`` is a
     {"op": "listener", "nqn": q, "address": a, "value": Listener | None}
     {"op": "allow_any_host", "nqn": q, "value": bool}
     {"op": "ana", "nqn": q, "listeners": [{"address": a, "ana_states": {group: state}}]}
+    {"op": "ns_host", "nqn": q, "nsid": i, "host": h, "value": h | None}
+        (a namespace's visibility list: :mod:`.method_rules_ns_hosts`)
 """
 from __future__ import annotations
 
@@ -148,7 +150,10 @@ def bdev_unused(p: Params, model: TargetState) -> bool:
 
 
 def _bdev_named(st: TargetState, p: Params) -> bool:
-    return p["name"] in st.bdevs
+    """A modelled bdev, or one of another module carried verbatim (TargetState.opaque)."""
+    return p["name"] in st.bdevs or any(
+        e.get("subsystem") == "bdev" and isinstance(e.get("params"), dict) and
+        e["params"].get("name") == p["name"] for e in st.opaque or [])
 
 
 def bdev_appears(p: Params, before: TargetState, after: TargetState) -> bool | None:

@@ -25,12 +25,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from nvmf_phoenix.rpc import method_rules as r
+from nvmf_phoenix.rpc import method_rules_ns_hosts as nh
 from nvmf_phoenix.rpc.method_rules import Call, ModelMismatch, NotModelled, Op, Params
 
 from nvmf_phoenix.model import TargetState
 
 __all__ = ["METHODS", "RUNTIME", "STARTUP", "Call", "Method", "ModelMismatch", "NotModelled",
-           "Op", "Params", "bdev_method", "emit", "is_read_only", "method"]
+           "Op", "Params", "bdev_method", "emit", "is_read_only", "is_startup_option",
+           "method"]
 
 STARTUP, RUNTIME = "startup", "runtime"
 BOTH = frozenset({STARTUP, RUNTIME})
@@ -132,6 +134,12 @@ METHODS = _table(
            on_subsystem=True, effect=r.host_appears),
     Method("nvmf_subsystem_remove_host", emit=r.host_nqn, ops=r.host_gone,
            on_subsystem=True, effect=r.host_vanishes),
+    # -- nvmf: who sees a no_auto_visible namespace -------------------------------------
+    Method("nvmf_ns_add_host", put=nh.ns_host_put, emit=nh.ns_host_params,
+           ops=nh.ns_host_ops, on_subsystem=True, modelled_if=nh.ns_known,
+           effect=nh.ns_host_appears),
+    Method("nvmf_ns_remove_host", emit=nh.ns_host_params, ops=nh.ns_host_gone,
+           on_subsystem=True, modelled_if=nh.ns_known, effect=nh.ns_host_vanishes),
     Method("nvmf_subsystem_allow_any_host", emit=r.allow_any_host_params,
            ops=r.allow_any_host_ops, on_subsystem=True, effect=r.allow_any_host_set),
     Method("nvmf_subsystem_add_listener", put=r.listener_put, emit=r.listener_params,
@@ -232,3 +240,17 @@ def emit(name: str, *objs: Any) -> Any:
 def bdev_method(kind: str, create: bool = True) -> str:
     """The method that creates (or deletes) a bdev of ``kind``."""
     return (BDEV_CREATE if create else BDEV_DELETE)[kind]
+
+
+# SPDK names the methods that set a module's options so (iobuf_set_options,
+# sock_impl_set_options, sock_set_default_impl, bdev_nvme_set_options...).
+OPTION_SUFFIXES = ("_set_options", "_set_default_impl")
+
+
+def is_startup_option(name: str) -> bool:
+    """Whether ``name`` sets options that belong before framework_start_init: declared
+    STARTUP-only, or an option setter (by SPDK's naming) a STARTUP target accepts."""
+    m = METHODS.get(name)
+    if m is not None and m.phases == STARTUP_ONLY:
+        return True
+    return name.endswith(OPTION_SUFFIXES) and (m is None or STARTUP in m.phases)

@@ -72,6 +72,15 @@ def nvmf_subsystem_remove_ns(client: Caller, nqn: str, nsid: int) -> bool:
     return client.call("nvmf_subsystem_remove_ns", {"nqn": nqn, "nsid": nsid})
 
 
+def nvmf_ns_add_host(client: Caller, nqn: str, nsid: int, host: str) -> bool:
+    """Let ``host`` see namespace ``nsid`` (one added with no_auto_visible)."""
+    return client.call("nvmf_ns_add_host", {"nqn": nqn, "nsid": nsid, "host": host})
+
+
+def nvmf_ns_remove_host(client: Caller, nqn: str, nsid: int, host: str) -> bool:
+    return client.call("nvmf_ns_remove_host", {"nqn": nqn, "nsid": nsid, "host": host})
+
+
 def nvmf_subsystem_add_host(client: Caller, nqn: str, host: str, psk: str | None = None,
                             dhchap_key: str | None = None,
                             dhchap_ctrlr_key: str | None = None) -> bool:

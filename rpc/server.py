@@ -9,8 +9,9 @@ client that connects and never sends, or sends half a request, holds up nobody e
 Limits against hostile clients (SPDK has the first two; the others are ours): a request is
 at most 256 KiB and found in linear time (rpc/framing.py); at most ``max_clients``
 connections, and when all are taken a new client evicts the one idle longest (never one
-whose call is running); a request must arrive whole within ``request_timeout`` of its
-first byte, and an answer must be taken within as long, or the connection is closed.
+whose call is running, and only once those whose client has hung up are dropped); a
+request must arrive whole within ``request_timeout`` of its first byte, and an answer must
+be taken within as long, or the connection is closed.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import contextlib
 import json
 import logging
 import os
+import select
 import socket
 import struct
 import threading
@@ -125,26 +127,38 @@ class RpcServer:
                              daemon=True).start()
 
     def _evict(self) -> bool:
-        """Make room (the caller holds the guard): close the client idle longest, or
-        failing that the one whose request has been trickling in longest."""
+        """Make room (the caller holds the guard). First drop every connection whose
+        client has hung up: under load their threads may not have run since (some still
+        marked busy, their answer sent), and the table would fill with clients that are
+        gone while live ones were evicted. Failing that, close the client idle longest, or
+        the one whose request has been trickling in longest."""
+        gone = [c for c in self._clients.values() if _hung_up(c.sock)]
+        for client in gone:
+            self._drop(client)
+        if gone:
+            return True
         idle = [c for c in self._clients.values() if not c.busy]
         if not idle:
             return False
-        victim = min(idle, key=lambda c: (c.partial_since is not None,
-                                          c.partial_since or c.last_active))
-        victim.evicted = True
-        del self._clients[victim.sock]
+        self._drop(min(idle, key=lambda c: (c.partial_since is not None,
+                                            c.partial_since or c.last_active)))
         self.evictions += 1
         log.warning("RPC server full (%d clients): closing the one idle longest",
                     self.max_clients)
-        with contextlib.suppress(OSError):
-            victim.sock.shutdown(socket.SHUT_RDWR)
         return True
+
+    def _drop(self, client: _Client) -> None:
+        """Take a client out of the table and end its connection; its thread sees the
+        end and leaves (a call it is running still completes)."""
+        client.evicted = True
+        del self._clients[client.sock]
+        with contextlib.suppress(OSError):
+            client.sock.shutdown(socket.SHUT_RDWR)
 
     def _serve(self, client: _Client) -> None:
         conn, framer = client.sock, RequestFramer(self.max_request)
-        _timeout(conn, socket.SO_SNDTIMEO, self.request_timeout)
         try:
+            _timeout(conn, socket.SO_SNDTIMEO, self.request_timeout)
             while not self._stop.is_set():
                 _timeout(conn, socket.SO_RCVTIMEO, 0.0 if client.partial_since is None else
                          max(0.01, client.partial_since + self.request_timeout -
@@ -233,6 +247,22 @@ def _valid_request(req: Any) -> bool:
     return (req.get("jsonrpc", "2.0") == "2.0" and isinstance(req.get("method"), str) and
             (rid is None or isinstance(rid, str) or
              (isinstance(rid, (int, float)) and not isinstance(rid, bool))))
+
+
+def _hung_up(conn: socket.socket) -> bool:
+    """Whether nobody is left to serve: the client has closed its end entirely (POLLHUP;
+    one that only shut down its sending side still waits for answers) and everything it
+    sent has been read (a request still unread is run, as the client's thread would)."""
+    poller = select.poll()
+    poller.register(conn, select.POLLHUP)
+    if not poller.poll(0):
+        return False
+    try:
+        return conn.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+    except BlockingIOError:
+        return False
+    except OSError:   # a reset: nothing left to read either
+        return True
 
 
 def _timeout(conn: socket.socket, option: int, seconds: float) -> None:

@@ -1,7 +1,13 @@
-"""Command-line options of the test suite."""
+"""Command-line options of the test suite, and its check that nothing is left behind."""
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
+
 import pytest
+
+_BEFORE = pytest.StashKey[set[str]]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -16,3 +22,35 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                      "worker is killed (RELIABILITY.md records a long run)")
     parser.addoption("--keeper-fuzz-kills", type=int, default=8,
                      help="SIGKILLs during that fuzzing")
+
+
+# -- nothing left behind ------------------------------------------------------------------
+# Shared memory outlives the processes that made it, on purpose; a suite that forgets a
+# region or a scratch directory eats hugepages on every run. So the session compares what
+# lies in nvmf-phoenix's shared-memory directories (every hugetlbfs mount and /dev/shm,
+# owner records included) before and after, and fails a green run that left anything new.
+def _shm_entries() -> set[str]:
+    from nvmf_phoenix.persist import shm
+
+    bases = [os.path.join(m, shm.ROOT) for m in shm.hugetlbfs_mounts()]
+    bases += [os.path.join(shm.SHM_DIR, shm.ROOT), shm.OWNERS]
+    found: set[str] = set()
+    for base in bases:
+        with contextlib.suppress(OSError):
+            found |= {os.path.join(base, n) for n in os.listdir(base)}
+    return found - {shm.OWNERS}
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    session.config.stash[_BEFORE] = _shm_entries()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    before = session.config.stash.get(_BEFORE, None)
+    if before is None or exitstatus != 0 or session.testscollected == 0:
+        return          # a failed or interrupted run may leave its state for a post-mortem
+    left = sorted(_shm_entries() - before)
+    if left:
+        print("\nshared memory left behind by the test session (remove it with "
+              "`nvmf-phoenix shm clean`):\n  " + "\n  ".join(left), file=sys.stderr)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

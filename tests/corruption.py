@@ -24,8 +24,9 @@ from pathlib import Path
 from typing import Any
 
 import nvmf_phoenix.recovery.store as store_mod
+from nvmf_phoenix.persist.record import CRC
 from nvmf_phoenix.persist.region import HEADER_SIZE, SLOT_HDR_SIZE, Region
-from nvmf_phoenix.recovery.journal import CRC, FILE_HDR, REC_HDR, read_journal
+from nvmf_phoenix.recovery.journal import FILE_HDR, REC_HDR, read_journal
 from nvmf_phoenix.recovery.store import CheckpointStore
 
 from nvmf_phoenix.model import Namespace, Subsystem, TargetState

@@ -21,7 +21,6 @@ import struct
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 
-from nvmf_phoenix.embedded.nvm import DSM_RANGE
 from nvmf_phoenix.initiator.connection import connect_data, connect_sqe, property_sqe
 from nvmf_phoenix.wire import nvme, pdu
 
@@ -75,7 +74,7 @@ class Session:
                                      for f in self.frames])
 
 
-class _Builder:
+class PduBuilder:
     """Writes a host's PDUs with PduWriter, then splits them back into frames."""
 
     def __init__(self, hdgst: bool, ddgst: bool) -> None:
@@ -89,14 +88,14 @@ class _Builder:
             r2t: int = 0) -> int:
         """Queue a command; in-capsule ``data``, ``data_in`` to read, or ``r2t`` bytes
         to be asked for by the target (transport SGL)."""
-        fields = list(nvme.SQE.unpack(bytes(sqe)))
+        sqe = bytearray(sqe)
         self.cid += 1
-        fields[2] = self.cid
+        nvme.SQE.put(sqe, cid=self.cid)
         if data is not None:
-            fields[8], fields[9] = len(data), nvme.SGL_DATA_BLOCK_OFFSET
+            nvme.SQE.put(sqe, sgl_length=len(data), sgl_id=nvme.SGL_DATA_BLOCK_OFFSET)
         elif data_in or r2t:
-            fields[8], fields[9] = data_in or r2t, nvme.SGL_TRANSPORT_DATA_BLOCK
-        self.w.capsule_cmd(nvme.SQE.pack(*fields), data)
+            nvme.SQE.put(sqe, sgl_length=data_in or r2t, sgl_id=nvme.SGL_TRANSPORT_DATA_BLOCK)
+        self.w.capsule_cmd(sqe, data)
         self.raw += self.w.take()
         return self.cid
 
@@ -125,7 +124,7 @@ class _Builder:
         return Session(kind, self.hdgst, self.ddgst, frames)
 
 
-def _connect(b: _Builder, qid: int, subnqn: str, hostnqn: str, cntlid: int,
+def _connect(b: PduBuilder, qid: int, subnqn: str, hostnqn: str, cntlid: int,
              sqsize: int = 31, kato: int = 30000) -> None:
     b.cmd(connect_sqe(qid, sqsize, kato), connect_data(HOSTID, cntlid, subnqn, hostnqn))
 
@@ -133,7 +132,7 @@ def _connect(b: _Builder, qid: int, subnqn: str, hostnqn: str, cntlid: int,
 def admin_session(hdgst: bool = False, ddgst: bool = False, subnqn: str = NQN,
                   hostnqn: str = HOSTNQN) -> Session:
     """What a host driver sends on a new admin queue, and the usual admin commands."""
-    b = _Builder(hdgst, ddgst)
+    b = PduBuilder(hdgst, ddgst)
     _connect(b, 0, subnqn, hostnqn, 0xFFFF)
     b.cmd(property_sqe(nvme.FCTYPE_PROPERTY_GET, nvme.PROP_CAP, size8=True))
     b.cmd(property_sqe(nvme.FCTYPE_PROPERTY_SET, nvme.PROP_CC,
@@ -160,7 +159,7 @@ def io_session(hdgst: bool = False, ddgst: bool = False, cntlid: int = 1, subnqn
                hostnqn: str = HOSTNQN, qid: int = 1) -> Session:
     """An I/O queue joining controller ``cntlid``: writes (in-capsule and by R2T), reads,
     flush, write zeroes, deallocate, and two commands the target must refuse."""
-    b = _Builder(hdgst, ddgst)
+    b = PduBuilder(hdgst, ddgst)
     _connect(b, qid, subnqn, hostnqn, cntlid)
     b.io(nvme.NVM_WRITE, 1, 0, 2, data=bytes(range(256)) * 4)
     b.io(nvme.NVM_READ, 1, 0, 2, data_in=2 * BS)
@@ -171,7 +170,7 @@ def io_session(hdgst: bool = False, ddgst: bool = False, cntlid: int = 1, subnqn
     b.io(nvme.NVM_READ, 1, 8, 4, data_in=4 * BS)
     b.io(nvme.NVM_FLUSH, 1)
     b.io(nvme.NVM_WRITE_ZEROES, 1, 2, 2)
-    b.io(nvme.NVM_DSM, 1, 0, 1, data=DSM_RANGE.pack(0, 1, 4), cdw11=0x4)
+    b.io(nvme.NVM_DSM, 1, 0, 1, data=nvme.DSM_RANGE.pack(0, 1, 4), cdw11=0x4)
     b.io(nvme.NVM_READ, 1, BLOCKS - 1, 2, data_in=2 * BS)   # past the end
     b.io(nvme.NVM_READ, 2, 0, 1, data_in=BS)                # no such namespace
     return b.session("io")
@@ -179,7 +178,7 @@ def io_session(hdgst: bool = False, ddgst: bool = False, cntlid: int = 1, subnqn
 
 def discovery_session(hdgst: bool = False, ddgst: bool = False,
                       hostnqn: str = HOSTNQN) -> Session:
-    b = _Builder(hdgst, ddgst)
+    b = PduBuilder(hdgst, ddgst)
     _connect(b, 0, DISCOVERY_NQN, hostnqn, 0xFFFF)
     b.cmd(property_sqe(nvme.FCTYPE_PROPERTY_SET, nvme.PROP_CC, nvme.CC_EN))
     b.admin(nvme.ADM_IDENTIFY, 0, nvme.CNS_CONTROLLER, data_in=4096)

@@ -1,12 +1,12 @@
 """Run the user-facing tools as a user does: the `nvmf-phoenix` and `spdk-rpc` executables."""
 from __future__ import annotations
 
-import contextlib
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+from nvmf_phoenix.persist import shm
 from nvmf_phoenix.recovery.store import CheckpointStore
 
 BIN = Path(sys.executable).parent
@@ -31,5 +31,4 @@ def drop_region(state_dir: str | Path) -> None:
         return
     path = CheckpointStore.for_state_dir(str(state_dir)).region_path()
     if path:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
+        shm.remove(path)   # and the record of its owner

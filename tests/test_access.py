@@ -26,8 +26,8 @@ from nvmf_phoenix.rpc import RpcClient
 from nvmf_phoenix.rpc import nvmf as rn
 from nvmf_phoenix.wire import nvme
 
+from tests.support import supervised
 from tests.target_fixture import NQN, running_target
-from tests.test_supervisor import supervised
 
 OTHER_UID = 65534
 
@@ -149,7 +149,7 @@ def test_a_directory_another_user_controls_is_never_used(open_base: Path) -> Non
     victim.write_bytes(b"precious")
     os.symlink(victim, open_base / "shm" / "x.region")
     with pytest.raises(RegionError, match="owned by this user"):
-        Region.create("x.region", slot_size=4096, qp_slots=1, directory=str(open_base / "shm"))
+        Region.create("x.region", slot_size=4096, directory=str(open_base / "shm"))
     assert victim.read_bytes() == b"precious"   # not truncated through the symlink
     with pytest.raises(PermissionError):
         CheckpointStore(str(open_base / "state"))
@@ -169,7 +169,7 @@ def test_loose_modes_left_by_others_are_tightened(tmp_path: Path) -> None:
     region.chmod(0o644)
     store = CheckpointStore(str(state), region_dir=str(tmp_path / "shm"))
     store.close()
-    Region.create(region.name, slot_size=1 << 16, qp_slots=1,
+    Region.create(region.name, slot_size=1 << 16,
                   directory=str(tmp_path / "shm")).close()
     assert [p.stat().st_mode & 0o777 for p in (state, state / "journal",
                                                tmp_path / "shm", region)] == \

@@ -24,9 +24,9 @@ from nvmf_phoenix.rpc import RpcClient, RpcError
 from nvmf_phoenix.rpc import nvmf as rn
 
 from nvmf_phoenix.model import DISCOVERY_NQN, Subsystem, TargetState
+from tests.support import supervised
 from tests.target_fixture import free_port
 from tests.target_process import TARGET_KINDS, target_process
-from tests.test_supervisor import supervised
 from tests.waiting import wait_for
 
 P = "nqn.2016-06.io.phx:chg"
@@ -104,10 +104,20 @@ class Stream:
             ns: dict[str, Any] = {"bdev_name": r.choice(free)}
             if r.random() < 0.3:
                 ns["uuid"] = f"5555{self.n:04d}-6666-4777-8888-999900001111"
+            if r.random() < 0.4:
+                ns["no_auto_visible"] = True
             out.append(("nvmf_subsystem_add_ns", {"nqn": nqn, "namespace": ns}))
         if s.namespaces:
             out.append(("nvmf_subsystem_remove_ns", {"nqn": nqn,
                                                      "nsid": r.choice(list(s.namespaces))}))
+        hidden = [n for n in s.namespaces.values() if n.no_auto_visible]
+        if hidden:
+            ns_obj = r.choice(hidden)
+            out.append(("nvmf_ns_add_host", {"nqn": nqn, "nsid": ns_obj.nsid,
+                                              "host": f"nqn.2014-08.org.h:{self.n % 4}"}))
+            if ns_obj.hosts:
+                out.append(("nvmf_ns_remove_host", {"nqn": nqn, "nsid": ns_obj.nsid,
+                                                     "host": r.choice(ns_obj.hosts)}))
         if addr["trsvcid"] not in {a.trsvcid for a in s.listeners}:
             out.append(("nvmf_subsystem_add_listener", {"nqn": nqn, "listen_address": addr}))
         if s.listeners:
@@ -258,12 +268,16 @@ def test_front_journals_changes_and_a_restart_restores_them(tmp_path: Path, kind
         rn.nvmf_create_subsystem(c, P, ana_reporting=True, max_namespaces=4)
         nsid = rn.nvmf_subsystem_add_ns(c, P, "M0")
         rn.nvmf_subsystem_add_host(c, P, "nqn.2014-08.org.h:1")
+        c.call("bdev_malloc_create", {"name": "M1", "num_blocks": 64, "block_size": 512})
+        rn.nvmf_subsystem_add_ns(c, P, "M1", nsid=2, no_auto_visible=True)
+        rn.nvmf_ns_add_host(c, P, 2, "nqn.2014-08.org.h:1")
+        rn.nvmf_ns_add_host(c, P, 2, "nqn.2014-08.org.h:2")
         addr = rn.listen_address("127.0.0.1", free_port())
         rn.nvmf_subsystem_add_listener(c, P, addr)
         c.call("nvmf_subsystem_listener_set_ana_state",
                {"nqn": P, "listen_address": addr, "ana_state": "inaccessible"})
-        assert sup.front.stats["changes"] == 6 and sup.front.stats["whole"] == 1
-        assert sup.store.pending == 6
+        assert sup.front.stats["changes"] == 10 and sup.front.stats["whole"] == 1
+        assert sup.store.pending == 10
         before = capture_config(c)
         assert sup.store.current is not None
         assert diff(sup.store.current, before, desired=True) == []
@@ -275,6 +289,8 @@ def test_front_journals_changes_and_a_restart_restores_them(tmp_path: Path, kind
     assert diff(before, after) == []
     assert nsid == 1 and after.subsystems[P].namespaces[1].uuid == \
         before.subsystems[P].namespaces[1].uuid
+    assert after.subsystems[P].namespaces[2].hosts == ["nqn.2014-08.org.h:2",
+                                                       "nqn.2014-08.org.h:1"]
     states = after.subsystems[P].listeners[next(iter(after.subsystems[P].listeners))]
     assert set(states.ana_states.values()) == {"inaccessible"}
 

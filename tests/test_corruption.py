@@ -28,12 +28,13 @@ from nvmf_phoenix.rpc import nvmf as rn
 
 from tests.corruption import open_store, run_trial, state
 from tests.phoenix_tools import drop_region
-from tests.test_supervisor import EMBEDDED, supervised
+from tests.support import EMBEDDED, supervised
 from tests.waiting import wait_for
 
 PUBLIC = "public.sock"
 
 
+@pytest.mark.slow
 def test_random_damage_is_detected_and_never_restored_wrongly() -> None:
     rng = random.Random(2026)
     base = tempfile.mkdtemp(dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
@@ -271,6 +272,7 @@ def _damage_spot(rng: random.Random, geo: Any) -> int:
     return rng.randrange(cs.HEADER_SIZE + 2 * geo.commit_size)
 
 
+@pytest.mark.slow
 def test_damaged_queue_pair_state_is_never_resumed(tmp_path: Path,
                                                   request: pytest.FixtureRequest) -> None:
     """Random damage to a connection's shared state (header, seal, commit records and

@@ -30,7 +30,7 @@ from tests.pdu_fuzz import (
     STREAM_OPS,
     Mutation,
     OutputChecker,
-    _Builder,
+    PduBuilder,
     session,
 )
 from tests.pdu_fuzz_live import GoodHost, LiveFuzzer, configure
@@ -70,6 +70,7 @@ def test_valid_sessions_are_answered_in_full(kind: str, answers: int, digests: b
     assert check.pdus == answers
 
 
+@pytest.mark.slow
 @settings(FUZZ, max_examples=3000)
 @given(st.sampled_from(KINDS), st.booleans(), mutations, cuts)
 def test_mutated_sessions_end_cleanly(kind: str, digests: bool, muts: list[Mutation],
@@ -91,12 +92,12 @@ def test_arbitrary_bytes_end_cleanly(prefix: int, junk: bytes, cut: list[int]) -
 
 
 # -- bugs the fuzzer found (regressions) ----------------------------------------------------
-def _io_target() -> tuple[SansIoTarget, QueuePair, _Builder]:
+def _io_target() -> tuple[SansIoTarget, QueuePair, PduBuilder]:
     t = SansIoTarget()
     t.prepare("io", False, False)
     qp = t.open()
     t.feed(qp, b"".join(f.encode(False, False) for f in session("io").frames[:2]))
-    b = _Builder(False, False)
+    b = PduBuilder(False, False)
     b.raw = bytearray()
     return t, qp, b
 
@@ -115,7 +116,7 @@ def test_log_page_longer_than_the_buffer_is_refused() -> None:
     t = SansIoTarget()
     qp = t.open()
     t.feed(qp, b"".join(f.encode(False, False) for f in session("raw").frames))
-    b = _Builder(False, False)
+    b = PduBuilder(False, False)
     b.raw = bytearray()
     b.admin(nvme.ADM_GET_LOG_PAGE, 0, nvme.LOG_SMART | (0xFFFF << 16), 0xFFFF, data_in=512)
     b.admin(nvme.ADM_GET_LOG_PAGE, 0, nvme.LOG_SMART | (127 << 16), data_in=512)
@@ -171,6 +172,7 @@ def test_an_internal_error_costs_one_connection_only() -> None:
 
 
 # -- a live target -------------------------------------------------------------------------
+@pytest.mark.slow
 def test_live_target_fuzzed_while_a_good_host_does_verified_io(tmp_path: Path) -> None:
     port = free_port()
     with target_process(tmp_path) as tp, RpcClient.connect(tp.sock) as rpc:
@@ -203,6 +205,7 @@ def test_live_target_fuzzed_while_a_good_host_does_verified_io(tmp_path: Path) -
         assert fuzzer.runs >= 500
 
 
+@pytest.mark.slow
 def test_live_fuzz_across_kills_with_the_keeper(tmp_path: Path,
                                                request: pytest.FixtureRequest) -> None:
     """The crash-transparent target fuzzed while its serving worker is SIGKILLed again

@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 from nvmf_phoenix.recovery import inflight
+from nvmf_phoenix.recovery.capture import capture_config
 from nvmf_phoenix.recovery.journal import KIND_INTENT, KIND_OUTCOME, read_journal
 from nvmf_phoenix.recovery.process import socket_owner
 from nvmf_phoenix.rpc import RpcClient, RpcConnectionError
@@ -28,10 +29,11 @@ from nvmf_phoenix.rpc import bdev as rb
 from nvmf_phoenix.rpc import nvmf as rn
 
 from nvmf_phoenix.model import Namespace, Subsystem, TargetState
-from tests.test_supervisor import supervised
+from tests.support import supervised
 from tests.waiting import wait_for
 
 NQN = "nqn.2016-06.io.phx:inflight"
+HOST = "nqn.2014-08.org.nvmexpress:uuid:00000001-0000-4000-8000-000000000000"
 
 
 def _setup(sock: str) -> None:
@@ -90,16 +92,23 @@ def test_target_killed_mid_call_applies_it_exactly_once(tmp_path: Path, step: st
         assert _namespaces(pub) == {1: "M0"}
 
 
-@pytest.mark.parametrize("method", ["nvmf_subsystem_add_ns", "nvmf_create_subsystem"])
+LOST_CALLS = {"nvmf_subsystem_add_ns": {"nqn": NQN, "namespace": {"bdev_name": "M0"}},
+              "nvmf_create_subsystem": {"nqn": "nqn.2016-06.io.phx:lost"},
+              "nvmf_ns_add_host": {"nqn": NQN, "nsid": 1, "host": HOST}}
+
+
+@pytest.mark.parametrize("method", list(LOST_CALLS))
 def test_answer_lost_from_a_live_target_is_resolved_by_looking(tmp_path: Path,
                                                                method: str) -> None:
     """The target applied the call and stays up, but its answer never reaches the front:
     the front must find the change on the target instead of sending the call again."""
-    params = {"nqn": NQN, "namespace": {"bdev_name": "M0"}} \
-        if method == "nvmf_subsystem_add_ns" else {"nqn": "nqn.2016-06.io.phx:lost"}
+    params = LOST_CALLS[method]
     with supervised(tmp_path) as sup:
         pub = str(tmp_path / "public.sock")
         _setup(pub)
+        if method == "nvmf_ns_add_host":
+            with RpcClient.connect(pub, timeout=60) as c:
+                rn.nvmf_subsystem_add_ns(c, NQN, "M0", no_auto_visible=True)
         lost: list[str] = []
 
         def lose_answer(name: str, _method: str) -> None:
@@ -117,6 +126,10 @@ def test_answer_lost_from_a_live_target_is_resolved_by_looking(tmp_path: Path,
         assert sup.front.stats["resolved_resent"] == 0
         if method == "nvmf_subsystem_add_ns":
             assert result == 1 and _namespaces(pub) == {1: "M0"}
+        elif method == "nvmf_ns_add_host":
+            with RpcClient.connect(pub, timeout=60) as c:
+                hosts = capture_config(c).subsystems[NQN].namespaces[1].hosts
+            assert result is True and hosts == [HOST]
         else:
             assert result is True and "nqn.2016-06.io.phx:lost" in subs
         outcome = _outcomes(str(tmp_path / "state" / "journal"), method)[-1]
@@ -235,3 +248,20 @@ def test_effect_checks_are_specific_to_the_call() -> None:
     # Unknown methods: any configuration change counts as theirs.
     assert inflight.effect_present("vendor_frob", {}, before, after)
     assert not inflight.effect_present("vendor_frob", {}, before, before)
+
+
+def test_namespace_host_effects_are_specific_to_host_and_namespace() -> None:
+    before = TargetState.empty()
+    before.subsystems[NQN] = Subsystem(nqn=NQN)
+    before.subsystems[NQN].namespaces[1] = Namespace(nsid=1, bdev_name="M0",
+                                                      no_auto_visible=True)
+    after = TargetState.from_dict(before.to_dict())
+    after.subsystems[NQN].namespaces[1].hosts = [HOST]
+    add = {"nqn": NQN, "nsid": 1, "host": HOST}
+    assert inflight.effect_present("nvmf_ns_add_host", add, before, after)
+    assert not inflight.effect_present("nvmf_ns_add_host", add, after, after)
+    assert inflight.effect_present("nvmf_ns_remove_host", add, after, before)
+    assert not inflight.effect_present("nvmf_ns_remove_host", add, before, before)
+    for other in ({**add, "nsid": 2}, {**add, "host": HOST + "0"}):
+        assert not inflight.effect_present("nvmf_ns_add_host", other, before, after)
+    assert inflight.result_of("nvmf_ns_add_host", add, before, after) is True

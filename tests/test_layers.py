@@ -35,30 +35,12 @@ ALLOWED = {
 }
 # Imports inside functions, with the reason they are not at the top of the module.
 LAZY = {
-    ("embedded/app.py", "nvmf_phoenix.embedded"):
-        "one process, one mode: the socket keeper must not load the target it never runs",
-    ("embedded/app.py", "nvmf_phoenix.embedded.bdev"):
-        "one process, one mode: the socket keeper must not load the target it never runs",
-    ("embedded/app.py", "nvmf_phoenix.embedded.config_store"):
-        "one process, one mode: the socket keeper must not load the target it never runs",
-    ("embedded/app.py", "nvmf_phoenix.embedded.io_loop"):
-        "one process, one mode: the socket keeper must not load the target it never runs",
-    ("embedded/app.py", "nvmf_phoenix.embedded.keeper"):
-        "one process, one mode: the socket keeper must not load the target it never runs",
-    ("embedded/app.py", "nvmf_phoenix.embedded.rpc_methods"):
-        "one process, one mode: the socket keeper must not load the target it never runs",
+    ("embedded/app.py", "nvmf_phoenix.embedded.plain"):
+        "app.py is also the socket keeper's main: it must not load the target it never runs",
     ("embedded/app.py", "nvmf_phoenix.embedded.worker"):
-        "one process, one mode: the socket keeper must not load the target it never runs",
-    ("embedded/app.py", "nvmf_phoenix.persist"):
-        "one process, one mode: the socket keeper must not load the target it never runs",
-    ("embedded/app.py", "nvmf_phoenix.rpc.server"):
-        "one process, one mode: the socket keeper must not load the target it never runs",
-    ("embedded/app.py", "nvmf_phoenix.rpc.sockpath"):
-        "one process, one mode: the socket keeper must not load the target it never runs",
+        "app.py is also the socket keeper's main: it must not load the target it never runs",
     ("embedded/keeper.py", "nvmf_phoenix.rpc.sockpath"):
         "the keeper imports what it needs only once it serves",
-    ("embedded/transparent.py", "nvmf_phoenix.persist"):
-        "to be moved to the top (issue 16)",
     ("plugin/cli.py", "nvmf_phoenix.embedded"):
         "the command line imports a mode's code only when that mode runs (start-up time)",
     ("plugin/cli.py", "nvmf_phoenix.plugin"):

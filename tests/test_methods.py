@@ -94,7 +94,7 @@ def test_journal_vocabulary_is_stable() -> None:
     """The op strings are on disk in journals: renaming one breaks old journals."""
     assert {k.value for k in Kind} == {"bdev", "key", "transport", "subsystem", "host",
                                        "ns", "listener", "referral", "allow_any_host",
-                                       "ana"}
+                                       "ana", "ns_host"}
 
 
 def _rich_state() -> TargetState:
@@ -119,6 +119,11 @@ def _rich_state() -> TargetState:
     sub.namespaces[2] = Namespace(nsid=2, bdev_name="m0", uuid="0b5c7b44-0000-4000-8000-0000"
                                   "00000002", nguid="00112233445566778899AABBCCDDEEFF",
                                   eui64="0011223344556677", anagrpid=2, ptpl_file="/p/ns2")
+    st.bdevs["m1"] = Bdev(name="m1", kind="malloc", uuid="9f1e4f0b-5ab8-4c43-9b1b-000000000003",
+                          block_size=512, num_blocks=64)
+    sub.namespaces[3] = Namespace(nsid=3, bdev_name="m1", uuid="0b5c7b44-0000-4000-8000-0000"
+                                  "00000003", nguid="00112233445566778899AABBCCDDEE03",
+                                  anagrpid=3, no_auto_visible=True, hosts=["nqn.h1"])
     addr = ListenAddress.make("127.0.0.1", 4420)
     sub.listeners[addr] = Listener(address=addr, secure_channel=True)
     st.subsystems[NQN] = sub
@@ -168,6 +173,8 @@ def test_a_lost_answer_is_recognised_by_the_declared_effect() -> None:
     adds = [("nvmf_create_subsystem", sub.to_create_params()),
             ("nvmf_subsystem_add_ns", methods.emit("nvmf_subsystem_add_ns", sub, ns)),
             ("nvmf_subsystem_add_host", host.to_create_params(NQN)),
+            ("nvmf_ns_add_host", methods.emit("nvmf_ns_add_host", sub, sub.namespaces[3],
+                                              "nqn.h1")),
             ("nvmf_subsystem_add_listener", ls.to_create_params(NQN)),
             ("nvmf_create_transport", {"trtype": "tcp"}),
             ("bdev_malloc_create", after.bdevs["m0"].to_create_params())]

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from nvmf_phoenix.initiator.host import Host
+from nvmf_phoenix.plugin.metrics import HostTracker
 from nvmf_phoenix.rpc import RpcClient
 from nvmf_phoenix.rpc import bdev as rb
 from nvmf_phoenix.rpc import nvmf as rn
@@ -153,3 +154,17 @@ def test_metrics_command_for_an_unsupervised_target(tmp_path: Path) -> None:
             exporter.terminate()
             assert exporter.wait(timeout=30) == 0
         drop_region(state)
+
+
+def test_a_restart_seen_twice_keeps_the_hosts_expected() -> None:
+    """The restart count changes, then a scrape finds the target still restoring: the
+    second sighting must not turn 'expected back' into nobody (a race seen under load)."""
+    tracker = HostTracker()
+    host = ("nqn.2014-08.org.nvmexpress:uuid:h1", NQN)
+    tracker.observe({host})
+    tracker.restarted()
+    tracker.observe(set())
+    tracker.restarted()
+    assert tracker.counts() == (1, 0, 1)
+    tracker.observe({host})
+    assert tracker.counts() == (1, 1, 0)

@@ -73,6 +73,7 @@ def test_wheel_has_only_the_nvmf_phoenix_namespace(wheel: Path) -> None:
         entry).decode()
 
 
+@pytest.mark.slow
 def test_wheel_installs_and_imports(wheel: Path, tmp_path: Path) -> None:
     """Install the wheel (with its dependencies) into a fresh venv and import every part."""
     env_dir = tmp_path / "venv"

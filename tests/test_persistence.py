@@ -7,10 +7,11 @@ import signal
 import struct
 from pathlib import Path
 
+import crc32c
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from nvmf_phoenix.persist.region import QPairRecord, Region, RegionError
+from nvmf_phoenix.persist.region import Region, RegionError
 from nvmf_phoenix.recovery.journal import (
     KIND_STATE,
     Journal,
@@ -36,16 +37,11 @@ def _check(payload: bytes) -> int:
 
 
 def test_region_round_trip_and_permissions(tmp_path: Path) -> None:
-    r = Region.create("t.region", slot_size=1 << 16, qp_slots=8, directory=str(tmp_path))
+    r = Region.create("t.region", slot_size=1 << 16, directory=str(tmp_path))
     assert r.read_snapshot() is None
     g1 = r.write_snapshot(b"one")
     g2 = r.write_snapshot(b"two")
     assert g2 == g1 + 1 and r.read_snapshot() == (g2, b"two")
-    r.put_qpair(3, QPairRecord(1, 2, 127, 5, 30000, 3, "nqn.host", "127.0.0.1:4420",
-                               "127.0.0.1:5555"))
-    assert r.get_qpair(3) == QPairRecord(1, 2, 127, 5, 30000, 3, "nqn.host",
-                                         "127.0.0.1:4420", "127.0.0.1:5555")
-    assert r.get_qpair(2) is None
     assert os.stat(r.path).st_mode & 0o777 == 0o600
     r.close()
     again = Region.open(str(tmp_path / "t.region"))
@@ -54,7 +50,7 @@ def test_region_round_trip_and_permissions(tmp_path: Path) -> None:
 
 
 def test_region_prefers_hugetlbfs_or_says_why(caplog: pytest.LogCaptureFixture) -> None:
-    r = Region.create(f"probe-{os.getpid()}.region", slot_size=1 << 16, qp_slots=4)
+    r = Region.create(f"probe-{os.getpid()}.region", slot_size=1 << 16)
     try:
         if not r.hugepages:
             assert "no hugepages available" in caplog.text or "hugetlbfs" in caplog.text
@@ -72,7 +68,7 @@ def test_region_prefers_hugetlbfs_or_says_why(caplog: pytest.LogCaptureFixture) 
     (lambda b: b[:30], "truncated"),
 ])
 def test_region_corruption_is_named(tmp_path: Path, damage, message: str) -> None:  # type: ignore[no-untyped-def]
-    r = Region.create("c.region", slot_size=1 << 16, qp_slots=4, directory=str(tmp_path))
+    r = Region.create("c.region", slot_size=1 << 16, directory=str(tmp_path))
     r.write_snapshot(b"state")
     r.close()
     path = tmp_path / "c.region"
@@ -86,7 +82,7 @@ def test_region_corruption_is_named(tmp_path: Path, damage, message: str) -> Non
 def test_region_payload_bitflip_never_returns_garbage(offset: int, flip: int) -> None:
     import tempfile
     with tempfile.TemporaryDirectory() as d:
-        r = Region.create("f.region", slot_size=1 << 16, qp_slots=0, directory=d)
+        r = Region.create("f.region", slot_size=1 << 16, directory=d)
         r.write_snapshot(_payload(1, 3000))
         r.write_snapshot(_payload(2, 5000))
         off = 4096 + offset
@@ -101,7 +97,7 @@ def _killed_writer(tmp_path: Path, kind: str, trials: int) -> None:
     """Fork a writer looping over writes; SIGKILL it at random; the reader must always
     find a complete state no older than the last one the writer acknowledged."""
     rng = random.Random(7)
-    region = Region.create("k.region", slot_size=1 << 18, qp_slots=0,
+    region = Region.create("k.region", slot_size=1 << 18,
                            directory=str(tmp_path)) if kind == "region" else None
     jpath = str(tmp_path / "k.journal")
     acked = 0
@@ -147,10 +143,12 @@ def _killed_writer(tmp_path: Path, kind: str, trials: int) -> None:
         region.close()
 
 
+@pytest.mark.slow
 def test_region_survives_writer_sigkill_at_random_points(tmp_path: Path) -> None:
     _killed_writer(tmp_path, "region", 200)
 
 
+@pytest.mark.slow
 def test_journal_survives_writer_sigkill_at_random_points(tmp_path: Path) -> None:
     _killed_writer(tmp_path, "journal", 200)
 
@@ -179,6 +177,64 @@ def test_journal_tail_damage_is_reported_and_cut(tmp_path: Path) -> None:
     Path(path).write_bytes(b"NOTAJRNL" + bytes(8))
     with pytest.raises(JournalError, match="bad magic"):
         read_journal(path)
+
+
+def _sealed(body: bytes, covers: bytes = b"") -> bytes:
+    """A record framed by hand, as the files' first readers wrote them: the fields, then
+    the CRC32C of them (and of what follows, for a journal record)."""
+    return body + struct.pack("<I", crc32c.crc32c(body + covers))
+
+
+def test_regions_of_the_previous_layout_still_open(tmp_path: Path) -> None:
+    """A region made before the queue-pair table was retired (4,096 records after slot 1)
+    opens, and reads and takes snapshots and the journal mark as before."""
+    slot, qp_slots, qp_rec = 1 << 16, 4096, struct.calcsize("<BxHHHHIB3x64s48s48s") + 4
+    s0, s1 = 4096, 4096 + slot
+    size = s1 + slot + qp_slots * qp_rec
+    buf = bytearray(size)
+    head = _sealed(struct.pack("<8sIIQIIQQQQ", b"PHXREGN1", 1, 4096, slot, qp_slots, qp_rec,
+                               s0, s1, s1 + slot, size))
+    buf[:len(head)] = head
+    payload = b"old state"
+    rec = _sealed(struct.pack("<QQI", 7, len(payload), crc32c.crc32c(payload)))
+    buf[s1:s1 + len(rec)] = rec
+    buf[s1 + 64:s1 + 64 + len(payload)] = payload
+    buf[2048:2060] = _sealed(struct.pack("<Q", 42))
+    path = tmp_path / "old.region"
+    path.write_bytes(bytes(buf))
+    path.chmod(0o600)
+    r = Region.open(str(path))
+    assert r.read_snapshot() == (7, b"old state") and r.mark() == 42
+    assert r.write_snapshot(b"new") == 8
+    r.close()
+    again = Region.open(str(path))
+    assert again.read_snapshot() == (8, b"new")
+    assert bytes(again.mm[s0:s0 + 24]) == _sealed(struct.pack("<QQI", 8, 3,
+                                                              crc32c.crc32c(b"new")))
+    again.close()
+
+
+def test_records_keep_the_bytes_they_always_had(tmp_path: Path) -> None:
+    """Region header, slot header and mark, and journal records, byte for byte as the
+    hand-written framing made them: existing files stay readable both ways."""
+    r = Region.create("b.region", slot_size=1 << 16, directory=str(tmp_path))
+    r.write_snapshot(b"state")
+    r.set_mark(9)
+    size = 4096 + 2 * (1 << 16)
+    assert bytes(r.mm[:68]) == _sealed(struct.pack("<8sIIQIIQQQQ", b"PHXREGN1", 1, 4096,
+                                                   1 << 16, 0, 0, 4096, 4096 + (1 << 16),
+                                                   size, size))
+    assert bytes(r.mm[4096:4096 + 24]) == _sealed(struct.pack("<QQI", 1, 5,
+                                                              crc32c.crc32c(b"state")))
+    assert bytes(r.mm[2048:2060]) == _sealed(struct.pack("<Q", 9))
+    assert os.path.getsize(r.path) == size     # no queue-pair table any more
+    r.close()
+    path = str(tmp_path / "j")
+    j = Journal(path)
+    j.append(KIND_STATE, b"payload", sync=True)
+    j.close()
+    body = struct.pack("<IHHQ", 7, KIND_STATE, 0, 1)
+    assert Path(path).read_bytes()[16:] == _sealed(body, b"payload") + b"payload"
 
 
 def test_snapshot_is_atomic_and_checked(tmp_path: Path) -> None:
@@ -256,7 +312,7 @@ def test_region_on_real_hugepages(tmp_path: Path) -> None:
     if why:
         pytest.skip(why)
     try:
-        r = Region.create("h.region", slot_size=1 << 20, qp_slots=64, directory=str(mnt))
+        r = Region.create("h.region", slot_size=1 << 20, directory=str(mnt))
         assert r.hugepages and os.path.getsize(r.path) % (2 << 20) == 0
         r.write_snapshot(_payload(5, 100_000))
         r.close()

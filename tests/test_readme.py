@@ -54,7 +54,9 @@ def test_readme_by_hand_section_runs_as_written(tmp_path: Path) -> None:
                            {"4420": str(free_port())})
     finally:
         drop_region(tmp_path / "phx-state")
-    assert "restore complete: 9 of 9 calls" in out and "live target matches" in out
+    # 9 modelled calls, and the bdev options the target reported, replayed verbatim
+    assert "restore complete: 11 of 11 calls" in out and "live target matches" in out
+    assert "replayed verbatim (not modelled): bdev_set_options" in out
 
 
 def test_readme_supervised_section_runs_as_written(tmp_path: Path) -> None:
@@ -63,10 +65,12 @@ def test_readme_supervised_section_runs_as_written(tmp_path: Path) -> None:
 
     try:
         out = _run_section("## Supervised, with Prometheus metrics", tmp_path,
-                           {"9556": str(free_port())})
+                           {"9556": str(free_port()), "4421": str(free_port())})
     finally:
         drop_region(tmp_path / "phx-sup-state")
-    assert "nvmf_phoenix_restarts_total 1.0" in out and "supervisor: ready" in out
+    # The kill -9 and the planned restart.
+    assert "nvmf_phoenix_restarts_total 2.0" in out and "supervisor: ready" in out
+    assert re.search(r"0 errors, 0 mismatches, 1 reconnects, longest stall [\d.]+ ms", out), out
 
 
 def test_readme_crash_transparent_section_runs_as_written(tmp_path: Path) -> None:
@@ -74,3 +78,9 @@ def test_readme_crash_transparent_section_runs_as_written(tmp_path: Path) -> Non
 
     out = _run_section("## Crash-transparent target", tmp_path, {"4420": str(free_port())})
     assert "crash-transparent: worker" in out and "standby" in out
+    assert re.search(r"0 errors, 0 mismatches, 0 reconnects, longest stall [\d.]+ ms", out), out
+
+
+def test_readme_shared_memory_section_runs_as_written(tmp_path: Path) -> None:
+    out = _run_section("## Where the bytes live", tmp_path)
+    assert "would remove" in out

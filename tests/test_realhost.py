@@ -21,7 +21,7 @@ from tests import realhost
 from tests.target_fixture import NQN, free_port, running_target
 from tests.target_process import TargetProcess
 
-pytestmark = [pytest.mark.realhost,
+pytestmark = [pytest.mark.realhost, pytest.mark.slow,
               pytest.mark.skipif(realhost.unavailable_reason() is not None,
                                  reason=f"qemu cannot run: {realhost.unavailable_reason()}")]
 HOSTNQN = "nqn.2014-08.org.nvmexpress:uuid:0b0e1e2f-3a4b-4c5d-8e9f-a0b1c2d3e4f5"

@@ -18,7 +18,7 @@ from nvmf_phoenix.rpc import RpcClient
 from nvmf_phoenix.rpc import nvmf as rn
 from nvmf_phoenix.wire import nvme, pdu
 
-from tests.pdu_fuzz import _Builder, session
+from tests.pdu_fuzz import PduBuilder, session
 from tests.pdu_fuzz_live import GoodHost, configure
 from tests.target_fixture import NQN, free_port, running_target
 from tests.target_process import target_process
@@ -128,7 +128,7 @@ def test_a_host_that_never_reads_is_cut_off_and_its_buffers_freed() -> None:
     with running_target(num_blocks=1 << 15) as rt, Host("127.0.0.1", rt.port, NQN) as good:
         good.set_features(nvme.FEAT_NUM_QUEUES, 1 | (1 << 16))
         good.create_io_queues(1)
-        b = _Builder(False, False)
+        b = PduBuilder(False, False)
         b.raw = bytearray()
         for _ in range(30):
             b.io(nvme.NVM_READ, 1, 0, 16, data_in=16 * 4096)

@@ -14,9 +14,9 @@ from nvmf_phoenix.rpc import RpcClient
 from nvmf_phoenix.rpc import nvmf as rn
 
 from nvmf_phoenix.model import TargetState
+from tests.support import rich_config
 from tests.target_fixture import free_port
 from tests.target_process import TARGET_KINDS, TargetProcess
-from tests.test_rpc_server import _rich_config
 
 HOST1 = "nqn.2014-08.org.nvmexpress:uuid:00000001-0000-0000-0000-000000000000"
 
@@ -27,7 +27,7 @@ def _build(tmp_path: Path, sock: str, kind: str = "embedded") -> tuple[TargetPro
     port = str(free_port())
     tp = TargetProcess(sock, kind=kind)
     with RpcClient.connect(sock) as c:
-        _rich_config(c, image, port)
+        rich_config(c, image, port)
         addr = rn.listen_address("127.0.0.1", port)
         rn.nvmf_subsystem_listener_set_ana_state(c, "nqn.2016-06.io.spdk:rt1", addr,
                                                  "inaccessible", anagrpid=2)

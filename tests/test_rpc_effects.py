@@ -6,7 +6,6 @@ Changes made over RPC reach a connected host at once (issue 4), and SPDK's own
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -17,9 +16,9 @@ from nvmf_phoenix.rpc import bdev as rb
 from nvmf_phoenix.rpc import nvmf as rn
 from nvmf_phoenix.wire import nvme
 
+from tests.support import rich_config, spdk_rpc_ok
 from tests.target_fixture import free_port
 from tests.target_process import target_process
-from tests.test_rpc_server import SPDK_RPC, _rich_config
 
 NQN = "nqn.2016-06.io.spdk:effects"
 HOSTNQN = "nqn.2014-08.org.nvmexpress:uuid:6e767068-6f65-6e69-7800-000000000001"
@@ -54,19 +53,12 @@ def test_changes_made_over_rpc_reach_a_connected_host(tmp_path: Path) -> None:
         assert rn.nvmf_subsystem_get_controllers(c, NQN) == []
 
 
-def _spdk_rpc(sock: str, *args: str, stdin: str | None = None) -> str:
-    run = subprocess.run([SPDK_RPC, "-s", sock, *args], input=stdin, capture_output=True,
-                         text=True, timeout=60)
-    assert run.returncode == 0, f"spdk-rpc {' '.join(args)}: {run.stdout}{run.stderr}"
-    return run.stdout
-
-
 def test_spdk_rpc_save_config_then_load_config_into_a_fresh_target(tmp_path: Path) -> None:
     image = tmp_path / "a0.img"
     image.write_bytes(bytes(1 << 20))
     with target_process(tmp_path, name="one.sock") as tp, RpcClient.connect(tp.sock) as c:
-        _rich_config(c, image, str(free_port()))
-        saved = _spdk_rpc(tp.sock, "save_config")
+        rich_config(c, image, str(free_port()))
+        saved = spdk_rpc_ok(tp.sock, "save_config")
     with target_process(tmp_path, "--wait-for-rpc", name="two.sock") as tp:
-        _spdk_rpc(tp.sock, "load_config", stdin=saved)
-        assert json.loads(_spdk_rpc(tp.sock, "save_config")) == json.loads(saved)
+        spdk_rpc_ok(tp.sock, "load_config", stdin=saved)
+        assert json.loads(spdk_rpc_ok(tp.sock, "save_config")) == json.loads(saved)

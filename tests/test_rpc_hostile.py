@@ -232,6 +232,7 @@ def requests(draw: st.DrawFn, port: int) -> tuple[str, Any]:
     return method, p
 
 
+@pytest.mark.slow
 def test_generated_hostile_params_get_spdk_errors_and_change_nothing(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.ERROR)
@@ -360,14 +361,42 @@ class Bystander:
         self._thread.join(10)
 
 
+def cut_off(sock: socket.socket) -> bool:
+    """Whether the server has closed ``sock``: reads away what it had sent, to the end (a
+    close that left our requests unread arrives as a reset)."""
+    sock.settimeout(0.2)
+    try:
+        while sock.recv(1 << 20):
+            pass
+    except TimeoutError:
+        return False
+    except OSError:
+        pass
+    return True
+
+
+def held_open(sock: socket.socket) -> bool:
+    """Whether the server still holds ``sock`` open (one with nothing unread on it)."""
+    sock.setblocking(False)
+    try:
+        return sock.recv(1, socket.MSG_PEEK) != b""
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+
+
 def test_silent_trickling_endless_and_deaf_clients_hold_up_nobody(tmp_path: Path) -> None:
     with rpc_target(tmp_path, max_clients=8, request_timeout=1.0) as t:
-        good = Bystander(t.sock)
         silent = []
         for _ in range(8):   # every slot taken by a client that never sends
             s = socket.socket(socket.AF_UNIX)
             s.connect(t.sock)
             silent.append(s)
+        wait_for(lambda: t.server.client_count == 8, timeout=10, what="every slot taken")
+        # The well-behaved client comes once they are in: one connected before them that
+        # had not sent yet (its thread not scheduled) would be the one idle longest.
+        good = Bystander(t.sock)
         with RpcClient.connect(t.sock, timeout=5) as c:   # still served: one is evicted
             assert c.call("spdk_get_version")["fields"]["suffix"] == "-embedded"
         assert t.server.evictions >= 1 and t.server.client_count <= 8
@@ -389,23 +418,67 @@ def test_silent_trickling_endless_and_deaf_clients_hold_up_nobody(tmp_path: Path
         deaf = socket.socket(socket.AF_UNIX)   # asks and asks, never reads the answers
         deaf.settimeout(5)
         deaf.connect(t.sock)
-        before = t.server.client_count
-        with pytest.raises(OSError):
+        with pytest.raises(OSError):   # the server stops reading it
             for _ in range(20000):
                 deaf.sendall(b'{"jsonrpc":"2.0","id":1,"method":"rpc_get_methods"}' * 50)
-        wait_for(lambda: t.server.client_count < before, timeout=10,
-                 what="the deaf client cut off")
+        # Asked of the deaf connection itself: the server's client count moves with the
+        # bystander's connections and with when its accept thread runs.
+        wait_for(lambda: cut_off(deaf), timeout=10, what="the deaf client cut off")
         good.stop()
         assert good.errors == [] and good.calls > 0
+        # Every client cut off or evicted has left the server's table: it holds exactly
+        # the connections still open (the bystander's last one leaves as it closes).
+        kept = sum(held_open(s) for s in [*silent, trickle.sock])
+        wait_for(lambda: t.server.client_count == kept, timeout=10,
+                 what=f"the server holding just the {kept} connections still open")
         for s in [*silent, deaf, endless.sock, trickle.sock]:
             s.close()
+
+
+def test_a_full_server_makes_room_from_clients_that_left_before_evicting_one(
+        tmp_path: Path) -> None:
+    """On a loaded machine the table fills with clients that have gone but whose threads
+    have not run since (some still busy with a call): they make room first, not a live
+    client. A client that only shut its sending side still waits for, and gets, its
+    answer."""
+    release, running = threading.Event(), []
+
+    def dispatch(ctx: Any, method: str, params: Any) -> Any:
+        running.append(method)
+        if method == "hold":
+            release.wait(10)
+        return method
+
+    server = RpcServer(None, str(tmp_path / "rpc.sock"), dispatch, max_clients=3)
+    server.start()
+    try:
+        gone, waiting = Raw(server.path), Raw(server.path)
+        for i, raw in enumerate((gone, waiting)):
+            raw.sock.sendall(json.dumps({"jsonrpc": "2.0", "id": i, "method": "hold"})
+                             .encode())
+        waiting.sock.shutdown(socket.SHUT_WR)
+        idle = Raw(server.path)   # live, and simply quiet
+        wait_for(lambda: len(running) == 2 and server.client_count == 3, timeout=10,
+                 what="both calls running and three clients in")
+        gone.close()              # leaves while its call runs
+        newcomer = Raw(server.path)
+        assert newcomer.call({"jsonrpc": "2.0", "id": 9, "method": "ping"})["result"] == \
+            "ping"
+        assert server.evictions == 0 and held_open(idle.sock)
+        release.set()
+        assert waiting.read() == {"jsonrpc": "2.0", "id": 1, "result": "hold"}
+        for raw in (waiting, idle, newcomer):
+            raw.close()
+    finally:
+        release.set()
+        server.close()
 
 
 def test_refused_calls_through_the_supervisor_leave_the_checkpoint_alone(
         tmp_path: Path) -> None:
     """Through the write-ahead front: a refused mutation is journaled as refused and
     neither the target nor the checkpoint a restart would restore changes."""
-    from tests.test_supervisor import supervised
+    from tests.support import supervised
     port = free_port()
     with supervised(tmp_path) as sup, RpcClient.connect(str(tmp_path / "public.sock")) as c:
         rn.nvmf_create_transport(c, "TCP")

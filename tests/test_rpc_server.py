@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -16,18 +15,11 @@ from nvmf_phoenix.rpc import bdev as rb
 from nvmf_phoenix.rpc import framework as rf
 from nvmf_phoenix.rpc import nvmf as rn
 
+from tests.support import rich_config, spdk_rpc_ok
 from tests.target_fixture import free_port
 from tests.target_process import TARGET_KINDS, TargetProcess, target_process
 
 NQN = "nqn.2016-06.io.spdk:cnode1"
-SPDK_RPC = shutil.which("spdk-rpc") or str(Path(sys.executable).parent / "spdk-rpc")
-
-
-def spdk_rpc(sock: str, *args: str) -> str:
-    run = subprocess.run([SPDK_RPC, "-s", sock, *args], capture_output=True, text=True,
-                         timeout=30)
-    assert run.returncode == 0, f"spdk-rpc {' '.join(args)}: {run.stdout}{run.stderr}"
-    return run.stdout
 
 
 @pytest.mark.parametrize("kind", TARGET_KINDS)
@@ -35,63 +27,36 @@ def test_spdk_rpc_drives_a_full_scenario(tmp_path: Path, kind: str) -> None:
     port = str(free_port())
     with target_process(tmp_path, kind=kind) as tp:
         s = tp.sock
-        assert spdk_rpc(s, "bdev_malloc_create", "-b", "Malloc0", "-u",
+        assert spdk_rpc_ok(s, "bdev_malloc_create", "-b", "Malloc0", "-u",
                         "11111111-2222-3333-4444-555555555555", "16", "4096").strip() == \
             "Malloc0"
-        spdk_rpc(s, "nvmf_create_transport", "-t", "TCP")
-        spdk_rpc(s, "nvmf_create_subsystem", NQN, "-s", "PHX42", "-d", "phx model", "-r")
-        spdk_rpc(s, "nvmf_subsystem_add_ns", NQN, "Malloc0")
-        spdk_rpc(s, "nvmf_subsystem_add_host", NQN, "nqn.2014-08.org.nvmexpress:uuid:"
+        spdk_rpc_ok(s, "nvmf_create_transport", "-t", "TCP")
+        spdk_rpc_ok(s, "nvmf_create_subsystem", NQN, "-s", "PHX42", "-d", "phx model", "-r")
+        spdk_rpc_ok(s, "nvmf_subsystem_add_ns", NQN, "Malloc0")
+        spdk_rpc_ok(s, "nvmf_subsystem_add_host", NQN, "nqn.2014-08.org.nvmexpress:uuid:"
                  "6e767068-6f65-6e69-7800-000000000001")
-        spdk_rpc(s, "nvmf_subsystem_add_listener", NQN, "-t", "tcp", "-a", "127.0.0.1",
+        spdk_rpc_ok(s, "nvmf_subsystem_add_listener", NQN, "-t", "tcp", "-a", "127.0.0.1",
                  "-s", port)
-        subs = json.loads(spdk_rpc(s, "nvmf_get_subsystems", NQN))
+        subs = json.loads(spdk_rpc_ok(s, "nvmf_get_subsystems", NQN))
         assert subs[0]["serial_number"] == "PHX42"
         assert subs[0]["namespaces"][0]["uuid"] == "11111111-2222-3333-4444-555555555555"
-        listeners = json.loads(spdk_rpc(s, "nvmf_subsystem_get_listeners", NQN))
+        listeners = json.loads(spdk_rpc_ok(s, "nvmf_subsystem_get_listeners", NQN))
         assert listeners[0]["address"]["trsvcid"] == port
         with Host("127.0.0.1", port, NQN) as h:
             h.create_io_queues(2)
-            ctrls = json.loads(spdk_rpc(s, "nvmf_subsystem_get_controllers", NQN))
+            ctrls = json.loads(spdk_rpc_ok(s, "nvmf_subsystem_get_controllers", NQN))
             # As SPDK counts it: the admin queue pair included.
             assert [(c["cntlid"], c["num_io_qpairs"]) for c in ctrls] == [(1, 3)]
-            qps = json.loads(spdk_rpc(s, "nvmf_subsystem_get_qpairs", NQN))
+            qps = json.loads(spdk_rpc_ok(s, "nvmf_subsystem_get_qpairs", NQN))
             assert sorted(q["qid"] for q in qps) == [0, 1, 2]
-            stats = json.loads(spdk_rpc(s, "nvmf_get_stats"))
+            stats = json.loads(spdk_rpc_ok(s, "nvmf_get_stats"))
             assert stats["poll_groups"][0]["current_io_qpairs"] == 2
-        spdk_rpc(s, "nvmf_subsystem_remove_listener", NQN, "-t", "tcp", "-a", "127.0.0.1",
+        spdk_rpc_ok(s, "nvmf_subsystem_remove_listener", NQN, "-t", "tcp", "-a", "127.0.0.1",
                  "-s", port)
-        spdk_rpc(s, "nvmf_subsystem_remove_ns", NQN, "1")
-        spdk_rpc(s, "nvmf_delete_subsystem", NQN)
-        spdk_rpc(s, "bdev_malloc_delete", "Malloc0")
-        assert json.loads(spdk_rpc(s, "bdev_get_bdevs")) == []
-
-
-def _rich_config(client: RpcClient, image: Path, port: str) -> None:
-    key = image.parent / "psk0.key"
-    key.write_text("NVMeTLSkey-1:01:not-a-real-key:\n")
-    key.chmod(0o600)
-    rf.keyring_file_add_key(client, "psk0", str(key))
-    rn.nvmf_discovery_add_referral(client, rn.listen_address("127.0.0.2", 8009))
-    rb.bdev_malloc_create(client, 2048, 512, name="M0")
-    rb.bdev_malloc_create(client, 256, 4096, name="M1", uuid="00000000-0000-0000-0000-0000000000aa")
-    rb.bdev_aio_create(client, str(image), "A0", block_size=512)
-    rn.nvmf_create_transport(client, "TCP", max_queue_depth=64, in_capsule_data_size=8192)
-    addr = rn.listen_address("127.0.0.1", port)
-    for i, ana in ((1, True), (2, False)):
-        nqn = f"nqn.2016-06.io.spdk:rt{i}"
-        rn.nvmf_create_subsystem(client, nqn, serial_number=f"SN{i}", ana_reporting=ana,
-                                 min_cntlid=10 * i, max_cntlid=10 * i + 5, max_namespaces=8)
-        rn.nvmf_subsystem_add_host(client, nqn, f"nqn.2014-08.org.nvmexpress:uuid:"
-                                   f"0000000{i}-0000-0000-0000-000000000000")
-        rn.nvmf_subsystem_add_listener(client, nqn, addr, ana_state="non_optimized"
-                                       if ana else None)
-    rn.nvmf_subsystem_add_ns(client, "nqn.2016-06.io.spdk:rt1", "M0", nsid=3,
-                             eui64="0011223344556677", anagrpid=2)
-    rn.nvmf_subsystem_add_ns(client, "nqn.2016-06.io.spdk:rt1", "A0")
-    rn.nvmf_subsystem_add_ns(client, "nqn.2016-06.io.spdk:rt2", "M1",
-                             nguid="00112233445566778899AABBCCDDEEFF")
-    rn.nvmf_subsystem_add_listener(client, "nqn.2014-08.org.nvmexpress.discovery", addr)
+        spdk_rpc_ok(s, "nvmf_subsystem_remove_ns", NQN, "1")
+        spdk_rpc_ok(s, "nvmf_delete_subsystem", NQN)
+        spdk_rpc_ok(s, "bdev_malloc_delete", "Malloc0")
+        assert json.loads(spdk_rpc_ok(s, "bdev_get_bdevs")) == []
 
 
 @pytest.mark.parametrize("kind", TARGET_KINDS)
@@ -101,7 +66,7 @@ def test_save_config_round_trips_through_dash_c(tmp_path: Path, kind: str) -> No
     port = str(free_port())
     with target_process(tmp_path, name="one.sock", kind=kind) as tp, \
             RpcClient.connect(tp.sock) as c:
-        _rich_config(c, image, port)
+        rich_config(c, image, port)
         saved = rf.save_config(c)
     cfg = tmp_path / "config.json"
     cfg.write_text(json.dumps(saved))

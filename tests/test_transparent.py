@@ -36,6 +36,7 @@ from tests.transparent_target import torture, transparent_target
 from tests.waiting import wait_for
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("max_nlb", [1, 8], ids=["in-capsule", "r2t"])
 def test_sigkill_during_verified_io_is_invisible(tmp_path: Path, max_nlb: int) -> None:
     """SIGKILLs at random moments during QD32 verified I/O: zero errors, zero
@@ -264,6 +265,7 @@ def test_acknowledged_change_and_pending_event_survive_a_kill(tmp_path: Path) ->
             host.close()
 
 
+@pytest.mark.slow
 def test_digests_across_kills(tmp_path: Path) -> None:
     """Header and data digests negotiated before the kills stay in force after them."""
     with transparent_target(tmp_path) as t:
@@ -273,6 +275,7 @@ def test_digests_across_kills(tmp_path: Path) -> None:
     assert report["status"]["connections"] == 3
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to reserve hugepages")
 def test_on_real_hugepages(tmp_path: Path) -> None:
     """With a hugetlbfs mount given as --huge-dir, connection state, configuration and
@@ -357,6 +360,7 @@ def test_malloc_bdev_too_large_to_map_is_refused_as_spdk_does(tmp_path: Path) ->
             "Malloc0"
 
 
+@pytest.mark.slow
 def test_connections_handed_over_during_a_listener_request_are_served(tmp_path: Path) -> None:
     """New connections keep being served across takeovers and listener changes. A host
     opens connection after connection (the next only once the last was answered) while

@@ -196,6 +196,8 @@ class HostIo:
         self.acked = self.mismatches = self.reconnects = 0
         self.identity: dict[str, Any] | None = None
         self.identity_changes: list[str] = []
+        self.last_done = time.monotonic()
+        self.gaps: list[tuple[float, float]] = []   # (at, length) of gaps over 10 ms
 
     def _open(self) -> Host:
         deadline = time.monotonic() + 60
@@ -235,7 +237,16 @@ class HostIo:
                     self.reconnects += 1
                     h = self._open()
             self.acked += 1
+            now = time.monotonic()
+            if now - self.last_done > 0.010:
+                self.gaps.append((now, now - self.last_done))
+            self.last_done = now
         h.close()
+
+    def stall(self, killed_at: float) -> float:
+        """How long the host waited across a kill: the gap between acknowledged writes
+        that spans it (10 ms when none over 10 ms does)."""
+        return max((g for at, g in self.gaps if at - g <= killed_at <= at), default=0.010)
 
 
 class _Incomplete(logging.Handler):
@@ -297,7 +308,7 @@ def _run(tmp: Path, kills: int, seed: int, incomplete: _Incomplete, target_cmd: 
     workers = [guarded("rpc-stream", stream.run), guarded("host-io", io.run)]
     for w in workers:
         w.start()
-    done, to_ready, acked_at_kill = 0, [], 0
+    done, to_ready, acked_at_kill, kill_times = 0, [], 0, []
     start = time.monotonic()
     try:
         while done < kills and not stop.is_set():
@@ -319,6 +330,7 @@ def _run(tmp: Path, kills: int, seed: int, incomplete: _Incomplete, target_cmd: 
                 break
             gen = sup.generation
             killed_at = time.monotonic()
+            kill_times.append(killed_at)
             sup.proc.send_signal(signal.SIGKILL)
             done += 1
             deadline = killed_at + 60
@@ -343,6 +355,7 @@ def _run(tmp: Path, kills: int, seed: int, incomplete: _Incomplete, target_cmd: 
     disk = image.read_bytes()
     bad_file = sum(1 for blk, data in io.expected.items()
                    if disk[blk * BS:blk * BS + len(data)] != data)
+    stalls = [io.stall(k) for k in kill_times]
     to_ready.sort()
     return {"kills": done, "restarts": status["restarts"], "state": status["state"],
             "seconds": round(elapsed, 1), "errors": errors,
@@ -356,4 +369,5 @@ def _run(tmp: Path, kills: int, seed: int, incomplete: _Incomplete, target_cmd: 
             if to_ready else None,
             "kill_to_ready_p90_s": round(to_ready[int(len(to_ready) * 0.9)], 3)
             if to_ready else None,
-            "kill_to_ready_worst_s": round(to_ready[-1], 3) if to_ready else None}
+            "kill_to_ready_worst_s": round(to_ready[-1], 3) if to_ready else None,
+            "to_ready_s": to_ready, "host_stalls_s": stalls}

@@ -11,12 +11,14 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from nvmf_phoenix.embedded.app import scratch_name
 from nvmf_phoenix.embedded.keeper_client import keeper_status
+from nvmf_phoenix.persist import shm
 from nvmf_phoenix.rpc import RpcClient
 
 from tests.target_fixture import HOSTNQN, NQN, free_port
@@ -78,18 +80,12 @@ class TransparentTarget:
 
     def state_file(self, name: str) -> Path:
         """A file of the target's shared state (``config``, ``conn-N``, ``bdev-...``)."""
-        from nvmf_phoenix.embedded.app import scratch_name
-        from nvmf_phoenix.persist import shm
-
         found = shm.find(name, None, scratch_name(self.sock))
         assert found is not None, f"no {name} in the target's shared memory"
         return Path(found)
 
     def conn_ids(self) -> list[int]:
         """The connections that have shared state now, oldest first."""
-        from nvmf_phoenix.embedded.app import scratch_name
-        from nvmf_phoenix.persist import shm
-
         return sorted(int(p.name[5:]) for base, _ in shm.candidates(None, scratch_name(
             self.sock)) for p in Path(base).glob("conn-*"))
 
@@ -109,9 +105,6 @@ class TransparentTarget:
         self.log.close()
         # A keeper that ends normally wipes its shared state; one a test SIGKILLed cannot,
         # and a test run must not leave RAM bdevs behind in /dev/shm.
-        from nvmf_phoenix.embedded.app import scratch_name
-        from nvmf_phoenix.persist import shm
-
         shm.wipe(scratch_name(self.sock))
         return int(self.proc.returncode)
 
@@ -128,12 +121,13 @@ def transparent_target(workdir: Path, *args: str, env: dict[str, str] | None = N
 
 def torture(t: TransparentTarget, kills: int, qd: int = 32, queues: int = 2,
             max_nlb: int = 4, max_delay: float = 0.2, kato_ms: int = 4000,
-            seed: int = 1, digests: bool = False, gap_threshold: float = 0.010
-            ) -> dict[str, Any]:
+            seed: int = 1, digests: bool = False, gap_threshold: float = 0.010,
+            after_takeover: Callable[[int], None] | None = None) -> dict[str, Any]:
     """Verified mixed I/O at ``qd`` while the serving worker is SIGKILLed ``kills`` times,
     each at a random moment after a standby is ready. Keep-alives keep flowing on the
     admin queue (a controller expired by the restarts would fail the run). Returns the
-    workload's findings plus the host-visible stall around each kill."""
+    workload's findings plus the host-visible stall around each kill;
+    ``after_takeover(n)`` runs (on another thread) once the n-th successor is ready."""
     import random
     import threading
     import time
@@ -159,6 +153,8 @@ def torture(t: TransparentTarget, kills: int, qd: int = 32, queues: int = 2,
                 killed_at.append(time.monotonic())
                 t.kill_active()
                 seen = t.wait_standby(seen + 1)["takeovers"]
+                if after_takeover is not None:
+                    after_takeover(len(killed_at))
         except BaseException as exc:
             failure.append(exc)
         finally:
@@ -190,5 +186,6 @@ def torture(t: TransparentTarget, kills: int, qd: int = 32, queues: int = 2,
     stalls = [max((g for at, g in work.stats.gaps if at - g <= k <= at),
                   default=gap_threshold) for k in killed_at]
     return {**work.stats.summary(), "kills": len(killed_at), "unreadable": len(unreadable),
+            "verified": len(work.expected),   # the read-backs: one 1-block read each
             "seconds": round(time.monotonic() - start, 1), "stalls": stalls,
             "outstanding": sum(len(f) for f in work.inflight), "status": status}

@@ -10,14 +10,27 @@ import struct
 import uuid as uuidlib
 from collections.abc import Iterable
 
+from nvmf_phoenix.wire.layout import Layout
+
 # --- Submission / completion queue entries ---------------------------------------------
-# opcode, flags (fuse, psdt), cid, nsid, cdw2, cdw3, mptr, dptr (SGL: addr, length,
-# 3 reserved bytes, sgl identifier), cdw10..cdw15
-SQE = struct.Struct("<BBHIIIQQI3xBIIIIII")
-SQE_SIZE = 64
-# dw0, dw1, sqhd, sqid, cid, status (bit 0 phase, SC 1-8, SCT 9-11, CRD 12-13, M 14, DNR 15)
-CQE = struct.Struct("<IIHHHH")
-CQE_SIZE = 16
+# The common command format (NVMe Base 4.1 figure "Common Command Format"), with DPTR as the
+# one SGL descriptor NVMe over Fabrics uses (address, length, reserved, SGL identifier).
+SQE = Layout(64, [
+    ("opc", 0, "B"), ("fuse_psdt", 1, "B"), ("cid", 2, "H"), ("nsid", 4, "I"),
+    ("cdw2", 8, "I"), ("cdw3", 12, "I"), ("mptr", 16, "Q"),
+    ("sgl_addr", 24, "Q"), ("sgl_length", 32, "I"), ("sgl_id", 39, "B"),
+    ("cdw10", 40, "I"), ("cdw11", 44, "I"), ("cdw12", 48, "I"), ("cdw13", 52, "I"),
+    ("cdw14", 56, "I"), ("cdw15", 60, "I")])
+SQE_SIZE = SQE.size
+# What every command's dispatch reads first, and its SGL: precompiled, for the hot path.
+SQE_HEAD = SQE.reader("opc", "cid", "nsid")
+SQE_SGL = SQE.reader("sgl_addr", "sgl_length", "sgl_id")
+SQE_CDWS = SQE.reader("cdw10", "cdw11", "cdw12", "cdw13", "cdw14", "cdw15")
+PSDT_SGL = 0x40       # fuse_psdt: PSDT 01b, data described by SGLs (all fabrics commands)
+# The completion queue entry; status: bit 0 phase, SC 1-8, SCT 9-11, CRD 12-13, M 14, DNR 15
+CQE = Layout(16, [("dw0", 0, "I"), ("dw1", 4, "I"), ("sqhd", 8, "H"), ("sqid", 10, "H"),
+                  ("cid", 12, "H"), ("status", 14, "H")])
+CQE_SIZE = CQE.size
 
 SGL_DATA_BLOCK_OFFSET = 0x01      # type 0 (data block), subtype 1 (offset): in-capsule
 SGL_TRANSPORT_DATA_BLOCK = 0x5A   # type 5 (transport data block), subtype 0xA
@@ -28,6 +41,9 @@ ADM_SET_FEATURES, ADM_GET_FEATURES, ADM_AER, ADM_KEEP_ALIVE = 0x09, 0x0A, 0x0C, 
 FABRICS = 0x7F
 FCTYPE_PROPERTY_SET, FCTYPE_CONNECT, FCTYPE_PROPERTY_GET = 0x00, 0x01, 0x04
 NVM_FLUSH, NVM_WRITE, NVM_READ, NVM_WRITE_ZEROES, NVM_DSM = 0x00, 0x01, 0x02, 0x08, 0x09
+# A Dataset Management range: context attributes, length in logical blocks, starting LBA
+DSM_RANGE = Layout(16, [("cattr", 0, "I"), ("nlb", 4, "I"), ("slba", 8, "Q")])
+DSM_ATTR_DEALLOCATE = 0x4     # cdw11 AD
 
 # --- Status: (SCT << 8) | SC --------------------------------------------------------------
 SC_SUCCESS = 0x000
@@ -89,12 +105,18 @@ def status_name(code: int) -> str:
 
 
 # --- Fabrics ------------------------------------------------------------------------------
-# Fabrics command-specific bytes 40..63 of the SQE
-CONNECT_SQE = struct.Struct("<40xHHHBxI12x")      # recfmt, qid, sqsize, cattr, kato
-PROPERTY_SQE = struct.Struct("<40xB3xIQ8x")        # attrib, ofst, value (set)
-CONNECT_DATA = struct.Struct("<16sH238x256s256s256x")   # hostid, cntlid, subnqn, hostnqn
-CONNECT_DATA_SIZE = 1024
-FABRICS_FCTYPE = struct.Struct("<4xB")             # fctype at byte 4 of a fabrics SQE
+# A fabrics command: the common fields it shares with every SQE, and FCTYPE at byte 4.
+FABRICS_SQE = Layout(64, [
+    ("opc", 0, "B"), ("fuse_psdt", 1, "B"), ("cid", 2, "H"), ("fctype", 4, "B"),
+    ("sgl_addr", 24, "Q"), ("sgl_length", 32, "I"), ("sgl_id", 39, "B")])
+FABRICS_FCTYPE = FABRICS_SQE.reader("fctype")
+# The command-specific bytes 40..63 of Connect and of Property Get/Set (overlay a SQE).
+CONNECT_SQE = Layout(64, [("recfmt", 40, "H"), ("qid", 42, "H"), ("sqsize", 44, "H"),
+                          ("cattr", 46, "B"), ("kato", 48, "I")])
+PROPERTY_SQE = Layout(64, [("attrib", 40, "B"), ("ofst", 44, "I"), ("value", 48, "Q")])
+CONNECT_DATA = Layout(1024, [("hostid", 0, "16s"), ("cntlid", 16, "H"),
+                             ("subnqn", 256, "256s"), ("hostnqn", 512, "256s")])
+CONNECT_DATA_SIZE = CONNECT_DATA.size
 
 PROP_CAP, PROP_VS, PROP_CC, PROP_CSTS = 0x00, 0x08, 0x14, 0x1C
 CC_EN = 0x1
@@ -148,60 +170,84 @@ def _nqn(text: str) -> bytes:
     return text.encode()[:255].ljust(256, b"\0")
 
 
+# Identify Controller (CNS 01h), the fields a fabrics controller reports or a host reads.
+IDENTIFY_CONTROLLER = Layout(IDENTIFY_SIZE, [
+    ("vid", 0, "H"), ("ssvid", 2, "H"), ("sn", 4, "20s"), ("mn", 24, "40s"),
+    ("fr", 64, "8s"), ("rab", 72, "B"), ("ieee", 73, "3s"), ("cmic", 76, "B"),
+    ("mdts", 77, "B"), ("cntlid", 78, "H"), ("ver", 80, "I"), ("oaes", 92, "I"),
+    ("cntrltype", 111, "B"),
+    ("acl", 258, "B"), ("aerl", 259, "B"), ("frmw", 260, "B"), ("lpa", 261, "B"),
+    ("elpe", 262, "B"), ("npss", 263, "B"), ("kas", 320, "H"),
+    ("anatt", 342, "B"), ("anacap", 343, "B"), ("anagrpmax", 344, "I"),
+    ("nanagrpid", 348, "I"),
+    ("sqes", 512, "B"), ("cqes", 513, "B"), ("maxcmd", 514, "H"), ("nn", 516, "I"),
+    ("oncs", 520, "H"), ("fuses", 522, "H"), ("fna", 524, "B"), ("vwc", 525, "B"),
+    ("sgls", 536, "I"), ("subnqn", 768, "256s"),
+    ("ioccsz", 1792, "I"), ("iorcsz", 1796, "I"), ("icdoff", 1800, "H"),
+    ("fcatt", 1802, "B"), ("msdbd", 1803, "B")])
+# Identify Namespace (CNS 00h) with its first LBA format (the only one we report).
+IDENTIFY_NAMESPACE = Layout(IDENTIFY_SIZE, [
+    ("nsze", 0, "Q"), ("ncap", 8, "Q"), ("nuse", 16, "Q"), ("nsfeat", 24, "B"),
+    ("nlbaf", 25, "B"), ("flbas", 26, "B"), ("mc", 27, "B"), ("dpc", 28, "B"),
+    ("dps", 29, "B"), ("nmic", 30, "B"), ("rescap", 31, "B"), ("fpi", 32, "B"),
+    ("dlfeat", 33, "B"), ("anagrpid", 92, "I"), ("nguid", 104, "16s"),
+    ("eui64", 120, "8s"), ("lbaf0_ms", 128, "H"), ("lbaf0_lbads", 130, "B"),
+    ("lbaf0_rp", 131, "B")])
+LBA_FORMAT = Layout(4, [("ms", 0, "H"), ("lbads", 2, "B"), ("rp", 3, "B")])
+LBAF_OFFSET = IDENTIFY_NAMESPACE.offset("lbaf0_ms")
+
+
 def identify_controller(*, cntlid: int, serial: str, model: str, firmware: str, subnqn: str,
                         mqes: int, nn: int, kas: int, cntrltype: int, ioccsz_bytes: int,
                         ana_reporting: bool, anagrpmax: int, mdts: int = MDTS) -> bytes:
     """Identify Controller (CNS 01h) for a fabrics controller."""
-    buf = bytearray(IDENTIFY_SIZE)
-    struct.pack_into("<HH20s40s8sB3sBBH", buf, 0, 0x1B36, 0x1B36, _ascii(serial, 20),
-                     _ascii(model, 40), _ascii(firmware, 8), 6, b"\0\0\0",
-                     0x0B if ana_reporting else 0x02, mdts, cntlid)  # CMIC: multi-ctrl, ANA
-    struct.pack_into("<I", buf, 80, NVME_VS_1_3)
-    struct.pack_into("<I", buf, 92, AEC_NS_ATTR | (AEC_ANA_CHANGE if ana_reporting else 0))
-    buf[111] = cntrltype
-    # ACL, AERL (0-based), FRMW (slot 1 read-only), LPA (cmd effects + ext data), ELPE, NPSS
-    struct.pack_into("<BBBBBB", buf, 258, 3, 3, 0x03, 0x06, 63, 0)
-    struct.pack_into("<H", buf, 320, kas)
-    if ana_reporting:
-        # ANATT 10 s; ANACAP: reports optimized/non-optimized/inaccessible/persistent
-        # loss/change, ANAGRPID not changed while attached.
-        struct.pack_into("<BBII", buf, 342, 10, 0x1F | 0x40, anagrpmax, anagrpmax)
-    # SQES, CQES, MAXCMD, NN, ONCS (DSM, write zeroes), FUSES, FNA, VWC (present)
-    struct.pack_into("<BBHIHHBB", buf, 512, 0x66, 0x44, mqes + 1, nn, 0x000C, 0, 0, 0x01)
-    struct.pack_into("<I", buf, 536, 0x00100005)   # SGLS: keyed/unkeyed, offset, transport
-    buf[768:1024] = _nqn(subnqn)
-    struct.pack_into("<IIHBB", buf, 1792, ioccsz_bytes // 16, 1, 0, 0, 1)
-    return bytes(buf)
+    ana = {"anatt": 10,   # seconds
+           # reports optimized/non-optimized/inaccessible/persistent loss/change;
+           # ANAGRPID not changed while attached
+           "anacap": 0x1F | 0x40, "anagrpmax": anagrpmax, "nanagrpid": anagrpmax,
+           } if ana_reporting else {}
+    return bytes(IDENTIFY_CONTROLLER.build(
+        vid=0x1B36, ssvid=0x1B36, sn=_ascii(serial, 20), mn=_ascii(model, 40),
+        fr=_ascii(firmware, 8), rab=6,
+        cmic=0x0B if ana_reporting else 0x02,   # multi-controller, ANA reporting
+        mdts=mdts, cntlid=cntlid, ver=NVME_VS_1_3,
+        oaes=AEC_NS_ATTR | (AEC_ANA_CHANGE if ana_reporting else 0), cntrltype=cntrltype,
+        acl=3, aerl=3,            # 0-based
+        frmw=0x03,                # slot 1 read-only
+        lpa=0x06,                 # command effects log, extended data for Get Log Page
+        elpe=63, npss=0, kas=kas, **ana,
+        sqes=0x66, cqes=0x44, maxcmd=mqes + 1, nn=nn,
+        oncs=0x000C,              # Dataset Management, Write Zeroes
+        fuses=0, fna=0, vwc=0x01,  # volatile write cache present
+        sgls=0x00100005,          # keyed/unkeyed data blocks, offsets, transport blocks
+        subnqn=_nqn(subnqn), ioccsz=ioccsz_bytes // 16, iorcsz=1, icdoff=0, fcatt=0,
+        msdbd=1))
 
 
 def identify_namespace(*, nsze: int, lbads: int, nguid: str | None, eui64: str | None,
                        anagrpid: int, shared: bool = True) -> bytes:
     """Identify Namespace (CNS 00h): one LBA format, deallocated blocks read as zeroes."""
-    buf = bytearray(IDENTIFY_SIZE)
-    # NSZE, NCAP, NUSE, NSFEAT (thin provisioning + deallocated-error unsupported), NLBAF,
-    # FLBAS, MC, DPC, DPS, NMIC, RESCAP, FPI, DLFEAT (deallocated reads zeroes)
-    struct.pack_into("<QQQBBBBBBBBBB", buf, 0, nsze, nsze, nsze, 0x00, 0, 0, 0, 0, 0,
-                     1 if shared else 0, 0, 0, 0x01)
-    struct.pack_into("<I", buf, 92, anagrpid)
-    if nguid:
-        buf[104:120] = bytes.fromhex(nguid)
-    if eui64:
-        buf[120:128] = bytes.fromhex(eui64)
-    struct.pack_into("<HBB", buf, 128, 0, lbads, 0)
-    return bytes(buf)
+    return bytes(IDENTIFY_NAMESPACE.build(
+        nsze=nsze, ncap=nsze, nuse=nsze,
+        nsfeat=0x00,              # no thin provisioning, no deallocated-error support
+        nmic=1 if shared else 0,
+        dlfeat=0x01,              # deallocated blocks read as zeroes
+        anagrpid=anagrpid, nguid=bytes.fromhex(nguid) if nguid else b"",
+        eui64=bytes.fromhex(eui64) if eui64 else b"", lbaf0_lbads=lbads))
+
+
+# A Namespace Identification Descriptor's header; NIDL bytes of NID follow it.
+NS_DESC = Layout(4, [("nidt", 0, "B"), ("nidl", 1, "B")])
 
 
 def ns_descriptors(*, uuid: str | None, nguid: str | None, eui64: str | None) -> bytes:
     """Namespace Identification Descriptor list (CNS 03h)."""
-    out = bytearray()
-    if eui64:
-        out += struct.pack("<BBH", NIDT_EUI64, 8, 0) + bytes.fromhex(eui64)
-    if nguid:
-        out += struct.pack("<BBH", NIDT_NGUID, 16, 0) + bytes.fromhex(nguid)
-    if uuid:
-        out += struct.pack("<BBH", NIDT_UUID, 16, 0) + uuidlib.UUID(uuid).bytes
-    out += struct.pack("<BBHB", NIDT_CSI, 1, 0, 0)
-    return bytes(out.ljust(IDENTIFY_SIZE, b"\0"))
+    ids = [(NIDT_EUI64, bytes.fromhex(eui64) if eui64 else b""),
+           (NIDT_NGUID, bytes.fromhex(nguid) if nguid else b""),
+           (NIDT_UUID, uuidlib.UUID(uuid).bytes if uuid else b""),
+           (NIDT_CSI, b"\0")]                          # the NVM command set
+    out = b"".join(NS_DESC.pack(nidt, len(nid)) + nid for nidt, nid in ids if nid)
+    return out.ljust(IDENTIFY_SIZE, b"\0")
 
 
 def ns_list(nsids: Iterable[int], above: int = 0) -> bytes:
@@ -210,30 +256,39 @@ def ns_list(nsids: Iterable[int], above: int = 0) -> bytes:
     return struct.pack(f"<{len(ids)}I", *ids).ljust(IDENTIFY_SIZE, b"\0")
 
 
+def parse_ns_list(data: bytes) -> list[int]:
+    """The namespace ids of an active namespace list (CNS 02h), without the zeroes."""
+    ids = struct.unpack_from(f"<{IDENTIFY_SIZE // 4}I", data)
+    return [i for i in ids if i]
+
+
 def parse_ns_descriptors(data: bytes) -> dict[int, bytes]:
     """NIDT -> NID from a CNS 03h list (used by the initiator and tests)."""
     out, pos = {}, 0
-    while pos + 4 <= len(data):
-        nidt, nidl = data[pos], data[pos + 1]
+    while pos + NS_DESC.size <= len(data):
+        nidt, nidl = NS_DESC.unpack_from(data, pos)
         if nidt == 0:
             break
-        out[nidt] = bytes(data[pos + 4:pos + 4 + nidl])
-        pos += 4 + nidl
+        pos += NS_DESC.size
+        out[nidt] = bytes(data[pos:pos + nidl])
+        pos += nidl
     return out
+
+
+SMART_LOG = Layout(512, [("critical_warning", 0, "B"), ("composite_temperature", 1, "H"),
+                         ("avail_spare", 3, "B"), ("avail_spare_threshold", 4, "B")])
+FW_SLOT_LOG = Layout(512, [("afi", 0, "B"), ("frs1", 8, "8s")])
 
 
 def smart_log() -> bytes:
     """SMART / Health Information: healthy, 25 degC, nothing used up."""
-    buf = bytearray(512)
-    struct.pack_into("<BHBB", buf, 0, 0, 298, 100, 10)
-    return bytes(buf)
+    return bytes(SMART_LOG.build(composite_temperature=298, avail_spare=100,
+                                 avail_spare_threshold=10))
 
 
 def firmware_slot_log(firmware: str) -> bytes:
-    buf = bytearray(512)
-    buf[0] = 0x01   # AFI: slot 1 active
-    buf[8:16] = _ascii(firmware, 8)
-    return bytes(buf)
+    return bytes(FW_SLOT_LOG.build(afi=0x01,       # slot 1 active
+                                   frs1=_ascii(firmware, 8)))
 
 
 def changed_ns_log(nsids: Iterable[int]) -> bytes:
@@ -254,8 +309,9 @@ def cmd_effects_log(admin: Iterable[int], io: Iterable[int]) -> bytes:
     return bytes(buf)
 
 
-ANA_HDR = struct.Struct("<QH6x")          # CHGCNT, NGRPS
-ANA_GROUP = struct.Struct("<IIQB15x")     # ANAGRPID, NNSID, CHGCNT, ANAS
+ANA_HDR = Layout(16, [("chgcnt", 0, "Q"), ("ngrps", 8, "H")])
+ANA_GROUP = Layout(32, [("anagrpid", 0, "I"), ("nnsid", 4, "I"), ("chgcnt", 8, "Q"),
+                        ("anas", 16, "B")])
 
 
 def ana_log(chgcnt: int, groups: list[tuple[int, int, list[int]]], rgo: bool = False) -> bytes:
@@ -280,8 +336,12 @@ def parse_ana_log(data: bytes) -> tuple[int, dict[int, tuple[int, list[int]]]]:
 
 
 # --- Discovery log page -------------------------------------------------------------------
-DISC_HDR = struct.Struct("<QQH1006x")                          # GENCTR, NUMREC, RECFMT
-DISC_ENTRY = struct.Struct("<BBBBHHHH20x32s192x256s256sB255x")  # see discovery_entry()
+DISC_HDR = Layout(1024, [("genctr", 0, "Q"), ("numrec", 8, "Q"), ("recfmt", 16, "H")])
+DISC_ENTRY = Layout(1024, [
+    ("trtype", 0, "B"), ("adrfam", 1, "B"), ("subtype", 2, "B"), ("treq", 3, "B"),
+    ("portid", 4, "H"), ("cntlid", 6, "H"), ("asqsz", 8, "H"), ("eflags", 10, "H"),
+    ("trsvcid", 32, "32s"), ("subnqn", 256, "256s"), ("traddr", 512, "256s"),
+    ("tsas_sectype", 768, "B")])
 TRTYPE_TCP = 3
 ADRFAM_CODES = {"IPv4": 1, "IPv6": 2}
 SUBTYPE_REFERRAL, SUBTYPE_NVME, SUBTYPE_CURRENT_DISCOVERY = 1, 2, 3
@@ -319,27 +379,20 @@ def parse_discovery_log(data: bytes) -> tuple[int, list[dict[str, object]]]:
 
 def parse_identify_controller(data: bytes) -> dict[str, object]:
     """The Identify Controller fields hosts and tests look at."""
-    vid, ssvid, sn, mn, fr, _rab, _ieee, cmic, mdts, cntlid = struct.unpack_from(
-        "<HH20s40s8sB3sBBH", data, 0)
-    (ver,) = struct.unpack_from("<I", data, 80)
-    (oaes,) = struct.unpack_from("<I", data, 92)
-    (kas,) = struct.unpack_from("<H", data, 320)
-    sqes, cqes, maxcmd, nn, oncs = struct.unpack_from("<BBHIH", data, 512)
-    ioccsz, iorcsz = struct.unpack_from("<II", data, 1792)
-    anagrpmax, nanagrpid = struct.unpack_from("<II", data, 344)
-    return {"vid": vid, "ssvid": ssvid, "sn": sn.decode().rstrip(), "mn": mn.decode().rstrip(),
-            "fr": fr.decode().rstrip(), "cmic": cmic, "mdts": mdts, "cntlid": cntlid,
-            "ver": ver, "oaes": oaes, "cntrltype": data[111], "kas": kas, "sqes": sqes,
-            "cqes": cqes, "maxcmd": maxcmd, "nn": nn, "oncs": oncs,
-            "subnqn": data[768:1024].rstrip(b"\0").decode(), "ioccsz": ioccsz,
-            "iorcsz": iorcsz, "anagrpmax": anagrpmax, "nanagrpid": nanagrpid}
+    f = IDENTIFY_CONTROLLER.get(data)
+    out: dict[str, object] = {k: f[k] for k in (
+        "vid", "ssvid", "cmic", "mdts", "cntlid", "ver", "oaes", "cntrltype", "kas", "sqes",
+        "cqes", "maxcmd", "nn", "oncs", "ioccsz", "iorcsz", "anagrpmax", "nanagrpid")}
+    out.update(sn=f["sn"].decode().rstrip(), mn=f["mn"].decode().rstrip(),
+               fr=f["fr"].decode().rstrip(), subnqn=f["subnqn"].rstrip(b"\0").decode())
+    return out
 
 
 def parse_identify_namespace(data: bytes) -> dict[str, object]:
-    nsze, ncap, nuse, nsfeat, nlbaf, flbas = struct.unpack_from("<QQQBBB", data, 0)
-    (anagrpid,) = struct.unpack_from("<I", data, 92)
-    _ms, lbads, _rp = struct.unpack_from("<HBB", data, 128 + 4 * (flbas & 0xF))
-    return {"nsze": nsze, "ncap": ncap, "nuse": nuse, "nsfeat": nsfeat, "nlbaf": nlbaf,
-            "flbas": flbas, "anagrpid": anagrpid, "nmic": data[30], "dlfeat": data[33],
-            "nguid": data[104:120].hex().upper(), "eui64": data[120:128].hex(),
-            "block_size": 1 << lbads if lbads else 0}
+    f = IDENTIFY_NAMESPACE.get(data)
+    lbaf = LBA_FORMAT.get(data, LBAF_OFFSET + LBA_FORMAT.size * (f["flbas"] & 0xF))
+    out: dict[str, object] = {k: f[k] for k in (
+        "nsze", "ncap", "nuse", "nsfeat", "nlbaf", "flbas", "anagrpid", "nmic", "dlfeat")}
+    out.update(nguid=f["nguid"].hex().upper(), eui64=f["eui64"].hex(),
+               block_size=1 << lbaf["lbads"] if lbaf["lbads"] else 0)
+    return out

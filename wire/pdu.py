@@ -13,6 +13,7 @@ import struct
 from dataclasses import dataclass
 
 import crc32c as _crc32c
+from nvmf_phoenix.wire.layout import Layout
 
 # pdu-type
 ICREQ, ICRESP, H2C_TERM_REQ, C2H_TERM_REQ = 0x00, 0x01, 0x02, 0x03
@@ -49,13 +50,22 @@ HLEN_R2T = 24
 HLEN_TERM = 24
 MAX_TERM_DATA = 128   # a TermReq carries at most this much of the offending header
 
-CH = struct.Struct("<BBBBI")                    # pdu-type, flags, hlen, pdo, plen
-IC_REQ = struct.Struct("<BBBBIHBBI112x")        # CH + pfv, hpda, dgst, maxr2t
-IC_RESP = struct.Struct("<BBBBIHBBI112x")       # CH + pfv, cpda, dgst, maxh2cdata
-DATA_HDR = struct.Struct("<BBBBIHHII4x")        # CH + cccid, ttag, datao, datal
-R2T_HDR = struct.Struct("<BBBBIHHII4x")         # CH + cccid, ttag, r2to, r2tl
-TERM_HDR = struct.Struct("<BBBBIHI10x")         # CH + fes, fei
+_CH_FIELDS = [("pdu_type", 0, "B"), ("flags", 1, "B"), ("hlen", 2, "B"), ("pdo", 3, "B"),
+              ("plen", 4, "I")]
+CH = Layout(8, _CH_FIELDS)                       # the common header of every PDU
+IC_REQ = Layout(HLEN_IC, [*_CH_FIELDS, ("pfv", 8, "H"), ("hpda", 10, "B"), ("dgst", 11, "B"),
+                          ("maxr2t", 12, "I")])
+IC_RESP = Layout(HLEN_IC, [*_CH_FIELDS, ("pfv", 8, "H"), ("cpda", 10, "B"), ("dgst", 11, "B"),
+                           ("maxh2cdata", 12, "I")])
+DATA_HDR = Layout(HLEN_DATA, [*_CH_FIELDS, ("cccid", 8, "H"), ("ttag", 10, "H"),
+                              ("datao", 12, "I"), ("datal", 16, "I")])
+R2T_HDR = Layout(HLEN_R2T, [*_CH_FIELDS, ("cccid", 8, "H"), ("ttag", 10, "H"),
+                            ("r2to", 12, "I"), ("r2tl", 16, "I")])
+TERM_HDR = Layout(HLEN_TERM, [*_CH_FIELDS, ("fes", 8, "H"), ("fei", 10, "I")])
 DIGEST = struct.Struct("<I")
+# What every PDU in and out goes through, as plain Structs (see Layout.plain)
+_CH, _DATA, _R2T = CH.plain, DATA_HDR.plain, R2T_HDR.plain
+CH_SIZE = CH.size             # the SQE or CQE of a capsule starts here
 
 
 def crc32c(data: bytes | bytearray | memoryview) -> int:
@@ -145,22 +155,22 @@ class PduReader:
     def next(self) -> Pdu | None:
         """The next complete PDU, or None if more bytes are needed."""
         buf, pos, end = self.buf, self.pos, self.end
-        if end - pos < 8:
+        if end - pos < CH_SIZE:
             return None
-        ptype, flags, hlen, pdo, plen = CH.unpack_from(buf, pos)
+        ptype, flags, hlen, pdo, plen = _CH.unpack_from(buf, pos)
         shape = _SHAPE.get(ptype)
-        header = bytes(buf[pos:pos + 8])
+        header = bytes(buf[pos:pos + CH_SIZE])
         if shape is None:
             raise ProtocolError(f"unknown PDU type {ptype:#x}", FES_INVALID_HEADER_FIELD, 0,
                                 header)
         if hlen != shape[0]:
             raise ProtocolError(f"{PDU_NAMES[ptype]} with hlen {hlen}", FES_INVALID_HEADER_FIELD,
-                                2, header)
+                                CH.offset("hlen"), header)
         hd, _ = _digest_len(flags, self.hdgst, False, False)
         if plen < hlen + hd or plen > self.max_plen:
             raise ProtocolError(f"{PDU_NAMES[ptype]} with plen {plen}",
                                 FES_DATA_LIMIT_EXCEEDED if plen > self.max_plen
-                                else FES_INVALID_HEADER_FIELD, 4, header)
+                                else FES_INVALID_HEADER_FIELD, CH.offset("plen"), header)
         if end - pos < plen:
             return None
         view = buf if isinstance(buf, memoryview) else memoryview(buf)
@@ -174,7 +184,8 @@ class PduReader:
         if plen > hlen + hd:
             if not shape[1] or pdo < hlen + hd or pdo > plen:
                 raise ProtocolError(f"{PDU_NAMES[ptype]} with pdo {pdo}",
-                                    FES_INVALID_HEADER_FIELD, 3, bytes(hdr[:MAX_TERM_DATA]))
+                                    FES_INVALID_HEADER_FIELD, CH.offset("pdo"),
+                                    bytes(hdr[:MAX_TERM_DATA]))
             dd = 4 if self.ddgst and flags & FLAG_DDGSTF and ptype not in (
                 H2C_TERM_REQ, C2H_TERM_REQ) else 0
             data = view[pos + pdo:pos + plen - dd]
@@ -226,32 +237,32 @@ class PduWriter:
     def capsule_cmd(self, sqe: bytes | bytearray, data: bytes | memoryview | None = None) -> None:
         n = len(data) if data is not None else 0
         pdo, plen = self._lens(HLEN_CAPSULE_CMD, n)
-        ch = CH.pack(CAPSULE_CMD, self._flags(0, n > 0), HLEN_CAPSULE_CMD, pdo, plen)
+        ch = _CH.pack(CAPSULE_CMD, self._flags(0, n > 0), HLEN_CAPSULE_CMD, pdo, plen)
         self._emit(ch + bytes(sqe), data)
 
     def capsule_resp(self, cqe: bytes | bytearray) -> None:
         _, plen = self._lens(HLEN_CAPSULE_RESP, 0)
-        ch = CH.pack(CAPSULE_RESP, self._flags(0, False), HLEN_CAPSULE_RESP, 0, plen)
+        ch = _CH.pack(CAPSULE_RESP, self._flags(0, False), HLEN_CAPSULE_RESP, 0, plen)
         self._emit(ch + bytes(cqe))
 
     def c2h_data(self, cccid: int, datao: int, data: bytes | memoryview, last: bool,
                  success: bool) -> None:
         pdo, plen = self._lens(HLEN_DATA, len(data))
         flags = (FLAG_LAST_PDU if last else 0) | (FLAG_SUCCESS if success else 0)
-        self._emit(DATA_HDR.pack(C2H_DATA, self._flags(flags, True), HLEN_DATA, pdo, plen,
-                                 cccid, 0, datao, len(data)), data)
+        self._emit(_DATA.pack(C2H_DATA, self._flags(flags, True), HLEN_DATA, pdo, plen,
+                              cccid, 0, datao, len(data)), data)
 
     def h2c_data(self, cccid: int, ttag: int, datao: int, data: bytes | memoryview,
                  last: bool) -> None:
         pdo, plen = self._lens(HLEN_DATA, len(data))
         flags = FLAG_LAST_PDU if last else 0
-        self._emit(DATA_HDR.pack(H2C_DATA, self._flags(flags, True), HLEN_DATA, pdo, plen,
-                                 cccid, ttag, datao, len(data)), data)
+        self._emit(_DATA.pack(H2C_DATA, self._flags(flags, True), HLEN_DATA, pdo, plen,
+                              cccid, ttag, datao, len(data)), data)
 
     def r2t(self, cccid: int, ttag: int, r2to: int, r2tl: int) -> None:
         _, plen = self._lens(HLEN_R2T, 0)
-        self._emit(R2T_HDR.pack(R2T, self._flags(0, False), HLEN_R2T, 0, plen, cccid, ttag,
-                                r2to, r2tl))
+        self._emit(_R2T.pack(R2T, self._flags(0, False), HLEN_R2T, 0, plen, cccid, ttag,
+                             r2to, r2tl))
 
     def term_req(self, ptype: int, fes: int, fei: int, offending: bytes) -> None:
         """A TermReq is sent without digests: the peer may not be able to check them."""
@@ -279,7 +290,7 @@ def parse_ic(pdu: Pdu) -> tuple[int, int, int, int]:
 
 def parse_data_hdr(pdu: Pdu) -> tuple[int, int, int, int]:
     """(cccid, ttag, datao/r2to, datal/r2tl) of an H2CData, C2HData or R2T."""
-    _, _, _, _, _, cccid, ttag, off, length = DATA_HDR.unpack_from(pdu.header)
+    _, _, _, _, _, cccid, ttag, off, length = _DATA.unpack_from(pdu.header)
     return cccid, ttag, off, length
 
 
