@@ -112,12 +112,14 @@ class Stream:
                                                      "nsid": r.choice(list(s.namespaces))}))
         hidden = [n for n in s.namespaces.values() if n.no_auto_visible]
         if hidden:
+            # Twice the weight: hidden namespaces are rare, and both calls must be
+            # exercised whatever else the stream draws.
             ns_obj = r.choice(hidden)
-            out.append(("nvmf_ns_add_host", {"nqn": nqn, "nsid": ns_obj.nsid,
-                                              "host": f"nqn.2014-08.org.h:{self.n % 4}"}))
+            out += [("nvmf_ns_add_host", {"nqn": nqn, "nsid": ns_obj.nsid,
+                                          "host": f"nqn.2014-08.org.h:{self.n % 4}"})] * 2
             if ns_obj.hosts:
-                out.append(("nvmf_ns_remove_host", {"nqn": nqn, "nsid": ns_obj.nsid,
-                                                     "host": r.choice(ns_obj.hosts)}))
+                out += [("nvmf_ns_remove_host", {"nqn": nqn, "nsid": ns_obj.nsid,
+                                                 "host": r.choice(ns_obj.hosts)})] * 2
         if addr["trsvcid"] not in {a.trsvcid for a in s.listeners}:
             out.append(("nvmf_subsystem_add_listener", {"nqn": nqn, "listen_address": addr}))
         if s.listeners:
@@ -149,7 +151,7 @@ def test_journaled_changes_equal_a_full_capture(tmp_path: Path, kind: str) -> No
     with target_process(tmp_path, kind=kind) as tp, RpcClient.connect(tp.sock) as c:
         rn.nvmf_create_transport(c, "TCP")
         model = capture_config(c)
-        for _ in range(160):
+        for _ in range(240):
             method, params = stream.next(model)
             assert changes.is_modelled(method, params, model), (method, params)
             try:
