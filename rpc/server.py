@@ -228,7 +228,11 @@ class RpcServer:
         try:
             result = self.dispatch(self.ctx, req["method"], params)
         except TargetError as err:
-            log.info("%s failed: %s", req["method"], err.detail)
+            # Every refusal says why in the log, as nvmf_tgt's SPDK_ERRLOG lines do: the
+            # answer carries only SPDK's code and message, which is often a bare
+            # "Invalid parameters".
+            log.error("%s refused (%d %s): %s", req["method"], err.code, err.message,
+                      err.detail)
             return error(rid, err.code, err.message)
         except Exception:   # a bug in one method must not take the server down
             log.exception("%s raised", req["method"])
