@@ -160,8 +160,6 @@ def nvmf_subsystem_set_ns_ana_group(ctx: RpcContext, params: Any) -> Any:
     return True
 
 
-# The one target nvmf_tgt creates (nvmf_tgt.c): the only tgt_name that names anything.
-TARGET_NAME = "nvmf_tgt"
 NS_HOST_SPEC = {"nqn": (str, True), "nsid": (U32, True), "host": (str, True),
                 "tgt_name": (str, False)}
 
@@ -169,9 +167,7 @@ NS_HOST_SPEC = {"nqn": (str, True), "nsid": (U32, True), "host": (str, True),
 def _ns_visible(ctx: RpcContext, params: Any, visible: bool) -> Any:
     """nvmf_ns_add_host / nvmf_ns_remove_host (nvmf_rpc.c, _nvmf_rpc_ns_visible)."""
     p = decode(params, NS_HOST_SPEC)
-    if p.get("tgt_name", TARGET_NAME) != TARGET_NAME:
-        raise TargetError(INTERNAL_ERROR, "Unable to find a target.",
-                          f"no target named {p['tgt_name']!r}")
+    check_target(p.get("tgt_name"))
     ctx.mutate(lambda: ctx.core.set_ns_visible(p["nqn"], p["nsid"], p["host"], visible))
     return True
 
