@@ -29,7 +29,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from nvmf_phoenix.recovery import changes, inflight
 from nvmf_phoenix.recovery.capture import capture_config
@@ -52,6 +52,19 @@ log = logging.getLogger(__name__)
 # lost answer would even be resent (a kill loop). Refused, with what to do instead.
 REFUSED = {"spdk_kill_instance": "the target is supervised: stop the supervisor (it stops "
                                  "the target) or use phoenix_restart (nvmf-phoenix restart)"}
+
+
+class PairHooks(Protocol):
+    """What a hot-standby pair (:mod:`~.pair`) adds to the front: the user's call as the
+    active member must receive it (raises RpcError for a call a pair cannot serve), a
+    member's capture in the pair's logical form, and the mirror of an acknowledged change
+    onto the standby (never fails the user's call)."""
+
+    def for_active(self, method: str, params: Any) -> Any: ...
+
+    def to_logical(self, live: TargetState) -> TargetState: ...
+
+    def mirror(self) -> None: ...
 
 
 class Front:
@@ -78,6 +91,7 @@ class Front:
         self.gave_up = gave_up
         self.notice_s = notice_s
         self.failpoint: Callable[[str, str], None] | None = None
+        self.pair: PairHooks | None = None
         self.carried = Carried()     # what the last restore could not bring back (carry.py)
         self.lock = threading.Lock()        # one mutation at a time: journal order
         self.local = threading.local()
@@ -124,6 +138,8 @@ class Front:
         if not self._serving(gen):
             raise RpcConnectionError("target restarting or replaced: not captured")
         st = capture_config(client or self._client())
+        if self.pair is not None:
+            st = self.pair.to_logical(st)
         if not self._serving(gen):
             raise RpcConnectionError("target restarted during the capture: discarded")
         return st
@@ -170,23 +186,31 @@ class Front:
     # -- mutating calls ------------------------------------------------------------------
     def mutate(self, method: str, params: Any) -> Any:
         with self.lock:
-            self._whole_before(method, params)
-            journal = self.store.journal
-            seq = journal.append(KIND_INTENT, json.dumps(
-                {"method": method, "params": params}).encode())
-            journal.write()
-            outcome: dict[str, Any] = {"intent": seq}
-            try:
-                result, how = self._apply(method, params, seq)
-                outcome.update(ok=True, how=how)
-                return result
-            except RpcError as err:
-                outcome.update(ok=False, code=err.code, message=err.message)
-                raise
-            finally:
-                # Also makes the checkpoint taken in _apply durable: one fsync for both.
-                journal.append(KIND_OUTCOME, json.dumps(outcome).encode(), sync=True)
-                self.stats["mutations"] += 1
+            if self.pair is None:
+                return self._mutate(method, params)
+            self.pair.for_active(method, params)     # refused before it is journaled
+            result = self._mutate(method, params)
+            self.pair.mirror()
+            return result
+
+    def _mutate(self, method: str, params: Any) -> Any:
+        self._whole_before(method, params)
+        journal = self.store.journal
+        seq = journal.append(KIND_INTENT, json.dumps(
+            {"method": method, "params": params}).encode())
+        journal.write()
+        outcome: dict[str, Any] = {"intent": seq}
+        try:
+            result, how = self._apply(method, params, seq)
+            outcome.update(ok=True, how=how)
+            return result
+        except RpcError as err:
+            outcome.update(ok=False, code=err.code, message=err.message)
+            raise
+        finally:
+            # Also makes the checkpoint taken in _apply durable: one fsync for both.
+            journal.append(KIND_OUTCOME, json.dumps(outcome).encode(), sync=True)
+            self.stats["mutations"] += 1
 
     def _whole_before(self, method: str, params: Any) -> None:
         """Before a call whose change is not modelled: if changes were journaled since
@@ -216,7 +240,10 @@ class Front:
                 gen = self.generation()
                 try:
                     self._fail("after-intent", method)
-                    result = self._client().call(method, params)
+                    client = self._client()
+                    sent = params if self.pair is None else \
+                        self.pair.for_active(method, params)
+                    result = client.call(method, sent)
                     self._fail("after-forward", method)
                     on, how = gen, "answered"
                 except RpcConnectionError as exc:
@@ -246,7 +273,9 @@ class Front:
         """Checkpoint what the call did on target generation ``gen``: its change alone
         when it is modelled and was answered, else the whole configuration."""
         model = self.store.current
-        if how == "answered" and model is not None and \
+        # A pair checkpoints whole states: a change's read-back is in the active member's
+        # form, which only a whole capture turns into the logical one.
+        if how == "answered" and model is not None and self.pair is None and \
                 changes.is_modelled(method, params, model):
             if not self._serving(gen):
                 raise RpcConnectionError("target restarted before the read-back")

@@ -89,6 +89,21 @@ def _who(e: Expectation) -> str:
     return f"{e.hostnqn} on {e.nqn} ({e.io_queues} queue pairs)"
 
 
+def resolve_pending(store: CheckpointStore, pending: list[Any], live: TargetState) -> None:
+    """Calls the previous front journaled but never answered (it died): look whether
+    the target has them, record the verdict, apply nothing (nobody awaits it)."""
+    for p in pending:
+        before = p.before or store.load().state or TargetState.empty()
+        applied = inflight.effect_present(p.method, p.params, before, live)
+        verdict = "applied" if applied else "not applied"
+        log.warning("call in flight when the supervisor died: %s %s: %s (never "
+                    "acknowledged; not sent again)", p.method, json.dumps(p.params), verdict)
+        store.journal.append(KIND_OUTCOME, json.dumps(
+            {"intent": p.seq, "resolved": verdict, "at": "start"}).encode())
+    if pending:
+        store.journal.sync()
+
+
 class UpgradeFailed(RpcError):
     """A planned restart with a new command failed; the old command was started again."""
 
@@ -169,19 +184,7 @@ class Supervisor:
             self._lock_fd = None
 
     def _resolve_pending(self, pending: list[Any], live: TargetState) -> None:
-        """Calls the previous front journaled but never answered (it died): look whether
-        the target has them, record the verdict, apply nothing (nobody awaits it)."""
-        for p in pending:
-            before = p.before or self.store.load().state or TargetState.empty()
-            applied = inflight.effect_present(p.method, p.params, before, live)
-            verdict = "applied" if applied else "not applied"
-            log.warning("call in flight when the supervisor died: %s %s: %s (never "
-                        "acknowledged; not sent again)", p.method, json.dumps(p.params),
-                        verdict)
-            self.store.journal.append(KIND_OUTCOME, json.dumps(
-                {"intent": p.seq, "resolved": verdict, "at": "start"}).encode())
-        if pending:
-            self.store.journal.sync()
+        resolve_pending(self.store, pending, live)
 
     def _launch_and_restore(self, cmd: list[str] | None = None) -> float:
         """Start the target with --wait-for-rpc and restore the checkpoint into it."""

@@ -14,7 +14,9 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
+from nvmf_phoenix.recovery.pair import PairSupervisor
 from nvmf_phoenix.recovery.supervisor import Supervisor
 from nvmf_phoenix.rpc import RpcClient
 from nvmf_phoenix.rpc import bdev as rb
@@ -42,6 +44,25 @@ def supervised(tmp_path: Path, cmd: list[str] | None = None, kind: str = "embedd
     finally:
         sup.stop()
         sup.store.region.unlink()
+
+
+@contextmanager
+def paired(tmp_path: Path, kind: str = "embedded", **kw: Any) -> Iterator[PairSupervisor]:
+    """A started hot-standby pair under ``tmp_path``: callers talk to ``public.sock``;
+    members a and b serve ``a.sock`` and ``b.sock``. Stopped, and its shared-memory
+    region removed, however the test ends."""
+    cmd = target_command(kind)
+    if kind == "spdk":   # two nvmf_tgt on the cores of one: no core locks between them
+        cmd = [*cmd, "--disable-cpumask-locks"] if "--disable-cpumask-locks" not in cmd \
+            else cmd
+    pair = PairSupervisor((cmd, cmd), (str(tmp_path / "a.sock"), str(tmp_path / "b.sock")),
+                          str(tmp_path / "public.sock"), str(tmp_path / "state"), **kw)
+    try:
+        pair.start()
+        yield pair
+    finally:
+        pair.stop()
+        pair.store.region.unlink()
 
 
 def spdk_rpc_ok(sock: str, *args: str, stdin: str | None = None,
