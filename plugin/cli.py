@@ -48,13 +48,25 @@ def _cmd_supervise(args: argparse.Namespace) -> int:
     import signal
     import threading
 
+    from nvmf_phoenix.recovery.pair import PairSupervisor
+    from nvmf_phoenix.recovery.pair_view import PairLayout
     from nvmf_phoenix.recovery.supervisor import Supervisor
 
     cmd = shlex.split(args.target_cmd) if args.target_cmd else \
         [sys.executable, "-m", "nvmf_phoenix.embedded"]
-    sup = Supervisor(cmd, args.target_socket, args.rpc_socket, args.state_dir,
-                     ping_interval=args.ping_interval, misses=args.misses,
-                     max_restarts=args.max_restarts, restart_window=args.restart_window)
+    sup: Supervisor | PairSupervisor
+    if args.standby:
+        sup = PairSupervisor(
+            (cmd, shlex.split(args.standby_target_cmd) if args.standby_target_cmd else cmd),
+            (args.target_socket, args.standby_socket or standby_socket(args.target_socket)),
+            args.rpc_socket, args.state_dir,
+            PairLayout(args.standby_port_offset, args.standby_address),
+            ping_interval=args.ping_interval, misses=args.misses,
+            max_restarts=args.max_restarts, restart_window=args.restart_window)
+    else:
+        sup = Supervisor(cmd, args.target_socket, args.rpc_socket, args.state_dir,
+                         ping_interval=args.ping_interval, misses=args.misses,
+                         max_restarts=args.max_restarts, restart_window=args.restart_window)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -73,7 +85,7 @@ def _cmd_supervise(args: argparse.Namespace) -> int:
         from nvmf_phoenix.plugin import metrics
 
         collector = metrics.PhoenixCollector(args.target_socket, args.state_dir,
-                                             status=lambda _c: sup.status.to_dict(),
+                                             status=lambda _c: sup.status_dict(),
                                              hosts_interval=args.metrics_hosts_interval)
         try:
             server = metrics.serve(collector, args.metrics_port, args.metrics_address)
@@ -84,6 +96,8 @@ def _cmd_supervise(args: argparse.Namespace) -> int:
             return 1
     print(f"nvmf-phoenix supervisor ready: rpc={args.rpc_socket} "
           f"target={args.target_socket} state={args.state_dir}"
+          + (f" standby={sup.members['b'].sock} ({sup.layout.describe()})"
+             if isinstance(sup, PairSupervisor) else "")
           + (f" metrics=http://{args.metrics_address}:{args.metrics_port}/metrics"
              if server else ""), flush=True)
     failed = False
@@ -97,6 +111,12 @@ def _cmd_supervise(args: argparse.Namespace) -> int:
         server.server_close()
     sup.stop()
     return 1 if failed else 0
+
+
+def standby_socket(target_socket: str) -> str:
+    """The standby member's private socket, beside the active's: x.sock -> x-b.sock."""
+    base, dot, ext = target_socket.rpartition(".")
+    return f"{base}-b.{ext}" if dot and "/" not in ext else f"{target_socket}-b"
 
 
 def _control_call(args: argparse.Namespace, method: str, params: dict | None) -> int:
@@ -192,6 +212,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--floating-address", metavar="ADDR[/PREFIX]", help="put this address "
                    "on --floating-dev before restoring (listeners on it can then bind)")
     p.add_argument("--floating-dev", metavar="DEV", help="interface for --floating-address")
+    g = p.add_argument_group("hot-standby pair (a crash becomes a path failover)")
+    g.add_argument("--standby", action="store_true", help="run a second target as hot "
+                   "standby: same configuration and identities, its listeners "
+                   "non_optimized; takes over when the active dies")
+    g.add_argument("--standby-target-cmd", help="the standby's command without -r "
+                   "(default: --target-cmd), e.g. another CPU mask")
+    g.add_argument("--standby-socket", help="the standby's private RPC socket (default: "
+                   "--target-socket with -b before its extension)")
+    g.add_argument("--standby-port-offset", type=int, default=1, metavar="N",
+                   help="the standby listens on the same addresses, port + N")
+    g.add_argument("--standby-address", metavar="ADDR", help="the standby listens on ADDR "
+                   "with the same ports instead (e.g. a second interface)")
     p.set_defaults(func=_cmd_supervise)
     p = sub.add_parser("restart", help="planned restart or upgrade of a supervised target")
     add_socket(p), add_json(p)

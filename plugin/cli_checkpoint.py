@@ -149,6 +149,8 @@ def human_status(d: dict[str, Any]) -> str:
                      f"{sup['last_death_to_ready_s']} s")
         lines.append(line + (f"; last error: {sup['last_error']}" if sup["last_error"]
                              else ""))
+        if sup.get("mode") == "pair":
+            lines += pair_lines(sup)
     else:
         lines.append("supervisor: none on this socket (unsupervised target)")
     pid = f", pid {tgt['pid']}" if tgt.get("pid") else ""
@@ -171,6 +173,21 @@ def human_status(d: dict[str, Any]) -> str:
         lines.append(f"checkpoint: none in {d['state_dir']} (take one with "
                      "`nvmf-phoenix checkpoint now`)")
     return "\n".join(lines)
+
+
+def pair_lines(sup: dict[str, Any]) -> list[str]:
+    """A hot-standby pair: who is active, whether a standby stands by, where each listens."""
+    n = sup["failovers"]
+    lines = [f"pair: target {sup['active']} active, "
+             + ("standby ready" if sup["redundant"] else f"NO STANDBY ({sup['degraded']})")
+             + f", {n} failover{'s' * (n != 1)}"
+             + (f", last {sup['last_failover_s'] * 1e3:.1f} ms death to standby optimized"
+                if n else "") + f"; {sup['layout']['description']}"]
+    for name, m in sorted(sup["members"].items()):
+        pid = f"pid {m['pid']}" if m["pid"] else "no process"
+        lines.append(f"  target {name}: {m['role']}, {m['state']}, {pid}, {m['socket']}, "
+                     f"listening on {', '.join(m['listeners']) or 'nothing yet'}")
+    return lines
 
 
 def _takeovers(keeper: dict[str, Any]) -> int:
@@ -220,6 +237,8 @@ def _kill_pid(pid: int | None, sup: dict[str, Any] | None,
     crash-transparent target, a supervisor's target (its child), or the target itself."""
     if keeper:
         return keeper.get("active")
+    if sup and sup.get("mode") == "pair":
+        return sup["members"][sup["active"]]["pid"]
     if sup and pid:
         kids = _children(pid)
         return kids[0] if kids else None

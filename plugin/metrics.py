@@ -125,6 +125,8 @@ class PhoenixCollector:
                                   "last target death to restored and ready")
             d.add_metric([], sup["last_death_to_ready_s"])
             out += [c, st, d]
+            if sup.get("mode") == "pair":
+                out += _pair(sup)
         if restore_s is not None:
             r = GaugeMetricFamily(P + "restore_seconds", "duration of the last restore")
             r.add_metric([], float(restore_s))
@@ -254,3 +256,19 @@ def serve(collector: PhoenixCollector, port: int, address: str = "0.0.0.0") -> A
     registry.register(collector)
     server, _ = start_http_server(port, addr=address, registry=registry)
     return server
+
+
+def _pair(sup: dict[str, Any]) -> list[Metric]:
+    """A hot-standby pair: failovers, redundancy, and each member's role and state."""
+    f = CounterMetricFamily(P + "pair_failovers", "active deaths turned into a failover")
+    f.add_metric([], sup["failovers"])
+    r = GaugeMetricFamily(P + "pair_redundant", "1 if a standby is ready to take over")
+    r.add_metric([], 1 if sup["redundant"] else 0)
+    s = GaugeMetricFamily(P + "pair_failover_seconds",
+                          "last active death to the standby's paths optimized")
+    s.add_metric([], sup["last_failover_s"])
+    m = GaugeMetricFamily(P + "pair_member_up", "1 if the member serves its role",
+                          labels=["member", "role"])
+    for name, mem in sorted(sup["members"].items()):
+        m.add_metric([name, mem["role"]], 1 if mem["state"] == "ready" else 0)
+    return [f, r, s, m]

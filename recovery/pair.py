@@ -403,9 +403,11 @@ class PairSupervisor:
                 "generation": self.status.generation, "active": self.active,
                 "redundant": sb.state == "ready", "failovers": self.status.failovers,
                 "last_failover_s": round(self.status.last_failover_s, 4),
+                # What a host waits for after a death: the standby's paths optimized.
+                "last_death_to_ready_s": round(self.status.last_failover_s, 4),
                 "last_redundant_s": round(self.status.last_redundant_s, 3),
                 "restarts": sum(m.restarts for m in self.members.values()),
-                "last_restore_s": self.members[self.active].last_restore_s,
+                "last_restore_s": round(self.members[self.active].last_restore_s, 4),
                 "last_error": self.status.last_error, "degraded": self.status.degraded,
                 "layout": self.layout.to_dict(), "members": members}
 

@@ -139,6 +139,9 @@ class Supervisor:
                            if self.status.state == "failed" else None)
         self._watcher = threading.Thread(target=self._watch, name="supervisor", daemon=True)
 
+    def status_dict(self) -> dict[str, Any]:
+        return self.status.to_dict()
+
     @property
     def generation(self) -> int:
         return self.status.generation
@@ -453,7 +456,7 @@ class Supervisor:
     # -- control methods on the public socket ----------------------------------------------
     def _control(self, method: str, params: Any) -> Any:
         if method == "phoenix_status":
-            return self.status.to_dict()
+            return self.status_dict()
         if method == "phoenix_restart":
             cmd = (params or {}).get("target_cmd")
             if cmd is not None and (not isinstance(cmd, list) or not cmd or

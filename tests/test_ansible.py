@@ -65,6 +65,7 @@ def test_role_applies_to_localhost_and_the_stack_answers(tmp_path: Path) -> None
         "nvmf_phoenix_source": str(_source_copy(t / "src")),
         "nvmf_phoenix_venv": str(t / "venv"), "nvmf_phoenix_install_system_packages": False,
         "nvmf_phoenix_rpc_socket": rpc, "nvmf_phoenix_target_socket": str(t / "target.sock"),
+        "nvmf_phoenix_standby": True, "nvmf_phoenix_standby_socket": str(t / "target-b.sock"),
         "nvmf_phoenix_state_dir": str(t / "state"), "nvmf_phoenix_config_dir": str(t / "etc"),
         "nvmf_phoenix_metrics_port": 0, "nvmf_phoenix_hugepages": 8,
         "nvmf_phoenix_hugepages_mount": str(t / "hugepages"),
@@ -91,6 +92,7 @@ def test_role_applies_to_localhost_and_the_stack_answers(tmp_path: Path) -> None
             f"vm.nr_hugepages = {max(8, live)}\n"
         unit = (t / "units" / "nvmf-phoenix-supervisor.service").read_text()
         assert f'"{t}/venv/bin/nvmf-phoenix" "supervise" "-s" "{rpc}"' in unit
+        assert f'"--standby" "--standby-socket" "{t}/target-b.sock"' in unit
         assert "Conflicts=nvmf-phoenix-target.service" in unit
         assert (t / "units" / "nvmf-phoenix-target.service").exists()
         if shutil.which("systemd-analyze"):
@@ -103,7 +105,9 @@ def test_role_applies_to_localhost_and_the_stack_answers(tmp_path: Path) -> None
         assert int(Path("/proc/sys/vm/nr_hugepages").read_text()) >= 8
         # The stack answers: the supervisor's public socket, the target behind it.
         with RpcClient.connect(rpc, timeout=30) as c:
-            assert c.call("phoenix_status")["state"] == "ready"
+            status = c.call("phoenix_status")
+            assert status["state"] == "ready" and status["mode"] == "pair"
+            assert status["redundant"]
             rn.nvmf_create_transport(c, "TCP")
             rn.nvmf_create_subsystem(c, "nqn.2016-06.io.phx:ansible", serial_number="ANS1")
             assert rn.nvmf_get_subsystems(c, "nqn.2016-06.io.phx:ansible")
