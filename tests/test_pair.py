@@ -2,7 +2,11 @@
 standby takes over at the active's death, the dead one comes back as standby."""
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +16,7 @@ from nvmf_phoenix.rpc import RpcClient, RpcError
 from nvmf_phoenix.rpc import bdev as rb
 from nvmf_phoenix.rpc import nvmf as rn
 
+from tests.phoenix_tools import drop_region
 from tests.support import paired
 from tests.target_fixture import free_port
 from tests.target_process import TARGET_KINDS
@@ -136,3 +141,68 @@ def test_standby_death_costs_nothing_and_it_is_rebuilt(tmp_path: Path) -> None:
                  if s["nqn"] == NQN for h in s["hosts"]}
         assert hosts == {H1}
         assert listener_states(pair, "b") == {f"127.0.0.1:{port + 1}": {"non_optimized"}}
+
+
+def test_both_dead_at_once_falls_back_to_a_restore(tmp_path: Path) -> None:
+    port, disc = free_port(), free_port()
+    with paired(tmp_path) as pair, RpcClient.connect(str(tmp_path / "public.sock")) as c:
+        configure(c, tmp_path / "disk.img", port, disc)
+        before = identities(pair, "a")
+        procs = [pair.members[n].proc for n in ("a", "b")]
+        for p in procs:
+            assert p is not None
+            p.send_signal(signal.SIGKILL)
+        # The call waits for the restore, then is served by a restored member.
+        assert rn.nvmf_get_subsystems(c, NQN)[0]["serial_number"] == "PAIR0001"
+        wait_for(lambda: c.call("phoenix_status")["redundant"], timeout=30,
+                 what="both members back")
+        assert identities(pair, pair.active) | {"cntlid": None} == \
+            before | {"cntlid": None}
+        states = {n: listener_states(pair, n) for n in ("a", "b")}
+        assert sorted(s for st in states.values() for v in st.values() for s in v) == \
+            ["non_optimized", "optimized"]
+
+
+def test_a_new_supervisor_adopts_both_members_and_keeps_their_roles(tmp_path: Path) -> None:
+    port, disc = free_port(), free_port()
+    public, state = str(tmp_path / "public.sock"), str(tmp_path / "state")
+    argv = [sys.executable, "-m", "nvmf_phoenix.plugin.cli", "supervise", "--standby",
+            "-s", public, "--target-socket", str(tmp_path / "a.sock"), "-d", state]
+    sup = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    pids: list[int] = []
+    try:
+        wait_for(lambda: _answers(public), timeout=30, what="supervisor up")
+        with RpcClient.connect(public) as c:
+            configure(c, tmp_path / "disk.img", port, disc)
+            first = c.call("phoenix_status")
+            pids = [first["members"][n]["pid"] for n in ("a", "b")]
+            os.kill(pids[0], signal.SIGKILL)             # b becomes active
+            wait_for(lambda: c.call("phoenix_status")["failovers"] == 1, timeout=10,
+                     what="failover")
+            wait_for(lambda: c.call("phoenix_status")["redundant"], timeout=30,
+                     what="a back")
+            pids = [c.call("phoenix_status")["members"][n]["pid"] for n in ("a", "b")]
+        sup.kill()
+        sup.wait(timeout=10)
+        sup = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        wait_for(lambda: _answers(public), timeout=30, what="second supervisor up")
+        with RpcClient.connect(public) as c:
+            st = c.call("phoenix_status")
+            assert st["active"] == "b" and st["redundant"]
+            assert [st["members"][n]["pid"] for n in ("a", "b")] == pids
+            assert rn.nvmf_get_subsystems(c, NQN)[0]["serial_number"] == "PAIR0001"
+    finally:
+        sup.terminate()
+        sup.wait(timeout=30)
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        drop_region(tmp_path / "state")
+
+
+def _answers(sock: str) -> bool:
+    try:
+        with RpcClient.connect(sock, timeout=1) as c:
+            return c.call("phoenix_status")["state"] == "ready"
+    except RpcError:
+        return False
