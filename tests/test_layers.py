@@ -49,6 +49,10 @@ LAZY = {
         "the command line imports a mode's code only when that mode runs (start-up time)",
     ("plugin/cli.py", "nvmf_phoenix.recovery.supervisor"):
         "the command line imports a mode's code only when that mode runs (start-up time)",
+    ("plugin/cli.py", "nvmf_phoenix.recovery.pair"):
+        "the command line imports a mode's code only when that mode runs (start-up time)",
+    ("plugin/cli.py", "nvmf_phoenix.recovery.pair_view"):
+        "the command line imports a mode's code only when that mode runs (start-up time)",
     ("plugin/cli_checkpoint.py", "nvmf_phoenix.embedded.keeper_client"):
         "the command line imports a mode's code only when that mode runs (start-up time)",
     ("plugin/cli_checkpoint.py", "nvmf_phoenix.plugin"):
