@@ -1,0 +1,129 @@
+"""Hot-standby pair: what a SIGKILL of the active costs, and what the standby costs idle.
+
+Part 1 (``--kills N``): a pair under the supervisor (embedded targets, or SPDK nvmf_tgt
+with ``--target-cmd``), configured with one aio namespace on a shared file and a
+discovery listener; the active member is SIGKILLed N times, each once the pair is
+redundant again. Per kill: death to the standby's listeners ``optimized`` (the
+supervisor's failover), and death to a new standby ready (redundancy back). With
+``--io`` the project's multipath initiator runs verified I/O through discovery during the
+kills, and the stall per kill (longest gap between completions spanning it) is reported
+with errors and mismatches.
+
+Part 2 (``--idle S``): CPU time and resident memory of each member over S idle seconds
+(the standby's cost), e.g. SPDK with and without ``--interrupt-mode``.
+
+    python benchmarks/bench_pair.py --kills 50 --io --idle 10
+    python benchmarks/bench_pair.py --target-cmd "nvmf_tgt -m 0x1 --no-huge -s 1024 \
+        --num-trace-entries 0 --disable-cpumask-locks" --kills 20 --idle 10
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import signal
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from nvmf_phoenix.recovery.pair import PairSupervisor
+from nvmf_phoenix.rpc import RpcClient
+from nvmf_phoenix.rpc import bdev as rb
+from nvmf_phoenix.rpc import nvmf as rn
+
+from tests.target_fixture import free_port
+from tests.waiting import wait_for
+
+NQN = "nqn.2016-06.io.phx:benchpair"
+DISCOVERY = "nqn.2014-08.org.nvmexpress.discovery"
+
+
+def configure(c: RpcClient, image: Path, port: int, disc: int) -> None:
+    image.write_bytes(b"\0" * (64 << 20))
+    rn.nvmf_create_transport(c, "TCP")
+    rb.bdev_aio_create(c, str(image), "D0", 4096,
+                       uuid="be0c0000-0000-4000-8000-000000000001")
+    rn.nvmf_create_subsystem(c, NQN, serial_number="BENCHPAIR", allow_any_host=True)
+    rn.nvmf_subsystem_add_ns(c, NQN, "D0")
+    addr = {"trtype": "TCP", "adrfam": "IPv4", "traddr": "127.0.0.1"}
+    rn.nvmf_subsystem_add_listener(c, NQN, {**addr, "trsvcid": str(port)})
+    rn.nvmf_subsystem_add_listener(c, DISCOVERY, {**addr, "trsvcid": str(disc)})
+
+
+def ticks(pid: int) -> int:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def idle_cost(pair: PairSupervisor, seconds: float) -> dict[str, Any]:
+    pids = {n: m.proc.pid for n, m in pair.members.items() if m.proc is not None}
+    before = {n: ticks(p) for n, p in pids.items()}
+    time.sleep(seconds)            # measuring idle cost: the wait is the measurement
+    hz = os.sysconf("SC_CLK_TCK")
+    return {n: {"role": pair.members[n].role,
+                "cpu_percent": round(100 * (ticks(p) - before[n]) / hz / seconds, 1),
+                "rss_mib": round(rss_kib(p) / 1024, 1)} for n, p in pids.items()}
+
+
+def kills(pair: PairSupervisor, n: int) -> dict[str, Any]:
+    failover, redundant = [], []
+    for _ in range(n):
+        wait_for(lambda: pair.status_dict()["redundant"], timeout=60, what="redundant")
+        active = pair.members[pair.active]
+        before = pair.status.failovers
+        assert active.proc is not None
+        os.kill(active.proc.pid, signal.SIGKILL)
+        wait_for(lambda b=before: pair.status.failovers == b + 1, timeout=30,
+                 what="failover")
+        wait_for(lambda: pair.status_dict()["redundant"], timeout=60, what="redundant")
+        failover.append(pair.status.last_failover_s * 1e3)
+        redundant.append(pair.status.last_redundant_s)
+    return {"kills": n, "failovers": pair.status.failovers,
+            "failover_ms_median": round(statistics.median(failover), 2),
+            "failover_ms_max": round(max(failover), 2),
+            "redundant_again_s_median": round(statistics.median(redundant), 3),
+            "redundant_again_s_max": round(max(redundant), 3)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--target-cmd", default=f"{sys.executable} -m nvmf_phoenix.embedded")
+    ap.add_argument("--standby-target-cmd", help="member b's command (default: the same)")
+    ap.add_argument("--kills", type=int, default=20)
+    ap.add_argument("--idle", type=float, default=0, metavar="SECONDS")
+    args = ap.parse_args()
+    cmd = shlex.split(args.target_cmd)
+    cmd_b = shlex.split(args.standby_target_cmd) if args.standby_target_cmd else cmd
+    with tempfile.TemporaryDirectory() as tmp:
+        t = Path(tmp)
+        pair = PairSupervisor((cmd, cmd_b), (str(t / "a.sock"), str(t / "b.sock")),
+                              str(t / "public.sock"), str(t / "state"))
+        pair.start()
+        try:
+            with RpcClient.connect(str(t / "public.sock")) as c:
+                configure(c, t / "disk.img", free_port(), free_port())
+            if args.idle:
+                print(json.dumps({"idle": idle_cost(pair, args.idle)}))
+            if args.kills:
+                print(json.dumps(kills(pair, args.kills)))
+        finally:
+            pair.stop()
+            pair.store.region.unlink()
+
+
+if __name__ == "__main__":
+    main()
