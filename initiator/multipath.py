@@ -29,6 +29,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from nvmf_phoenix.initiator.connection import (
     DEFAULT_HOSTNQN,
@@ -107,12 +108,12 @@ class MultipathHost:
         self._monitor.start()
 
     @classmethod
-    def from_discovery(cls, traddr: str, trsvcid: str | int, subnqn: str | None = None,
-                       **kwargs: object) -> MultipathHost:
+    def from_discovery(cls, traddr: str, trsvcid: str | int, subnqn: str | None = None, *,
+                       hostnqn: str = DEFAULT_HOSTNQN, hostid: str = DEFAULT_HOSTID,
+                       **options: Any) -> MultipathHost:
         """Discover (following referrals) and connect every path to ``subnqn`` (or to
-        the one NVM subsystem discovery finds, if not named)."""
-        hostnqn = str(kwargs.get("hostnqn", DEFAULT_HOSTNQN))
-        hostid = str(kwargs.get("hostid", DEFAULT_HOSTID))
+        the one NVM subsystem discovery finds, if not named); ``options`` are the
+        constructor's (reconnect_delay, io_timeout, ...)."""
         found = discover_all(traddr, trsvcid, hostnqn=hostnqn, hostid=hostid).subsystems()
         if subnqn is None:
             if len(found) != 1:
@@ -121,7 +122,7 @@ class MultipathHost:
         if subnqn not in found:
             raise NvmeError(f"discovery at {traddr}:{trsvcid} found no path to {subnqn}")
         return cls(subnqn, [(e.traddr, e.trsvcid) for e in found[subnqn]],
-                   **kwargs)  # type: ignore[arg-type]
+                   hostnqn=hostnqn, hostid=hostid, **options)
 
     # -- reports -----------------------------------------------------------------------
     def paths(self) -> list[dict[str, object]]:
@@ -241,7 +242,7 @@ class MultipathHost:
                     self._completed(conn, cmd, comp)
 
     def _completed(self, conn: PathConn, cmd: _Command, comp: Completion) -> None:
-        if comp.status in ANA_ERRORS:
+        if comp.status in ANA_ERRORS and time.monotonic() < cmd.deadline:
             name = self._name_of(conn)
             with self._lock:
                 if name is not None:
@@ -404,6 +405,7 @@ class MultipathHost:
         """Read a path's ANA log again (and its namespaces' identities if they changed)
         and let waiting commands go where they can now."""
         if namespaces:
+            conn.read_changed_namespaces()
             idents = conn.read_namespaces()
             with self._lock:
                 name = self._name_of(conn)

@@ -86,6 +86,12 @@ class PathConn:
         page = self.host.get_log_page(nvme.LOG_ANA, ANA_LOG_SIZE)
         return ana_states(nvme.parse_ana_log(page)[1], self.group_of)
 
+    def read_changed_namespaces(self) -> list[int]:
+        """The Changed Namespace List (read without RAE, which re-arms the namespace
+        attribute event, as the kernel does before it rescans)."""
+        # the same layout as an active namespace list: 1024 ids, zero-filled
+        return nvme.parse_ns_list(self.host.get_log_page(nvme.LOG_CHANGED_NS, 4096))
+
     def arm_aer(self) -> None:
         self.aer_cid = self.host.submit_aer()
 

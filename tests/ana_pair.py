@@ -36,6 +36,7 @@ class Member:
     port: int
     disc_port: int
     cntlids: tuple[int, int]
+    kind: str = "embedded"          # or "spdk": $SPDK_NVMF_TGT (tests/target_process.py)
     tp: TargetProcess | None = None
     client: RpcClient | None = field(default=None, repr=False)
 
@@ -51,10 +52,10 @@ class Member:
         rn.nvmf_subsystem_listener_set_ana_state(self.rpc(), NQN, self.address, state)
 
     def start(self, tmp_path: Path, image: Path, other_disc_port: int, ana_state: str,
-              generation: int = 0, kind: str = "embedded") -> None:
+              generation: int = 0) -> None:
         """Start the target process and configure it; the NVMe listener comes last, so
         a host reconnecting in the background finds the namespace complete."""
-        self.tp = TargetProcess(str(tmp_path / f"{self.name}{generation}.sock"), kind=kind)
+        self.tp = TargetProcess(str(tmp_path / f"{self.name}{generation}.sock"), kind=self.kind)
         self.client = c = RpcClient.connect(self.tp.sock)
         rb.bdev_aio_create(c, str(image), "D0", block_size=BLOCK_SIZE, uuid=UUID)
         rn.nvmf_create_transport(c, "TCP")
@@ -92,11 +93,11 @@ def make_pair(tmp_path: Path, blocks: int = 1024, kind: str = "embedded",
     with image.open("wb") as f:
         f.truncate(blocks * BLOCK_SIZE)
     ranges = (CNTLID_RANGES[0], CNTLID_RANGES[0]) if same_cntlids else CNTLID_RANGES
-    a = Member("a", free_port(), free_port(), ranges[0])
-    b = Member("b", free_port(), free_port(), ranges[1])
+    a = Member("a", free_port(), free_port(), ranges[0], kind)
+    b = Member("b", free_port(), free_port(), ranges[1], kind)
     try:
-        a.start(tmp_path, image, b.disc_port, "optimized", kind=kind)
-        b.start(tmp_path, image, a.disc_port, "non_optimized", kind=kind)
+        a.start(tmp_path, image, b.disc_port, "optimized")
+        b.start(tmp_path, image, a.disc_port, "non_optimized")
     except BaseException:
         a.stop()
         b.stop()

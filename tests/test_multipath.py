@@ -19,12 +19,17 @@ from nvmf_phoenix.initiator.discovery import discover_all
 from nvmf_phoenix.initiator.mpworkload import MultipathWorkload
 from nvmf_phoenix.initiator.multipath import MultipathHost
 from nvmf_phoenix.initiator.paths import NsIdentity, PathIdentityError, PathTable, ana_states
+from nvmf_phoenix.rpc import bdev as rb
+from nvmf_phoenix.rpc import nvmf as rn
 from nvmf_phoenix.wire import nvme
 
 from tests.ana_pair import BLOCK_SIZE, NQN, UUID, Member, make_pair
+from tests.target_process import TARGET_KINDS
 from tests.waiting import wait_for
 
 BLOCKS = 1024
+UUID2 = "6e767068-7061-6972-8000-000000000002"
+NGUID2 = "6E76706870616972800000000000000B"
 
 
 # -- the pure part ---------------------------------------------------------------------
@@ -103,9 +108,9 @@ def test_ana_states_from_the_log() -> None:
 
 
 # -- real targets ----------------------------------------------------------------------
-@pytest.fixture
-def pair(tmp_path: Path) -> Iterator[tuple[Member, Member, Path]]:
-    a, b, image = make_pair(tmp_path, BLOCKS)
+@pytest.fixture(params=TARGET_KINDS)
+def pair(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[tuple[Member, Member, Path]]:
+    a, b, image = make_pair(tmp_path, BLOCKS, kind=request.param)
     try:
         yield a, b, image
     finally:
@@ -115,6 +120,12 @@ def pair(tmp_path: Path) -> Iterator[tuple[Member, Member, Path]]:
 
 def _path(mp: MultipathHost, member: Member) -> dict[str, object]:
     return next(p for p in mp.paths() if p["address"] == f"127.0.0.1:{member.port}")
+
+
+def _ana(mp: MultipathHost, member: Member) -> dict[int, str]:
+    ana = _path(mp, member)["ana"]
+    assert isinstance(ana, dict)
+    return ana
 
 
 def test_discovery_follows_referrals_to_both_paths(pair: tuple[Member, Member, Path]) -> None:
@@ -144,8 +155,9 @@ def test_io_goes_to_the_optimized_path_only(pair: tuple[Member, Member, Path]) -
         assert mp.counters()["failovers"] == 0
 
 
-def test_duplicate_cntlid_is_refused(tmp_path: Path) -> None:
-    a, b, _ = make_pair(tmp_path, BLOCKS, same_cntlids=True)
+@pytest.mark.parametrize("kind", TARGET_KINDS)
+def test_duplicate_cntlid_is_refused(tmp_path: Path, kind: str) -> None:
+    a, b, _ = make_pair(tmp_path, BLOCKS, kind=kind, same_cntlids=True)
     try:
         with MultipathHost.from_discovery("127.0.0.1", a.disc_port,
                                           reconnect_delay=60) as mp:
@@ -221,3 +233,32 @@ def test_sigkill_of_the_active_moves_io_and_the_path_comes_back(
         assert wl.worst_latency() < 2.0, report
         assert wl.verify_all(lambda lba, n: mp.read(1, lba, n, BLOCK_SIZE)) == []
         print(report)
+
+
+def test_namespaces_added_later_are_learnt_and_a_mismatch_refused(
+        tmp_path: Path, pair: tuple[Member, Member, Path]) -> None:
+    a, b, _ = pair
+    image = tmp_path / "ns2.img"
+    with image.open("wb") as f:
+        f.truncate(256 * BLOCK_SIZE)
+    with MultipathHost.from_discovery("127.0.0.1", a.disc_port, reconnect_delay=60) as mp:
+        for m in (a, b):
+            rb.bdev_aio_create(m.rpc(), str(image), "D1", block_size=BLOCK_SIZE, uuid=UUID2)
+            rn.nvmf_subsystem_add_ns(m.rpc(), NQN, "D1", nsid=2, uuid=UUID2,
+                                     nguid=NGUID2)
+        wait_for(lambda: _path(mp, a)["ana"] == {1: "optimized", 2: "optimized"}
+                 and _path(mp, b)["ana"] == {1: "non_optimized", 2: "non_optimized"},
+                 timeout=10, what="both paths to report namespace 2")
+        data = bytes([7]) * BLOCK_SIZE
+        mp.write(2, 3, data, BLOCK_SIZE)
+        assert mp.read(2, 3, 1, BLOCK_SIZE) == data
+        # namespace 3 with other identities on B than on A: B may not stay a path
+        for m, nguid in ((a, "00" * 15 + "31"), (b, "00" * 15 + "32")):
+            rb.bdev_malloc_create(m.rpc(), 64, BLOCK_SIZE, name="M3")
+            rn.nvmf_subsystem_add_ns(m.rpc(), NQN, "M3", nsid=3, nguid=nguid)
+            if m is a:
+                wait_for(lambda: 3 in _ana(mp, a), timeout=10,
+                         what="A to report namespace 3")
+        wait_for(lambda: not _path(mp, b)["live"], timeout=10, what="B refused")
+        assert "IDs do not match" in str(_path(mp, b)["error"])
+        assert _path(mp, a)["live"] and mp.read(2, 3, 1, BLOCK_SIZE) == data
