@@ -82,6 +82,7 @@ class MultipathHost:
         self._io_lock = threading.RLock()       # serialises the I/O methods
         self._conns: dict[str, PathConn] = {}
         self._retry_at: dict[str, float] = {}   # down path -> next reconnect attempt
+        self._attempts: dict[str, threading.Thread] = {}    # reconnects under way
         self._refresh: set[str] = set()         # paths whose ANA log must be re-read
         # I/O side: what is outstanding where, waiting for a path, completed
         self._tags = itertools.count(1)
@@ -313,6 +314,8 @@ class MultipathHost:
     def _connect(self, name: str) -> bool:
         """Connect one path, check it may join, read its state, and hand it to I/O."""
         path = self.table.paths[name]
+        with self._lock:
+            path.attempts += 1
         try:
             conn = PathConn(path.traddr, path.trsvcid, self.subnqn, self.hostnqn,
                             self.hostid, self.kato_ms, self.connect_timeout, self.queue_size)
@@ -325,6 +328,8 @@ class MultipathHost:
             ana = conn.read_ana()
             conn.arm_aer()
             with self._lock:
+                if self._stop.is_set():
+                    raise NvmeError("the multipath host is closing")
                 self.table.check(name, conn.subnqn, conn.cntlid, namespaces)
                 self.table.up(name, conn.cntlid, namespaces, ana)
                 self._conns[name] = conn
@@ -340,6 +345,19 @@ class MultipathHost:
         _wake(self._io_wake)
         return True
 
+    def _attempt(self, name: str) -> None:
+        """One reconnect attempt, in a thread of its own (a connect to an address that
+        does not answer must not hold up events and keep-alives of the other paths);
+        after a failure the next comes ``reconnect_delay`` later."""
+        try:
+            if not self._connect(name):
+                with self._lock:
+                    self._retry_at[name] = time.monotonic() + self.reconnect_delay
+        finally:
+            with self._lock:
+                self._attempts.pop(name, None)
+            _wake(self._mon_wake)
+
     def _monitor_loop(self) -> None:
         last_ka: dict[PathConn, float] = {}
         while not self._stop.is_set():
@@ -349,11 +367,16 @@ class MultipathHost:
                     conn.close_admin()
                 self._to_close.clear()
                 conns = dict(self._conns)
-                due = [n for n, at in self._retry_at.items() if at <= now]
+                waiting = {n: at for n, at in self._retry_at.items()
+                           if n not in self._attempts}
+                for name in [n for n, at in waiting.items() if at <= now]:
+                    self._attempts[name] = threading.Thread(
+                        target=self._attempt, args=(name,), daemon=True,
+                        name=f"reconnect {name}")
+                    self._attempts[name].start()
+                    del waiting[name]
                 refresh, self._refresh = self._refresh, set()
-                next_retry = min(self._retry_at.values(), default=now + 1.0)
-            for name in due:
-                self._connect(name)
+                next_retry = min(waiting.values(), default=now + 1.0)
             for name in refresh:
                 if name in conns:
                     self._admin(conns[name], self._reread, "ANA log")
@@ -426,6 +449,10 @@ class MultipathHost:
         monitor = getattr(self, "_monitor", None)
         if monitor is not None:
             monitor.join(timeout=self.connect_timeout + 5)
+        with self._lock:
+            attempts = list(self._attempts.values())
+        for attempt in attempts:
+            attempt.join(timeout=self.connect_timeout + 5)
         else:
             for conn in self._conns.values():
                 conn.close_admin()

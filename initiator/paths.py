@@ -58,7 +58,8 @@ class Path:
     pending: set[int] = field(default_factory=set)          # nsids whose state is re-read
     sent: int = 0                       # commands sent on this path
     failures: int = 0                   # times it went down
-    reconnects: int = 0                 # times it came back
+    reconnects: int = 0                 # times it came back after being connected
+    attempts: int = 0                   # connects tried, the first one included
     error: str = ""                     # why it is down (last failure or refusal)
 
     def state(self, nsid: int) -> str:
@@ -70,7 +71,8 @@ class Path:
     def report(self) -> dict[str, object]:
         return {"address": self.name, "cntlid": self.cntlid, "live": self.live,
                 "ana": dict(self.ana), "sent": self.sent, "failures": self.failures,
-                "reconnects": self.reconnects, "error": self.error}
+                "reconnects": self.reconnects, "attempts": self.attempts,
+                "error": self.error}
 
 
 def ana_states(groups: dict[int, tuple[int, list[int]]],
@@ -129,9 +131,10 @@ class PathTable:
         for nsid, ident in namespaces.items():
             self.identities.setdefault(nsid, ident)
         path = self.paths[name]
+        if path.cntlid is not None:
+            path.reconnects += 1
         path.live, path.cntlid, path.ana, path.error = True, cntlid, dict(ana), ""
         path.pending.clear()
-        path.reconnects += 1
 
     def down(self, name: str, why: str) -> bool:
         """The path failed; False if it was down already (one failure, one count)."""

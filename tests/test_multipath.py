@@ -11,6 +11,7 @@ tested without sockets.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -211,6 +212,11 @@ def test_sigkill_of_the_active_moves_io_and_the_path_comes_back(
             wait_for(lambda: wl.stats.completed > moved + 300, timeout=20,
                      what="I/O to go on over B")
             assert not _path(mp, a)["live"]
+            # while A is away the host tries it every reconnect_delay, not more often
+            tries, away = _path(mp, a)["attempts"], time.monotonic()
+            wait_for(lambda: int(str(_path(mp, a)["attempts"])) >= int(str(tries)) + 2,
+                     timeout=5, what="two reconnect attempts")
+            assert time.monotonic() - away >= 0.5
             # A restarted as the standby: inaccessible until configured, then
             # non-optimized; the host reconnects it in the background
             a.start(tmp_path, image, b.disc_port, "inaccessible", generation=1)
