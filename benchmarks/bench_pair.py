@@ -86,8 +86,7 @@ def kills(pair: PairSupervisor, n: int) -> dict[str, Any]:
         before = pair.status.failovers
         assert active.proc is not None
         os.kill(active.proc.pid, signal.SIGKILL)
-        wait_for(lambda b=before: pair.status.failovers == b + 1, timeout=30,
-                 what="failover")
+        wait_for(lambda: pair.status.failovers == before + 1, timeout=30, what="failover")
         wait_for(lambda: pair.status_dict()["redundant"], timeout=60, what="redundant")
         failover.append(pair.status.last_failover_s * 1e3)
         redundant.append(pair.status.last_redundant_s)

@@ -97,18 +97,25 @@ class VerifiedWorkload:
         self.inflight[qi][cid] = op
         self.stats.submitted += 1
 
+    def _new_op(self) -> Op | None:
+        """The next command to send (its blocks now busy), or None if none fits now."""
+        picked = self._pick()
+        if picked is None:
+            return None
+        slba, nlb = picked
+        write = self.rng.random() < self.write_fraction
+        data = self._pattern(slba, nlb) if write else None
+        self.busy.update(range(slba, slba + nlb))
+        return Op(write, slba, nlb, data, time.monotonic())
+
     def _fill(self) -> None:
         for qi, q in enumerate(self.queues):
             want = self.qd // len(self.queues) - len(self.inflight[qi])
             for _ in range(want):
-                picked = self._pick()
-                if picked is None:
+                op = self._new_op()
+                if op is None:
                     break
-                slba, nlb = picked
-                write = self.rng.random() < self.write_fraction
-                data = self._pattern(slba, nlb) if write else None
-                self.busy.update(range(slba, slba + nlb))
-                self._submit(qi, Op(write, slba, nlb, data, time.monotonic()))
+                self._submit(qi, op)
             if q.writer.out:
                 q.sock.sendall(q.writer.take())
 

@@ -73,6 +73,7 @@ SC_CONNECT_INVALID_HOST = 0x184
 SC_ANA_PERSISTENT_LOSS = 0x301
 SC_ANA_INACCESSIBLE = 0x302
 SC_ANA_TRANSITION = 0x303
+SC_HOST_PATH_ERROR = 0x370      # host-generated: no path could carry the command
 STATUS_DNR = 0x8000
 
 STATUS_NAMES = {SC_SUCCESS: "success", SC_INVALID_OPCODE: "invalid opcode",
@@ -85,6 +86,7 @@ STATUS_NAMES = {SC_SUCCESS: "success", SC_INVALID_OPCODE: "invalid opcode",
                 SC_CONNECT_CONTROLLER_BUSY: "controller busy",
                 SC_ANA_INACCESSIBLE: "ANA inaccessible", SC_ANA_TRANSITION: "ANA transition",
                 SC_ANA_PERSISTENT_LOSS: "ANA persistent loss",
+                SC_HOST_PATH_ERROR: "host path error",
                 SC_INVALID_LOG_PAGE: "invalid log page", SC_INVALID_QUEUE_SIZE:
                 "invalid queue size", SC_DATA_TRANSFER_ERROR: "data transfer error",
                 SC_NS_NOT_READY: "namespace not ready"}
