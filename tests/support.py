@@ -65,6 +65,25 @@ def paired(tmp_path: Path, kind: str = "embedded", **kw: Any) -> Iterator[PairSu
         pair.store.region.unlink()
 
 
+PAIR_NQN = "nqn.2016-06.io.phx:pair"
+PAIR_UUID = "5e1f0000-0000-4000-8000-0000000000aa"
+
+
+def configure_pair(c: RpcClient, image: Path, port: int, disc: int,
+                   blocks: int = 2048) -> None:
+    """What a user does on a pair's public socket (nothing pair-specific): one aio
+    namespace of 4 KiB blocks on ``image``, a listener on ``port``, discovery on ``disc``."""
+    image.write_bytes(b"\0" * (blocks * 4096))
+    rn.nvmf_create_transport(c, "TCP")
+    rb.bdev_aio_create(c, str(image), "D0", 4096, uuid=PAIR_UUID)
+    rn.nvmf_create_subsystem(c, PAIR_NQN, serial_number="PAIR0001", allow_any_host=True)
+    rn.nvmf_subsystem_add_ns(c, PAIR_NQN, "D0")
+    addr = {"trtype": "TCP", "adrfam": "IPv4", "traddr": "127.0.0.1", "trsvcid": str(port)}
+    rn.nvmf_subsystem_add_listener(c, PAIR_NQN, addr)
+    rn.nvmf_subsystem_add_listener(c, "nqn.2014-08.org.nvmexpress.discovery",
+                                   {**addr, "trsvcid": str(disc)})
+
+
 def spdk_rpc_ok(sock: str, *args: str, stdin: str | None = None,
                 timeout: float = 60) -> str:
     """Run SPDK's spdk-rpc against ``sock``; assert it succeeded, return what it printed."""

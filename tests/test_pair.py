@@ -13,32 +13,22 @@ from typing import Any
 import pytest
 from nvmf_phoenix.recovery.pair import PairSupervisor
 from nvmf_phoenix.rpc import RpcClient, RpcError
-from nvmf_phoenix.rpc import bdev as rb
 from nvmf_phoenix.rpc import nvmf as rn
 
 from tests.phoenix_tools import drop_region
-from tests.support import paired
+from tests.support import PAIR_NQN, configure_pair, paired
 from tests.target_fixture import free_port
 from tests.target_process import TARGET_KINDS
 from tests.waiting import wait_for
 
-NQN = "nqn.2016-06.io.phx:pair"
+NQN = PAIR_NQN
 H1 = "nqn.2014-08.org.nvmexpress:uuid:6e767068-6f65-6e69-7800-000000000001"
 H2 = "nqn.2014-08.org.nvmexpress:uuid:6e767068-6f65-6e69-7800-000000000002"
 UUID = "5e1f0000-0000-4000-8000-0000000000aa"
 
 
 def configure(c: RpcClient, image: Path, port: int, disc: int) -> None:
-    """What a user does on the public socket: nothing pair-specific."""
-    image.write_bytes(b"\0" * (8 << 20))
-    rn.nvmf_create_transport(c, "TCP")
-    rb.bdev_aio_create(c, str(image), "D0", 4096, uuid=UUID)
-    rn.nvmf_create_subsystem(c, NQN, serial_number="PAIR0001", allow_any_host=True)
-    rn.nvmf_subsystem_add_ns(c, NQN, "D0")
-    addr = {"trtype": "TCP", "adrfam": "IPv4", "traddr": "127.0.0.1", "trsvcid": str(port)}
-    rn.nvmf_subsystem_add_listener(c, NQN, addr)
-    rn.nvmf_subsystem_add_listener(c, "nqn.2014-08.org.nvmexpress.discovery",
-                                   {**addr, "trsvcid": str(disc)})
+    configure_pair(c, image, port, disc)
 
 
 def member(pair: PairSupervisor, name: str, method: str, params: Any = None) -> Any:
