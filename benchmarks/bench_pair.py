@@ -86,7 +86,10 @@ def kills(pair: PairSupervisor, n: int) -> dict[str, Any]:
         before = pair.status.failovers
         assert active.proc is not None
         os.kill(active.proc.pid, signal.SIGKILL)
-        wait_for(lambda: pair.status.failovers == before + 1, timeout=30, what="failover")
+        def failed_over(n: int = before + 1) -> bool:
+            return pair.status.failovers == n
+
+        wait_for(failed_over, timeout=30, what="failover")
         wait_for(lambda: pair.status_dict()["redundant"], timeout=60, what="redundant")
         failover.append(pair.status.last_failover_s * 1e3)
         redundant.append(pair.status.last_redundant_s)

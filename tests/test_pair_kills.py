@@ -53,11 +53,15 @@ def test_sigkills_of_the_active_member_under_verified_multipath_io(tmp_path: Pat
                     active = pair.members[pair.active]
                     assert active.proc is not None
                     os.kill(active.proc.pid, signal.SIGKILL)
-                    wait_for(lambda n=i: pair.status.failovers == n + 1, timeout=30,
-                             what=f"failover {i + 1}")
+                    def failed_over(n: int = i + 1) -> bool:
+                        return pair.status.failovers == n
+
+                    def io_goes_on(n: int = done_before[-1] + 100) -> bool:
+                        return wl.stats.completed > n
+
+                    wait_for(failed_over, timeout=30, what=f"failover {i + 1}")
                     # I/O goes on through the standby while the dead member is rebuilt.
-                    wait_for(lambda n=done_before[-1]: wl.stats.completed > n + 100,
-                             timeout=30, what=f"I/O after kill {i + 1}")
+                    wait_for(io_goes_on, timeout=30, what=f"I/O after kill {i + 1}")
                     assert not wl.stats.errors and not wl.stats.mismatches, wl.report()
                 wait_for(lambda: pair.status_dict()["redundant"], timeout=60,
                          what="redundancy after the last kill")
