@@ -27,6 +27,7 @@ from typing import Any
 
 from nvmf_phoenix.initiator.connection import DEFAULT_HOSTNQN, NvmeError
 from nvmf_phoenix.initiator.host import Host
+from nvmf_phoenix.plugin import io_multipath
 from nvmf_phoenix.plugin.cli_common import DefaultsShown
 from nvmf_phoenix.plugin.io_workload import PATTERNS, CliWorkload, Pattern
 from nvmf_phoenix.plugin.ops import EXIT_FAIL, EXIT_OK, EXIT_UNREACHABLE, PhoenixError
@@ -316,6 +317,16 @@ def add_parser(sub: Any, guarded: Callable[[Callable[[argparse.Namespace], int]]
                    help="give up reconnecting after this long")
     p.add_argument("--digests", action="store_true", help="ask for header and data digests")
     p.add_argument("--seed", type=int, help="random seed (offsets and mix)")
+    g = p.add_argument_group("multipath (a hot-standby pair, or any ANA multipath target)")
+    g.add_argument("--multipath", action="store_true", help="-t/-s name a discovery "
+                   "service: connect every path it (and its referrals) lists for -n, send "
+                   "I/O on the optimized one, fail over as a Linux host does")
+    g.add_argument("--reconnect-delay", type=float, default=1.0, metavar="SECONDS",
+                   help="with --multipath: how often a failed path is retried")
+    g.add_argument("--blocks", type=int, default=2048, help="with --multipath: blocks "
+                   "the verified I/O covers from LBA 0")
+    g.add_argument("--block-size", type=int, default=4096, help="with --multipath: the "
+                   "namespace's block size")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     p.set_defaults(func=guarded(run_command))
@@ -347,6 +358,8 @@ def run_command(args: argparse.Namespace) -> int:
         for sig in (signal.SIGINT, signal.SIGTERM):
             before[sig] = signal.signal(sig, on_signal)
     try:
+        if args.multipath:
+            return io_multipath.run(args, stopped)
         summary = drive(target, args.nsid, args.io_size, args.queue_depth, args.workload,
                         args.rwmixread, args.verify, args.time, args.count,
                         ctrl_loss_tmo=args.ctrl_loss_tmo, seed=args.seed,

@@ -82,6 +82,21 @@ def test_readme_crash_transparent_section_runs_as_written(tmp_path: Path) -> Non
     assert re.search(r"0 errors, 0 mismatches, 0 reconnects, longest stall [\d.]+ ms", out), out
 
 
+def test_readme_pair_section_runs_as_written(tmp_path: Path) -> None:
+    from tests.phoenix_tools import drop_region
+    from tests.target_fixture import free_port
+
+    try:
+        out = _run_section("## Hot-standby pair", tmp_path,
+                           {"4430": str(free_port()), "8019": str(free_port())})
+    finally:
+        drop_region(tmp_path / "phx-pair-state")
+    assert "pair: target a active, standby ready, 0 failovers" in out
+    assert re.search(r"0 errors, 0 mismatches \(0 on read-back\); [1-9]\d* path failovers",
+                     out), out
+    assert "2 failovers" in out, out
+
+
 def test_readme_shared_memory_section_runs_as_written(tmp_path: Path) -> None:
     out = _run_section("## Where the bytes live", tmp_path)
     assert "would remove" in out
