@@ -26,12 +26,15 @@ import signal
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from nvmf_phoenix.initiator.mpworkload import MultipathWorkload
+from nvmf_phoenix.initiator.multipath import MultipathHost
 from nvmf_phoenix.recovery.pair import PairSupervisor
 from nvmf_phoenix.rpc import RpcClient
 from nvmf_phoenix.rpc import bdev as rb
@@ -78,14 +81,22 @@ def idle_cost(pair: PairSupervisor, seconds: float) -> dict[str, Any]:
                 "rss_mib": round(rss_kib(p) / 1024, 1)} for n, p in pids.items()}
 
 
-def kills(pair: PairSupervisor, n: int) -> dict[str, Any]:
-    failover, redundant = [], []
+def kills(pair: PairSupervisor, n: int, wl: MultipathWorkload | None = None,
+          mp: MultipathHost | None = None) -> dict[str, Any]:
+    """Kill the active ``n`` times, each once the pair (and the host's paths) are
+    redundant again. With a workload: the stall each kill cost it (the longest gap
+    between completions that began within 2 s after the kill)."""
+    failover, redundant, stalls = [], [], []
     for _ in range(n):
-        wait_for(lambda: pair.status_dict()["redundant"], timeout=60, what="redundant")
+        wait_for(lambda: pair.status_dict()["redundant"] and
+                 (mp is None or all(p["live"] for p in mp.paths())),
+                 timeout=60, what="redundant")
         active = pair.members[pair.active]
         before = pair.status.failovers
         assert active.proc is not None
+        killed_at = time.monotonic()
         os.kill(active.proc.pid, signal.SIGKILL)
+
         def failed_over(n: int = before + 1) -> bool:
             return pair.status.failovers == n
 
@@ -93,11 +104,40 @@ def kills(pair: PairSupervisor, n: int) -> dict[str, Any]:
         wait_for(lambda: pair.status_dict()["redundant"], timeout=60, what="redundant")
         failover.append(pair.status.last_failover_s * 1e3)
         redundant.append(pair.status.last_redundant_s)
-    return {"kills": n, "failovers": pair.status.failovers,
-            "failover_ms_median": round(statistics.median(failover), 2),
-            "failover_ms_max": round(max(failover), 2),
-            "redundant_again_s_median": round(statistics.median(redundant), 3),
-            "redundant_again_s_max": round(max(redundant), 3)}
+        if wl is not None:
+            def io_goes_on(n: int = wl.stats.completed + 50) -> bool:
+                return wl is not None and wl.stats.completed > n
+
+            wait_for(io_goes_on, timeout=30, what="I/O")
+            # A gap is recorded at the completion that ends it: (end, length).
+            stalls.append(max([g for end, g in wl.stats.gaps
+                               if killed_at <= end - g + 0.001 <= killed_at + 2.0] or
+                              [0.0]) * 1e3)
+    out: dict[str, Any] = {
+        "kills": n, "failovers": pair.status.failovers,
+        "failover_ms_median": round(statistics.median(failover), 2),
+        "failover_ms_max": round(max(failover), 2),
+        "redundant_again_s_median": round(statistics.median(redundant), 3),
+        "redundant_again_s_max": round(max(redundant), 3)}
+    if wl is not None:
+        out.update(stall_ms_median=round(statistics.median(stalls), 1),
+                   stall_ms_max=round(max(stalls), 1), **wl.report())
+    return out
+
+
+def with_io(pair: PairSupervisor, disc: int, n: int) -> dict[str, Any]:
+    with MultipathHost.from_discovery("127.0.0.1", disc, subnqn=NQN,
+                                      reconnect_delay=0.2) as mp:
+        wl = MultipathWorkload(mp, 1, 4096, 4096, qd=8, seed=3, gap_threshold=0.002)
+        stop = threading.Event()
+        runner = threading.Thread(target=lambda: (wl.run(3600, stop=stop.is_set),
+                                                  wl.drain()))
+        runner.start()
+        try:
+            return kills(pair, n, wl, mp)
+        finally:
+            stop.set()
+            runner.join(timeout=60)
 
 
 def main() -> None:
@@ -107,21 +147,25 @@ def main() -> None:
     ap.add_argument("--standby-target-cmd", help="member b's command (default: the same)")
     ap.add_argument("--kills", type=int, default=20)
     ap.add_argument("--idle", type=float, default=0, metavar="SECONDS")
+    ap.add_argument("--io", action="store_true", help="verified multipath I/O during the "
+                    "kills; report the stall each kill cost it")
     args = ap.parse_args()
     cmd = shlex.split(args.target_cmd)
     cmd_b = shlex.split(args.standby_target_cmd) if args.standby_target_cmd else cmd
     with tempfile.TemporaryDirectory() as tmp:
         t = Path(tmp)
         pair = PairSupervisor((cmd, cmd_b), (str(t / "a.sock"), str(t / "b.sock")),
-                              str(t / "public.sock"), str(t / "state"))
+                              str(t / "public.sock"), str(t / "state"), max_restarts=10**6)
         pair.start()
         try:
+            disc = free_port()
             with RpcClient.connect(str(t / "public.sock")) as c:
-                configure(c, t / "disk.img", free_port(), free_port())
+                configure(c, t / "disk.img", free_port(), disc)
             if args.idle:
                 print(json.dumps({"idle": idle_cost(pair, args.idle)}))
             if args.kills:
-                print(json.dumps(kills(pair, args.kills)))
+                print(json.dumps(with_io(pair, disc, args.kills) if args.io
+                                 else kills(pair, args.kills)))
         finally:
             pair.stop()
             pair.store.region.unlink()
