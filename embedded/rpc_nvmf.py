@@ -43,9 +43,9 @@ NS_SPEC = {"bdev_name": (str, True), "nsid": (U32, False), "uuid": (str, False),
            "hide_metadata": (bool, False)}
 # What SPDK reports when a subsystem is created without these (nvmf_tgt v26.05); the
 # embedded data path advertises these limits, so it takes no others (see create).
-DEFAULT_LIMITS = {"dmrsl": 2097152, "wzsl": 12, "max_discard_size_kib": 1048576,
-                  "max_write_zeroes_size_kib": 16384, "passthrough": False,
-                  "enable_nssr": False}
+DEFAULT_LIMITS = {"dmrsl": Subsystem.dmrsl, "wzsl": Subsystem.wzsl,
+                  "max_discard_size_kib": 1048576, "max_write_zeroes_size_kib": 16384,
+                  "passthrough": Subsystem.passthrough, "enable_nssr": Subsystem.enable_nssr}
 # The ANA states a listener may be put in by RPC (change and persistent_loss are not).
 SETTABLE_ANA_STATES = ("optimized", "non_optimized", "inaccessible")
 

@@ -148,7 +148,8 @@ def _subsystem(p: Plan, sub: Subsystem, have: Subsystem | None) -> None:
                          allow_any_host=sub.allow_any_host)
     else:
         for f in ("serial_number", "model_number", "min_cntlid", "max_cntlid",
-                  "max_namespaces", "ana_reporting"):
+                  "max_namespaces", "ana_reporting", "dmrsl", "wzsl", "passthrough",
+                  "enable_nssr"):
             if not sub.is_discovery and getattr(have, f) != getattr(sub, f):
                 p.conflicts.append(f"subsystem {sub.nqn}: {f} {getattr(have, f)!r} != "
                                    f"{getattr(sub, f)!r}")

@@ -199,6 +199,7 @@ METHODS = _table(
     Method("iobuf_set_options", phases=STARTUP_ONLY),
     _reads("iobuf_get_stats", RUNTIME_ONLY),
     Method("accel_set_options", phases=STARTUP_ONLY),
+    Method("accel_assign_opc", phases=STARTUP_ONLY),   # which accel module runs an opcode
     Method("bdev_nvme_set_options", phases=BOTH),
     Method("bdev_nvme_set_hotplug"),
     Method("bdev_raid_set_options", phases=BOTH),
@@ -243,8 +244,9 @@ def bdev_method(kind: str, create: bool = True) -> str:
 
 
 # SPDK names the methods that set a module's options so (iobuf_set_options,
-# sock_impl_set_options, sock_set_default_impl, bdev_nvme_set_options...).
-OPTION_SUFFIXES = ("_set_options", "_set_default_impl")
+# sock_impl_set_options, sock_set_default_impl, bdev_nvme_set_options...; the
+# scheduler's framework_set_scheduler).
+OPTION_SUFFIXES = ("_set_options", "_set_default_impl", "_set_scheduler")
 
 
 def is_startup_option(name: str) -> bool:
