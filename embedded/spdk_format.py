@@ -171,6 +171,7 @@ def _bdev_config(core: TargetCore, options: Options, with_batches: bool) -> list
             *batch("malloc"), *batch("null"), options.entry("bdev_nvme_set_options"),
             *batch("nvme"), options.entry("bdev_nvme_set_hotplug"),
             *[_bdev_create(b) for b in bdevs if b.kind == "aio"],
+            *options.histogram_entries([b.name for b in bdevs]),
             {"method": "bdev_wait_for_examine"}]
 
 
