@@ -259,8 +259,11 @@ def nvmf_subsystem_add_listener(ctx: RpcContext, params: Any) -> Any:
     if state not in SETTABLE_ANA_STATES:
         raise invalid(f"ANA state {state} cannot be set")
     check_target(p.get("tgt_name"))
+    impl = p.get("sock_impl")
+    if impl is not None and impl not in ctx.options.sock_impls:
+        raise invalid(f"no socket implementation {impl!r}")
     ctx.mutate(lambda: ctx.core.add_listener(p["nqn"], addr, state,
-                                             p.get("secure_channel", False)))
+                                             p.get("secure_channel", False), impl))
     return True
 
 

@@ -99,29 +99,34 @@ class Listener:
     address: ListenAddress
     ana_states: dict[int, str] = field(default_factory=dict)
     secure_channel: bool = False
+    sock_impl: str | None = None   # the socket implementation; None: the default one
 
     def to_dict(self) -> dict[str, Any]:
-        return {"address": self.address.to_dict(),
-                "ana_states": {str(g): s for g, s in sorted(self.ana_states.items())},
-                "secure_channel": self.secure_channel}
+        return _clean({"address": self.address.to_dict(),
+                       "ana_states": {str(g): s for g, s in sorted(self.ana_states.items())},
+                       "secure_channel": self.secure_channel, "sock_impl": self.sock_impl})
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Listener:
         return cls(address=ListenAddress.from_dict(d["address"]),
                    ana_states={int(g): s for g, s in d.get("ana_states", {}).items()},
-                   secure_channel=bool(d.get("secure_channel", False)))
+                   secure_channel=bool(d.get("secure_channel", False)),
+                   sock_impl=d.get("sock_impl"))
 
     def to_create_params(self, nqn: str) -> dict[str, Any]:
         """nvmf_subsystem_add_listener's params (ANA states are set by their own call)."""
         p: dict[str, Any] = {"nqn": nqn, "listen_address": self.address.to_dict()}
         if self.secure_channel:
             p["secure_channel"] = True
+        if self.sock_impl:
+            p["sock_impl"] = self.sock_impl
         return p
 
     @classmethod
     def from_create_params(cls, p: dict[str, Any]) -> Listener:
         return cls(address=ListenAddress.from_dict(p["listen_address"]),
-                   secure_channel=bool(p.get("secure_channel", False)))
+                   secure_channel=bool(p.get("secure_channel", False)),
+                   sock_impl=p.get("sock_impl"))
 
 
 @dataclass

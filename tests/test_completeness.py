@@ -155,6 +155,9 @@ SCENARIOS: dict[str, Scenario] = {
     # -- keys and bdevs
     "keyring_file_add_key": S(runtime=(_key("psk0"),)),
     "bdev_malloc_create": S(runtime=(_malloc(),)),
+    "bdev_malloc_create+geometry": S(runtime=(_malloc(block_size=4096, num_blocks=256,
+                                                      physical_block_size=4096,
+                                                      optimal_io_boundary=16),)),
     "bdev_malloc_create+dif": S(runtime=(_malloc(md_size=8, md_interleave=True,
                                                  dif_type=1),), embedded_refuses=NO_MD),
     "bdev_malloc_create+md": S(runtime=(_malloc(md_size=16),), embedded_refuses=NO_MD),
@@ -163,11 +166,18 @@ SCENARIOS: dict[str, Scenario] = {
     "bdev_null_create+md": S(runtime=(("bdev_null_create", {
         "name": "N0", "num_blocks": 1024, "block_size": 512, "uuid": U.format(2),
         "md_size": 8, "dif_type": 1}),), embedded_refuses=NO_MD),
+    "bdev_null_create+hints": S(runtime=(("bdev_null_create", {
+        "name": "N0", "num_blocks": 1024, "block_size": 512, "uuid": U.format(2),
+        "physical_block_size": 4096, "preferred_write_granularity": 8,
+        "optimal_write_size": 16}),)),
     "bdev_null_resize": S(runtime=(("bdev_null_create", {
         "name": "N0", "num_blocks": 1024, "block_size": 512, "uuid": U.format(2)}),
         ("bdev_null_resize", {"name": "N0", "new_size": 2}))),
     "bdev_aio_create": S(runtime=(("bdev_aio_create", {
         "name": "A0", "filename": "{tmp}/aio.img", "block_size": 512}),)),
+    "bdev_aio_create+readonly": S(runtime=(("bdev_aio_create", {
+        "name": "A0", "filename": "{tmp}/aio.img", "block_size": 512, "readonly": True,
+        "uuid": U.format(8)}),)),
     "bdev_passthru_create": S(runtime=(_malloc(), ("bdev_passthru_create", {
         "base_bdev_name": "M0", "name": "P0", "uuid": U.format(3)}))),
     "bdev_delay_create": S(runtime=(_malloc(), ("bdev_delay_create", {
@@ -197,12 +207,14 @@ SCENARIOS: dict[str, Scenario] = {
     # -- nvmf
     "nvmf_create_transport": S(runtime=(("nvmf_create_transport", {
         "trtype": "TCP", "max_queue_depth": 64, "io_unit_size": 16384, "c2h_success": False,
-        "sock_priority": 1}),)),
+        "sock_priority": 1, "in_capsule_data_size": 8192, "max_io_qpairs_per_ctrlr": 31,
+        "ack_timeout": 100, "abort_timeout_sec": 2, "kas": 50, "min_kato": 5000,
+        "data_wr_pool_size": 1024}),)),
     "nvmf_create_subsystem": S(runtime=(("nvmf_create_subsystem", {
         "nqn": NQN, "serial_number": "SPDK0001", "model_number": "phoenix model",
         "max_namespaces": 8, "min_cntlid": 5, "max_cntlid": 100, "ana_reporting": True}),)),
     "nvmf_create_subsystem+limits": S(runtime=(("nvmf_create_subsystem", {
-        "nqn": NQN, "allow_any_host": True, "dmrsl": 1024, "wzsl": 4,
+        "nqn": NQN, "allow_any_host": True, "dmrsl": 1024, "wzsl": 4, "passthrough": True,
         "enable_nssr": True}),), embedded_refuses="the embedded data path advertises "
                                                   "only the default limits, no NSSR"),
     "nvmf_subsystem_allow_any_host": S(runtime=(SUB, ("nvmf_subsystem_allow_any_host", {
@@ -238,6 +250,9 @@ SCENARIOS: dict[str, Scenario] = {
     "nvmf_subsystem_add_listener+secure_channel": S(runtime=(TCP, SUB, (
         "nvmf_subsystem_add_listener", {"nqn": NQN, "listen_address": _listen(),
                                         "secure_channel": True}))),
+    "nvmf_subsystem_add_listener+sock_impl": S(runtime=(TCP, SUB, (
+        "nvmf_subsystem_add_listener", {"nqn": NQN, "listen_address": _listen(),
+                                        "sock_impl": "posix"}))),
     "nvmf_subsystem_add_listener+discovery": S(runtime=(TCP, (
         "nvmf_subsystem_add_listener", {"nqn": DISCOVERY, "listen_address": _listen()}),)),
     "nvmf_subsystem_listener_set_ana_state": S(
