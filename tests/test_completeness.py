@@ -47,6 +47,7 @@ from nvmf_phoenix.plugin import ops
 from nvmf_phoenix.rpc import RpcClient
 from nvmf_phoenix.rpc.errors import RpcError
 
+from tests.support import save_config
 from tests.target_fixture import free_port
 from tests.target_process import TargetProcess
 
@@ -372,12 +373,6 @@ def _fill(value: Any, subst: dict[str, str]) -> Any:
     if isinstance(value, list):
         return [_fill(v, subst) for v in value]
     return value
-
-
-def save_config(c: RpcClient) -> dict[str, list[Any]]:
-    """What scripts/rpc.py save_config writes: each subsystem's framework_get_config."""
-    names = [s["subsystem"] for s in c.call("framework_get_subsystems")]
-    return {n: c.call("framework_get_config", {"name": n}) or [] for n in names}
 
 
 def _entries(cfg: dict[str, list[Any]]) -> set[str]:

@@ -21,8 +21,8 @@ from nvmf_phoenix.rpc import RpcClient
 from nvmf_phoenix.rpc import bdev as rb
 
 from nvmf_phoenix.model import TargetState
+from tests.support import save_config
 from tests.target_process import TargetProcess
-from tests.test_completeness import save_config
 from tests.transparent_target import transparent_target
 
 SUB = "nqn.2016-06.io.phx:opaque"
