@@ -32,7 +32,7 @@ from nvmf_phoenix.model import TargetState
 
 __all__ = ["METHODS", "RUNTIME", "STARTUP", "Call", "Method", "ModelMismatch", "NotModelled",
            "Op", "Params", "bdev_method", "emit", "is_read_only", "is_startup_option",
-           "method"]
+           "makes_bdevs", "method"]
 
 STARTUP, RUNTIME = "startup", "runtime"
 BOTH = frozenset({STARTUP, RUNTIME})
@@ -241,6 +241,17 @@ def emit(name: str, *objs: Any) -> Any:
 def bdev_method(kind: str, create: bool = True) -> str:
     """The method that creates (or deletes) a bdev of ``kind``."""
     return (BDEV_CREATE if create else BDEV_DELETE)[kind]
+
+
+# Bdev module calls that make bdevs without ending in _create (SPDK's naming otherwise).
+BDEV_MAKERS = ("bdev_nvme_attach_controller", "bdev_nvme_start_discovery",
+               "bdev_nvme_start_mdns_discovery")
+
+
+def makes_bdevs(name: str) -> bool:
+    """Whether ``name`` makes bdevs (the other calls of the bdev subsystem's configuration
+    set something on a bdev made before: QoS, histograms, examine, multipath policy)."""
+    return name.endswith("_create") or name in BDEV_MAKERS
 
 
 # SPDK names the methods that set a module's options so (iobuf_set_options,

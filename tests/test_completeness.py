@@ -30,6 +30,7 @@ embedded target for every scenario whose methods it serves (those run in CI).
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import re
@@ -110,6 +111,9 @@ class Scenario:
     spdk_bug: str = ""
     # the embedded target refuses these params (it would not honour them): why
     embedded_refuses: str = ""
+    # needs a remote NVMe-oF controller ({remote_port}): an embedded target serving
+    # REMOTE_NQN, which outlives the target under test
+    remote: bool = False
 
     def methods(self) -> set[str]:
         return {m for m, _ in self.startup + self.runtime}
@@ -267,6 +271,25 @@ SCENARIOS: dict[str, Scenario] = {
             "address": _listen("4431"), "secure_channel": True, "subnqn": NQN}))),
 }
 
+REMOTE_NQN = "nqn.2016-06.io.spdk:remote"
+_ATTACH = {"name": "Nvme0", "trtype": "TCP", "adrfam": "IPv4", "traddr": "127.0.0.1",
+           "trsvcid": "{remote_port}", "subnqn": REMOTE_NQN}
+SCENARIOS.update({
+    "bdev_nvme_attach_controller": S(runtime=(("bdev_nvme_attach_controller", _ATTACH),),
+                                     remote=True),
+    "bdev_nvme_attach_controller+namespace": S(runtime=(
+        ("bdev_nvme_attach_controller", _ATTACH), SUB,
+        ("nvmf_subsystem_add_ns", {"nqn": NQN, "namespace": {"bdev_name": "Nvme0n1"}})),
+        remote=True),
+    "bdev_nvme_set_multipath_policy": S(runtime=(
+        ("bdev_nvme_attach_controller", {**_ATTACH, "multipath": "multipath"}),
+        ("bdev_nvme_set_multipath_policy", {"name": "Nvme0n1", "policy": "active_active",
+                                            "selector": "round_robin"})), remote=True),
+    "bdev_nvme_start_discovery": S(runtime=(("bdev_nvme_start_discovery", {
+        "name": "Disc", "trtype": "TCP", "adrfam": "IPv4", "traddr": "127.0.0.1",
+        "trsvcid": "{remote_port}", "wait_for_attach": True}),), remote=True),
+})
+
 # Methods SPDK's save_config writers emit that no scenario can carry here, and why.
 EXCLUDED: dict[str, str] = {
     "accel_set_driver": "no accel platform driver in this build (mlx5/dpdk not built)",
@@ -288,10 +311,6 @@ EXCLUDED: dict[str, str] = {
     "keyring_linux_set_options": "keyring_linux not built (needs keyutils)",
     "bdev_ftl_create": "FTL's state lives on its media (a multi-GiB base and an NV cache "
                        "with metadata), which a SIGKILLed malloc bdev does not keep",
-    "bdev_nvme_attach_controller": "needs a remote NVMe controller that outlives the "
-                                   "target; carried verbatim like any bdev module entry",
-    "bdev_nvme_start_discovery": "needs a remote discovery controller; carried verbatim",
-    "bdev_nvme_set_multipath_policy": "needs an attached multipath NVMe controller",
     "bdev_nvme_start_mdns_discovery": "mDNS (avahi) not built",
     "bdev_nvme_cuse_register": "CUSE needs a local PCIe NVMe controller",
     "bdev_crypto_create": "bdev crypto module not built",
@@ -404,10 +423,42 @@ def _prepare(tmp_path: Path) -> dict[str, str]:
     return {"tmp": str(tmp_path), "port": str(free_port())}
 
 
+@contextmanager
+def _remote(tmp_path: Path, subst: dict[str, str]) -> Iterator[None]:
+    """An embedded target serving REMOTE_NQN (one namespace, discovery too) on a free
+    port, named {remote_port}; it stays up across the kill and the restore."""
+    port = str(free_port())
+    addr = {"trtype": "TCP", "adrfam": "IPv4", "traddr": "127.0.0.1", "trsvcid": port}
+    sock = str(tmp_path / "remote.sock")
+    tp = TargetProcess(sock)
+    try:
+        with RpcClient.connect(sock) as c:
+            c.call("nvmf_create_transport", {"trtype": "TCP"})
+            c.call("bdev_malloc_create", {"name": "R0", "num_blocks": 256, "block_size": 512,
+                                          "uuid": U.format(9)})
+            c.call("nvmf_create_subsystem", {"nqn": REMOTE_NQN, "allow_any_host": True,
+                                             "serial_number": "REMOTE01"})
+            c.call("nvmf_subsystem_add_ns", {"nqn": REMOTE_NQN,
+                                             "namespace": {"bdev_name": "R0"}})
+            for nqn in (REMOTE_NQN, DISCOVERY):
+                c.call("nvmf_subsystem_add_listener", {"nqn": nqn, "listen_address": addr})
+        subst["remote_port"] = port
+        yield
+    finally:
+        tp.stop()
+
+
 def round_trip(tmp_path: Path, kind: str, s: Scenario) -> list[str]:
     """Build ``s``, checkpoint, SIGKILL, restore into a fresh --wait-for-rpc target; the
     differences of save_config (and of ``s.reads``), named; [] when all came back."""
     subst = _prepare(tmp_path)
+    with contextlib.ExitStack() as stack:
+        if s.remote:
+            stack.enter_context(_remote(tmp_path, subst))
+        return _round_trip(tmp_path, kind, s, subst)
+
+
+def _round_trip(tmp_path: Path, kind: str, s: Scenario, subst: dict[str, str]) -> list[str]:
     sock, state_dir = str(tmp_path / "spdk.sock"), str(tmp_path / "state")
     reads = [(m, _fill(p, subst)) for m, p in s.reads]
     with _target(sock, kind) as tp, RpcClient.connect(sock) as c:
