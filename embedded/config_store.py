@@ -357,7 +357,7 @@ class TargetCore:
 
     # -- listeners ---------------------------------------------------------------------
     def add_listener(self, nqn: str, address: ListenAddress, ana_state: str = "optimized",
-                     secure_channel: bool = False) -> None:
+                     secure_channel: bool = False, sock_impl: str | None = None) -> None:
         sub = self.subsystem(nqn)
         if address in sub.listeners or ana_state not in ANA_STATES:
             raise invalid(f"listener {address} exists on {nqn} or bad ANA state")
@@ -367,7 +367,8 @@ class TargetCore:
             else range(0)
         sub.listeners[address] = Listener(address=address,
                                           ana_states={g: ana_state for g in groups},
-                                          secure_channel=secure_channel)
+                                          secure_channel=secure_channel,
+                                          sock_impl=sock_impl)
         try:   # the data path may refuse (address not bindable): then nothing changed
             self._emit(Event(Kind.LISTENER, Change.ADDED, nqn=nqn, address=address))
         except TargetError:

@@ -7,9 +7,11 @@ the values are remembered, and framework_get_config reports them back in SPDK's 
 They have NO effect on the embedded target: it has no socket implementations to tune,
 no iobuf or bdev_io pools, no accel engine, no scheduler, no NVMe or RAID bdevs.
 
-The defaults are what nvmf_tgt v26.05 reports on a fresh start (``-m 0x1``). Values live
-as long as the process: the crash-transparent target's successor starts from these
-defaults again (they are not part of the state model).
+The defaults are what nvmf_tgt v26.05 reports on a fresh start (``-m 0x1``). The
+crash-transparent target saves the values with its configuration (``dump``/``load``), so
+the worker that takes over reports what its predecessor was told. Enabled latency
+histograms (bdev_enable_histogram) are kept here too: remembered and reported, nothing
+measured.
 """
 from __future__ import annotations
 
@@ -72,6 +74,34 @@ class Options:
         self.values = copy.deepcopy(DEFAULTS)
         self.sock_impls = copy.deepcopy(SOCK_IMPLS)
         self.dynamic = dict(DYNAMIC_OPTS)
+        self.histograms: dict[str, str | None] = {}   # bdev name -> the opc it counts
+
+    def dump(self) -> dict[str, Any]:
+        """Everything remembered, as plain data (saved with the configuration)."""
+        return copy.deepcopy({"values": self.values, "sock_impls": self.sock_impls,
+                              "dynamic": self.dynamic, "histograms": self.histograms})
+
+    def load(self, saved: dict[str, Any]) -> None:
+        """Take back what :meth:`dump` gave, over the defaults (a setter the saving
+        version did not know keeps its default)."""
+        saved = copy.deepcopy(saved)
+        for method, values in saved.get("values", {}).items():
+            if method in self.values:
+                self.values[method] = values
+        self.sock_impls.update(saved.get("sock_impls", {}))
+        self.dynamic.update(saved.get("dynamic", {}))
+        self.histograms = dict(saved.get("histograms", {}))
+
+    def histogram_entries(self, bdevs: list[str]) -> list[dict[str, Any]]:
+        """bdev_enable_histogram entries of these bdevs, in their order, as SPDK's bdev
+        layer writes them after each bdev's own entry."""
+        out = []
+        for name in bdevs:
+            if name in self.histograms:
+                opc = self.histograms[name]
+                out.append({"method": "bdev_enable_histogram", "params": {
+                    "name": name, "enable": True, **({"opc": opc} if opc else {})}})
+        return out
 
     def get(self, method: str) -> dict[str, Any]:
         return dict(self.values[method])

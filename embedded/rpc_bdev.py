@@ -199,6 +199,8 @@ def _delete_bdev(ctx: RpcContext, params: Any, kind: str) -> Any:
     if bdev is None or bdev.kind != kind:
         raise not_found(f"no {kind} bdev named {p['name']}")
     ctx.mutate(lambda: ctx.core.delete_bdev(p["name"]))
+    with ctx.lock:   # its histogram goes with it, as in SPDK
+        ctx.options.histograms.pop(p["name"], None)
     return True
 
 
@@ -295,9 +297,9 @@ def bdev_enable_histogram(ctx: RpcContext, params: Any) -> Any:
         raise not_found(f"no bdev named {p['name']}")
     with ctx.lock:
         if p["enable"]:
-            ctx.histograms.add(bdev.name)
+            ctx.options.histograms[bdev.name] = p.get("opc")
         else:
-            ctx.histograms.discard(bdev.name)
+            ctx.options.histograms.pop(bdev.name, None)
     return True
 
 
@@ -308,7 +310,7 @@ def bdev_get_histogram(ctx: RpcContext, params: Any) -> Any:
     p = decode_bdev(params, {"name": (str, True)})
     if p["name"] not in ctx.core.state.bdevs:
         raise not_found(f"no bdev named {p['name']}")
-    if p["name"] not in ctx.histograms:
+    if p["name"] not in ctx.options.histograms:
         raise TargetError(-12, "Cannot allocate memory", f"{p['name']}: histogram not enabled")
     h = HISTOGRAM
     buckets = (h["max_range"] - h["min_range"]) << h["granularity"]

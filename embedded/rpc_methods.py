@@ -71,7 +71,6 @@ class RpcContext:
     lock: threading.RLock = field(default_factory=threading.RLock)
     # settings of SPDK modules the target does not have (no effect: embedded/options.py)
     options: Options = field(default_factory=Options)
-    histograms: set[str] = field(default_factory=set)   # bdevs with one enabled
     cpumask_locks: bool = True
 
     def __post_init__(self) -> None:

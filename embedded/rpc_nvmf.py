@@ -43,9 +43,9 @@ NS_SPEC = {"bdev_name": (str, True), "nsid": (U32, False), "uuid": (str, False),
            "hide_metadata": (bool, False)}
 # What SPDK reports when a subsystem is created without these (nvmf_tgt v26.05); the
 # embedded data path advertises these limits, so it takes no others (see create).
-DEFAULT_LIMITS = {"dmrsl": 2097152, "wzsl": 12, "max_discard_size_kib": 1048576,
-                  "max_write_zeroes_size_kib": 16384, "passthrough": False,
-                  "enable_nssr": False}
+DEFAULT_LIMITS = {"dmrsl": Subsystem.dmrsl, "wzsl": Subsystem.wzsl,
+                  "max_discard_size_kib": 1048576, "max_write_zeroes_size_kib": 16384,
+                  "passthrough": Subsystem.passthrough, "enable_nssr": Subsystem.enable_nssr}
 # The ANA states a listener may be put in by RPC (change and persistent_loss are not).
 SETTABLE_ANA_STATES = ("optimized", "non_optimized", "inaccessible")
 
@@ -259,8 +259,11 @@ def nvmf_subsystem_add_listener(ctx: RpcContext, params: Any) -> Any:
     if state not in SETTABLE_ANA_STATES:
         raise invalid(f"ANA state {state} cannot be set")
     check_target(p.get("tgt_name"))
+    impl = p.get("sock_impl")
+    if impl is not None and impl not in ctx.options.sock_impls:
+        raise invalid(f"no socket implementation {impl!r}")
     ctx.mutate(lambda: ctx.core.add_listener(p["nqn"], addr, state,
-                                             p.get("secure_channel", False)))
+                                             p.get("secure_channel", False), impl))
     return True
 
 

@@ -23,7 +23,6 @@ TRANSPORT_REPORTED = ("max_queue_depth", "max_io_qpairs_per_ctrlr", "in_capsule_
                       "iobuf_large_cache_size", "dif_insert_or_strip", "zcopy", "c2h_success",
                       "sock_priority", "abort_timeout_sec", "ack_timeout", "data_wr_pool_size",
                       "disable_command_passthru", "kas", "min_kato")
-DMRSL, WZSL = 2097152, 12
 NULL_HINTS = ("preferred_write_granularity", "preferred_write_alignment", "optimal_write_size",
               "preferred_unmap_granularity", "preferred_unmap_alignment")
 IO_TYPES = ("read", "write", "unmap", "flush", "reset", "nvme_admin", "nvme_io", "nvme_io_md",
@@ -67,8 +66,9 @@ def subsystem_info(sub: Subsystem) -> dict[str, Any]:
     if sub.is_discovery:
         return out
     out.update(serial_number=sub.serial_number, model_number=sub.model_number,
-               max_namespaces=sub.max_namespaces, passthrough=False,
-               min_cntlid=sub.min_cntlid, max_cntlid=sub.max_cntlid, dmrsl=DMRSL, wzsl=WZSL,
+               max_namespaces=sub.max_namespaces, passthrough=sub.passthrough,
+               min_cntlid=sub.min_cntlid, max_cntlid=sub.max_cntlid, dmrsl=sub.dmrsl,
+               wzsl=sub.wzsl,
                namespaces=[_ns_info(sub.namespaces[n], sub.ana_reporting)
                            for n in sorted(sub.namespaces)])
     return out
@@ -171,6 +171,7 @@ def _bdev_config(core: TargetCore, options: Options, with_batches: bool) -> list
             *batch("malloc"), *batch("null"), options.entry("bdev_nvme_set_options"),
             *batch("nvme"), options.entry("bdev_nvme_set_hotplug"),
             *[_bdev_create(b) for b in bdevs if b.kind == "aio"],
+            *options.histogram_entries([b.name for b in bdevs]),
             {"method": "bdev_wait_for_examine"}]
 
 
@@ -196,8 +197,7 @@ def _nvmf_config(core: TargetCore, with_batches: bool) -> list[Any]:
     nvm = [s for s in subs if not s.is_discovery]
     batches: list[list[dict[str, Any]]] = [
         [{"method": "nvmf_create_subsystem", "params": {
-            **s.to_create_params(), "dmrsl": DMRSL, "wzsl": WZSL, "passthrough": False,
-            "enable_nssr": False}} for s in nvm],
+            **s.to_create_params()}} for s in nvm],
         [{"method": "nvmf_subsystem_add_host", "params": h.to_create_params(s.nqn)}
          for s in nvm for h in newest_first(s.hosts.values())],
         [{"method": "nvmf_subsystem_add_ns", "params": {

@@ -93,7 +93,8 @@ class ConfigKeeper:
         def write() -> None:
             eng = self.dp.engine
             doc = {"phase": self.ctx.phase, "discovery_genctr": eng.discovery_genctr,
-                   "ana_chgcnt": eng.ana_chgcnt, "state": self.ctx.core.state.to_dict()}
+                   "ana_chgcnt": eng.ana_chgcnt, "state": self.ctx.core.state.to_dict(),
+                   "options": self.ctx.options.dump()}
             self.region.write_snapshot(json.dumps(doc, separators=(",", ":")).encode())
         self.ctx.mutate(write)
 
@@ -130,6 +131,8 @@ def run(args: argparse.Namespace) -> int:
         dp.engine.ana_chgcnt = int(doc["ana_chgcnt"])
     ctx = RpcContext(core, dp, phase=phase,
                      on_kill=lambda sig: keeper.send(Op.SHUTDOWN))
+    if doc is not None:   # option values too: the successor answers as its predecessor
+        ctx.options.load(doc.get("options", {}))
     # A saved bdev that cannot be opened again resets the connections too.
     reset = take.reset or problem is not None or bool(unopened)
     report = kept.resume(take.conns, reset, take.listeners)

@@ -99,29 +99,34 @@ class Listener:
     address: ListenAddress
     ana_states: dict[int, str] = field(default_factory=dict)
     secure_channel: bool = False
+    sock_impl: str | None = None   # the socket implementation; None: the default one
 
     def to_dict(self) -> dict[str, Any]:
-        return {"address": self.address.to_dict(),
-                "ana_states": {str(g): s for g, s in sorted(self.ana_states.items())},
-                "secure_channel": self.secure_channel}
+        return _clean({"address": self.address.to_dict(),
+                       "ana_states": {str(g): s for g, s in sorted(self.ana_states.items())},
+                       "secure_channel": self.secure_channel, "sock_impl": self.sock_impl})
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Listener:
         return cls(address=ListenAddress.from_dict(d["address"]),
                    ana_states={int(g): s for g, s in d.get("ana_states", {}).items()},
-                   secure_channel=bool(d.get("secure_channel", False)))
+                   secure_channel=bool(d.get("secure_channel", False)),
+                   sock_impl=d.get("sock_impl"))
 
     def to_create_params(self, nqn: str) -> dict[str, Any]:
         """nvmf_subsystem_add_listener's params (ANA states are set by their own call)."""
         p: dict[str, Any] = {"nqn": nqn, "listen_address": self.address.to_dict()}
         if self.secure_channel:
             p["secure_channel"] = True
+        if self.sock_impl:
+            p["sock_impl"] = self.sock_impl
         return p
 
     @classmethod
     def from_create_params(cls, p: dict[str, Any]) -> Listener:
         return cls(address=ListenAddress.from_dict(p["listen_address"]),
-                   secure_channel=bool(p.get("secure_channel", False)))
+                   secure_channel=bool(p.get("secure_channel", False)),
+                   sock_impl=p.get("sock_impl"))
 
 
 @dataclass
@@ -221,6 +226,13 @@ class Subsystem:
     max_cntlid: int = 0xFFEF
     ana_reporting: bool = False
     allow_any_host: bool = False
+    # Limits and features a host reads in Identify Controller and CAP: Dataset Management
+    # Range Size Limit, Write Zeroes Size Limit, NVM Subsystem Reset; passthrough of
+    # Identify to the namespace's NVMe controller.
+    dmrsl: int = 2097152
+    wzsl: int = 12
+    passthrough: bool = False
+    enable_nssr: bool = False
     hosts: dict[str, Host] = field(default_factory=dict)
     namespaces: dict[int, Namespace] = field(default_factory=dict)
     listeners: dict[ListenAddress, Listener] = field(default_factory=dict)
@@ -229,7 +241,8 @@ class Subsystem:
     # a missing one takes the field's default above, which is SPDK's.
     CREATE_PARAMS: ClassVar[tuple[str, ...]] = (
         "nqn", "allow_any_host", "serial_number", "model_number", "max_namespaces",
-        "min_cntlid", "max_cntlid", "ana_reporting")
+        "min_cntlid", "max_cntlid", "ana_reporting", "dmrsl", "wzsl", "passthrough",
+        "enable_nssr")
 
     @classmethod
     def discovery(cls) -> Subsystem:
@@ -254,7 +267,9 @@ class Subsystem:
                 "serial_number": self.serial_number, "model_number": self.model_number,
                 "max_namespaces": self.max_namespaces, "min_cntlid": self.min_cntlid,
                 "max_cntlid": self.max_cntlid, "ana_reporting": self.ana_reporting,
-                "allow_any_host": self.allow_any_host,
+                "allow_any_host": self.allow_any_host, "dmrsl": self.dmrsl,
+                "wzsl": self.wzsl, "passthrough": self.passthrough,
+                "enable_nssr": self.enable_nssr,
                 "hosts": [h.to_dict() for h in self.hosts.values()],
                 "namespaces": [self.namespaces[n].to_dict() for n in sorted(self.namespaces)],
                 "listeners": [ls.to_dict() for ls in self.listeners.values()]}
@@ -315,12 +330,29 @@ class Bdev:
     def from_create_params(cls, kind: str, p: dict[str, Any]) -> Bdev:
         """From a create call's params (uuid "" when the target is left to choose)."""
         if kind_is_sized(kind):
+            p = cls._data_block_size(kind, p)
             return cls(name=p["name"], kind=kind, uuid=p.get("uuid", ""),
                        block_size=p["block_size"], num_blocks=p["num_blocks"],
                        params={k: v for k, v in p.items() if k not in cls.CORE})
         return cls(name=p["name"], kind=kind, uuid=p.get("uuid", ""),
                    block_size=p.get("block_size", 512), num_blocks=0,
                    filename=p["filename"], params={k: p[k] for k in cls.AIO_PARAMS if k in p})
+
+    @staticmethod
+    def _data_block_size(kind: str, p: dict[str, Any]) -> dict[str, Any]:
+        """Creation params in the form creation takes. SPDK reports a bdev whose metadata
+        is interleaved with a block size that includes it (520 for 512 + 8) and does not
+        report md_interleave (a null bdev's always is), but creation wants the data size,
+        a multiple of 512, and md_interleave: so SPDK's own save_config of such a bdev
+        cannot be loaded. Metadata is smaller than 512 bytes, so a block size that is not
+        a multiple of 512 is data plus metadata. md_interleave false is the default."""
+        md, size = p.get("md_size") or 0, p["block_size"]
+        out = {k: v for k, v in p.items() if not (k == "md_interleave" and v is False)}
+        if md and size % 512:
+            out["block_size"] = size - md
+            if kind == "malloc":
+                out["md_interleave"] = True
+        return out
 
 
 def kind_is_sized(kind: str) -> bool:

@@ -29,9 +29,9 @@ log = logging.getLogger(__name__)
 
 CONFIG_SUBSYSTEMS = ("keyring", "bdev", "nvmf")
 # The target's option sections: a target may not have them (the embedded one has none).
-OPTION_SUBSYSTEMS = ("iobuf", "sock", "accel")
+OPTION_SUBSYSTEMS = ("scheduler", "iobuf", "sock", "accel")
 # What capture reads, in the order nvmf_tgt's save_config lists these subsystems.
-CAPTURED = ("keyring", "iobuf", "sock", "accel", "bdev", "nvmf")
+CAPTURED = ("scheduler", "keyring", "iobuf", "sock", "accel", "bdev", "nvmf")
 _told: set[str] = set()   # methods already logged as carried without a model
 
 

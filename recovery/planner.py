@@ -1,9 +1,10 @@
 """Restore planning: desired state + live state -> an ordered list of RPC calls. Pure.
 
 Order follows what depends on what, and what a host may see when: STARTUP options,
-framework_start_init, keys, bdevs (with their uuids), transports, subsystems, namespaces
-(explicit nsid/uuid/nguid/eui64/anagrpid), hosts (of subsystems, then of no_auto_visible
-namespaces), then listeners last. Listeners of ANA-reporting subsystems open
+framework_start_init, keys, bdevs (with their uuids), settings of bdevs (QoS, histograms,
+multipath policy), transports, subsystems, namespaces (explicit nsid/uuid/nguid/eui64/
+anagrpid), hosts (of subsystems, then of no_auto_visible namespaces), then listeners
+last. Listeners of ANA-reporting subsystems open
 ``inaccessible`` and flip to their saved states in a final stage, once everything behind
 them exists, so no host sees a half-built subsystem.
 
@@ -21,12 +22,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from nvmf_phoenix.recovery.diff import opaque_label, unset_option
-from nvmf_phoenix.rpc.methods import bdev_method, emit, is_startup_option
+from nvmf_phoenix.rpc.methods import bdev_method, emit, is_startup_option, makes_bdevs
 
 from nvmf_phoenix.model import Listener, Namespace, Subsystem, TargetState
 
-STAGES = ("startup", "init", "keys", "bdevs", "transports", "subsystems", "namespaces",
-          "hosts", "listeners", "ana", "prune")
+STAGES = ("startup", "init", "keys", "bdevs", "settings", "transports", "subsystems",
+          "namespaces", "hosts", "listeners", "ana", "prune")
 GATE_STATE = "inaccessible"
 
 
@@ -125,6 +126,10 @@ def _opaque(p: Plan, desired: TargetState, live: TargetState, phase: str,
         name = params.get("name") if isinstance(params, dict) else None
         key = f"bdev:{name}" if e.get("subsystem") == "bdev" and name else f"opaque:{label}"
         stage = "startup" if options else OPAQUE_STAGE.get(e.get("subsystem", ""), "keys")
+        if stage == "bdevs" and not makes_bdevs(method):
+            # set on a bdev made before, once all exist (an NVMe-oF bdev appears only
+            # when its controller answers, after the call that makes it returned)
+            stage = "settings"
         p.add(stage, method, params, key)
         p.opaque.append(label)
 
@@ -148,7 +153,8 @@ def _subsystem(p: Plan, sub: Subsystem, have: Subsystem | None) -> None:
                          allow_any_host=sub.allow_any_host)
     else:
         for f in ("serial_number", "model_number", "min_cntlid", "max_cntlid",
-                  "max_namespaces", "ana_reporting"):
+                  "max_namespaces", "ana_reporting", "dmrsl", "wzsl", "passthrough",
+                  "enable_nssr"):
             if not sub.is_discovery and getattr(have, f) != getattr(sub, f):
                 p.conflicts.append(f"subsystem {sub.nqn}: {f} {getattr(have, f)!r} != "
                                    f"{getattr(sub, f)!r}")

@@ -250,11 +250,12 @@ def subsystem_readback(p: Params, result: Any) -> list[Call]:
 
 def subsystem_ops(p: Params, result: Any, answers: list[Any],
                   model: TargetState) -> list[Op]:
-    """As the target answers nvmf_get_subsystems, which does not report ana_reporting:
-    that one is as the call asked."""
+    """As the target answers nvmf_get_subsystems, which does not report ana_reporting
+    and enable_nssr: those are as the call asked."""
     (got,) = answers[0]
     sub = Subsystem.from_create_params(
-        {**got, "nqn": p["nqn"], "ana_reporting": bool(p.get("ana_reporting", False))})
+        {**got, "nqn": p["nqn"], "ana_reporting": bool(p.get("ana_reporting", False)),
+         "enable_nssr": bool(p.get("enable_nssr", False))})
     return [put_op(Kind.SUBSYSTEM, sub.to_dict(), nqn=p.get("nqn"))]
 
 

@@ -32,7 +32,7 @@ from nvmf_phoenix.model import TargetState
 
 __all__ = ["METHODS", "RUNTIME", "STARTUP", "Call", "Method", "ModelMismatch", "NotModelled",
            "Op", "Params", "bdev_method", "emit", "is_read_only", "is_startup_option",
-           "method"]
+           "makes_bdevs", "method"]
 
 STARTUP, RUNTIME = "startup", "runtime"
 BOTH = frozenset({STARTUP, RUNTIME})
@@ -199,6 +199,7 @@ METHODS = _table(
     Method("iobuf_set_options", phases=STARTUP_ONLY),
     _reads("iobuf_get_stats", RUNTIME_ONLY),
     Method("accel_set_options", phases=STARTUP_ONLY),
+    Method("accel_assign_opc", phases=STARTUP_ONLY),   # which accel module runs an opcode
     Method("bdev_nvme_set_options", phases=BOTH),
     Method("bdev_nvme_set_hotplug"),
     Method("bdev_raid_set_options", phases=BOTH),
@@ -242,9 +243,21 @@ def bdev_method(kind: str, create: bool = True) -> str:
     return (BDEV_CREATE if create else BDEV_DELETE)[kind]
 
 
+# Bdev module calls that make bdevs without ending in _create (SPDK's naming otherwise).
+BDEV_MAKERS = ("bdev_nvme_attach_controller", "bdev_nvme_start_discovery",
+               "bdev_nvme_start_mdns_discovery")
+
+
+def makes_bdevs(name: str) -> bool:
+    """Whether ``name`` makes bdevs (the other calls of the bdev subsystem's configuration
+    set something on a bdev made before: QoS, histograms, examine, multipath policy)."""
+    return name.endswith("_create") or name in BDEV_MAKERS
+
+
 # SPDK names the methods that set a module's options so (iobuf_set_options,
-# sock_impl_set_options, sock_set_default_impl, bdev_nvme_set_options...).
-OPTION_SUFFIXES = ("_set_options", "_set_default_impl")
+# sock_impl_set_options, sock_set_default_impl, bdev_nvme_set_options...; the
+# scheduler's framework_set_scheduler).
+OPTION_SUFFIXES = ("_set_options", "_set_default_impl", "_set_scheduler")
 
 
 def is_startup_option(name: str) -> bool:

@@ -123,3 +123,9 @@ def rich_config(client: RpcClient, image: Path, port: str) -> None:
     rn.nvmf_subsystem_add_ns(client, "nqn.2016-06.io.spdk:rt2", "M1",
                              nguid="00112233445566778899AABBCCDDEEFF")
     rn.nvmf_subsystem_add_listener(client, "nqn.2014-08.org.nvmexpress.discovery", addr)
+
+
+def save_config(c: RpcClient) -> dict[str, list[dict[str, Any]]]:
+    """What scripts/rpc.py save_config writes: each subsystem's framework_get_config."""
+    names = [s["subsystem"] for s in c.call("framework_get_subsystems")]
+    return {n: c.call("framework_get_config", {"name": n}) or [] for n in names}

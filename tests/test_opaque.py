@@ -21,7 +21,9 @@ from nvmf_phoenix.rpc import RpcClient
 from nvmf_phoenix.rpc import bdev as rb
 
 from nvmf_phoenix.model import TargetState
+from tests.support import save_config
 from tests.target_process import TargetProcess
+from tests.transparent_target import transparent_target
 
 SUB = "nqn.2016-06.io.phx:opaque"
 IOBUF = {"small_pool_count": 8192, "large_pool_count": 1024, "small_bufsize": 8192,
@@ -184,3 +186,38 @@ def test_options_a_checkpoint_never_set_are_the_targets_own() -> None:
         "opaque[bdev_null_create N0]"]
     assert plan(desired, live).extra == ["opaque bdev_null_create N0"]
     assert plan(desired, live, prune=True).extra == ["opaque bdev_null_create N0"]
+
+
+# Option setters (and bdev_enable_histogram) with values other than nvmf_tgt's defaults.
+SETTINGS = [("iobuf_set_options", {"small_pool_count": 4096}),
+            ("sock_impl_set_options", {"impl_name": "posix", "recv_buf_size": 4194304}),
+            ("sock_set_default_impl", {"impl_name": "ssl"}),
+            ("accel_set_options", {"task_count": 1024}),
+            ("bdev_set_options", {"bdev_io_cache_size": 128}),
+            ("bdev_nvme_set_options", {"keep_alive_timeout_ms": 5000}),
+            ("bdev_raid_set_options", {"process_window_size_kb": 2048}),
+            ("framework_set_scheduler", {"name": "dynamic", "period": 2000000,
+                                         "load_limit": 30})]
+
+
+def test_a_successor_worker_keeps_the_option_values(tmp_path: Path) -> None:
+    """The crash-transparent target saves option values and enabled histograms with its
+    configuration: the worker that takes over after a SIGKILL reports what its
+    predecessor was told, not nvmf_tgt's defaults."""
+    with transparent_target(tmp_path, "--wait-for-rpc") as t:
+        with t.rpc() as c:
+            for m, p in SETTINGS:
+                c.call(m, p)
+            c.call("framework_start_init")
+            rb.bdev_malloc_create(c, 64, 512, name="M0")
+            c.call("bdev_enable_histogram", {"name": "M0", "enable": True, "opc": "read"})
+            before = save_config(c)
+            scheduler = c.call("framework_get_scheduler")
+        assert any(e["method"] == "bdev_enable_histogram" for e in before["bdev"])
+        seen = t.wait_standby()["takeovers"]
+        t.kill_active()
+        t.wait_standby(seen + 1)
+        with t.rpc() as c:
+            assert save_config(c) == before
+            assert c.call("framework_get_scheduler") == scheduler
+            assert c.call("bdev_get_histogram", {"name": "M0"})["histogram"]

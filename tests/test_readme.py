@@ -55,8 +55,8 @@ def test_readme_by_hand_section_runs_as_written(tmp_path: Path) -> None:
     finally:
         drop_region(tmp_path / "phx-state")
     # 9 modelled calls, and the option sections the target reported as nvmf_tgt does
-    # (sock, iobuf, accel, bdev), replayed verbatim
-    assert "restore complete: 19 of 19 calls" in out and "live target matches" in out
+    # (scheduler, sock, iobuf, accel, bdev), replayed verbatim
+    assert "restore complete: 20 of 20 calls" in out and "live target matches" in out
     assert "replayed verbatim (not modelled): bdev_set_options" in out
 
 
