@@ -22,6 +22,9 @@
 
 export LD_LIBRARY_PATH=/lib/x86_64-linux-gnu
 PAIR_SLOW_MS=$(arg slow_ms); [ -n "$PAIR_SLOW_MS" ] || PAIR_SLOW_MS=30
+# After this many recoveries (a path lost, then both live again) plus 3 s, fio is stopped
+# early: phx.seconds is only the upper bound of the run.
+PAIR_KILLS=$(arg kills); [ -n "$PAIR_KILLS" ] || PAIR_KILLS=0
 
 up_ms() { read -r up _ < /proc/uptime; T=$(( ${up%.*} * 1000 + 10 * 1${up#*.} - 1000 )); }
 
@@ -108,8 +111,9 @@ report_paths() {
     done
 }
 
-monitor() {  # path changes at once, I/O counters once a second, until /tmp/stop exists
-    last=""; tick=0
+monitor() {  # path changes at once, I/O counters once a second, until /tmp/stop exists;
+    # $1 = fio's pid, interrupted 3 s after the PAIR_KILLS-th recovery
+    last=""; tick=0; degraded=0; recovered=0; stop_at=-1
     while [ ! -e /tmp/stop ]; do
         st=""; live=0; n=0
         for p in /sys/block/$HEAD/multipath/*; do
@@ -121,6 +125,12 @@ monitor() {  # path changes at once, I/O counters once a second, until /tmp/stop
         done
         up_ms
         [ "$st" != "$last" ] && { say paths up_ms=$T live=$live of=$n$st; last=$st; }
+        if [ $live -lt $n ]; then degraded=1
+        elif [ $degraded = 1 ]; then
+            degraded=0; recovered=$((recovered + 1))
+            [ $recovered = "$PAIR_KILLS" ] && stop_at=$((tick + 15))
+        fi
+        [ $tick = $stop_at ] && { say stopping recovered=$recovered; kill -INT "$1"; }
         if [ $((tick % 5)) -eq 0 ]; then
             read -r r _ _ _ w _ _ _ inflight _ < /sys/block/$HEAD/stat
             say io up_ms=$T reads=$r writes=$w inflight=$inflight
@@ -155,14 +165,16 @@ pair_scenario() {
     HEAD=$(head_dev) || { say error what=no-multipath-head; return; }
     report_multipath
     report_paths
-    monitor &
-    mon=$!
     up_ms; say io-start up_ms=$T head="$HEAD" seconds="$SECONDS_"
     fio --name=pair --filename=/dev/$HEAD --ioengine=libaio --direct=1 --rw=randrw --bs=4k \
         --iodepth=8 --time_based --runtime="$SECONDS_" --verify=crc32c --verify_fatal=1 \
         --verify_backlog=256 --write_lat_log=/tmp/pair --log_avg_msec=0 \
         --log_alternate_epoch=1 --log_alternate_epoch_clock_id=1 \
-        --output=/tmp/fio.out > /tmp/fio.err 2>&1
+        --output=/tmp/fio.out > /tmp/fio.err 2>&1 &
+    fio=$!
+    monitor $fio &
+    mon=$!
+    wait $fio
     rc=$?
     up_ms; say io-end up_ms=$T rc=$rc
     touch /tmp/stop; wait $mon
