@@ -14,7 +14,7 @@
 #   path        per path: controller, state, ana_state, port, cntlid
 #   io-start    fio is about to start
 #   paths       whenever any path's state/ana_state changes: live=N of=M nvmeX=state/ana/port
-#   io          once a second: completed reads/writes and in-flight I/O on the head
+#   io          once a second: completed reads/writes and in-flight I/O (all paths)
 #   slowio      every I/O whose completion latency was >= phx.slow_ms (default 30)
 #   gap         every interval >= phx.slow_ms in which no I/O completed
 #   second      per second of the run: I/Os completed and the worst latency among them
@@ -75,13 +75,18 @@ pair_connect() {
     done < /tmp/nvm
 }
 
+paths_of() {  # $1 = head nvmeSnN: its paths' sysfs dirs (nvmeScCnN under each controller)
+    set -- /sys/class/nvme/nvme*/"${1%n*}"c*n"${1##*n}"
+    [ -e "$1" ] && echo "$@"
+}
+
 head_dev() {  # the first multipath head with 2 or more paths (bounded wait, 20 s)
     i=0
     while [ $i -lt 100 ]; do
-        for m in /sys/block/nvme*n*/multipath; do
-            [ -d "$m" ] || continue
-            set -- "$m"/nvme*
-            [ $# -ge 2 ] && [ -e "$1" ] && { h=${m%/multipath}; echo "${h##*/}"; return 0; }
+        for h in /sys/class/nvme-subsystem/nvme-subsys*/nvme*n*; do
+            [ -e "$h" ] || continue
+            set -- $(paths_of "${h##*/}")
+            [ $# -ge 2 ] && { echo "${h##*/}"; return 0; }
         done
         i=$((i + 1)); sleep 0.2
     done
@@ -95,15 +100,15 @@ report_multipath() {
         for e in "$s"/nvme*; do case ${e##*/} in nvme*n*) heads="$heads,${e##*/}" ;; esac; done
         read -r pol < "$s/iopolicy"
     done
-    set -- /sys/block/$HEAD/multipath/*
+    set -- $PATHS
     say multipath subsystems=$subs heads="${heads#,}" head="$HEAD" paths=$# iopolicy="$pol"
 }
 
-path_ctrl() { x=${1#*c}; C=nvme${x%%n*}; }   # nvme0c1n1 -> C=nvme1
+path_ctrl() { x=${1%/*}; C=${x##*/}; }   # /sys/class/nvme/nvme1/nvme0c1n1 -> C=nvme1
 
 report_paths() {
-    for p in /sys/block/$HEAD/multipath/*; do
-        n=${p##*/}; path_ctrl "$n"
+    for p in $PATHS; do
+        n=${p##*/}; path_ctrl "$p"
         read -r st < /sys/class/nvme/$C/state; read -r ana < "$p/ana_state"
         read -r cntlid < /sys/class/nvme/$C/cntlid; read -r ad < /sys/class/nvme/$C/address
         port=${ad#*trsvcid=}; port=${port%%,*}
@@ -116,8 +121,8 @@ monitor() {  # path changes at once, I/O counters once a second, until /tmp/stop
     last=""; tick=0; degraded=0; recovered=0; stop_at=-1
     while [ ! -e /tmp/stop ]; do
         st=""; live=0; n=0
-        for p in /sys/block/$HEAD/multipath/*; do
-            path_ctrl "${p##*/}"; n=$((n + 1))
+        for p in $PATHS; do
+            path_ctrl "$p"; n=$((n + 1))
             read -r cs < /sys/class/nvme/$C/state; read -r ana < "$p/ana_state"
             read -r ad < /sys/class/nvme/$C/address; port=${ad#*trsvcid=}; port=${port%%,*}
             st="$st $C=$cs/$ana/$port"
@@ -130,10 +135,14 @@ monitor() {  # path changes at once, I/O counters once a second, until /tmp/stop
             degraded=0; recovered=$((recovered + 1))
             [ $recovered = "$PAIR_KILLS" ] && stop_at=$((tick + 15))
         fi
-        [ $tick = $stop_at ] && { say stopping recovered=$recovered; kill -INT "$1"; }
-        if [ $((tick % 5)) -eq 0 ]; then
-            read -r r _ _ _ w _ _ _ inflight _ < /sys/block/$HEAD/stat
-            say io up_ms=$T reads=$r writes=$w inflight=$inflight
+        [ $tick = $stop_at ] && { say stopping recovered=$recovered; touch /tmp/stopped; kill -INT "$1"; }
+        if [ $((tick % 5)) -eq 0 ]; then   # the head keeps no I/O statistics: its paths do
+            rs=0; ws=0; fl=0
+            for p in $PATHS; do
+                read -r r _ _ _ w _ _ _ inflight _ < "$p/stat"
+                rs=$((rs + r)); ws=$((ws + w)); fl=$((fl + inflight))
+            done
+            say io up_ms=$T reads=$rs writes=$ws inflight=$fl
         fi
         tick=$((tick + 1)); sleep 0.2
     done
@@ -163,6 +172,7 @@ pair_scenario() {
     pair_discover
     pair_connect
     HEAD=$(head_dev) || { say error what=no-multipath-head; return; }
+    PATHS=$(paths_of "$HEAD")
     report_multipath
     report_paths
     up_ms; say io-start up_ms=$T head="$HEAD" seconds="$SECONDS_"
@@ -176,13 +186,15 @@ pair_scenario() {
     mon=$!
     wait $fio
     rc=$?
-    up_ms; say io-end up_ms=$T rc=$rc
+    # fio exits 128 when a signal ended it: here that is the monitor's planned stop
+    stopped=0; [ -e /tmp/stopped ] && stopped=1 && [ $rc = 128 ] && rc=0
+    up_ms; say io-end up_ms=$T rc=$rc stopped=$stopped
     touch /tmp/stop; wait $mon
     err=$(sed -n 's/.*err= *\([0-9]*\).*/\1/p' /tmp/fio.out | head -n 1)
     vf=$(cat /tmp/fio.out /tmp/fio.err | grep -ciE 'verify fail|bad magic|bad header|verify type mismatch|crc32c.*(fail|mismatch)')
     grep -iE 'verify|error|err=' /tmp/fio.out /tmp/fio.err | head -n 20 | while read -r l; do say fio-line "$l"; done
     latency_report /tmp/pair_lat.1.log
-    say fio rc=$rc err="${err:-none}" verify_failures=$vf
+    say fio rc=$rc err="${err:-none}" verify_failures=$vf stopped=$stopped
     report_paths
     for c in /sys/class/nvme/nvme*; do echo 1 > "$c/delete_controller"; done 2>/dev/null
     say disconnected
