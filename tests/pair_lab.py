@@ -20,16 +20,15 @@ import signal
 import subprocess
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
 
-from nvmf_phoenix.model import DISCOVERY_NQN
 from nvmf_phoenix.rpc import RpcClient, RpcError
 from nvmf_phoenix.rpc import bdev as rb
 from nvmf_phoenix.rpc import nvmf as rn
 from pyroute2 import IPRoute, NetNS, netns
 
+from nvmf_phoenix.model import DISCOVERY_NQN
 from tests.netlab import netns_cmd
 from tests.target_process import target_command
 from tests.waiting import wait_for
@@ -90,6 +89,16 @@ def _free_subnet() -> str:
     raise RuntimeError("no free 10.77.N.0/24 subnet in the root namespace")
 
 
+def member_command(kind: str) -> list[str]:
+    """The target command for one member. Two nvmf_tgt processes sharing a core need
+    --disable-cpumask-locks (each would lock the core otherwise), so it is added if
+    $SPDK_NVMF_TGT_ARGS lacks it."""
+    cmd = target_command(kind)
+    if kind == "spdk" and "--disable-cpumask-locks" not in cmd:
+        cmd.append("--disable-cpumask-locks")
+    return cmd
+
+
 def pair_kind() -> str:
     """Real SPDK when $SPDK_NVMF_TGT names it, else the embedded target."""
     return "spdk" if os.environ.get("SPDK_NVMF_TGT") else "embedded"
@@ -103,7 +112,6 @@ class Member:
     log: Path
     proc: subprocess.Popen[bytes] | None = None
     starts: int = 0
-    _out: IO[bytes] | None = field(default=None, repr=False)
 
     @property
     def port(self) -> int:
@@ -117,10 +125,12 @@ class Member:
         """Start the process in the namespace and wait (20 s at most) for its socket."""
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.sock)
-        self._out = open(self.log, "ab")
-        self.proc = subprocess.Popen(netns_cmd(ns, [*target_command(kind), "-r", self.sock]),
-                                     stdout=self._out, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL)
+        # A file, not a pipe: nobody reads it during a run, and a full pipe would stall
+        # the target. The child keeps its own descriptor.
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen(
+                netns_cmd(ns, [*member_command(kind), "-r", self.sock]), stdout=out,
+                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         self.starts += 1
         proc = self.proc
         wait_for(lambda: proc.poll() is not None or _answers(self.sock), timeout=20,
@@ -135,8 +145,6 @@ class Member:
             self.proc.send_signal(signal.SIGKILL)
         if self.proc is not None:
             self.proc.wait(timeout=10)
-        if self._out is not None:
-            self._out.close()
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

@@ -40,6 +40,8 @@ class KillReport:
     member: str
     at_ms: float                  # guest clock
     worst_ms: float               # worst completion latency of I/O completing after the kill
+    worst_at_ms: float            # when that I/O completed, from the kill (-1: below slow_ms)
+    failover_worst_ms: float      # the same, I/O completing in the first 2 s after the kill
     longest_gap_ms: float         # longest time without any completion
     path_lost_ms: float | None    # the guest saw a path not live
     both_live_ms: float | None    # both paths live again (None: never, within the run)
@@ -68,6 +70,8 @@ class PairReport:
             "baseline_worst_ms": round(self.baseline_worst_ms, 1),
             "worst_ms_per_kill_max": round(max(worst), 1) if worst else None,
             "worst_ms_per_kill_median": round(statistics.median(worst), 1) if worst else None,
+            "first_2s_worst_ms_max": round(max((k.failover_worst_ms for k in self.kills),
+                                               default=0), 1),
             "gap_ms_per_kill_max": round(max((k.longest_gap_ms for k in self.kills),
                                              default=0), 1),
             "both_live_s_max": round(max(back), 2) if back else None,
@@ -140,13 +144,14 @@ def analyse(run: realhost.GuestRun, kills: list[tuple[str, float]],
             slow_ms: float) -> PairReport:
     rep = PairReport(run=run, seconds=run.seconds)
     rep.errors = [m.text for m in run.all("error")]
-    rep.fio = dict(run.first("fio").fields) if run.first("fio") else {}
-    lat = run.first("latency")
+    fio, lat, mp = run.first("fio"), run.first("latency"), run.first("multipath")
+    rep.fio = dict(fio.fields) if fio else {}
     rep.ios = int(lat.fields["ios"]) if lat else 0
-    rep.multipath = dict(run.first("multipath").fields) if run.first("multipath") else {}
+    rep.multipath = dict(mp.fields) if mp else {}
     paths = [m.fields for m in run.all("path")]
     rep.paths_start, rep.paths_end = paths[:2], paths[2:]
-    if not kills or not run.first("io-start"):
+    io_start = run.first("io-start")
+    if not kills or io_start is None:
         return rep
     off = clock_offset(run)
     end = run.first("io-end")
@@ -160,6 +165,10 @@ def analyse(run: realhost.GuestRun, kills: list[tuple[str, float]],
     starts = [(at - off) * 1000 for _, at in kills]
     bounds = [*starts[1:], end_ms]
 
+    def worst_at(lo: float, hi: float) -> float:
+        found = [(ms, t) for t, ms in slow if lo <= t < hi]
+        return max(found)[1] - lo if found else -1.0
+
     def worst_in(lo: float, hi: float) -> float:
         found = [ms for t, ms in slow if lo <= t < hi]
         if found:
@@ -168,14 +177,14 @@ def analyse(run: realhost.GuestRun, kills: list[tuple[str, float]],
         return min(slow_ms, max((ms for s, ms in seconds if s * 1000 + 1000 > lo
                                  and s * 1000 < hi), default=0.0))
 
-    first_io = float(run.first("io-start").fields["up_ms"])   # type: ignore[union-attr]
-    rep.baseline_worst_ms = worst_in(first_io, starts[0])
-    for (member, _), lo, hi in zip(kills, starts, bounds):
+    rep.baseline_worst_ms = worst_in(float(io_start.fields["up_ms"]), starts[0])
+    for (member, _), lo, hi in zip(kills, starts, bounds, strict=True):
         lost = next((t for t, full in states if t >= lo and not full), None)
         back = next((t for t, full in states if lost is not None and t > lost and full),
                     None)
         rep.kills.append(KillReport(
-            member=member, at_ms=lo, worst_ms=worst_in(lo, hi),
+            member=member, at_ms=lo, worst_ms=worst_in(lo, hi), worst_at_ms=worst_at(lo, hi),
+            failover_worst_ms=worst_in(lo, min(hi, lo + 2000)),
             longest_gap_ms=max((g for t, g in gaps if lo <= t < hi), default=0.0),
             path_lost_ms=None if lost is None else lost - lo,
             both_live_ms=None if back is None else back - lo))
@@ -205,12 +214,14 @@ def run_pair(pair: Pair, kills: int, opts: str = "", slow_ms: int = 30,
 
 
 def format_report(rep: PairReport) -> str:
-    lines = [f"{'#':>3} {'killed':>6} {'worst ms':>9} {'gap ms':>7} {'lost ms':>8} "
-             f"{'both live s':>11}"]
+    lines = [f"{'#':>3} {'killed':>6} {'worst ms':>9} {'at s':>6} {'first 2s':>9} "
+             f"{'gap ms':>7} {'lost ms':>8} {'both live s':>11}"]
     for i, k in enumerate(rep.kills, 1):
         lost = "-" if k.path_lost_ms is None else f"{k.path_lost_ms:.0f}"
         back = "never" if k.both_live_ms is None else f"{k.both_live_ms / 1000:.2f}"
-        lines.append(f"{i:>3} {k.member:>6} {k.worst_ms:>9.1f} {k.longest_gap_ms:>7.0f} "
-                     f"{lost:>8} {back:>11}")
+        at = "-" if k.worst_at_ms < 0 else f"{k.worst_at_ms / 1000:.2f}"
+        lines.append(f"{i:>3} {k.member:>6} {k.worst_ms:>9.1f} {at:>6} "
+                     f"{k.failover_worst_ms:>9.1f} {k.longest_gap_ms:>7.0f} {lost:>8} "
+                     f"{back:>11}")
     lines.append(f"summary: {rep.summary()}")
     return "\n".join(lines)
