@@ -26,6 +26,10 @@ RECONNECT_DELAY_DEFAULT = 10.0      # Linux's default reconnect_delay (s)
 
 
 class Pair(Protocol):
+    """What the driver needs from a pair. ``failover(name)`` must SIGKILL member ``name``
+    (the active one) and may return once the pair has recovered or at once; under the
+    supervisor it only kills (the supervisor promotes and restarts). If what it returns
+    has ``at`` (monotonic time of the SIGKILL), that is the kill's time."""
     active: str
     addr: str
 
