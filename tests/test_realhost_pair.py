@@ -7,6 +7,15 @@ Asserts: 0 I/O errors, 0 verify failures, the worst completion latency after eac
 <= 100 ms, both paths live again within reconnect_delay + 2 s of each kill. The pair is
 tests/pair_lab.py (embedded targets, or real nvmf_tgt when $SPDK_NVMF_TGT is set); the
 supervisor's pair mode replaces only the ``pair`` fixture.
+
+    .venv/bin/python -m pytest -q -s tests/test_realhost_pair.py          # embedded pair
+    SPDK_NVMF_TGT=/path/nvmf_tgt SPDK_NVMF_TGT_ARGS="-m 0x1 --num-trace-entries 0
+        --no-huge -s 1024" .venv/bin/python -m pytest -q -s tests/test_realhost_pair.py
+
+$PHX_PAIR_KILLS sets the number of kills (20). The 100 ms bound is the issue's; under TCG
+on a busy 2-core machine some kills exceed it (the report printed with -s shows each
+kill's numbers). $PHX_PAIR_WORST_MS changes the bound explicitly; it is never relaxed
+here.
 """
 from __future__ import annotations
 
@@ -27,7 +36,7 @@ pytestmark = [pytest.mark.realhost, pytest.mark.slow,
               pytest.mark.skipif(why_no_netns() is not None,
                                  reason=f"no network namespaces: {why_no_netns()}")]
 KILLS = int(os.environ.get("PHX_PAIR_KILLS", "20"))
-WORST_MS = 100.0
+WORST_MS = float(os.environ.get("PHX_PAIR_WORST_MS", "100"))
 
 
 @pytest.fixture
