@@ -6,12 +6,13 @@ the kernel package behind linux-image-amd64, resolved anew each time). Results a
 in $NVMF_PHOENIX_REALHOST_CACHE (default ~/.cache/nvmf-phoenix/realhost); a second run
 with the same kernel does nothing. Every external step runs under a timeout.
 
-A second initramfs, ``initrd_tools``, adds Debian's fio and nvme-cli with every library
-``ldd`` lists (packages this machine lacks are fetched with ``apt-get download`` too): the
-"pair" scenario needs them, and the other scenarios boot faster without 30 MB of them.
+With --tools, a second initramfs, ``initrd_tools``, adds Debian's fio and nvme-cli with
+every library ``ldd`` lists (packages this machine lacks are fetched with ``apt-get
+download`` too): the "pair" scenario needs them, and the other scenarios boot faster
+without 38 MB of them.
 
-Prints the paths as JSON on the last line: {"kernel": ..., "initrd": ..., "initrd_tools":
-..., "version": ...}.
+Prints the paths as JSON on the last line: {"kernel": ..., "initrd": ..., "version": ...,
+and with --tools "initrd_tools": ...}.
 """
 from __future__ import annotations
 
@@ -194,7 +195,7 @@ def build_initrd(root: Path, out: Path, tools: Path | None = None) -> None:
     tmp.rename(out)
 
 
-def main() -> None:
+def main(tools: bool) -> None:
     missing = [p for p, exe in (("qemu-system-x86", "qemu-system-x86_64"),
                                 ("busybox-static", "busybox"), ("cpio", "cpio"))
                if not shutil.which(exe)]
@@ -212,21 +213,23 @@ def main() -> None:
     if not initrd.exists() or not stamp.exists() or stamp.read_text() != want:
         build_initrd(root, initrd)
         stamp.write_text(want)
-    tools_initrd = root / "initrd-tools.gz"
-    tools_stamp = root / "initrd-tools.stamp"
-    want += "\n" + " ".join(TOOL_PACKAGES) + "\n" + (HERE / "pair.sh").read_text()
-    if not tools_initrd.exists() or not tools_stamp.exists() or \
-            tools_stamp.read_text() != want:
-        build_initrd(root, tools_initrd, fetch_tools(cache))
-        tools_stamp.write_text(want)
-    print(json.dumps({"kernel": str(kernel), "initrd": str(initrd), "version": pkg,
-                      "initrd_bytes": initrd.stat().st_size,
-                      "initrd_tools": str(tools_initrd),
-                      "initrd_tools_bytes": tools_initrd.stat().st_size}))
+    out = {"kernel": str(kernel), "initrd": str(initrd), "version": pkg,
+           "initrd_bytes": initrd.stat().st_size}
+    if tools:
+        tools_initrd = root / "initrd-tools.gz"
+        tools_stamp = root / "initrd-tools.stamp"
+        want += "\n" + " ".join(TOOL_PACKAGES) + "\n" + (HERE / "pair.sh").read_text()
+        if not tools_initrd.exists() or not tools_stamp.exists() or \
+                tools_stamp.read_text() != want:
+            build_initrd(root, tools_initrd, fetch_tools(cache))
+            tools_stamp.write_text(want)
+        out.update(initrd_tools=str(tools_initrd),
+                   initrd_tools_bytes=tools_initrd.stat().st_size)
+    print(json.dumps(out))
 
 
 if __name__ == "__main__":
     try:
-        main()
+        main("--tools" in sys.argv[1:])
     except subprocess.CalledProcessError as exc:
         sys.exit(f"prepare failed: {' '.join(exc.cmd)}: {exc.stderr}")
