@@ -60,18 +60,19 @@ def unavailable_reason() -> str | None:
     return None
 
 
-_prepared: dict[str, str] | None = None
+_prepared: dict[bool, dict[str, str]] = {}
 
 
-def prepare() -> dict[str, str]:
-    global _prepared
-    if _prepared is None:
-        run = subprocess.run([sys.executable, str(PREPARE)], capture_output=True, text=True,
-                             timeout=1200)
+def prepare(tools: bool = False) -> dict[str, str]:
+    """Kernel and initramfs paths; ``tools`` adds the initramfs with fio and nvme-cli
+    (fetched only when a test needs it, so the other tests do not depend on it)."""
+    if tools not in _prepared:
+        run = subprocess.run([sys.executable, str(PREPARE), *(["--tools"] if tools else [])],
+                             capture_output=True, text=True, timeout=1200)
         if run.returncode != 0:
             raise RuntimeError(f"realhost prepare failed: {run.stderr.strip()}")
-        _prepared = json.loads(run.stdout.strip().splitlines()[-1])
-    return _prepared
+        _prepared[tools] = json.loads(run.stdout.strip().splitlines()[-1])
+    return _prepared[tools]
 
 
 def parse(line: str, now: float) -> Marker | None:
@@ -89,8 +90,12 @@ def parse(line: str, now: float) -> Marker | None:
 
 def boot(scenario: str, port: int = 0, nqn: str = "", hostnqn: str = "", opts: str = "",
          seconds: int = 5, hostfwd: int | None = None, timeout: float = 180,
-         on_marker: Callable[[Marker], None] | None = None) -> GuestRun:
-    paths = prepare()
+         on_marker: Callable[[Marker], None] | None = None, addr: str = "",
+         tools: bool = False, extra: dict[str, str] | None = None) -> GuestRun:
+    """``tools`` boots the initramfs with fio and nvme-cli (the pair scenario); ``addr``
+    is the target's address as the guest sees it (10.0.2.2 by default); ``extra`` adds
+    phx.KEY=VALUE arguments a scenario reads."""
+    paths = prepare(tools)
     cmdline = (f"console=ttyS0 quiet panic=-1 nvme_core.admin_timeout=5 "
                f"phx.scenario={scenario} phx.port={port} phx.nqn={nqn} "
                f"phx.seconds={seconds}")
@@ -98,11 +103,15 @@ def boot(scenario: str, port: int = 0, nqn: str = "", hostnqn: str = "", opts: s
         cmdline += f" phx.hostnqn={hostnqn}"
     if opts:
         cmdline += f" phx.opts={opts}"
+    if addr:
+        cmdline += f" phx.addr={addr}"
+    cmdline += "".join(f" phx.{k}={v}" for k, v in (extra or {}).items())
     net = "user,id=n0" + (f",hostfwd=tcp:127.0.0.1:{hostfwd}-:4420" if hostfwd else "")
     cmd = ["timeout", "-s", "KILL", str(int(timeout)), "qemu-system-x86_64", "-accel", "tcg",
-           "-cpu", "max", "-m", "512", "-smp", "1", "-display", "none", "-monitor", "none",
-           "-serial", "stdio", "-no-reboot", "-kernel", paths["kernel"], "-initrd",
-           paths["initrd"], "-append", cmdline, "-netdev", net,
+           "-cpu", "max", "-m", "1024" if tools else "512", "-smp", "1", "-display", "none",
+           "-monitor", "none", "-serial", "stdio", "-no-reboot", "-kernel", paths["kernel"],
+           "-initrd", paths["initrd_tools" if tools else "initrd"], "-append", cmdline,
+           "-netdev", net,
            "-device", "virtio-net-pci,netdev=n0,romfile="]
     result = GuestRun()
     start = time.monotonic()

@@ -184,7 +184,7 @@ IDENTIFY_CONTROLLER = Layout(IDENTIFY_SIZE, [
     ("nanagrpid", 348, "I"),
     ("sqes", 512, "B"), ("cqes", 513, "B"), ("maxcmd", 514, "H"), ("nn", 516, "I"),
     ("oncs", 520, "H"), ("fuses", 522, "H"), ("fna", 524, "B"), ("vwc", 525, "B"),
-    ("sgls", 536, "I"), ("subnqn", 768, "256s"),
+    ("sgls", 536, "I"), ("mnan", 540, "I"), ("subnqn", 768, "256s"),
     ("ioccsz", 1792, "I"), ("iorcsz", 1796, "I"), ("icdoff", 1800, "H"),
     ("fcatt", 1802, "B"), ("msdbd", 1803, "B")])
 # Identify Namespace (CNS 00h) with its first LBA format (the only one we report).
@@ -207,7 +207,8 @@ def identify_controller(*, cntlid: int, serial: str, model: str, firmware: str, 
            # reports optimized/non-optimized/inaccessible/persistent loss/change;
            # ANAGRPID not changed while attached
            "anacap": 0x1F | 0x40, "anagrpmax": anagrpmax, "nanagrpid": anagrpmax,
-           } if ana_reporting else {}
+           # SPDK (ctrlr.c) sets MNAN with ANA reporting; Linux refuses ANA without it
+           "mnan": anagrpmax} if ana_reporting else {}
     return bytes(IDENTIFY_CONTROLLER.build(
         vid=0x1B36, ssvid=0x1B36, sn=_ascii(serial, 20), mn=_ascii(model, 40),
         fr=_ascii(firmware, 8), rab=6,

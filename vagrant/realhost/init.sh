@@ -7,6 +7,8 @@
 #   nvmet   run the kernel's own NVMe/TCP target on port 4420 (a reference peer) for
 #           phx.seconds
 #   loop    nvmet plus the host scenario against it inside the guest (harness self-test)
+#   pair    a hot-standby pair found through discovery at phx.addr:phx.port, verified fio
+#           on its multipath head for phx.seconds (pair.sh; tools initramfs only)
 /bin/busybox --install -s /bin
 export PATH=/bin
 mount -t proc proc /proc
@@ -124,6 +126,7 @@ case "$SCENARIO" in
     host) host_scenario ;;
     nvmet) start_nvmet; sleep "$SECONDS_" ;;
     loop) start_nvmet; ADDR=127.0.0.1; PORT=4420; host_scenario ;;
+    pair) if [ -e /pair.sh ]; then . /pair.sh; pair_scenario; else say error what=no-tools; fi ;;
     *) say error what=unknown-scenario name="$SCENARIO" ;;
 esac
 finish
