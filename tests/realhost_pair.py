@@ -30,8 +30,11 @@ class Pair(Protocol):
     (the active one) and may return once the pair has recovered or at once; under the
     supervisor it only kills (the supervisor promotes and restarts). If what it returns
     has ``at`` (monotonic time of the SIGKILL), that is the kill's time."""
-    active: str
     addr: str
+    kind: str
+
+    @property
+    def active(self) -> str: ...
 
     @property
     def disc_port(self) -> int: ...
