@@ -137,8 +137,10 @@ def bdev_info(core: TargetCore, b: Bdev) -> dict[str, Any]:
 
 
 def _bdev_create(b: Bdev) -> dict[str, Any]:
+    # SPDK reports interleaved metadata inside the block size (a null bdev's always is)
+    md = b.params.get("md_size", 0) if b.kind == "null" or b.params.get("md_interleave") else 0
     if b.kind == "malloc":
-        params = {"name": b.name, "num_blocks": b.num_blocks, "block_size": b.block_size,
+        params = {"name": b.name, "num_blocks": b.num_blocks, "block_size": b.block_size + md,
                   "physical_block_size": b.params.get("physical_block_size", b.block_size),
                   "uuid": b.uuid, "optimal_io_boundary": b.params.get("optimal_io_boundary", 0),
                   "md_size": b.params.get("md_size", 0), "dif_type": b.params.get("dif_type", 0),
@@ -148,7 +150,7 @@ def _bdev_create(b: Bdev) -> dict[str, Any]:
         return {"method": "bdev_malloc_create", "params": params}
     if b.kind == "null":   # the params bdev_null_create stored, all of them, in its order
         return {"method": "bdev_null_create", "params": {
-            "name": b.name, "num_blocks": b.num_blocks, "block_size": b.block_size,
+            "name": b.name, "num_blocks": b.num_blocks, "block_size": b.block_size + md,
             **{k: v for k, v in b.params.items() if k not in NULL_HINTS}, "uuid": b.uuid,
             **{k: b.params.get(k, 0) for k in NULL_HINTS}}}
     return {"method": "bdev_aio_create", "params": {

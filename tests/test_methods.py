@@ -113,8 +113,12 @@ def _rich_state() -> TargetState:
                           block_size=512, num_blocks=2048,
                           params={"physical_block_size": 512, "md_size": 0})
     st.transports["TCP"] = Transport(trtype="TCP", options={"max_queue_depth": 64})
+    st.bdevs["i0"] = Bdev(name="i0", kind="malloc", uuid="9f1e4f0b-5ab8-4c43-9b1b-000000000004",
+                          block_size=512, num_blocks=64,
+                          params={"md_size": 8, "md_interleave": True, "dif_type": 1})
     sub = Subsystem(nqn=NQN, serial_number="SN1", model_number="M1", max_namespaces=8,
-                    min_cntlid=3, max_cntlid=9, allow_any_host=False, ana_reporting=True)
+                    min_cntlid=3, max_cntlid=9, allow_any_host=False, ana_reporting=True,
+                    dmrsl=1024, wzsl=4, passthrough=True, enable_nssr=True)
     sub.hosts["nqn.h1"] = Host(nqn="nqn.h1", psk="k0", dhchap_key="k0")
     sub.namespaces[2] = Namespace(nsid=2, bdev_name="m0", uuid="0b5c7b44-0000-4000-8000-0000"
                                   "00000002", nguid="00112233445566778899AABBCCDDEEFF",
@@ -125,7 +129,7 @@ def _rich_state() -> TargetState:
                                   "00000003", nguid="00112233445566778899AABBCCDDEE03",
                                   anagrpid=3, no_auto_visible=True, hosts=["nqn.h1"])
     addr = ListenAddress.make("127.0.0.1", 4420)
-    sub.listeners[addr] = Listener(address=addr, secure_channel=True)
+    sub.listeners[addr] = Listener(address=addr, secure_channel=True, sock_impl="ssl")
     st.subsystems[NQN] = sub
     st.referrals.append(Referral(address=ListenAddress.make("10.0.0.9", 8009)))
     return st
@@ -189,3 +193,20 @@ def test_a_lost_answer_is_recognised_by_the_declared_effect() -> None:
         assert not inflight.effect_present(name, params, after, base), name
     assert inflight.result_of("nvmf_subsystem_add_ns", {"nqn": NQN, "namespace": {
         "bdev_name": "m0"}}, half, after) == 2
+
+
+def test_a_bdev_saved_with_its_metadata_in_its_block_size_is_kept_as_created() -> None:
+    """SPDK reports an interleaved-metadata bdev's block size with the metadata in it
+    (520) and no md_interleave, a form its create call refuses: the model keeps the
+    form creation takes, which is also what a call's own params give."""
+    saved = {"name": "x", "num_blocks": 8, "block_size": 520, "md_size": 8, "dif_type": 1,
+             "uuid": "9f1e4f0b-5ab8-4c43-9b1b-000000000009"}
+    malloc = Bdev.from_create_params("malloc", saved)
+    assert (malloc.block_size, malloc.params["md_interleave"]) == (512, True)
+    assert malloc == Bdev.from_create_params("malloc", {**saved, "block_size": 512,
+                                                        "md_interleave": True})
+    null = Bdev.from_create_params("null", saved)   # a null bdev always interleaves
+    assert null.block_size == 512 and "md_interleave" not in null.params
+    separate = Bdev.from_create_params("malloc", {**saved, "block_size": 512,
+                                                  "md_interleave": False})
+    assert separate.block_size == 512 and "md_interleave" not in separate.params
