@@ -169,7 +169,12 @@ METHODS = _table(
     _reads("bdev_get_histogram", RUNTIME_ONLY),
     Method("bdev_enable_histogram"),
     Method("bdev_reset_iostat"),
-    Method("bdev_aio_rescan"),    # not modelled as an op: capture reads the new size
+    Method("bdev_aio_rescan"),
+    # Carried opaquely; named here because pair mode refuses them (recovery/pair_view.py):
+    # their data or metadata belongs to one process.
+    Method("bdev_lvol_create_lvstore"),
+    Method("bdev_lvol_create"),
+    Method("bdev_nvme_attach_controller"),    # not modelled as an op: capture reads the new size
     # -- nvmf targets: one, "nvmf_tgt", on the embedded target -------------------------
     Method("nvmf_create_target"),
     Method("nvmf_delete_target"),
