@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 
 from nvmf_phoenix.recovery.pair_view import STANDBY
-from nvmf_phoenix.recovery.process import Adopted, socket_owner
-from nvmf_phoenix.rpc import RpcClient, RpcConnectionError, RpcError
+from nvmf_phoenix.recovery.process import Adopted, answers, end_process, socket_owner
+from nvmf_phoenix.rpc import RpcClient, RpcConnectionError
 
 from nvmf_phoenix.model import TargetState
 
@@ -70,30 +70,13 @@ class Member:
         self.proc = Adopted(socket_owner(self.sock))
 
     def alive(self, timeout: float = 1.0) -> bool:
-        try:
-            with RpcClient.connect(self.sock, timeout=timeout) as c:
-                c.call("spdk_get_version")
-            return True
-        except RpcError:
-            return False
+        return answers(self.sock, timeout)
 
     def client(self, timeout: float = 10.0) -> RpcClient:
         return RpcClient.connect(self.sock, timeout=timeout)
 
     def end(self, planned: bool) -> None:
-        """SIGTERM and a grace period when planned, else SIGKILL."""
-        proc = self.proc
-        if proc is None or proc.poll() is not None:
-            return
-        if planned:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-                return
-            except subprocess.TimeoutExpired:
-                pass
-        proc.kill()
-        proc.wait(timeout=10)
+        end_process(self.proc, planned)
 
     def to_dict(self, listeners: list[str]) -> dict[str, Any]:
         return {"role": self.role, "state": self.state,

@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 
+from nvmf_phoenix.rpc import RpcClient, RpcError
 from nvmf_phoenix.wire.peercred import peer_cred
 
 
@@ -60,3 +61,29 @@ class Adopted:
 
     def kill(self) -> None:
         self.send_signal(signal.SIGKILL)
+
+
+def answers(sock: str, timeout: float = 1.0) -> bool:
+    """Whether a target serves JSON-RPC on ``sock`` (one spdk_get_version)."""
+    try:
+        with RpcClient.connect(sock, timeout=timeout) as c:
+            c.call("spdk_get_version")
+        return True
+    except RpcError:
+        return False
+
+
+def end_process(proc: subprocess.Popen[bytes] | Adopted | None, planned: bool) -> None:
+    """Stop a target process: SIGTERM and a grace period when planned, else SIGKILL (a
+    target declared dead gets no say)."""
+    if proc is None or proc.poll() is not None:
+        return
+    if planned:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+            return
+        except subprocess.TimeoutExpired:
+            pass
+    proc.kill()
+    proc.wait(timeout=10)

@@ -35,7 +35,7 @@ from nvmf_phoenix.recovery.carry import Carried, missing
 from nvmf_phoenix.recovery.diff import diff
 from nvmf_phoenix.recovery.front import Front
 from nvmf_phoenix.recovery.journal import KIND_OUTCOME
-from nvmf_phoenix.recovery.process import Adopted, socket_owner
+from nvmf_phoenix.recovery.process import Adopted, answers, end_process, socket_owner
 from nvmf_phoenix.recovery.restore import restore
 from nvmf_phoenix.recovery.store import CheckpointStore, lock_state_dir
 from nvmf_phoenix.recovery.verify import Expectation, expectations, verify_reconnect
@@ -250,20 +250,7 @@ class Supervisor:
             self._stop.wait(0.005)
 
     def _end_target(self, planned: bool) -> None:
-        """Stop the current process: SIGTERM and a grace period when planned, else
-        SIGKILL (a target declared dead gets no say)."""
-        proc = self.proc
-        if proc is None or proc.poll() is not None:
-            return
-        if planned:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-                return
-            except subprocess.TimeoutExpired:
-                pass
-        proc.kill()
-        proc.wait(timeout=10)
+        end_process(self.proc, planned)
 
     def _set_ready(self, died_at: float | None) -> None:
         now = time.monotonic()
@@ -283,12 +270,7 @@ class Supervisor:
             self._restart(died_at, f"target exited (status {status})", seen=proc)
 
     def _alive(self, timeout: float = 1.0) -> bool:
-        try:
-            with RpcClient.connect(self.private_sock, timeout=timeout) as c:
-                c.call("spdk_get_version")
-            return True
-        except RpcError:
-            return False
+        return answers(self.private_sock, timeout)
 
     def _watch(self) -> None:
         """Liveness pings and drift checks; process exits are the reapers' business."""
