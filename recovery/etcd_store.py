@@ -33,6 +33,7 @@ from typing import Any
 
 from nvmf_phoenix.persist.etcd import (
     KV,
+    Endpoints,
     EtcdClient,
     EtcdError,
     EtcdUnavailable,
@@ -44,9 +45,9 @@ from nvmf_phoenix.persist.etcd import (
     range_op,
     unb64,
 )
-from nvmf_phoenix.persist.etcd_keys import GroupKeys, decode, encode
+from nvmf_phoenix.persist.etcd_keys import ClusterKeys, GroupKeys, decode, encode
 from nvmf_phoenix.recovery import changes
-from nvmf_phoenix.recovery.store import MAX_CHANGES
+from nvmf_phoenix.recovery.store import MAX_CHANGES, ReplicaError, ReplicaMismatch
 
 from nvmf_phoenix.model import TargetState
 
@@ -55,7 +56,7 @@ CHANGE_LIMIT = 512 << 10   # a change larger than this is committed as a whole s
 ZLIB_LEVEL = 3
 
 
-class EtcdStoreError(Exception):
+class EtcdStoreError(ReplicaError):
     """The group's checkpoint in etcd cannot be read or written (the message says which
     key, or what etcd answered)."""
 
@@ -66,6 +67,10 @@ class StoreConflict(EtcdStoreError):
 
 class Fenced(EtcdStoreError):
     """A fence compare failed: this node is not the group's owner (any more)."""
+
+
+class StoreMismatch(EtcdStoreError, ReplicaMismatch):
+    """The change does not fit the state in etcd (or there is none): commit a whole one."""
 
 
 class StoreUnavailable(EtcdStoreError, EtcdUnavailable):
@@ -90,7 +95,6 @@ class _Unsure:
     """A commit whose answer never came: what the head (and change key) hold if it landed."""
     head: bytes
     change: tuple[str, bytes] | None
-    ops: list[changes.Op] | None     # a change's operations (None: a whole state)
     state: TargetState | None        # a whole state's state
     orphans: str | None              # a whole state's chunk prefix (deleted if it did not land)
 
@@ -127,6 +131,24 @@ class EtcdGroupStore:
         self._head_rev: int | None = None   # None: never read
         self._unsure: _Unsure | None = None
         self.committed_at = 0.0             # time of the last successful commit
+        self.where: dict[str, Any] = {"endpoints": list(client.urls), "keys": keys.root}
+
+    @classmethod
+    def open(cls, url: str, group: str = "default",
+             timeout: float | None = None) -> EtcdGroupStore:
+        """The store of ``group`` in ``etcd://H:P[,H:P...]/PREFIX`` (ValueError if the
+        address is not one)."""
+        ends = Endpoints.parse(url)
+        client = EtcdClient(ends.urls, **({"timeout": timeout} if timeout else {}))
+        store = cls(client, ClusterKeys(ends.prefix).group(group))
+        store.where.update(prefix=ends.prefix, group=group)
+        return store
+
+    def describe(self) -> dict[str, Any]:
+        """Where the checkpoint is and what was last committed (for status)."""
+        return {"kind": "etcd", **self.where, "seq": self.seq, "base": self.base,
+                "head_revision": self._head_rev or 0,
+                "committed_at": self.committed_at}
 
     # -- reading -----------------------------------------------------------------------
     def load(self) -> EtcdLoaded:
@@ -209,28 +231,37 @@ class EtcdGroupStore:
     # -- writing -----------------------------------------------------------------------
     def commit_change(self, ops: list[changes.Op]) -> int:
         """Commit one change after the newest seq; returns its seq. Raises StoreConflict
-        (another writer was first), Fenced, StoreUnavailable or EtcdStoreError."""
+        (another writer was first), Fenced, StoreUnavailable, StoreMismatch (commit a
+        whole state instead) or EtcdStoreError."""
         with self.lock:
             self._prepare()
             if self.current is None:
-                raise EtcdStoreError(f"{self.keys.head}: no whole state in etcd to apply a "
-                                     "change to (commit a whole state first)")
-            after = copy.deepcopy(self.current)
+                raise StoreMismatch(f"{self.keys.head}: no state known to apply a change "
+                                    "to (commit a whole state)")
             try:
-                changes.apply(after, ops)
+                changes.apply(self.current, ops)    # all or nothing
             except changes.ModelMismatch as exc:
-                raise EtcdStoreError(f"the change does not fit etcd's state ({exc})") from None
-            seq = self.seq + 1
-            value = encode({"seq": seq, "ops": ops, "writer": self.tag})
-            if seq - self.base > MAX_CHANGES or len(value) > CHANGE_LIMIT:
-                return self._commit_state(after)
-            head = encode({**self._head, "seq": seq})
-            change = (self.keys.change(seq), value)
-            res = self._txn([put_op(change[0], value), put_op(self.keys.head, head)],
-                            _Unsure(head, change, ops, None, None))
-            self.current, self.seq = after, seq
-            self._committed(res, {**self._head, "seq": seq})
-            return seq
+                raise StoreMismatch(f"the change does not fit etcd's state ({exc})") from None
+            try:
+                return self._commit_change(ops)
+            except EtcdStoreError:
+                if self._unsure is None:   # (unsure: settled on the next call)
+                    self.current = None    # holds a change etcd does not
+                raise
+
+    def _commit_change(self, ops: list[changes.Op]) -> int:
+        assert self.current is not None
+        seq = self.seq + 1
+        value = encode({"seq": seq, "ops": ops, "writer": self.tag})
+        if seq - self.base > MAX_CHANGES or len(value) > CHANGE_LIMIT:
+            return self._commit_state(self.current)
+        head = encode({**self._head, "seq": seq})
+        change = (self.keys.change(seq), value)
+        res = self._txn([put_op(change[0], value), put_op(self.keys.head, head)],
+                        _Unsure(head, change, None, None))
+        self.seq = seq
+        self._committed(res, {**self._head, "seq": seq})
+        return seq
 
     def commit_state(self, state: TargetState) -> int:
         """Commit a whole state (chunks first, then the head in one txn that also drops
@@ -259,7 +290,7 @@ class EtcdGroupStore:
                delete_op(prefix_end(mine), prefix_end(states)),      # others' orphans
                delete_op(self.keys.changes, prefix_end(self.keys.changes))]
         try:
-            res = self._txn(ops, _Unsure(head, None, None, state, mine))
+            res = self._txn(ops, _Unsure(head, None, state, mine))
         except (StoreConflict, Fenced):
             self._drop_orphans(mine)
             raise
@@ -322,11 +353,12 @@ class EtcdGroupStore:
         if not landed:
             if unsure.orphans:
                 self._drop_orphans(unsure.orphans)
-            return                 # etcd is as we last knew it (or moved: the txn says)
+            # etcd is as we last read it (or moved: the next txn says so), and the state
+            # we hold went ahead of it: the next commit must be a whole state
+            self.current = None
+            return
         doc = decode(unsure.head)
-        if unsure.ops is not None and self.current is not None:
-            changes.apply(self.current, unsure.ops)
-        elif unsure.state is not None:
+        if unsure.state is not None:
             self.current, self.base = unsure.state, int(doc["base"])
         assert head is not None
         self.seq, self._head, self._head_rev = int(doc["seq"]), doc, head.mod_revision
