@@ -21,7 +21,6 @@ than mistaking our own write for another writer's.
 from __future__ import annotations
 
 import contextlib
-import copy
 import json
 import os
 import threading
@@ -124,7 +123,10 @@ class EtcdGroupStore:
         self.fence: Callable[[], list[dict[str, Any]]] = lambda: []
         self.tag = os.urandom(4).hex()      # names this writer's state chunks
         self.lock = threading.RLock()
-        self.current: TargetState | None = None   # etcd's state as of our last read/write
+        self._current: TargetState | None = None  # etcd's state as of our last read/write
+        # or, after a load, how to build it (built at the first commit: a follower that
+        # only loads never pays for a second copy)
+        self._recipe: tuple[bytes, list[bytes]] | None = None
         self.seq = 0
         self.base = 0
         self._head: dict[str, Any] = {}
@@ -159,11 +161,26 @@ class EtcdGroupStore:
                 revision, kvs = self.client.prefix(self.keys.all)
             except EtcdError as exc:
                 raise _store_error(exc, "read") from exc
-            loaded = self._decode(revision, {kv.key.decode(): kv for kv in kvs})
-            self._adopt(loaded)
+            loaded, recipe = self._decode(revision, {kv.key.decode(): kv for kv in kvs})
+            self._adopt(loaded, recipe)
             return loaded
 
-    def _decode(self, revision: int, kvs: dict[str, KV]) -> EtcdLoaded:
+    @property
+    def current(self) -> TargetState | None:
+        if self._recipe is not None:
+            raw, ops = self._recipe
+            self._recipe = None
+            self._current = TargetState.from_dict(json.loads(raw)["state"])
+            for one in ops:
+                changes.apply(self._current, json.loads(one)["ops"])
+        return self._current
+
+    @current.setter
+    def current(self, state: TargetState | None) -> None:
+        self._current, self._recipe = state, None
+
+    def _decode(self, revision: int, kvs: dict[str, KV]
+                ) -> tuple[EtcdLoaded, tuple[bytes, list[bytes]] | None]:
         keys = self.keys
         owner = _value(kvs, keys.owner)
         epoch = _value(kvs, keys.epoch)
@@ -172,7 +189,7 @@ class EtcdGroupStore:
         loaded = EtcdLoaded(None, 0, revision, head_kv.mod_revision if head_kv else 0,
                             int(epoch or 0), owner if isinstance(owner, dict) else None)
         if head_kv is None:
-            return loaded
+            return loaded, None
         try:
             seq, base, chunks = int(head["seq"]), int(head["base"]), int(head["chunks"])
             tag = str(head.get("tag", ""))
@@ -187,28 +204,32 @@ class EtcdGroupStore:
             parts.append(kvs[key].value)
         first = keys.state_chunk(base, 0, tag)
         try:
-            doc = json.loads(zlib.decompress(b"".join(parts)))
+            raw = zlib.decompress(b"".join(parts))
+            doc = json.loads(raw)
             state = TargetState.from_dict(doc["state"])
             if int(doc["seq"]) != base:
                 raise ValueError(f"holds seq {doc['seq']}, the head says {base}")
         except (zlib.error, ValueError, KeyError, TypeError, AttributeError) as exc:
             raise EtcdStoreError(f"{first}: the whole state at {base} does not decode "
                                  f"({exc!r})") from None
+        ops: list[bytes] = []
         for s in range(base + 1, seq + 1):
             key = keys.change(s)
             if key not in kvs:
                 raise EtcdStoreError(f"{key}: change {s} is missing (the head says {seq})")
+            ops.append(kvs[key].value)
             try:
-                changes.apply(state, json.loads(kvs[key].value)["ops"])
+                changes.apply(state, json.loads(ops[-1])["ops"])
             except (ValueError, KeyError, TypeError, changes.ModelMismatch) as exc:
                 raise EtcdStoreError(f"{key}: change {s} does not apply ({exc!r})") from None
         loaded.state, loaded.seq, loaded.base, loaded.changes = state, seq, base, seq - base
         self._head = head
-        return loaded
+        return loaded, (raw, ops)
 
-    def _adopt(self, loaded: EtcdLoaded) -> None:
+    def _adopt(self, loaded: EtcdLoaded, recipe: tuple[bytes, list[bytes]] | None) -> None:
         """What we read is what the next commit builds on."""
-        self.current = copy.deepcopy(loaded.state)
+        self.current = None
+        self._recipe = recipe
         self.seq, self.base = loaded.seq, loaded.base
         if loaded.state is None:
             self._head = {}
@@ -268,31 +289,35 @@ class EtcdGroupStore:
         the older states and the changes); returns its seq."""
         with self.lock:
             self._prepare()
-            return self._commit_state(copy.deepcopy(state))
+            return self._commit_state(state, mine=False)
 
-    def _commit_state(self, state: TargetState) -> int:
+    def _commit_state(self, state: TargetState, mine: bool = True) -> int:
+        """``mine``: ``state`` is the store's own (else the caller's: copied)."""
         seq = self.seq + 1
-        payload = zlib.compress(json.dumps({"seq": seq, "state": state.to_dict()},
+        doc = state.to_dict()
+        payload = zlib.compress(json.dumps({"seq": seq, "state": doc},
                                            separators=(",", ":")).encode(), ZLIB_LEVEL)
+        if not mine:     # (rebuilt from the dict at hand: less than half a deepcopy's time)
+            state = TargetState.from_dict(doc)
         parts = [payload[i:i + CHUNK] for i in range(0, len(payload), CHUNK)]
-        mine = self.keys.state_of(seq, self.tag)
+        chunks = self.keys.state_of(seq, self.tag)
         try:
             for i, part in enumerate(parts):
                 self.client.put(self.keys.state_chunk(seq, i, self.tag), part)
         except EtcdError as exc:
-            self._drop_orphans(mine)
+            self._drop_orphans(chunks)
             raise _store_error(exc, "write the whole state") from exc
         head_doc = {"seq": seq, "base": seq, "chunks": len(parts), "tag": self.tag}
         head = encode(head_doc)
         states = self.keys.states
         ops = [put_op(self.keys.head, head),
-               delete_op(states, mine.encode()),                     # older (and lower)
-               delete_op(prefix_end(mine), prefix_end(states)),      # others' orphans
+               delete_op(states, chunks.encode()),                   # older (and lower)
+               delete_op(prefix_end(chunks), prefix_end(states)),    # others' orphans
                delete_op(self.keys.changes, prefix_end(self.keys.changes))]
         try:
-            res = self._txn(ops, _Unsure(head, None, state, mine))
+            res = self._txn(ops, _Unsure(head, None, state, chunks))
         except (StoreConflict, Fenced):
-            self._drop_orphans(mine)
+            self._drop_orphans(chunks)
             raise
         self.current, self.seq, self.base = state, seq, seq
         self._committed(res, head_doc)
