@@ -467,7 +467,9 @@ class Supervisor:
             if changes:
                 log.warning("configuration changed behind the supervisor's back: %s",
                             "; ".join(changes[:5]))
-            if changes or self.store.pending:
+            # (a cluster store that is behind catches up here too, not only at the
+            # next user call)
+            if changes or self.store.pending or self.store.replica_error:
                 self.front.save_if_current(live, gen)
         except RpcError:
             return

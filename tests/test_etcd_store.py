@@ -59,6 +59,7 @@ from tests.etcd_cluster import EtcdCluster
 from tests.phoenix_tools import BIN, drop_region, phoenix
 from tests.support import rich_config, supervised
 from tests.target_fixture import free_port
+from tests.waiting import wait_for
 
 NQN = "nqn.2016-06.io.phx:etcd"
 HOST = "nqn.2016-06.io.phx:host"
@@ -326,7 +327,7 @@ def test_every_acknowledged_call_is_in_etcd_across_a_member_kill(
 def test_a_failed_commit_is_an_error_for_the_client_and_etcd_catches_up(
         cluster: EtcdCluster, keys: GroupKeys, tmp_path: Path) -> None:
     store = group_store(cluster, keys)
-    with supervised(tmp_path, cluster_store=store) as sup, \
+    with supervised(tmp_path, cluster_store=store, drift_interval=0.3) as sup, \
             RpcClient.connect(str(tmp_path / "public.sock")) as c:
         rn.nvmf_create_subsystem(c, f"{NQN}:a")
         store.fence = lambda: [compare(keys.owner, "VALUE", b"nobody")]   # not the owner
@@ -338,10 +339,12 @@ def test_a_failed_commit_is_an_error_for_the_client_and_etcd_catches_up(
         assert "not the owner" in c.call("phoenix_status")["store"]["behind"]
         assert f"{NQN}:b" not in group_store(cluster, keys).load().state.subsystems
         store.fence = lambda: []
-        rn.nvmf_subsystem_add_host(c, f"{NQN}:a", f"{HOST}a")   # commits the whole state
+        # the periodic check commits the whole state: etcd catches up without a call
+        wait_for(lambda: sup.store.replica_error == "", timeout=10, what="caught up")
+        assert f"{NQN}:b" in group_store(cluster, keys).load().state.subsystems
+        rn.nvmf_subsystem_add_host(c, f"{NQN}:a", f"{HOST}a")   # a change again
         status = c.call("phoenix_status")["store"]
-        assert status["behind"] == "" and status["seq"] == status["base"]
-        assert sup.store.replica_error == ""
+        assert status["behind"] == "" and status["seq"] == status["base"] + 1
     got = group_store(cluster, keys).load().state
     assert {f"{NQN}:a", f"{NQN}:b"} <= set(got.subsystems)
     assert f"{HOST}a" in got.subsystems[f"{NQN}:a"].hosts
