@@ -262,6 +262,16 @@ def test_follow_returns_the_new_load_or_none(cluster: EtcdCluster, keys: GroupKe
     got = b.follow(seen.revision, timeout=5)
     assert got is not None and got.seq == 2
     assert "nqn.watched" in got.state.subsystems[NQN].hosts
+    # etcd compacted the revision a follower waits from away: its watch is cancelled,
+    # and the change is still found (by the read that ends a quiet wait)
+    a.commit_change(add_host("nqn.compacted"))
+    rev = c.get(keys.head).mod_revision
+    r = requests.post(cluster.members[0].client_url + "/v3/kv/compaction",
+                      data=json.dumps({"revision": str(rev)}), timeout=5)
+    assert r.status_code == 200, r.text
+    got = b.follow(seen.revision, timeout=1)
+    assert got is not None and got.seq == 3
+    assert "nqn.compacted" in got.state.subsystems[NQN].hosts
 
 
 # -- through a supervisor ------------------------------------------------------------------
