@@ -441,3 +441,12 @@ def test_an_unreachable_store_at_start_is_a_clear_error(tmp_path: Path) -> None:
     assert proc.returncode == 1
     assert "cannot start: cluster store http://127.0.0.1" in err and "no member" in err
     assert not (tmp_path / "priv.sock").exists()       # no target was started
+
+
+def test_store_usage_errors(tmp_path: Path) -> None:
+    base = ["supervise", "-s", str(tmp_path / "pub.sock"), "-d", str(tmp_path / "state")]
+    run = phoenix(*base, "--store", "http://127.0.0.1:2379/p")
+    assert run.returncode == 2 and "--store" in run.stderr and "etcd://" in run.stderr
+    run = phoenix(*base, "--store", "etcd://127.0.0.1:2379/p", "--standby")
+    assert run.returncode == 2 and "not supported" in run.stderr
+    assert not (tmp_path / "state").exists()
