@@ -186,6 +186,8 @@ class EtcdGroupStore:
         epoch = _value(kvs, keys.epoch)
         head_kv = kvs.get(keys.head)
         head = _value(kvs, keys.head) or {}
+        if not isinstance(epoch, (int, str, type(None))) or not str(epoch or 0).isdigit():
+            raise EtcdStoreError(f"{keys.epoch}: not an epoch ({epoch!r})")
         loaded = EtcdLoaded(None, 0, revision, head_kv.mod_revision if head_kv else 0,
                             int(epoch or 0), owner if isinstance(owner, dict) else None)
         if head_kv is None:
@@ -220,7 +222,8 @@ class EtcdGroupStore:
             ops.append(kvs[key].value)
             try:
                 changes.apply(state, json.loads(ops[-1])["ops"])
-            except (ValueError, KeyError, TypeError, changes.ModelMismatch) as exc:
+            except (ValueError, KeyError, TypeError, AttributeError,
+                    changes.ModelMismatch) as exc:
                 raise EtcdStoreError(f"{key}: change {s} does not apply ({exc!r})") from None
         loaded.state, loaded.seq, loaded.base, loaded.changes = state, seq, base, seq - base
         self._head = head

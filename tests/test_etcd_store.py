@@ -207,7 +207,15 @@ def test_a_damaged_key_is_named(cluster: EtcdCluster, keys: GroupKeys) -> None:
     c.put(keys.change(2), b"{not json")
     with pytest.raises(EtcdStoreError, match=keys.change(2)):
         EtcdGroupStore(c, keys).load()
+    c.put(keys.change(2), encode({"seq": 2, "ops": {"op": "host"}}))
+    with pytest.raises(EtcdStoreError, match=keys.change(2)):
+        EtcdGroupStore(c, keys).load()
     c.put(keys.change(2), encode({"seq": 2, "ops": add_host("y")}))
+    c.put(keys.epoch, b'"x"')
+    with pytest.raises(EtcdStoreError, match=keys.epoch):
+        EtcdGroupStore(c, keys).load()
+    c.put(keys.epoch, b"3")
+    assert EtcdGroupStore(c, keys).load().epoch == 3
     chunk = keys.state_chunk(1, 0, a.tag)
     c.put(chunk, b"\x78\x9cnot zlib")
     with pytest.raises(EtcdStoreError, match=chunk):
