@@ -5,10 +5,9 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
-from itertools import count
+from itertools import count, pairwise
 
 import pytest
-from nvmf_phoenix.model import DISCOVERY_NQN, ListenAddress, Referral, TargetState
 from nvmf_phoenix.persist.etcd import Endpoints, EtcdClient
 from nvmf_phoenix.persist.etcd_keys import ClusterKeys, decode
 from nvmf_phoenix.recovery.ownership import ClusterFull, NodeLease, Ownership
@@ -25,6 +24,7 @@ from nvmf_phoenix.recovery.pair_view import (
     to_logical,
 )
 
+from nvmf_phoenix.model import DISCOVERY_NQN, ListenAddress, Referral, TargetState
 from tests.cut_proxy import CutProxy
 from tests.etcd_cluster import EtcdCluster
 from tests.waiting import wait_for
@@ -65,7 +65,7 @@ def _layout() -> ClusterLayout:
 def test_slot_ranges_are_disjoint_and_cover() -> None:
     ranges = [slot_range(i) for i in range(4)]
     assert ranges[0][0] == 1 and ranges[-1][1] == 0xFFEF
-    for (_, hi), (lo, _) in zip(ranges, ranges[1:], strict=False):
+    for (_, hi), (lo, _) in pairwise(ranges):
         assert lo == hi + 1
     with pytest.raises(ValueError):
         slot_range(4)
@@ -141,7 +141,10 @@ def test_lease_registers_and_owner_is_exclusive(etcd: EtcdCluster) -> None:
         results: list[bool] = []
         threads = [threading.Thread(target=lambda o=o: results.append(o.try_acquire()))
                    for o in (oa, ob)]
-        [t.start() for t in threads], [t.join() for t in threads]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
         assert sorted(results) == [False, True]
         winner, loser = (oa, ob) if oa.epoch else (ob, oa)
         assert winner.owner() == {"node": winner.node, "epoch": 1}
