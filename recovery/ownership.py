@@ -76,6 +76,7 @@ class NodeLease:
         self.client = EtcdClient(client.urls, timeout=self.ttl / 4)
         self.admin = client
         self.on_fence, self.on_unfence, self.on_rejoin = on_fence, on_unfence, on_rejoin
+        self.extra: dict[str, Any] = {}     # more facts in the registration (group, role)
         self.id = 0
         self.slot = -1
         self.since = 0.0
@@ -139,12 +140,17 @@ class NodeLease:
         sent = time.monotonic()
         lease = self.admin.lease_grant(self.ttl)
         self.since = time.time()
-        self.admin.put(self.keys.node(self.node), encode(
-            {"node": self.node, "address": self.address, "slot": self.slot,
-             "since": round(self.since, 3)}), lease=lease)
         with self._cond:
             self.id = lease
             self._extended(sent)
+        self.register()
+
+    def register(self, **extra: Any) -> None:
+        """(Re)write ``nodes/<node>`` under the lease, with ``extra`` facts kept."""
+        self.extra.update(extra)
+        self.admin.put(self.keys.node(self.node), encode(
+            {**self.extra, "node": self.node, "address": self.address, "slot": self.slot,
+             "since": round(self.since, 3)}), lease=self.id)
 
     # -- the fencing clock ---------------------------------------------------------------
     def _extended(self, sent: float) -> None:
