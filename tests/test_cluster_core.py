@@ -17,6 +17,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from functools import partial
 from itertools import count
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from nvmf_phoenix.initiator.multipath import MultipathHost
 from nvmf_phoenix.persist.etcd import Endpoints, EtcdClient
 from nvmf_phoenix.plugin.cli_cluster import cluster_status
 from nvmf_phoenix.recovery.pair_view import slot_range
+from nvmf_phoenix.recovery.process import socket_owner
 from nvmf_phoenix.rpc import RpcClient, RpcError
 from nvmf_phoenix.rpc import bdev as rb
 from nvmf_phoenix.rpc import nvmf as rn
@@ -112,10 +114,8 @@ class Node:
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                pass
         self.kill()
 
 
@@ -162,6 +162,20 @@ def has_subsystem(node: Node) -> bool:
         return False
 
 
+def follows(node: Node) -> bool:
+    return has_subsystem(node) and node.ana() == {"non_optimized"}
+
+
+def refers_to(node: Node, want: list[str]) -> bool:
+    return sorted(r["address"]["traddr"]
+                  for r in node.call("nvmf_discovery_get_referrals")) == want
+
+
+def has_hosts(node: Node, want: list[str]) -> bool:
+    return [h["nqn"] for s in node.call("nvmf_get_subsystems") if s["nqn"] == NQN
+            for h in s["hosts"]] == want
+
+
 def first_owner(nodes: list[Node]) -> None:
     nodes[0].start()
     wait_for(lambda: nodes[0].role() == "owner", timeout=10, what="the first node owns")
@@ -177,8 +191,7 @@ def test_owner_standbys_identities_refusal_and_status(tmp_path: Path,
         first_owner(nodes)
         configure(nodes[0], tmp_path / "disk.img", port, disc)
         for node in nodes[1:]:
-            wait_for(lambda node=node: has_subsystem(node) and node.ana() ==
-                     {"non_optimized"}, timeout=10, what=f"{node.name} follows")
+            wait_for(partial(follows, node), timeout=10, what=f"{node.name} follows")
         ids = {n.name: identities(n) for n in nodes}
         ranges = {name: i.pop("cntlid") for name, i in ids.items()}
         assert ids["n1"] == ids["n2"] == ids["n3"] and ids["n1"]["uuid"] == UUID
@@ -188,17 +201,15 @@ def test_owner_standbys_identities_refusal_and_status(tmp_path: Path,
             (ls,) = node.call("nvmf_subsystem_get_listeners", {"nqn": NQN})
             assert ls["address"]["traddr"] == node.address
             want = sorted(n.address for n in nodes if n is not node)
-            wait_for(lambda node=node, want=want: sorted(
-                r["address"]["traddr"] for r in node.call("nvmf_discovery_get_referrals"))
-                == want, timeout=10, what=f"{node.name} refers to the other nodes")
+            wait_for(partial(refers_to, node, want), timeout=10,
+                     what=f"{node.name} refers to the other nodes")
         # a later change reaches the standbys too
         nodes[0].call("nvmf_subsystem_add_host", {"nqn": NQN, "host": H1},
                       public=True)
         for node in nodes[1:]:
-            wait_for(lambda node=node: [h["nqn"] for s in node.call("nvmf_get_subsystems")
-                                        if s["nqn"] == NQN for h in s["hosts"]] ==
-                     [H1], timeout=10, what=f"{node.name} has the host")
-        with pytest.raises(RpcError, match="n1 at 127.0.0.11"):
+            wait_for(partial(has_hosts, node, [H1]), timeout=10,
+                     what=f"{node.name} has the host")
+        with pytest.raises(RpcError, match=r"n1 at 127\.0\.0\.11"):
             nodes[1].call("nvmf_subsystem_add_host", {"nqn": NQN, "host": H2},
                           public=True)
         st = nodes[1].status()
@@ -308,3 +319,25 @@ def test_cut_from_etcd_fences_before_the_lease_expires(tmp_path: Path,
     finally:
         for p in proxies:
             p.close()
+
+
+def test_owner_target_death_hands_the_group_over(tmp_path: Path, etcd: EtcdCluster) -> None:
+    """Only the owner's target dies (its supervisor lives): the node resigns at once, so
+    a peer is optimized after one etcd round trip rather than after the lease or the
+    target's restart; the node comes back as standby."""
+    port, disc = free_port(), free_port()
+    with cluster(tmp_path, etcd, 2) as (nodes, _url):
+        first_owner(nodes)
+        configure(nodes[0], tmp_path / "disk.img", port, disc)
+        wait_for(partial(follows, nodes[1]), timeout=10, what="the standby follows")
+        killed_at = time.monotonic()
+        os.kill(socket_owner(nodes[0].target), signal.SIGKILL)
+        wait_for(lambda: nodes[1].ana() == {"optimized"}, timeout=5,
+                 what="the peer optimized")
+        took = time.monotonic() - killed_at
+        print(f"owner's target death -> peer optimized: {took * 1e3:.0f} ms")
+        assert took < 1.0
+        assert nodes[1].status()["epoch"] == 2
+        wait_for(lambda: nodes[0].role() == "standby" and nodes[0].ana() ==
+                 {"non_optimized"}, timeout=15, what="the node back as standby")
+        assert nodes[0].status()["resigned"] == 1
