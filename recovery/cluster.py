@@ -198,7 +198,7 @@ class ClusterNode:
 
     # -- the state machine: follow, take over --------------------------------------------
     def _follow_loop(self) -> None:
-        revision = 0
+        revision, idle = 0, 0
         while not self._stop.is_set():
             try:
                 if self.role == OWNER:
@@ -213,8 +213,13 @@ class ClusterNode:
                 got = self.etcd.load() if not revision else \
                     self.etcd.follow(revision, timeout=1.0)
                 if got is None:
+                    # A watch that cannot start (its revision compacted away) ends
+                    # quietly: now and then read the whole group again.
+                    idle += 1
+                    if idle >= 10:
+                        revision, idle = 0, 0
                     continue
-                revision = got.revision
+                revision, idle = got.revision, 0
                 self.owner = got.owner
                 if got.owner is None:
                     self._take_over()
