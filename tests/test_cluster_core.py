@@ -229,6 +229,8 @@ def test_owner_loud_death_under_multipath_io(tmp_path: Path, etcd: EtcdCluster) 
         configure(nodes[0], tmp_path / "disk.img", port, disc)
         wait_for(lambda: nodes[1].ana() == {"non_optimized"}, timeout=10,
                  what="the standby follows")
+        wait_for(partial(refers_to, nodes[0], [nodes[1].address]), timeout=10,
+                 what="the owner's discovery refers to the standby")
         with MultipathHost.from_discovery(nodes[0].address, disc, subnqn=NQN,
                                           reconnect_delay=0.2) as mp:
             assert len(mp.paths()) == 2
