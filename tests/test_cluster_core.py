@@ -27,6 +27,7 @@ from nvmf_phoenix.initiator.connection import NvmeError
 from nvmf_phoenix.initiator.mpworkload import MultipathWorkload
 from nvmf_phoenix.initiator.multipath import MultipathHost
 from nvmf_phoenix.persist.etcd import Endpoints, EtcdClient
+from nvmf_phoenix.plugin import metrics
 from nvmf_phoenix.plugin.cli_cluster import cluster_status
 from nvmf_phoenix.recovery.pair_view import slot_range
 from nvmf_phoenix.recovery.process import socket_owner
@@ -220,6 +221,26 @@ def test_owner_standbys_identities_refusal_and_status(tmp_path: Path,
         assert (g["owner"], g["epoch"], g["standbys"], g["no_standby"]) == \
             ("n1", 1, ["n2", "n3"], False)
         assert all(n["alive"] and n["ttl_left"] >= 0 for n in doc["nodes"].values())
+        # a node's status and metrics
+        shown = subprocess.run([sys.executable, "-m", "nvmf_phoenix.plugin.cli", "status",
+                                "-s", nodes[1].public, "-d", str(nodes[1].dir / "state")],
+                               capture_output=True, text=True, timeout=30)
+        assert "node n2 (127.0.0.12, slot 1) is STANDBY for group g, epoch 1, owner n1 at " \
+            "127.0.0.11" in shown.stdout, shown.stdout + shown.stderr
+        listed = subprocess.run([sys.executable, "-m", "nvmf_phoenix.plugin.cli", "cluster",
+                                 "status", "--store", url], capture_output=True, text=True,
+                                timeout=30)
+        assert listed.returncode == 0 and "group g: owner n1, epoch 1" in listed.stdout, \
+            listed.stdout + listed.stderr
+        collector = metrics.PhoenixCollector(nodes[0].public, str(nodes[0].dir / "state"))
+        samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+                   for m in collector.collect() for s in m.samples}
+        assert samples[("nvmf_phoenix_cluster_role", (("group", "g"), ("node", "n1"),
+                                                      ("role", "owner")))] == 1
+        assert samples[("nvmf_phoenix_cluster_epoch", (("group", "g"),))] == 1
+        assert samples[("nvmf_phoenix_cluster_fenced", ())] == 0
+        assert samples[("nvmf_phoenix_cluster_takeovers_total", ())] == 1
+        assert 0 < samples[("nvmf_phoenix_cluster_lease_ttl_seconds", ())] <= TTL
 
 
 def test_owner_loud_death_under_multipath_io(tmp_path: Path, etcd: EtcdCluster) -> None:
@@ -343,3 +364,32 @@ def test_owner_target_death_hands_the_group_over(tmp_path: Path, etcd: EtcdClust
         wait_for(lambda: nodes[0].role() == "standby" and nodes[0].ana() ==
                  {"non_optimized"}, timeout=15, what="the node back as standby")
         assert nodes[0].status()["resigned"] == 1
+
+
+def test_a_standby_cut_from_etcd_fences_and_catches_up(tmp_path: Path,
+                                                      etcd: EtcdCluster) -> None:
+    """A standby that cannot reach etcd may hold a stale configuration: it goes
+    inaccessible, and when etcd answers again it is standby again with what changed."""
+    port, disc = free_port(), free_port()
+    proxies = [CutProxy(("127.0.0.1", m.client_port)) for m in etcd.members]
+    try:
+        prefix = f"cutsb{os.getpid()}x{next(_prefixes)}"
+        via = f"etcd://{','.join(p.address for p in proxies)}/{prefix}"
+        with cluster(tmp_path, etcd, 2, stores={1: via}, prefix=prefix) as (nodes, _):
+            first_owner(nodes)
+            configure(nodes[0], tmp_path / "disk.img", port, disc)
+            wait_for(partial(follows, nodes[1]), timeout=10, what="the standby follows")
+            for p in proxies:
+                p.cut()
+            wait_for(lambda: nodes[1].ana() == {"inaccessible"}, timeout=TTL,
+                     what="the standby fenced")
+            nodes[0].call("nvmf_subsystem_add_host", {"nqn": NQN, "host": H1}, public=True)
+            assert nodes[0].ana() == {"optimized"} and nodes[0].status()["epoch"] == 1
+            for p in proxies:
+                p.restore()
+            wait_for(lambda: follows(nodes[1]) and has_hosts(nodes[1], [H1]), timeout=10,
+                     what="the standby back, caught up")
+            assert nodes[1].role() == "standby"
+    finally:
+        for p in proxies:
+            p.close()
