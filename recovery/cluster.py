@@ -53,8 +53,10 @@ from nvmf_phoenix.recovery.pair_view import (
     ClusterLayout,
     NodePlace,
     PairRefusal,
+    fence_calls,
     for_member,
     member_view,
+    referral_calls,
     to_logical,
 )
 from nvmf_phoenix.recovery.planner import plan
@@ -171,7 +173,8 @@ class ClusterNode:
         else:
             m.launch(self._stop).close()
         self.store.save(logical, durable=False)
-        desired = self._view(logical, STANDBY)
+        # A target restarted while fenced comes back fenced: it must not offer a path.
+        desired = self._view(logical, FENCED if self.lease.fenced else STANDBY)
         with m.client() as c:
             report = restore(c, desired, prune=True)
         if not report.ok:
@@ -336,10 +339,7 @@ class ClusterNode:
             self._make_inaccessible(capture_config(c))
 
     def _make_inaccessible(self, state: TargetState | None) -> None:
-        calls = [("nvmf_subsystem_listener_set_ana_state",
-                  {"nqn": nqn, "listen_address": addr.to_dict(), "ana_state": "inaccessible"})
-                 for nqn, sub in (state.subsystems.items() if state else [])
-                 if not sub.is_discovery and sub.ana_reporting for addr in sub.listeners]
+        calls = fence_calls(state)
         if not calls:
             return
         try:
@@ -413,10 +413,7 @@ class ClusterNode:
         referrals to the other nodes' discovery services, which follow the nodes."""
         desired = self._view(logical, self.role)
         had = self.member.applied.referrals if self.member.applied is not None else []
-        calls = [("nvmf_discovery_add_referral", r.to_create_params())
-                 for r in desired.referrals if r not in had] + \
-                [("nvmf_discovery_remove_referral", r.to_create_params())
-                 for r in had if r not in desired.referrals]
+        calls = referral_calls(had, desired.referrals)
         self.member.applied = desired
         if calls and self.member.state == "ready":
             try:
@@ -473,12 +470,16 @@ class ClusterNode:
         while not self._stop.is_set():
             try:
                 with self._lock:
-                    loaded = self.etcd.load()
+                    try:
+                        logical = self.etcd.load().state
+                    except (EtcdError, EtcdStoreError) as exc:    # fenced, surely
+                        log.warning("node %s: restoring from the local checkpoint: %s",
+                                    self.node, exc)
+                        logical = None
                     self.member.proc = None
-                    self._bring_up(loaded.state or self.store.current or
-                                   TargetState.empty())
+                    self._bring_up(logical or self.store.current or TargetState.empty())
                 break
-            except (EtcdError, EtcdStoreError, RpcError, OSError) as exc:
+            except (RpcError, OSError) as exc:
                 self.status.last_error = f"restart failed: {exc}"
                 log.error("node %s: %s", self.node, self.status.last_error)
                 self.member.end(planned=False)
