@@ -241,13 +241,14 @@ class ClusterNode:
                 return
             logical = loaded.state or TargetState.empty()
             desired = self._view(logical, STANDBY)
-            steps = plan(desired, self.member.applied or TargetState.empty(), prune=True)
-            if steps.calls:
-                with self.member.client() as c:
-                    report = execute(c, steps)
-                if not report.ok:
-                    raise RpcError(-32603, "standby apply: " + "; ".join(
-                        str(f) for f in report.failures))
+            with self.member.client() as c:
+                # Against what it was given; after a failure, against what it holds.
+                had = self.member.applied or capture_config(c)
+                self.member.applied = None
+                report = execute(c, plan(desired, had, prune=True))
+            if not report.ok:
+                raise RpcError(-32603, "standby apply: " + "; ".join(
+                    str(f) for f in report.failures))
             self.member.applied = desired
             if self.role == FENCED:        # fenced while this ran: undo what it set
                 self._make_inaccessible(desired)
@@ -270,8 +271,9 @@ class ClusterNode:
                     self.etcd.commit_state(logical)
                 desired = self._view(logical, OWNER)
                 with self.member.client() as c:
-                    report = execute(c, plan(desired, self.member.applied or
-                                             TargetState.empty(), prune=True))
+                    # Against what it holds, not what it was given: whatever is served
+                    # optimized from now on must be exactly the committed state.
+                    report = execute(c, plan(desired, capture_config(c), prune=True))
                 if not report.ok:
                     raise RpcError(-32603, "; ".join(str(f) for f in report.failures))
             except (EtcdError, EtcdStoreError, RpcError, OSError) as exc:
@@ -381,6 +383,11 @@ class ClusterNode:
             raise RpcError(-1, f"Operation not permitted: {exc}", method) from None
 
     def refusal(self) -> str:
+        if self.role == FENCED:
+            return (f"node {self.node} is fenced for group {self.group}: it could not "
+                    "renew its lease in etcd in time, serves no path and takes no "
+                    "configuration until etcd answers again (another node may own the "
+                    "group by then)")
         owner = (self.owner or {}).get("node")
         place = self.layout.nodes.get(owner) if owner else None
         where = f"node {owner} at {place.address if place else 'an unknown address'}" \

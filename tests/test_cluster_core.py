@@ -164,7 +164,10 @@ def has_subsystem(node: Node) -> bool:
 
 
 def follows(node: Node) -> bool:
-    return has_subsystem(node) and node.ana() == {"non_optimized"}
+    """The whole configuration reached the standby (the discovery listener is the
+    last call of configure())."""
+    return has_subsystem(node) and node.ana() == {"non_optimized"} and \
+        bool(node.call("nvmf_subsystem_get_listeners", {"nqn": DISCOVERY_NQN}))
 
 
 def refers_to(node: Node, want: list[str]) -> bool:
@@ -248,8 +251,7 @@ def test_owner_loud_death_under_multipath_io(tmp_path: Path, etcd: EtcdCluster) 
     with cluster(tmp_path, etcd, 2) as (nodes, _url):
         first_owner(nodes)
         configure(nodes[0], tmp_path / "disk.img", port, disc)
-        wait_for(lambda: nodes[1].ana() == {"non_optimized"}, timeout=10,
-                 what="the standby follows")
+        wait_for(partial(follows, nodes[1]), timeout=10, what="the standby follows")
         wait_for(partial(refers_to, nodes[0], [nodes[1].address]), timeout=10,
                  what="the owner's discovery refers to the standby")
         with MultipathHost.from_discovery(nodes[0].address, disc, subnqn=NQN,
@@ -305,8 +307,7 @@ def test_cut_from_etcd_fences_before_the_lease_expires(tmp_path: Path,
         with cluster(tmp_path, etcd, 2, stores={0: via}, prefix=prefix) as (nodes, _):
             first_owner(nodes)
             configure(nodes[0], image, port, disc)
-            wait_for(lambda: nodes[1].ana() == {"non_optimized"}, timeout=10,
-                     what="the standby follows")
+            wait_for(partial(follows, nodes[1]), timeout=10, what="the standby follows")
             ep = Endpoints.parse(etcd.url(prefix))
             direct = EtcdClient(ep.urls)
             node_key = f"{prefix}/nodes/n1"
