@@ -241,14 +241,17 @@ class ClusterNode:
                 return
             logical = loaded.state or TargetState.empty()
             desired = self._view(logical, STANDBY)
-            with self.member.client() as c:
-                # Against what it was given; after a failure, against what it holds.
-                had = self.member.applied or capture_config(c)
+            try:
+                with self.member.client() as c:
+                    # Against what it was given; after a failure, against what it holds.
+                    had = self.member.applied or capture_config(c)
+                    report = execute(c, plan(desired, had, prune=True))
+                if not report.ok:
+                    raise RpcError(-32603, "standby apply: " + "; ".join(
+                        str(f) for f in report.failures))
+            except (RpcError, OSError):
                 self.member.applied = None
-                report = execute(c, plan(desired, had, prune=True))
-            if not report.ok:
-                raise RpcError(-32603, "standby apply: " + "; ".join(
-                    str(f) for f in report.failures))
+                raise
             self.member.applied = desired
             if self.role == FENCED:        # fenced while this ran: undo what it set
                 self._make_inaccessible(desired)
