@@ -272,6 +272,9 @@ class ClusterNode:
                 if logical is None:        # a new cluster: our checkpoint, or nothing
                     logical = self.store.current or TargetState.empty()
                     self.etcd.commit_state(logical)
+                # The front checkpoints from it as soon as we are owner (etcd is the
+                # durable copy: no fsync on the way to optimized).
+                self.store.save(logical, durable=False)
                 desired = self._view(logical, OWNER)
                 with self.member.client() as c:
                     # Against what it holds, not what it was given: whatever is served
@@ -285,7 +288,6 @@ class ClusterNode:
                 with contextlib.suppress(EtcdError):
                     self.ownership.resign()
                 raise
-            self.store.save(logical)
             self.member.applied = desired
             self.owner = {"node": self.node, "epoch": self.ownership.epoch}
             self.status.takeovers += 1

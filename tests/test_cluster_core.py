@@ -271,6 +271,7 @@ def test_owner_loud_death_under_multipath_io(tmp_path: Path, etcd: EtcdCluster) 
                          what="I/O goes on through the standby's path")
                 wait_for(lambda: nodes[1].ana() == {"optimized"}, timeout=TTL + 5,
                          what="the peer optimized")
+                wait_for(lambda: nodes[1].role() == "owner", timeout=5, what="peer owner")
                 took = time.monotonic() - killed_at
                 print(f"owner loud death -> peer optimized: {took * 1e3:.0f} ms "
                       f"(lease ttl {TTL} s)")
@@ -329,8 +330,8 @@ def test_cut_from_etcd_fences_before_the_lease_expires(tmp_path: Path,
                 assert f.read(4096) == b"A" * 4096
                 f.seek(20 * 4096)
                 assert f.read(4096) != b"B" * 4096, "a fenced node wrote"
-            wait_for(lambda: nodes[1].ana() == {"optimized"}, timeout=TTL + 5,
-                     what="n2 takes over")
+            wait_for(lambda: nodes[1].ana() == {"optimized"} and
+                     nodes[1].role() == "owner", timeout=TTL + 5, what="n2 takes over")
             assert nodes[1].status()["epoch"] == 2
             with pytest.raises(RpcError, match="fenced"):
                 nodes[0].call("nvmf_subsystem_add_host", {"nqn": NQN, "host": H2},
@@ -361,6 +362,7 @@ def test_owner_target_death_hands_the_group_over(tmp_path: Path, etcd: EtcdClust
         took = time.monotonic() - killed_at
         print(f"owner's target death -> peer optimized: {took * 1e3:.0f} ms")
         assert took < 1.0
+        wait_for(lambda: nodes[1].role() == "owner", timeout=5, what="peer owner")
         assert nodes[1].status()["epoch"] == 2
         wait_for(lambda: nodes[0].role() == "standby" and nodes[0].ana() ==
                  {"non_optimized"}, timeout=15, what="the node back as standby")
