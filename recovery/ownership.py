@@ -196,8 +196,10 @@ class NodeLease:
             if ttl > 0:
                 with self._cond:
                     self._extended(sent)
-                    was = self.fenced
-                    self.fenced = False
+                    # An answer that came too late to extend past now changes nothing.
+                    was = self.fenced and self.safe_until > time.monotonic()
+                    if was:
+                        self.fenced = False
                 if was:
                     log.warning("node %s: lease renewed again: unfencing", self.node)
                     self.on_unfence()
