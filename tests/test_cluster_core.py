@@ -248,7 +248,7 @@ def test_owner_standbys_identities_refusal_and_status(tmp_path: Path,
 
 def test_owner_loud_death_under_multipath_io(tmp_path: Path, etcd: EtcdCluster) -> None:
     port, disc = free_port(), free_port()
-    with cluster(tmp_path, etcd, 2) as (nodes, _url):
+    with cluster(tmp_path, etcd, 2) as (nodes, url):
         first_owner(nodes)
         configure(nodes[0], tmp_path / "disk.img", port, disc)
         wait_for(partial(follows, nodes[1]), timeout=10, what="the standby follows")
@@ -278,10 +278,15 @@ def test_owner_loud_death_under_multipath_io(tmp_path: Path, etcd: EtcdCluster) 
                 assert took < TTL + 2.0
                 st = nodes[1].status()
                 assert (st["role"], st["epoch"], st["takeovers"]) == ("owner", 2, 1)
+                ep = Endpoints.parse(url)
+                doc = cluster_status(EtcdClient(ep.urls), ep.prefix)
+                assert not doc["nodes"]["n1"]["alive"] and doc["groups"]["g"]["no_standby"]
                 nodes[0].start()
                 assert nodes[0].role() == "standby"
                 wait_for(lambda: nodes[0].ana() == {"non_optimized"}, timeout=10,
                          what="the dead node back as standby")
+                doc = cluster_status(EtcdClient(ep.urls), ep.prefix)
+                assert doc["groups"]["g"]["standbys"] == ["n1"]
                 wait_for(lambda: all(p["live"] for p in mp.paths()), timeout=15,
                          what="both paths live again")
                 before = wl.stats.completed
