@@ -27,8 +27,10 @@ from nvmf_phoenix.initiator.connection import NvmeError
 from nvmf_phoenix.initiator.mpworkload import MultipathWorkload
 from nvmf_phoenix.initiator.multipath import MultipathHost
 from nvmf_phoenix.persist.etcd import Endpoints, EtcdClient
+from nvmf_phoenix.persist.etcd_keys import ClusterKeys
 from nvmf_phoenix.plugin import metrics
 from nvmf_phoenix.plugin.cli_cluster import cluster_status
+from nvmf_phoenix.recovery.etcd_store import EtcdGroupStore
 from nvmf_phoenix.recovery.pair_view import slot_range
 from nvmf_phoenix.recovery.process import socket_owner
 from nvmf_phoenix.rpc import RpcClient, RpcError
@@ -401,3 +403,21 @@ def test_a_standby_cut_from_etcd_fences_and_catches_up(tmp_path: Path,
     finally:
         for p in proxies:
             p.close()
+
+
+def test_first_node_of_an_empty_cluster_brings_its_local_checkpoint(
+        tmp_path: Path, etcd: EtcdCluster) -> None:
+    port, disc = free_port(), free_port()
+    with cluster(tmp_path, etcd, 1) as (nodes, _url):
+        first_owner(nodes)
+        configure(nodes[0], tmp_path / "disk.img", port, disc)
+        nodes[0].stop()
+        nodes[0].store = etcd.url(f"fresh{os.getpid()}x{next(_prefixes)}")
+        first_owner(nodes)          # a new, empty cluster: it owns what it had
+        assert has_subsystem(nodes[0]) and nodes[0].ana() == {"optimized"}
+        ep = Endpoints.parse(nodes[0].store)
+        doc = cluster_status(EtcdClient(ep.urls), ep.prefix)
+        assert doc["groups"]["g"]["owner"] == "n1" and doc["groups"]["g"]["seq"] >= 1
+        stored = EtcdGroupStore(EtcdClient(ep.urls), ClusterKeys(ep.prefix).group("g"))
+        state = stored.load().state
+        assert state is not None and NQN in state.subsystems
