@@ -87,7 +87,6 @@ class EtcdLoaded:
     owner: dict[str, Any] | None   # groups/<g>/owner value ({"node", "epoch"}) or None
     base: int = 0               # seq of the whole state the changes build on
     changes: int = 0            # changes replayed onto it
-    newest: int = 0             # the newest mod revision among the group's keys
 
 
 @dataclass
@@ -187,9 +186,10 @@ class EtcdGroupStore:
         epoch = _value(kvs, keys.epoch)
         head_kv = kvs.get(keys.head)
         head = _value(kvs, keys.head) or {}
+        if not isinstance(epoch, (int, str, type(None))) or not str(epoch or 0).isdigit():
+            raise EtcdStoreError(f"{keys.epoch}: not an epoch ({epoch!r})")
         loaded = EtcdLoaded(None, 0, revision, head_kv.mod_revision if head_kv else 0,
-                            int(epoch or 0), owner if isinstance(owner, dict) else None,
-                            newest=max((kv.mod_revision for kv in kvs.values()), default=0))
+                            int(epoch or 0), owner if isinstance(owner, dict) else None)
         if head_kv is None:
             return loaded, None
         try:
@@ -222,7 +222,8 @@ class EtcdGroupStore:
             ops.append(kvs[key].value)
             try:
                 changes.apply(state, json.loads(ops[-1])["ops"])
-            except (ValueError, KeyError, TypeError, changes.ModelMismatch) as exc:
+            except (ValueError, KeyError, TypeError, AttributeError,
+                    changes.ModelMismatch) as exc:
                 raise EtcdStoreError(f"{key}: change {s} does not apply ({exc!r})") from None
         loaded.state, loaded.seq, loaded.base, loaded.changes = state, seq, base, seq - base
         self._head = head
@@ -243,8 +244,9 @@ class EtcdGroupStore:
         and return the new load(); None when ``timeout`` passes first.
 
         A watch can miss what it was asked for (etcd compacted that revision away and
-        cancelled the watch, or the stream broke): so a timeout ends with one read, and
-        a key written after ``after_revision`` found there is returned as a change."""
+        cancelled the watch, or the stream broke): so a quiet wait ends with one small
+        read of the head, owner and epoch keys, and one written after ``after_revision``
+        is returned as a change."""
         deadline = time.monotonic() + timeout
         while (left := deadline - time.monotonic()) > 0:
             for _rev, _events in self.client.watch(
@@ -253,8 +255,13 @@ class EtcdGroupStore:
                 return self.load()
             # the stream ended early (a member went away): watch again, not in a spin
             time.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
-        loaded = self.load()
-        return loaded if loaded.newest > after_revision else None
+        try:
+            res = self.client.txn([], [range_op(k) for k in (self.keys.head, self.keys.owner,
+                                                             self.keys.epoch)])
+        except EtcdError as exc:
+            raise _store_error(exc, "read") from exc
+        newest = max((kv.mod_revision for i in range(3) for kv in res.kvs(i)), default=0)
+        return self.load() if newest > after_revision else None
 
     # -- writing -----------------------------------------------------------------------
     def commit_change(self, ops: list[changes.Op]) -> int:

@@ -298,7 +298,8 @@ class Front:
                     if not self._serving(gen):
                         raise RpcConnectionError("target restarted before the change "
                                                  "was journaled")
-                    self.store.record(intent, ops)
+                    self.store.record(intent, ops, replicate=False)
+                self.store.replicate(ops)     # (outside the lock: see save_if_current)
                 self.stats["changes"] += 1
                 return
             except RpcConnectionError:
@@ -387,7 +388,10 @@ class Front:
         with self.store.lock:
             if not self._serving(gen):
                 raise RpcConnectionError("target restarted before the checkpoint was saved")
-            self.store.save(state, durable=durable)
+            self.store.save(state, durable=durable, replicate=False)
+        # The cluster store's commit waits for a network quorum: a restart (which loads
+        # the local checkpoint under the lock) must not wait for it.
+        self.store.replicate(None)
 
 
 class _Dispatch:

@@ -231,10 +231,14 @@ class CheckpointStore:
     def region_path(self) -> str | None:
         return shm.find(self.region_name, self.region_dir)
 
-    def save(self, state: TargetState, durable: bool = True) -> int:
+    def save(self, state: TargetState, durable: bool = True, replicate: bool = True) -> int:
+        """Save a whole state; with ``replicate``, commit it to the replica too (callers
+        that hold ``lock`` pass False and call :meth:`replicate` after releasing it, so
+        a slow replica never delays a restart's load)."""
         with self.lock:
             seq = self._save(state, durable)
-            self._replicate(None)
+            if replicate:
+                self.replicate(None)
             return seq
 
     def _save(self, state: TargetState, durable: bool) -> int:
@@ -254,7 +258,7 @@ class CheckpointStore:
             self.journal.compact(self.snapshot_path, payload)
         return seq
 
-    def record(self, intent: int, ops: list[changes.Op]) -> int:
+    def record(self, intent: int, ops: list[changes.Op], replicate: bool = True) -> int:
         """Journal the change the call journaled as ``intent`` made, and apply it to
         ``current``. Written, not fsync'd: the caller's outcome record makes both durable
         with one fsync. Raises ModelMismatch, writing nothing, when the change does not
@@ -273,10 +277,11 @@ class CheckpointStore:
             self.pending += 1
             if self.pending >= MAX_CHANGES:     # (which also compacts a long journal)
                 self._save(self.current, durable=False)
-            self._replicate(ops)
+            if replicate:
+                self.replicate(ops)
             return seq
 
-    def _replicate(self, ops: list[changes.Op] | None) -> None:
+    def replicate(self, ops: list[changes.Op] | None) -> None:
         """Commit to the replica what was just written locally: the change ``ops``, or
         the whole state (``ops`` None, or the replica is behind)."""
         if self.replica is None or self.current is None:

@@ -207,7 +207,15 @@ def test_a_damaged_key_is_named(cluster: EtcdCluster, keys: GroupKeys) -> None:
     c.put(keys.change(2), b"{not json")
     with pytest.raises(EtcdStoreError, match=keys.change(2)):
         EtcdGroupStore(c, keys).load()
+    c.put(keys.change(2), encode({"seq": 2, "ops": {"op": "host"}}))
+    with pytest.raises(EtcdStoreError, match=keys.change(2)):
+        EtcdGroupStore(c, keys).load()
     c.put(keys.change(2), encode({"seq": 2, "ops": add_host("y")}))
+    c.put(keys.epoch, b'"x"')
+    with pytest.raises(EtcdStoreError, match=keys.epoch):
+        EtcdGroupStore(c, keys).load()
+    c.put(keys.epoch, b"3")
+    assert EtcdGroupStore(c, keys).load().epoch == 3
     chunk = keys.state_chunk(1, 0, a.tag)
     c.put(chunk, b"\x78\x9cnot zlib")
     with pytest.raises(EtcdStoreError, match=chunk):
@@ -441,3 +449,12 @@ def test_an_unreachable_store_at_start_is_a_clear_error(tmp_path: Path) -> None:
     assert proc.returncode == 1
     assert "cannot start: cluster store http://127.0.0.1" in err and "no member" in err
     assert not (tmp_path / "priv.sock").exists()       # no target was started
+
+
+def test_store_usage_errors(tmp_path: Path) -> None:
+    base = ["supervise", "-s", str(tmp_path / "pub.sock"), "-d", str(tmp_path / "state")]
+    run = phoenix(*base, "--store", "http://127.0.0.1:2379/p")
+    assert run.returncode == 2 and "--store" in run.stderr and "etcd://" in run.stderr
+    run = phoenix(*base, "--store", "etcd://127.0.0.1:2379/p", "--standby")
+    assert run.returncode == 2 and "not supported" in run.stderr
+    assert not (tmp_path / "state").exists()
