@@ -201,7 +201,7 @@ class ClusterNode:
 
     # -- the state machine: follow, take over --------------------------------------------
     def _follow_loop(self) -> None:
-        revision, idle = 0, 0
+        revision = 0
         while not self._stop.is_set():
             try:
                 if self.role == OWNER:
@@ -215,14 +215,9 @@ class ClusterNode:
                     continue
                 got = self.etcd.load() if not revision else \
                     self.etcd.follow(revision, timeout=1.0)
-                if got is None:
-                    # A watch that cannot start (its revision compacted away) ends
-                    # quietly: now and then read the whole group again.
-                    idle += 1
-                    if idle >= 10:
-                        revision, idle = 0, 0
+                if got is None:         # nothing new (follow looks once at the end)
                     continue
-                revision, idle = got.revision, 0
+                revision = got.revision
                 self.owner = got.owner
                 if got.owner is None:
                     self._take_over()
