@@ -341,6 +341,9 @@ class ClusterNode:
             self._make_inaccessible(capture_config(c))
 
     def _make_inaccessible(self, state: TargetState | None) -> None:
+        """Every listener of ``state`` (in this node's addresses) inaccessible, in one
+        pipelined round trip; a target that cannot be told is ended (it restarts
+        fenced). Calls the target refuses (a listener gone meanwhile) are no matter."""
         calls = fence_calls(state)
         if not calls:
             return
@@ -414,7 +417,7 @@ class ClusterNode:
             # and succeeded: the change is in the group's checkpoint (a peer taking over
             # loads it), so it is acknowledged; refusing it would tell the user a change
             # was not made that every later owner serves.
-            self._make_inaccessible(state)
+            self._make_inaccessible(self._view(state, FENCED))
             return
         with self._lock:
             self._sync_referrals(state)
