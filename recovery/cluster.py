@@ -320,6 +320,9 @@ class ClusterNode:
             live = capture_config(c)
             report = execute(c, plan(desired, live, prune=True))
         self.member.applied = desired
+        if role != FENCED and self.lease.fenced:    # the clock ran out again meanwhile
+            self.status.role = FENCED
+            self._make_inaccessible(desired)
         if not report.ok:
             log.warning("node %s: %s view incomplete: %s", self.node, role,
                         "; ".join(str(f) for f in report.failures))
