@@ -1,0 +1,109 @@
+"""Node deaths in a cluster of three storage nodes, under verified multipath I/O.
+
+The lab (tests/cluster_lab.py): three node namespaces with a data and a control network,
+an etcd member on each node's control address, one shared backing file, and a host
+namespace running the project's multipath initiator with verified I/O. The host is given
+every node's I/O address (one path per node); it does not depend on discovery referrals.
+
+``test_lab_*`` check the lab itself with plain targets (three embedded targets serving
+the same file with the same identities, no supervisor), so a failure there is the lab's,
+not the cluster's.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from nvmf_phoenix.persist.etcd import EtcdUnavailable
+
+from tests.cluster_lab import ClusterLab, plain_target_command, stall_after, written_pattern
+from tests.netlab import why_no_netns
+from tests.waiting import wait_for
+
+_reason = why_no_netns()
+pytestmark = pytest.mark.skipif(_reason is not None, reason=_reason or "")
+
+# Host timeouts: a silently dead path holds I/O up until a command on it passes
+# IO_TIMEOUT or a keep-alive goes unanswered (sent every KATO/2, waited CONNECT_TIMEOUT).
+KATO_MS, IO_TIMEOUT = 3000, 3.0
+HOST: dict[str, float | str] = {"kato_ms": KATO_MS, "io_timeout": IO_TIMEOUT,
+                                "connect_timeout": 1.0, "reconnect_delay": 0.5}
+
+
+@pytest.fixture
+def plain_lab(tmp_path: Path) -> Iterator[ClusterLab]:
+    lab = ClusterLab(tmp_path, command=plain_target_command)
+    try:
+        lab.start()
+        for k, node in lab.nodes.items():
+            lab.configure(node, cntlid=(k * 1000, k * 1000 + 999))
+        yield lab
+    finally:
+        lab.close()
+
+
+def _active(lab: ClusterLab, status: dict) -> int:
+    """The node whose path carried the most commands lately (the host's choice)."""
+    live = [p for p in status["paths"] if p["live"]]
+    best = max(live, key=lambda p: p["sent"])
+    return next(k for k, n in lab.nodes.items() if n.data_addr == best["address"]
+                .split(":")[0])
+
+
+def test_lab_etcd_across_namespaces_and_partition(plain_lab: ClusterLab) -> None:
+    lab = plain_lab
+    lab.client.put("phxlab/probe", "1")
+    lab.partition_from_etcd(1)
+    assert lab.etcd is not None
+    wait_for(lambda: not lab.etcd.healthy(0) if lab.etcd else False, timeout=10,
+             what="member 1 unreachable from the root namespace")
+    lab.client.put("phxlab/probe", "2")       # quorum: two members of three
+    kv = lab.client.get("phxlab/probe")
+    assert kv is not None and kv.value == b"2"
+    # Hosts still reach the node on the data network: a write through it is acknowledged.
+    ack = lab.host_write(lab.nodes[1], lba=10000, seed=5)
+    assert ack["acknowledged"], ack
+    assert lab.read_image(10000) == written_pattern(5)
+    lab.heal(1)
+    wait_for(lambda: lab.etcd.healthy(0) if lab.etcd else False, timeout=30,
+             what="member 1 back")
+    # Two members away: no quorum, writes refused.
+    lab.partition_from_etcd(2)
+    lab.partition_from_etcd(3)
+    lab.client.timeout = 1
+    with pytest.raises(EtcdUnavailable):
+        lab.client.put("phxlab/probe", "3")
+    lab.heal(2)
+    lab.heal(3)
+    wait_for(lambda: lab.client.put("phxlab/probe", "4"), timeout=30, what="quorum back")
+
+
+def test_lab_loud_and_silent_deaths_under_multipath_io(plain_lab: ClusterLab) -> None:
+    lab = plain_lab
+    host = lab.host_io(HOST)
+    try:
+        host.wait_flowing()
+        first = _active(lab, host.status() or {})
+        loud = lab.kill_node_loud(first)
+        assert not lab.alive(first)
+        host.wait_flowing(timeout=30)
+        second = _active(lab, host.status() or {})
+        assert second != first
+        silent = lab.kill_node_silent(second)
+        host.wait_flowing(timeout=30)
+        assert lab.alive(second), "a silent death leaves the processes running"
+        lab.reap(second)
+        lab.restart_node(first)
+        summary = host.stop()
+    finally:
+        host.kill()
+    assert summary["errors"] == 0 and summary["mismatches"] == 0, summary
+    assert summary["read_back_mismatches"] == 0
+    loud_stall = stall_after(summary, loud, silent)
+    silent_stall = stall_after(summary, silent)
+    print(f"lab self-test: stall after loud death {loud_stall * 1000:.0f} ms, after silent "
+          f"{silent_stall * 1000:.0f} ms")
+    assert loud_stall < 2.0
+    # Silent: found by the I/O timeout (or an unanswered keep-alive), not by a reset.
+    assert 0.5 < silent_stall <= IO_TIMEOUT + 1.0 + 1.0
