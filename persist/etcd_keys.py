@@ -9,12 +9,16 @@ Under the user's prefix (``--store etcd://HOSTS/PREFIX``)::
     PREFIX/groups/<group>/owner            {"node", "epoch"} under the owner node's lease:
                                            the one node that serves the group optimized
     PREFIX/groups/<group>/epoch            "<n>": grows by one on every change of owner
-    PREFIX/groups/<group>/head             {"seq", "base", "chunks"}: the newest committed
-                                           seq and the whole state it builds on; every
-                                           commit compares its mod revision (one writer wins)
-    PREFIX/groups/<group>/state/<base>/<i> chunk i of the whole state at seq ``base``
-                                           (zlib'd JSON; chunks keep each request under
-                                           etcd's 1.5 MiB request limit)
+    PREFIX/groups/<group>/head             {"seq", "base", "chunks", "tag"}: the newest
+                                           committed seq and the whole state it builds on;
+                                           every commit compares its mod revision (one
+                                           writer wins)
+    PREFIX/groups/<group>/state/<base>-<tag>/<i>
+                                           chunk i of the whole state at seq ``base``
+                                           written by the store tagged ``tag`` (zlib'd
+                                           JSON; chunks keep each request under etcd's
+                                           1.5 MiB request limit; the tag keeps two
+                                           writers of the same seq off each other's keys)
     PREFIX/groups/<group>/changes/<seq>    one acknowledged change (changes.py operations)
                                            after ``base``; seq zero-padded to 20 digits
 
@@ -80,11 +84,11 @@ class GroupKeys:
     def head(self) -> str:
         return f"{self.root}/head"
 
-    def state_chunk(self, base: int, i: int) -> str:
-        return f"{self.root}/state/{base:0{SEQ_DIGITS}d}/{i:06d}"
+    def state_chunk(self, base: int, i: int, tag: str = "") -> str:
+        return f"{self.state_of(base, tag)}{i:06d}"
 
-    def state_of(self, base: int) -> str:
-        return f"{self.root}/state/{base:0{SEQ_DIGITS}d}/"
+    def state_of(self, base: int, tag: str = "") -> str:
+        return f"{self.root}/state/{base:0{SEQ_DIGITS}d}{'-' + tag if tag else ''}/"
 
     @property
     def states(self) -> str:

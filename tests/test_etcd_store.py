@@ -1,0 +1,248 @@
+"""A group's checkpoint in etcd (recovery/etcd_store.py) against a real 3-member cluster.
+
+Each test uses its own key prefix in one module-wide cluster. What is checked: a rich
+state and its changes come back equal through another, independent store; one of two
+writers of the same read wins; a fence that fails refuses the commit; compaction and
+chunking keep the requests and the key count bounded; a damaged key is named.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from nvmf_phoenix.persist.etcd import (
+    Endpoints,
+    EtcdClient,
+    EtcdUnavailable,
+    TxnResult,
+    compare,
+)
+from nvmf_phoenix.persist.etcd_keys import ClusterKeys, GroupKeys, encode
+from nvmf_phoenix.recovery.etcd_store import (
+    EtcdGroupStore,
+    EtcdStoreError,
+    Fenced,
+    StoreConflict,
+    StoreUnavailable,
+)
+from nvmf_phoenix.recovery.store import MAX_CHANGES
+
+from nvmf_phoenix.model import (
+    Bdev,
+    Host,
+    Key,
+    ListenAddress,
+    Listener,
+    Namespace,
+    Referral,
+    StartupOptions,
+    Subsystem,
+    TargetState,
+    Transport,
+)
+from tests.etcd_cluster import EtcdCluster
+
+NQN = "nqn.2016-06.io.phx:etcd"
+_prefixes = itertools.count()
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[EtcdCluster]:
+    c = EtcdCluster(3)
+    yield c
+    c.close()
+
+
+@pytest.fixture
+def keys() -> GroupKeys:
+    """A prefix of its own for each test."""
+    return ClusterKeys(f"t{next(_prefixes)}-{uuid.uuid4().hex[:6]}").group("default")
+
+
+def client(c: EtcdCluster) -> EtcdClient:
+    return EtcdClient(Endpoints.parse(c.url("x")).urls)
+
+
+def rich_state() -> TargetState:
+    """Objects of every kind, optional fields set."""
+    st = TargetState.empty()
+    st.startup = StartupOptions(nvmf_config={"discovery_filter": "address"},
+                                max_subsystems=64, crdt={"crdt1": 5})
+    st.keys["k0"] = Key(name="k0", path="/keys/k0")
+    st.transports["TCP"] = Transport(trtype="TCP", options={"max_queue_depth": 64})
+    st.bdevs["m0"] = Bdev(name="m0", kind="malloc", uuid="9f1e4f0b-5ab8-4c43-9b1b-000000000001",
+                          block_size=4096, num_blocks=256, params={"md_size": 0})
+    st.bdevs["a0"] = Bdev(name="a0", kind="aio", uuid="9f1e4f0b-5ab8-4c43-9b1b-000000000002",
+                          block_size=512, num_blocks=0, filename="/dev/null",
+                          params={"readonly": True})
+    sub = Subsystem(nqn=NQN, serial_number="SN1", model_number="M1", max_namespaces=8,
+                    min_cntlid=3, max_cntlid=9, allow_any_host=False, ana_reporting=True)
+    sub.hosts["nqn.h1"] = Host(nqn="nqn.h1", psk="k0", dhchap_key="k0")
+    sub.namespaces[2] = Namespace(nsid=2, bdev_name="m0", uuid="0b5c7b44-0000-4000-8000-"
+                                  "000000000002", nguid="00112233445566778899AABBCCDDEEFF",
+                                  anagrpid=2, no_auto_visible=True, hosts=["nqn.h1"])
+    addr = ListenAddress.make("127.0.0.1", 4420)
+    sub.listeners[addr] = Listener(address=addr, ana_states={1: "optimized"})
+    st.subsystems[NQN] = sub
+    st.referrals.append(Referral(address=ListenAddress.make("10.0.0.9", 8009)))
+    return st
+
+
+def add_host(host: str) -> list[dict]:
+    return [{"op": "host", "nqn": NQN, "host": host, "value": {"nqn": host}}]
+
+
+def test_rich_state_and_changes_round_trip(cluster: EtcdCluster, keys: GroupKeys) -> None:
+    a = EtcdGroupStore(client(cluster), keys)
+    empty = a.load()
+    assert empty.state is None and empty.seq == 0 and empty.owner is None
+    st = rich_state()
+    assert a.commit_state(st) == 1
+    assert a.commit_change(add_host("nqn.h2")) == 2
+    st.subsystems[NQN].hosts["nqn.h2"] = Host(nqn="nqn.h2")
+    # a second, independent store (its own session) sees exactly that
+    got = EtcdGroupStore(client(cluster), keys).load()
+    assert got.state == st and got.seq == 2 and got.base == 1 and got.changes == 1
+    assert got.head_revision > 0 and got.revision >= got.head_revision
+
+
+def test_two_writers_of_one_read_exactly_one_wins(cluster: EtcdCluster,
+                                                  keys: GroupKeys) -> None:
+    a, b = EtcdGroupStore(client(cluster), keys), EtcdGroupStore(client(cluster), keys)
+    a.commit_state(rich_state())
+    a.load(), b.load()
+    assert a.commit_change(add_host("nqn.a")) == 2
+    with pytest.raises(StoreConflict):
+        b.commit_change(add_host("nqn.b"))
+    with pytest.raises(StoreConflict):       # a whole state compares the same head
+        b.commit_state(TargetState.empty())
+    hosts = EtcdGroupStore(client(cluster), keys).load().state.subsystems[NQN].hosts
+    assert "nqn.a" in hosts and "nqn.b" not in hosts
+    # b's refused whole state left no chunks behind
+    _, kvs = client(cluster).prefix(keys.states)
+    assert {kv.key.decode().rsplit("/", 2)[1] for kv in kvs} == {f"{1:020d}-{a.tag}"}
+    b.load()                                  # after a reload b writes on top of a
+    assert b.commit_change(add_host("nqn.b")) == 3
+
+
+def test_a_failed_fence_refuses_the_commit_and_names_the_owner(cluster: EtcdCluster,
+                                                               keys: GroupKeys) -> None:
+    c = client(cluster)
+    c.put(keys.owner, encode({"node": "n1", "epoch": 1}))
+    a = EtcdGroupStore(c, keys)
+    a.fence = lambda: [compare(keys.owner, "VALUE", encode({"node": "n1", "epoch": 1}))]
+    a.commit_state(rich_state())
+    c.put(keys.owner, encode({"node": "n2", "epoch": 2}))     # n2 took over
+    with pytest.raises(Fenced, match="'n2' at epoch 2"):
+        a.commit_change(add_host("nqn.late"))
+    c.delete(keys.owner)                                        # lease expired
+    with pytest.raises(Fenced, match="no owner"):
+        a.commit_state(TargetState.empty())
+    loaded = EtcdGroupStore(c, keys).load()
+    assert loaded.seq == 1 and "nqn.late" not in loaded.state.subsystems[NQN].hosts
+    assert [kv.key for kv in c.prefix(keys.states)[1]] == [keys.state_chunk(1, 0, a.tag)
+                                                            .encode()]
+
+
+def test_compaction_keeps_at_most_max_changes(cluster: EtcdCluster, keys: GroupKeys) -> None:
+    c = client(cluster)
+    a = EtcdGroupStore(c, keys)
+    st = rich_state()
+    a.commit_state(st)
+    for i in range(MAX_CHANGES + 5):
+        a.commit_change(add_host(f"nqn.h{i}"))
+        st.subsystems[NQN].hosts[f"nqn.h{i}"] = Host(nqn=f"nqn.h{i}")
+    got = EtcdGroupStore(c, keys).load()
+    assert got.state == st and got.seq == MAX_CHANGES + 6
+    assert got.base == MAX_CHANGES + 2 and got.changes == 4
+    assert len(c.prefix(keys.changes)[1]) <= MAX_CHANGES
+    assert len({kv.key.rsplit(b"/", 1)[0] for kv in c.prefix(keys.states)[1]}) == 1
+
+
+def test_a_large_state_is_chunked_and_round_trips(cluster: EtcdCluster,
+                                                  keys: GroupKeys) -> None:
+    st = TargetState.empty()
+    for s in range(120):
+        sub = Subsystem(nqn=f"{NQN}{s}", serial_number=f"SN{s}", max_namespaces=100)
+        for n in range(1, 101):
+            name = f"bdev-{s}-{n}"
+            st.bdevs[name] = Bdev(name=name, kind="malloc", uuid=str(uuid.uuid4()),
+                                  block_size=512, num_blocks=64)
+            sub.namespaces[n] = Namespace(nsid=n, bdev_name=name, uuid=str(uuid.uuid4()),
+                                          nguid=uuid.uuid4().hex.upper())
+        st.subsystems[sub.nqn] = sub
+    assert len(json.dumps(st.to_dict())) > 3 << 20
+    a = EtcdGroupStore(client(cluster), keys)
+    a.commit_state(st)
+    head = json.loads(client(cluster).get(keys.head).value)
+    assert head["chunks"] > 1
+    assert EtcdGroupStore(client(cluster), keys).load().state == st
+
+
+def test_a_damaged_key_is_named(cluster: EtcdCluster, keys: GroupKeys) -> None:
+    c = client(cluster)
+    a = EtcdGroupStore(c, keys)
+    a.commit_state(rich_state())
+    a.commit_change(add_host("nqn.x"))
+    c.put(keys.change(2), b"{not json")
+    with pytest.raises(EtcdStoreError, match=keys.change(2)):
+        EtcdGroupStore(c, keys).load()
+    c.put(keys.change(2), encode({"seq": 2, "ops": add_host("y")}))
+    chunk = keys.state_chunk(1, 0, a.tag)
+    c.put(chunk, b"\x78\x9cnot zlib")
+    with pytest.raises(EtcdStoreError, match=chunk):
+        EtcdGroupStore(c, keys).load()
+    c.delete(chunk)
+    with pytest.raises(EtcdStoreError, match=f"{chunk}: chunk 0 of 1"):
+        EtcdGroupStore(c, keys).load()
+    c.put(keys.head, b"[]")
+    with pytest.raises(EtcdStoreError, match=keys.head):
+        EtcdGroupStore(c, keys).load()
+
+
+class AnswerLost(EtcdClient):
+    """A real client whose next transaction is applied by etcd but answered as lost."""
+    lose_next = False
+
+    def txn(self, *args: Any, **kwargs: Any) -> TxnResult:
+        res = super().txn(*args, **kwargs)
+        if self.lose_next:
+            self.lose_next = False
+            raise EtcdUnavailable("etcd /v3/kv/txn: the answer was lost (test)")
+        return res
+
+
+def test_an_unanswered_commit_that_landed_is_not_a_conflict(cluster: EtcdCluster,
+                                                            keys: GroupKeys) -> None:
+    """etcd applied the txn but the answer was lost: the next commit finds its own
+    write there and goes on from it."""
+    c = AnswerLost(Endpoints.parse(cluster.url("x")).urls)
+    a = EtcdGroupStore(c, keys)
+    a.commit_state(rich_state())
+    c.lose_next = True
+    with pytest.raises(StoreUnavailable):
+        a.commit_change(add_host("nqn.lost-answer"))
+    assert a.commit_change(add_host("nqn.next")) == 3
+    c.lose_next = True
+    with pytest.raises(StoreUnavailable):
+        a.commit_state(rich_state())
+    assert a.commit_change(add_host("nqn.after-state")) == 5
+    got = EtcdGroupStore(c, keys).load()
+    assert got.base == 4 and set(got.state.subsystems[NQN].hosts) == {"nqn.h1",
+                                                                      "nqn.after-state"}
+
+
+def test_follow_returns_the_new_load_or_none(cluster: EtcdCluster, keys: GroupKeys) -> None:
+    c = client(cluster)
+    a, b = EtcdGroupStore(c, keys), EtcdGroupStore(client(cluster), keys)
+    a.commit_state(rich_state())
+    seen = b.load()
+    assert b.follow(seen.revision, timeout=0.5) is None
+    a.commit_change(add_host("nqn.watched"))
+    got = b.follow(seen.revision, timeout=5)
+    assert got is not None and got.seq == 2
+    assert "nqn.watched" in got.state.subsystems[NQN].hosts
