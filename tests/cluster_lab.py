@@ -169,7 +169,7 @@ class ClusterLab:
 
     def owner_node(self) -> Node:
         owner = self.wait_owner(lambda _o: True, what="a group owner in etcd")
-        return self.nodes[int(str(owner["node"]).removeprefix("n"))]
+        return self.nodes[node_number(owner)]
 
     def wait_owner(self, cond: Callable[[dict[str, Any]], bool], timeout: float = 30.0,
                    what: str = "owner") -> dict[str, Any]:
@@ -315,6 +315,34 @@ class ClusterLab:
         except (OSError, RpcError):
             return False
 
+    def roles(self) -> dict[int, str]:
+        """Each reachable node's ANA state on its own address ("" when it has none)."""
+        out = {}
+        for k, node in self.nodes.items():
+            try:
+                out[k] = self.ana_states(k).get(node.data_addr, "")
+            except (OSError, RpcError):
+                out[k] = ""
+        return out
+
+    def wait_roles(self, nodes: list[int] | None = None, timeout: float = 60.0) -> Node:
+        """Wait until etcd names an owner, the owner serves optimized on its address and
+        every other node of ``nodes`` (default: all) is its non_optimized standby;
+        returns the owner."""
+        want = nodes or list(self.nodes)
+
+        def settled() -> Node | None:
+            owner = self.owner()
+            if owner is None:
+                return None
+            k = node_number(owner)
+            roles = self.roles()
+            ok = roles.get(k) == "optimized" and all(
+                roles[j] == "non_optimized" for j in want if j != k)
+            return self.nodes[k] if ok else None
+        return wait_for(settled, timeout=timeout, interval=0.05,
+                        what=f"owner optimized and standbys non_optimized ({want})")
+
     def read_image(self, lba: int, blocks: int = 1) -> bytes:
         """What the shared file holds at ``lba`` (the backing store, not a target)."""
         with open(self.image, "rb") as f:
@@ -433,6 +461,11 @@ class HostIO:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(timeout=10)
+
+
+def node_number(owner: dict[str, Any]) -> int:
+    """k of an owner record naming node "nk"."""
+    return int(str(owner["node"]).removeprefix("n"))
 
 
 def stall_after(summary: dict[str, Any], at: float, until: float | None = None) -> float:

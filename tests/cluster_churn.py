@@ -1,0 +1,149 @@
+"""A client that keeps changing a cluster's configuration, and the check that none of
+what it was told was done got lost.
+
+Change ``i`` adds host ``host(i)`` to the lab's subsystem; each add is followed by the
+removal of the host added ``window`` changes before (if that add was acknowledged), so
+the configuration stays small however long the run. Every call goes to the public socket
+of the node etcd names as the owner, as a user's tooling would: a refusal (a standby's "not the owner", a node that is
+restoring) means the change was not made, so it is sent again, to whoever owns the group
+by then; a connection that breaks after the call was sent leaves the change *unknown*
+(it may or may not have been applied) and it is not resent. At the end, in the
+configuration as loaded from etcd: every acknowledged add whose host was not removed
+since must be there; every acknowledged remove must have stayed removed.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from nvmf_phoenix.persist.etcd import EtcdError
+from nvmf_phoenix.recovery.etcd_store import EtcdGroupStore
+from nvmf_phoenix.rpc import RpcClient, RpcError
+from nvmf_phoenix.rpc.errors import RpcConnectionError
+
+from tests.cluster_lab import GROUP, NQN, ClusterLab, node_number
+
+
+def host(i: int) -> str:
+    return f"nqn.2014-08.io.phx:churn-{i:06d}"
+
+
+@dataclass
+class ChurnLog:
+    acked_add: set[int] = field(default_factory=set)
+    acked_remove: set[int] = field(default_factory=set)
+    unknown: set[tuple[str, int]] = field(default_factory=set)
+    failed: set[tuple[str, int]] = field(default_factory=set)   # refused until the deadline
+    refusals: dict[str, int] = field(default_factory=dict)       # message head -> count
+    latencies: list[float] = field(default_factory=list)         # acknowledged calls
+
+
+class ConfigChurn:
+    """Runs in a thread from :meth:`start` to :meth:`stop`."""
+
+    def __init__(self, lab: ClusterLab, interval: float = 0.05, window: int = 32,
+                 give_up: float = 30.0) -> None:
+        self.lab, self.interval, self.window, self.give_up = lab, interval, window, give_up
+        self.log = ChurnLog()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="churn")
+        self.error: BaseException | None = None
+
+    def start(self) -> ConfigChurn:
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 120.0) -> ChurnLog:
+        self._stop.set()
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            raise AssertionError("the configuration client did not stop")
+        if self.error is not None:
+            raise AssertionError(f"the configuration client failed: {self.error!r}")
+        return self.log
+
+    def acked(self) -> int:
+        return len(self.log.acked_add) + len(self.log.acked_remove)
+
+    def _run(self) -> None:
+        try:
+            i = 0
+            while not self._stop.is_set():
+                self._change("nvmf_subsystem_add_host", i, self.log.acked_add)
+                if i - self.window in self.log.acked_add:
+                    self._change("nvmf_subsystem_remove_host", i - self.window,
+                                 self.log.acked_remove)
+                i += 1
+                self._stop.wait(self.interval)
+        except BaseException as exc:     # reported by stop()
+            self.error = exc
+
+    def _change(self, method: str, i: int, acked: set[int]) -> None:
+        params = {"nqn": NQN, "host": host(i)}
+        deadline = time.monotonic() + self.give_up
+        while time.monotonic() < deadline:
+            sock = self._owner_socket()
+            if sock is None:
+                time.sleep(0.05)
+                continue
+            try:
+                c = RpcClient.connect(sock, timeout=20)
+            except (RpcError, OSError):
+                time.sleep(0.05)         # never sent: ask again
+                continue
+            start = time.monotonic()
+            try:
+                with c:
+                    c.call(method, params)
+            except RpcConnectionError:
+                self.log.unknown.add((method, i))
+                return
+            except RpcError as err:
+                head = err.message[:60]
+                self.log.refusals[head] = self.log.refusals.get(head, 0) + 1
+                time.sleep(0.05)
+                continue
+            self.log.latencies.append(time.monotonic() - start)
+            acked.add(i)
+            return
+        self.log.failed.add((method, i))
+
+    def _owner_socket(self) -> str | None:
+        try:
+            owner = self.lab.owner()
+        except EtcdError:
+            return None
+        if owner is None:
+            return None
+        return self.lab.nodes[node_number(owner)].sock
+
+
+def stored_hosts(lab: ClusterLab) -> set[str]:
+    """The subsystem's hosts in the configuration as loaded from etcd."""
+    loaded = EtcdGroupStore(lab.client, lab.keys.group(GROUP)).load()
+    assert loaded.state is not None, "nothing stored in etcd"
+    sub = loaded.state.subsystems.get(NQN)
+    return set(sub.hosts) if sub is not None else set()
+
+
+def lost_changes(log: ChurnLog, stored: set[str]) -> dict[str, list[int]]:
+    """Acknowledged changes the stored configuration does not reflect."""
+    maybe_removed = log.acked_remove | {i for m, i in log.unknown
+                                         if m == "nvmf_subsystem_remove_host"}
+    adds = sorted(i for i in log.acked_add if i not in maybe_removed and host(i) not in stored)
+    removes = sorted(i for i in log.acked_remove if host(i) in stored)
+    return {"adds": adds, "removes": removes}
+
+
+def summary(log: ChurnLog, lost: dict[str, list[int]]) -> dict[str, Any]:
+    lat = sorted(log.latencies)
+
+    def pct(q: float) -> float:
+        return round(lat[min(len(lat) - 1, int(q * len(lat)))] * 1000, 1) if lat else 0.0
+    return {"acknowledged": len(log.acked_add) + len(log.acked_remove),
+            "lost": len(lost["adds"]) + len(lost["removes"]), "lost_detail": lost,
+            "unknown": len(log.unknown), "gave_up": len(log.failed),
+            "refusals": log.refusals, "ack_latency_ms": {"median": pct(0.5),
+                                                         "p90": pct(0.9), "max": pct(1.0)}}
