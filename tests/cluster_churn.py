@@ -1,15 +1,16 @@
-"""A client that keeps changing a cluster's configuration, and the check that none of
-what it was told was done got lost.
+"""A client that keeps changing a cluster's configuration, and the check that none of what
+it was told was done got lost.
 
 Change ``i`` adds host ``host(i)`` to the lab's subsystem; each add is followed by the
 removal of the host added ``window`` changes before (if that add was acknowledged), so
 the configuration stays small however long the run. Every call goes to the public socket
-of the node etcd names as the owner, as a user's tooling would: a refusal (a standby's "not the owner", a node that is
-restoring) means the change was not made, so it is sent again, to whoever owns the group
-by then; a connection that breaks after the call was sent leaves the change *unknown*
-(it may or may not have been applied) and it is not resent. At the end, in the
-configuration as loaded from etcd: every acknowledged add whose host was not removed
-since must be there; every acknowledged remove must have stayed removed.
+of the node etcd names as the owner, as a user's tooling would: a refusal (a standby's
+"not the owner", a node that is restoring) means the change was not made, so it is sent
+again, to whoever owns the group by then; a connection that breaks after the call was
+sent leaves the change *unknown* (it may or may not have been applied) and it is not
+resent. At the end, in the configuration as loaded from etcd: every acknowledged add
+whose host was not removed since must be there; every acknowledged remove must have
+stayed removed.
 """
 from __future__ import annotations
 
