@@ -340,8 +340,10 @@ class ClusterLab:
             ok = roles.get(k) == "optimized" and all(
                 roles[j] == "non_optimized" for j in want if j != k)
             return self.nodes[k] if ok else None
-        return wait_for(settled, timeout=timeout, interval=0.05,
+        node = wait_for(settled, timeout=timeout, interval=0.05,
                         what=f"owner optimized and standbys non_optimized ({want})")
+        assert node is not None      # wait_for returns only a truthy value
+        return node
 
     def read_image(self, lba: int, blocks: int = 1) -> bytes:
         """What the shared file holds at ``lba`` (the backing store, not a target)."""

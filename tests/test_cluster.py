@@ -11,7 +11,9 @@ not the cluster's.
 """
 from __future__ import annotations
 
+import json
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -246,3 +248,21 @@ def test_owner_partitioned_from_etcd_fences_itself(cluster: ClusterLab) -> None:
     finally:
         host.kill()
     assert summary["errors"] == 0 and summary["mismatches"] == 0, summary
+
+
+@cluster_only
+def test_bench_cluster_small(tmp_path: Path) -> None:
+    """benchmarks/bench_cluster.py with 6 deaths (3 loud, 3 silent): nothing lost."""
+    root = Path(__file__).resolve().parent.parent
+    run = subprocess.run([sys.executable, str(root / "benchmarks" / "bench_cluster.py"),
+                          "--deaths", "6", "--workdir", str(tmp_path)],
+                         capture_output=True, text=True, timeout=900, cwd=root)
+    assert run.stdout.strip(), run.stderr[-3000:]
+    result = json.loads(run.stdout)
+    assert result["deaths"] == 6
+    assert result["io"]["errors"] == 0 and result["io"]["mismatches"] == 0, result["io"]
+    assert result["changes"]["lost"] == 0, result["changes"]
+    assert result["changes"]["acknowledged"] > 0
+    for kind in ("loud", "silent"):
+        assert result["per_kind"][kind]["epoch_steps_not_1"] == 0, result["per_kind"]
+        assert result["per_kind"][kind]["owner_not_kept"] == 0, result["per_kind"]
