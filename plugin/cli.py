@@ -12,7 +12,7 @@ import argparse
 import logging
 import sys
 
-from nvmf_phoenix.plugin import cli_checkpoint, cli_shm
+from nvmf_phoenix.plugin import cli_checkpoint, cli_cluster, cli_shm
 from nvmf_phoenix.plugin import io as io_command
 from nvmf_phoenix.plugin.cli_common import (
     EXIT_CODES,
@@ -44,6 +44,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def _cmd_supervise(args: argparse.Namespace) -> int:
     """Run a target under supervision behind the write-ahead RPC front (foreground)."""
+    if args.node:
+        return cli_cluster.supervise_node(args)
     import shlex
     import signal
     import threading
@@ -224,6 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the standby listens on the same addresses, port + N")
     g.add_argument("--standby-address", metavar="ADDR", help="the standby listens on ADDR "
                    "with the same ports instead (e.g. a second interface)")
+    cli_cluster.add_supervise_flags(p)
     p.set_defaults(func=_cmd_supervise)
     p = sub.add_parser("restart", help="planned restart or upgrade of a supervised target")
     add_socket(p), add_json(p)
@@ -232,6 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_checkpoint.add_parsers(sub)
     io_command.add_parser(sub, guarded)
     cli_shm.add_parsers(sub)
+    cli_cluster.add_parsers(sub, guarded)
     p = sub.add_parser("metrics", help="serve Prometheus metrics for a target or supervisor")
     add_socket(p), add_state_dir(p)
     p.add_argument("--port", type=int, default=9556, help="HTTP port (default 9556; 0 picks "

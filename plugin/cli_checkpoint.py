@@ -15,7 +15,7 @@ import sys
 import time
 from typing import Any
 
-from nvmf_phoenix.plugin import ops
+from nvmf_phoenix.plugin import cli_cluster, ops
 from nvmf_phoenix.plugin.cli_common import (
     add_json,
     add_socket,
@@ -151,6 +151,8 @@ def human_status(d: dict[str, Any]) -> str:
                              else ""))
         if sup.get("mode") == "pair":
             lines += pair_lines(sup)
+        elif sup.get("mode") == "cluster":
+            lines += cli_cluster.node_lines(sup)
     else:
         lines.append("supervisor: none on this socket (unsupervised target)")
     pid = f", pid {tgt['pid']}" if tgt.get("pid") else ""

@@ -127,6 +127,8 @@ class PhoenixCollector:
             out += [c, st, d]
             if sup.get("mode") == "pair":
                 out += _pair(sup)
+            elif sup.get("mode") == "cluster":
+                out += _cluster(sup)
         if restore_s is not None:
             r = GaugeMetricFamily(P + "restore_seconds", "duration of the last restore")
             r.add_metric([], float(restore_s))
@@ -272,3 +274,24 @@ def _pair(sup: dict[str, Any]) -> list[Metric]:
     for name, mem in sorted(sup["members"].items()):
         m.add_metric([name, mem["role"]], 1 if mem["state"] == "ready" else 0)
     return [f, r, s, m]
+
+
+def _cluster(sup: dict[str, Any]) -> list[Metric]:
+    """A cluster node: its role in its group, the group's epoch, its lease, fencing."""
+    group, node = sup["group"], sup["node"]
+    role = GaugeMetricFamily(P + "cluster_role", "this node's role in the group "
+                             "(1 = current)", labels=["group", "node", "role"])
+    for r in ("owner", "standby", "fenced"):
+        role.add_metric([group, node, r], 1 if sup["role"] == r else 0)
+    epoch = GaugeMetricFamily(P + "cluster_epoch", "the group's epoch (grows on every "
+                              "change of owner)", labels=["group"])
+    epoch.add_metric([group], sup["epoch"])
+    ttl = GaugeMetricFamily(P + "cluster_lease_ttl_seconds", "seconds the node's lease "
+                            "certainly has left (by its own conservative clock)")
+    ttl.add_metric([], sup["lease"]["ttl_left"])
+    fenced = GaugeMetricFamily(P + "cluster_fenced", "1 while the node is fenced "
+                               "(listeners inaccessible: no lease renewal in time)")
+    fenced.add_metric([], 1 if sup["lease"]["fenced"] else 0)
+    take = CounterMetricFamily(P + "cluster_takeovers", "groups this node took over")
+    take.add_metric([], sup["takeovers"])
+    return [role, epoch, ttl, fenced, take]

@@ -18,12 +18,17 @@ addresses) and derives each member's view of it:
 
 :func:`to_logical` is the inverse used on what the active reports, so a capture from
 either member checkpoints the same logical state.
+
+The same views serve a cluster (:mod:`~.cluster`): there a member is a node holding a
+*slot* (one of :data:`SLOTS`), listening on its own address, with one of four disjoint
+cntlid ranges; :class:`ClusterLayout` places the members as :class:`PairLayout` does for
+a pair, and the functions below take either (both are a :class:`Placement`).
 """
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 from nvmf_phoenix.model import (
     DISCOVERY_NQN,
@@ -34,15 +39,45 @@ from nvmf_phoenix.model import (
 )
 
 MEMBERS = ("a", "b")
-ACTIVE, STANDBY = "active", "standby"
-ROLE_ANA_STATE = {ACTIVE: "optimized", STANDBY: "non_optimized"}
-# Split so that neither range moves with a failover; 65519 (0xFFEF) is the highest cntlid.
-CNTLID_RANGES = {"a": (1, 32767), "b": (32768, 0xFFEF)}
-DEFAULT_CNTLID_RANGE = (1, 0xFFEF)
+ACTIVE, STANDBY, FENCED = "active", "standby", "fenced"
+# A fenced member (a cluster node that lost etcd) must not be used by hosts at all.
+ROLE_ANA_STATE = {ACTIVE: "optimized", STANDBY: "non_optimized", FENCED: "inaccessible"}
+MAX_CNTLID = 0xFFEF         # 65519: the highest controller ID
+# Split so that neither range moves with a failover.
+CNTLID_RANGES = {"a": (1, 32767), "b": (32768, MAX_CNTLID)}
+DEFAULT_CNTLID_RANGE = (1, MAX_CNTLID)
+SLOTS = 4                   # members of a cluster group at most: one cntlid range each
+_SLOT_WIDTH = -(-MAX_CNTLID // SLOTS)
+
+
+def slot_range(slot: int) -> tuple[int, int]:
+    """Slot ``slot``'s controller IDs: a quarter of 1-65519, disjoint from the others
+    (Linux refuses a second controller with the same cntlid in one subsystem)."""
+    if not 0 <= slot < SLOTS:
+        raise ValueError(f"slot {slot}: a cluster has slots 0-{SLOTS - 1}")
+    lo = 1 + slot * _SLOT_WIDTH
+    return lo, min(lo + _SLOT_WIDTH - 1, MAX_CNTLID)
 
 
 def peer(member: str) -> str:
     return "b" if member == "a" else "a"
+
+
+class Placement(Protocol):
+    """Where each member of a set of targets listens and which controller IDs it owns."""
+
+    def member_address(self, addr: ListenAddress, member: str) -> ListenAddress: ...
+
+    def user_address(self, addr: ListenAddress, member: str,
+                     user_traddr: str | None = None) -> ListenAddress: ...
+
+    def cntlid_range(self, member: str) -> tuple[int, int]: ...
+
+    def others(self, member: str) -> list[str]: ...
+
+    def members(self) -> list[str]: ...
+
+    def describe_split(self) -> str: ...
 
 
 @dataclass(frozen=True)
@@ -78,6 +113,18 @@ class PairLayout:
         return ListenAddress.make(addr.traddr, int(addr.trsvcid) - self.port_offset,
                                   addr.trtype, addr.adrfam)
 
+    def cntlid_range(self, member: str) -> tuple[int, int]:
+        return CNTLID_RANGES[member]
+
+    def others(self, member: str) -> list[str]:
+        return [peer(member)]
+
+    def members(self) -> list[str]:
+        return list(MEMBERS)
+
+    def describe_split(self) -> str:
+        return "between the two targets itself (a: 1-32767, b: 32768-65519)"
+
     def describe(self) -> str:
         if self.address is not None:
             return f"standby listens on {self.address}, same ports"
@@ -86,6 +133,48 @@ class PairLayout:
     def to_dict(self) -> dict[str, Any]:
         return {"port_offset": self.port_offset, "address": self.address,
                 "description": self.describe()}
+
+
+@dataclass(frozen=True)
+class NodePlace:
+    slot: int
+    address: str
+
+
+@dataclass(frozen=True)
+class ClusterLayout:
+    """The members of a cluster group: live nodes by name, each with its slot (its
+    cntlid range) and its ``--node-address``. Every listener of the configuration is
+    placed on the node's address with the configuration's port (one address per node:
+    two listeners differing only in address would collide on a node). ``known`` lists
+    addresses of nodes seen before and gone now, so referrals to them are still
+    recognised as the cluster's own and never kept as the user's."""
+
+    nodes: dict[str, NodePlace] = field(default_factory=dict)
+    known: frozenset[str] = frozenset()
+
+    def member_address(self, addr: ListenAddress, member: str) -> ListenAddress:
+        return ListenAddress.make(self.nodes[member].address, addr.trsvcid, addr.trtype)
+
+    def user_address(self, addr: ListenAddress, member: str,
+                     user_traddr: str | None = None) -> ListenAddress:
+        return ListenAddress.make(user_traddr or addr.traddr, addr.trsvcid, addr.trtype)
+
+    def cntlid_range(self, member: str) -> tuple[int, int]:
+        return slot_range(self.nodes[member].slot)
+
+    def others(self, member: str) -> list[str]:
+        return sorted(n for n in self.nodes if n != member)
+
+    def members(self) -> list[str]:
+        return sorted(self.nodes)
+
+    def describe_split(self) -> str:
+        return (f"between the nodes itself (one range of {_SLOT_WIDTH} per slot, e.g. "
+                f"slot 0: {slot_range(0)[0]}-{slot_range(0)[1]})")
+
+    def addresses(self) -> set[str]:
+        return {p.address for p in self.nodes.values()} | set(self.known)
 
 
 def ana_groups(sub: Subsystem, known: set[int]) -> list[int]:
@@ -103,14 +192,25 @@ def discovery_addresses(state: TargetState) -> list[ListenAddress]:
     return sorted(sub.listeners) if sub is not None else []
 
 
-def peer_referrals(logical: TargetState, layout: PairLayout, member: str) -> list[Referral]:
-    """The referrals member ``member`` adds: one to each discovery listener of its peer."""
-    other = peer(member)
+def peer_referrals(logical: TargetState, layout: Placement, member: str) -> list[Referral]:
+    """The referrals member ``member`` adds: one to each discovery listener of each of
+    the other members."""
     return [Referral(address=layout.member_address(a, other))
-            for a in discovery_addresses(logical)]
+            for other in layout.others(member) for a in discovery_addresses(logical)]
 
 
-def member_view(logical: TargetState, layout: PairLayout, member: str,
+def _ours(referral: Referral, logical: TargetState, layout: Placement,
+          members: list[str]) -> bool:
+    """A referral the placement itself adds (by one of ``members``): to a member's
+    discovery service; in a cluster, to any node's address, gone ones included."""
+    if isinstance(layout, ClusterLayout):
+        ports = {a.trsvcid for a in discovery_addresses(logical)}
+        return referral.address.traddr in layout.addresses() and \
+            referral.address.trsvcid in ports
+    return any(referral in peer_referrals(logical, layout, m) for m in members)
+
+
+def member_view(logical: TargetState, layout: Placement, member: str,
                 role: str) -> TargetState:
     """What ``member`` must hold to serve ``logical`` in ``role``."""
     view = copy.deepcopy(logical)
@@ -119,7 +219,7 @@ def member_view(logical: TargetState, layout: PairLayout, member: str,
     for sub in view.subsystems.values():
         if not sub.is_discovery:
             sub.ana_reporting = True
-            sub.min_cntlid, sub.max_cntlid = CNTLID_RANGES[member]
+            sub.min_cntlid, sub.max_cntlid = layout.cntlid_range(member)
         moved = {}
         for addr, ls in sub.listeners.items():
             ls.address = layout.member_address(addr, member)
@@ -128,13 +228,12 @@ def member_view(logical: TargetState, layout: PairLayout, member: str,
             moved[ls.address] = ls
         sub.listeners = moved
     view.referrals = [r for r in view.referrals
-                      if r not in peer_referrals(logical, layout, "a") +
-                      peer_referrals(logical, layout, "b")]
+                      if not _ours(r, logical, layout, layout.members())]
     view.referrals += peer_referrals(logical, layout, member)
     return view
 
 
-def to_logical(live: TargetState, layout: PairLayout, member: str,
+def to_logical(live: TargetState, layout: Placement, member: str,
                logical: TargetState | None = None) -> TargetState:
     """What ``member`` reports, in the pair's logical form: member a's addresses, the
     cntlid range and ANA states the pair manages left out, the pair's own referrals
@@ -152,8 +251,7 @@ def to_logical(live: TargetState, layout: PairLayout, member: str,
             ls.ana_states = {}
             moved[ls.address] = ls
         sub.listeners = moved
-    ours = peer_referrals(out, layout, member)
-    out.referrals = [r for r in out.referrals if r not in ours]
+    out.referrals = [r for r in out.referrals if not _ours(r, out, layout, [member])]
     return out
 
 
@@ -187,7 +285,7 @@ class PairRefusal(ValueError):
     """A call pair mode cannot mirror; the message says what to do instead."""
 
 
-def for_member(method: str, params: Any, layout: PairLayout, member: str) -> Any:
+def for_member(method: str, params: Any, layout: Placement, member: str) -> Any:
     """The user's call as ``member`` (the active) must receive it: every subsystem with
     ANA reporting and the member's cntlid range, listeners at the member's addresses.
     Raises PairRefusal for what a pair cannot serve the same way on both members."""
@@ -207,10 +305,10 @@ def for_member(method: str, params: Any, layout: PairLayout, member: str) -> Any
         lo, hi = out.get("min_cntlid", 1), out.get("max_cntlid", 0xFFEF)
         if (lo, hi) != DEFAULT_CNTLID_RANGE:
             raise PairRefusal("nvmf_create_subsystem: pair mode splits controller IDs "
-                              "between the two targets itself (a: 1-32767, b: "
-                              "32768-65519); leave min_cntlid and max_cntlid out")
+                              f"{layout.describe_split()}; leave min_cntlid and "
+                              "max_cntlid out")
         out["ana_reporting"] = True
-        out["min_cntlid"], out["max_cntlid"] = CNTLID_RANGES[member]
+        out["min_cntlid"], out["max_cntlid"] = layout.cntlid_range(member)
     elif "listen_address" in out and isinstance(out["listen_address"], dict):
         try:
             addr = ListenAddress.from_dict(out["listen_address"])

@@ -1,0 +1,525 @@
+"""One node of a cluster: its target serves one group as owner, standby, or fenced.
+
+The hot-standby pair (:mod:`~.pair`) across nodes, with etcd as the shared truth. Every
+node runs its own target on its own address, all of them serving the same namespaces from
+shared storage, each with the identities of the group's configuration and its own cntlid
+range (its slot) — the views of :mod:`~.pair_view` with a :class:`ClusterLayout`:
+
+- **owner** (one per group, the owner key under its lease, :mod:`~.ownership`): listeners
+  ``optimized``; the write-ahead front accepts configuration calls and commits each
+  acknowledged one to etcd, fenced by the owner key, before answering.
+- **standby**: listeners ``non_optimized``; follows the group's checkpoint in etcd and
+  applies each new state to its target (only the difference, identities explicit, what
+  is gone pruned); its front refuses configuration calls, naming the owner. When the owner
+  key disappears (the owner's lease expired, or it resigned) it takes the group in one
+  transaction, epoch + 1, and turns its listeners ``optimized``.
+- **fenced**: the node could not renew its lease in time (it may be cut off from etcd and
+  a peer may be about to take over): every listener ``inaccessible`` at once, no
+  configuration calls. When etcd answers again it is owner again if its lease survived
+  and it still holds the owner key, else standby.
+
+Standbys are safe next to the owner on shared storage because hosts decide: a Linux host
+(and the project's multipath initiator) sends I/O to ``optimized`` paths only while one
+exists, so a standby's ``non_optimized`` paths carry I/O exactly when the owner's paths
+have failed. Two nodes are never both ``optimized`` for one group: a node turns
+``optimized`` only holding the owner key, and fences before its lease (and so the key)
+can expire.
+
+When the owner's local target dies the node resigns at once (a peer takes over in one
+etcd round trip instead of waiting for the target's restart) and comes back as standby.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from nvmf_phoenix.persist.etcd import EtcdClient, EtcdError
+from nvmf_phoenix.persist.etcd_keys import ClusterKeys, decode
+from nvmf_phoenix.recovery.capture import capture_config
+from nvmf_phoenix.recovery.etcd_store import EtcdGroupStore, EtcdLoaded, EtcdStoreError, Fenced
+from nvmf_phoenix.recovery.executor import execute
+from nvmf_phoenix.recovery.front import Front
+from nvmf_phoenix.recovery.member import Member, Proc
+from nvmf_phoenix.recovery.ownership import DEFAULT_LEASE_TTL, NodeLease, Ownership
+from nvmf_phoenix.recovery.pair_view import (
+    ACTIVE,
+    FENCED,
+    STANDBY,
+    ClusterLayout,
+    NodePlace,
+    PairRefusal,
+    for_member,
+    member_view,
+    to_logical,
+)
+from nvmf_phoenix.recovery.planner import plan
+from nvmf_phoenix.recovery.restore import restore
+from nvmf_phoenix.recovery.store import lock_state_dir
+from nvmf_phoenix.recovery.supervisor import checkpoint_store
+from nvmf_phoenix.rpc import RpcClient, RpcError
+from nvmf_phoenix.rpc.client import outcomes
+
+from nvmf_phoenix.model import TargetState
+
+log = logging.getLogger(__name__)
+
+OWNER = "owner"
+ROLES = {OWNER: ACTIVE, STANDBY: STANDBY, FENCED: FENCED}   # node role -> view role
+
+
+@dataclass
+class ClusterStatus:
+    state: str = "starting"       # starting, ready, restarting, stopped
+    role: str = STANDBY
+    generation: int = 0           # bumped on every role change and target restart
+    takeovers: int = 0
+    last_takeover_s: float = 0.0  # owner key seen absent -> our listeners optimized
+    fences: int = 0
+    last_fence_s: float = 0.0     # fence decided -> every listener inaccessible
+    restarts: int = 0
+    resigned: int = 0
+    last_error: str = ""
+
+
+class ClusterNode:
+    """Node ``node`` (listening on ``address``) serving group ``group`` of the cluster
+    at ``prefix`` in etcd; the local target runs ``target_cmd`` on ``target_sock``, users
+    talk to ``public_sock``."""
+
+    def __init__(self, client: EtcdClient, prefix: str, group: str, node: str,
+                 address: str, target_cmd: list[str], target_sock: str, public_sock: str,
+                 state_dir: str, lease_ttl: float = DEFAULT_LEASE_TTL,
+                 ping_interval: float = 0.5, misses: int = 4) -> None:
+        self.client, self.group, self.node, self.address = client, group, node, address
+        self.keys = ClusterKeys(prefix)
+        self.state_dir = state_dir
+        self.store = checkpoint_store(state_dir)
+        self.etcd = EtcdGroupStore(client, self.keys.group(group))
+        self.lease = NodeLease(client, self.keys, node, address, lease_ttl,
+                               on_fence=self._fence, on_unfence=self._unfence,
+                               on_rejoin=self._rejoin)
+        self.ownership = Ownership(client, self.keys.group(group), node, self.lease)
+        self.etcd.fence = self.ownership.fence_compares
+        self.member = Member(node, list(target_cmd), target_sock,
+                             os.path.join(state_dir, "target.log"))
+        self.layout = ClusterLayout({node: NodePlace(0, address)})
+        self.owner: dict[str, Any] | None = None
+        self.ping_interval, self.misses = ping_interval, misses
+        self.status = ClusterStatus()
+        self.ready = threading.Event()
+        self._stop = threading.Event()
+        self._lock = threading.RLock()      # role and the local target's configuration
+        self.front = Front(public_sock, target_sock, self.store, self.ready,
+                           control=self._control, generation=lambda: self.status.generation,
+                           notice_s=max(1.0, ping_interval * 2))
+        self.front.pair = self
+        self._threads: list[threading.Thread] = []
+
+    @property
+    def role(self) -> str:
+        return self.status.role
+
+    # -- lifecycle -----------------------------------------------------------------------
+    def start(self) -> None:
+        """Register, bring the local target up as standby, serve; the follow loop then
+        takes the group if nobody owns it (the first node of a cluster does)."""
+        self._lock_fd: int | None = lock_state_dir(self.store.directory)
+        self.lease.extra.update(group=self.group, role=STANDBY)
+        self.lease.start()
+        self._refresh_nodes()
+        loaded = self.etcd.load()
+        self.owner = loaded.owner
+        logical = loaded.state or self.store.load().state or TargetState.empty()
+        self._bring_up(logical)
+        self.status.state = "ready"
+        self.ready.set()
+        self.front.start()
+        for name, fn in (("cluster-follow", self._follow_loop),
+                         ("cluster-nodes", self._nodes_loop), ("cluster-ping", self._ping)):
+            t = threading.Thread(target=fn, name=name, daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def stop(self) -> None:
+        """A planned stop: resign (a peer takes over now), end the lease, the target."""
+        self._stop.set()
+        self.front.close()
+        with contextlib.suppress(EtcdError):
+            self.ownership.resign()
+        self.lease.stop(revoke=True)
+        with self._lock:
+            self.member.end(planned=True)
+        for t in self._threads:
+            t.join(timeout=5)
+        self.status.state = "stopped"
+        self.store.close()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def _bring_up(self, logical: TargetState) -> None:
+        """Start the local target (or adopt the one answering its socket) and give it the
+        standby view of ``logical``, pruning whatever else it holds."""
+        m = self.member
+        if os.path.exists(m.sock) and m.alive():
+            m.adopt()
+        else:
+            m.launch(self._stop).close()
+        self.store.save(logical, durable=False)
+        desired = self._view(logical, STANDBY)
+        with m.client() as c:
+            report = restore(c, desired, prune=True)
+        if not report.ok:
+            raise RpcError(-32603, "restore incomplete: " + "; ".join(
+                [str(f) for f in report.execution.failures] + report.plan.conflicts +
+                report.differences)[:2000])
+        m.applied, m.state = desired, "ready"
+        if m.proc is not None:
+            threading.Thread(target=self._reap, args=(m.proc,), name="cluster-reaper",
+                             daemon=True).start()
+
+    def _view(self, logical: TargetState, role: str) -> TargetState:
+        return member_view(logical, self.layout, self.node, ROLES[role])
+
+    def _set_role(self, role: str) -> None:
+        (log.warning if role != self.role else log.info)(
+            "node %s: %s -> %s (group %s)", self.node, self.role, role, self.group)
+        self.status.role = role
+        self.status.generation += 1
+        try:          # what `cluster status` shows: who stands by for which group
+            self.lease.register(group=self.group, role=role)
+        except EtcdError as exc:
+            log.info("node %s: role not registered: %s", self.node, exc)
+
+    # -- the state machine: follow, take over --------------------------------------------
+    def _follow_loop(self) -> None:
+        revision = 0
+        while not self._stop.is_set():
+            try:
+                if self.role == OWNER:
+                    self._check_owner()
+                    self._stop.wait(min(1.0, self.lease.ttl / 4))
+                    revision = 0
+                    continue
+                if self.role == FENCED or self.member.state != "ready":
+                    self._stop.wait(0.05)
+                    revision = 0
+                    continue
+                got = self.etcd.load() if not revision else \
+                    self.etcd.follow(revision, timeout=1.0)
+                if got is None:
+                    continue
+                revision = got.revision
+                self.owner = got.owner
+                if got.owner is None:
+                    self._take_over()
+                else:
+                    self._apply_followed(got)
+            except (EtcdError, EtcdStoreError, RpcError, OSError) as exc:
+                self.status.last_error = f"follow: {exc}"
+                log.warning("node %s: %s", self.node, self.status.last_error)
+                revision = 0
+                self._stop.wait(0.2)
+
+    def _apply_followed(self, loaded: EtcdLoaded) -> None:
+        """As standby: the new state's view, planned against what the target was given."""
+        with self._lock:
+            if self.role != STANDBY or self.member.state != "ready":
+                return
+            logical = loaded.state or TargetState.empty()
+            desired = self._view(logical, STANDBY)
+            steps = plan(desired, self.member.applied or TargetState.empty(), prune=True)
+            if steps.calls:
+                with self.member.client() as c:
+                    report = execute(c, steps)
+                if not report.ok:
+                    raise RpcError(-32603, "standby apply: " + "; ".join(
+                        str(f) for f in report.failures))
+            self.member.applied = desired
+            if self.role == FENCED:        # fenced while this ran: undo what it set
+                self._make_inaccessible(desired)
+            if logical != self.store.current:
+                self.store.save(logical, durable=False)
+
+    def _take_over(self) -> None:
+        """The group has no owner: take it in one transaction; if we won, serve it."""
+        seen = time.monotonic()
+        with self._lock:
+            if self.role != STANDBY or self.member.state != "ready" or self.lease.fenced:
+                return
+            if not self.ownership.try_acquire():
+                return
+            try:
+                loaded = self.etcd.load()
+                logical = loaded.state
+                if logical is None:        # a new cluster: our checkpoint, or nothing
+                    logical = self.store.current or TargetState.empty()
+                    self.etcd.commit_state(logical)
+                desired = self._view(logical, OWNER)
+                with self.member.client() as c:
+                    report = execute(c, plan(desired, self.member.applied or
+                                             TargetState.empty(), prune=True))
+                if not report.ok:
+                    raise RpcError(-32603, "; ".join(str(f) for f in report.failures))
+            except (EtcdError, EtcdStoreError, RpcError, OSError) as exc:
+                log.warning("node %s: took group %s but cannot serve it (%s): resigning",
+                            self.node, self.group, exc)
+                with contextlib.suppress(EtcdError):
+                    self.ownership.resign()
+                raise
+            self.store.save(logical)
+            self.member.applied = desired
+            self.owner = {"node": self.node, "epoch": self.ownership.epoch}
+            self.status.takeovers += 1
+            self.status.last_takeover_s = time.monotonic() - seen
+            if self.lease.fenced:         # fenced meanwhile: unfencing makes us owner
+                self._make_inaccessible(desired)
+                return
+            self._set_role(OWNER)
+        log.warning("node %s: owner of group %s at epoch %d, optimized %.1f ms after the "
+                    "owner key was seen gone", self.node, self.group, self.ownership.epoch,
+                    self.status.last_takeover_s * 1e3)
+
+    def _check_owner(self) -> None:
+        """As owner: etcd still says so (else someone removed our key: step down)."""
+        if self.lease.fenced or self.ownership.still_owner():
+            return
+        log.warning("node %s: etcd no longer names us owner of group %s", self.node,
+                    self.group)
+        self._step_down(STANDBY)
+
+    def _step_down(self, role: str) -> None:
+        """Owner no more: the view for ``role``; the follow loop takes it from there."""
+        with self._lock:
+            self.ownership.lost()
+            self._set_role(role)
+            self._replan(role)
+
+    def _replan(self, role: str) -> None:
+        """(Caller holds the lock.) The local target's view for ``role`` of the last
+        known configuration, planned against what it holds now."""
+        if self.member.state != "ready":
+            return
+        desired = self._view(self.store.current or TargetState.empty(), role)
+        with self.member.client() as c:
+            live = capture_config(c)
+            report = execute(c, plan(desired, live, prune=True))
+        self.member.applied = desired
+        if not report.ok:
+            log.warning("node %s: %s view incomplete: %s", self.node, role,
+                        "; ".join(str(f) for f in report.failures))
+
+    # -- fencing -------------------------------------------------------------------------
+    def _fence(self) -> None:
+        """The lease clock ran out: every listener inaccessible now, before anything else
+        (no lock taken: whatever holds it may be waiting on etcd)."""
+        start = time.monotonic()
+        self.status.role = FENCED
+        self.status.generation += 1
+        self.status.fences += 1
+        self._make_inaccessible(self.member.applied)
+        self.status.last_fence_s = time.monotonic() - start
+        log.warning("node %s fenced: listeners inaccessible in %.1f ms", self.node,
+                    self.status.last_fence_s * 1e3)
+        # A listener added since the view was last given: a second pass over the live state.
+        with contextlib.suppress(RpcError, OSError), self.member.client(2.0) as c:
+            self._make_inaccessible(capture_config(c))
+
+    def _make_inaccessible(self, state: TargetState | None) -> None:
+        calls = [("nvmf_subsystem_listener_set_ana_state",
+                  {"nqn": nqn, "listen_address": addr.to_dict(), "ana_state": "inaccessible"})
+                 for nqn, sub in (state.subsystems.items() if state else [])
+                 if not sub.is_discovery and sub.ana_reporting for addr in sub.listeners]
+        if not calls:
+            return
+        try:
+            with RpcClient.connect(self.member.sock, timeout=2.0) as c:
+                outcomes(c, calls)           # pipelined: one round trip for all
+        except (RpcError, OSError) as exc:
+            log.warning("node %s: fencing the target failed (%s): ending it", self.node, exc)
+            self.member.end(planned=False)
+
+    def _unfence(self) -> None:
+        """Our lease renewed again: owner again if etcd still names us, else standby."""
+        with self._lock:
+            try:
+                owner = self.ownership.still_owner()
+            except EtcdError:
+                owner = False
+            if not owner:
+                self.ownership.lost()
+            role = OWNER if owner else STANDBY
+            self._set_role(role)
+            with contextlib.suppress(RpcError, OSError):
+                self._replan(role)
+
+    def _rejoin(self) -> None:
+        """Our lease expired while we were cut off: whatever we owned is gone."""
+        with self._lock:
+            self.ownership.lost()
+            self._set_role(STANDBY)
+            with contextlib.suppress(RpcError, OSError):
+                self._replan(STANDBY)
+
+    # -- the front's hooks (PairHooks) ----------------------------------------------------
+    def for_active(self, method: str, params: Any) -> Any:
+        if self.role != OWNER:
+            raise RpcError(-1, f"Operation not permitted: {self.refusal()}", method)
+        try:
+            return for_member(method, params, self.layout, self.node)
+        except PairRefusal as exc:
+            raise RpcError(-1, f"Operation not permitted: {exc}", method) from None
+
+    def refusal(self) -> str:
+        owner = (self.owner or {}).get("node")
+        place = self.layout.nodes.get(owner) if owner else None
+        where = f"node {owner} at {place.address if place else 'an unknown address'}" \
+            if owner else "no node (a takeover is under way)"
+        return (f"node {self.node} is {self.role} for group {self.group}: send "
+                f"configuration calls to the owner, {where}")
+
+    def to_logical(self, live: TargetState) -> TargetState:
+        return to_logical(live, self.layout, self.node, self.store.current)
+
+    def mirror(self) -> None:
+        """After an acknowledged change, before the user's answer: commit it to etcd
+        (fenced by our owner key), then give our target its referrals."""
+        state = self.store.current or TargetState.empty()
+        try:
+            self.etcd.commit_state(state)
+        except Fenced as exc:
+            self._step_down(STANDBY)
+            raise RpcError(-1, f"not committed: {exc}") from None
+        except EtcdStoreError as exc:
+            raise RpcError(-32603, f"not committed to etcd: {exc}") from None
+        if self.role != OWNER:            # fenced while the call ran
+            self._make_inaccessible(state)
+            raise RpcError(-1, f"Operation not permitted: {self.refusal()}")
+        with self._lock:
+            self._sync_referrals(state)
+
+    def _sync_referrals(self, logical: TargetState) -> None:
+        """(Caller holds the lock.) The one thing a user's call does not give our target:
+        referrals to the other nodes' discovery services, which follow the nodes."""
+        desired = self._view(logical, self.role)
+        had = self.member.applied.referrals if self.member.applied is not None else []
+        calls = [("nvmf_discovery_add_referral", r.to_create_params())
+                 for r in desired.referrals if r not in had] + \
+                [("nvmf_discovery_remove_referral", r.to_create_params())
+                 for r in had if r not in desired.referrals]
+        self.member.applied = desired
+        if calls and self.member.state == "ready":
+            try:
+                with self.member.client(2.0) as c:
+                    outcomes(c, calls)
+            except (RpcError, OSError) as exc:
+                log.warning("node %s: referrals not updated: %s", self.node, exc)
+
+    # -- the other nodes -----------------------------------------------------------------
+    def _refresh_nodes(self) -> bool:
+        """Read the live nodes; True if the layout changed."""
+        _rev, kvs = self.client.prefix(self.keys.nodes)
+        nodes = {}
+        for kv in kvs:
+            with contextlib.suppress(ValueError, KeyError, TypeError):
+                doc = decode(kv.value)
+                nodes[doc["node"]] = NodePlace(int(doc["slot"]), str(doc["address"]))
+        nodes[self.node] = NodePlace(self.lease.slot, self.address)
+        if nodes == self.layout.nodes:
+            return False
+        known = self.layout.known | {p.address for p in self.layout.nodes.values()}
+        self.layout = ClusterLayout(nodes, frozenset(known - {self.address}))
+        return True
+
+    def _nodes_loop(self) -> None:
+        while not self._stop.wait(0.5):
+            try:
+                if self._refresh_nodes() and self.role != FENCED:
+                    with self._lock:
+                        self._sync_referrals(self.store.current or TargetState.empty())
+            except EtcdError:
+                continue
+
+    # -- the local target ----------------------------------------------------------------
+    def _reap(self, proc: Proc) -> None:
+        proc.wait()
+        died_at = time.monotonic()
+        if self._stop.is_set() or self.member.proc is not proc:
+            return
+        self.ready.clear()
+        self.member.state = "down"
+        log.warning("node %s: target exited (%s)", self.node, self.role)
+        if self.role == OWNER:
+            # A peer's standby takes over in one round trip; waiting for our restart
+            # would leave hosts on non_optimized paths the whole time.
+            with contextlib.suppress(EtcdError):
+                self.ownership.resign()
+            self.status.resigned += 1
+            self._step_down(STANDBY)
+        self._restart(died_at)
+
+    def _restart(self, died_at: float) -> None:
+        self.status.state = "restarting"
+        while not self._stop.is_set():
+            try:
+                with self._lock:
+                    loaded = self.etcd.load()
+                    self.member.proc = None
+                    self._bring_up(loaded.state or self.store.current or
+                                   TargetState.empty())
+                break
+            except (EtcdError, EtcdStoreError, RpcError, OSError) as exc:
+                self.status.last_error = f"restart failed: {exc}"
+                log.error("node %s: %s", self.node, self.status.last_error)
+                self.member.end(planned=False)
+                self._stop.wait(0.5)
+        self.status.restarts += 1
+        self.status.generation += 1
+        self.status.state = "ready"
+        self.ready.set()
+        log.info("node %s: target back as standby %.2f s after its death", self.node,
+                 time.monotonic() - died_at)
+
+    def _ping(self) -> None:
+        missed = 0
+        while not self._stop.wait(self.ping_interval):
+            if self.member.state != "ready":
+                missed = 0
+                continue
+            missed = 0 if self.member.alive(self.ping_interval) else missed + 1
+            if missed >= self.misses:
+                log.warning("node %s: target missed %d pings: killing it", self.node, missed)
+                missed = 0
+                self.member.end(planned=False)
+
+    # -- status --------------------------------------------------------------------------
+    def status_dict(self) -> dict[str, Any]:
+        st = self.status
+        owner = (self.owner or {}).get("node")
+        return {"mode": "cluster", "state": st.state, "role": st.role, "group": self.group,
+                "node": self.node, "address": self.address, "slot": self.lease.slot,
+                "epoch": self.ownership.epoch or (self.owner or {}).get("epoch", 0),
+                "owner": owner, "owner_address": self.layout.nodes[owner].address
+                if owner in self.layout.nodes else None,
+                "lease": self.lease.to_dict(), "generation": st.generation,
+                "takeovers": st.takeovers, "last_takeover_s": round(st.last_takeover_s, 4),
+                "fences": st.fences, "last_fence_s": round(st.last_fence_s, 4),
+                "restarts": st.restarts, "resigned": st.resigned,
+                "last_death_to_ready_s": round(st.last_takeover_s, 4),
+                "last_error": st.last_error,
+                "nodes": {n: {"slot": p.slot, "address": p.address}
+                          for n, p in sorted(self.layout.nodes.items())},
+                "last_restore_s": round(self.member.last_restore_s, 4)}
+
+    def _control(self, method: str, params: Any) -> Any:
+        if method == "phoenix_status":
+            return self.status_dict()
+        if method == "phoenix_restart":
+            raise RpcError(-1, "Operation not permitted: in a cluster, stop the node's "
+                           "supervisor (a peer takes over) and start it again")
+        raise RpcError(-32601, "Method not found", method)
