@@ -397,9 +397,13 @@ class ClusterNode:
             raise RpcError(-1, f"not committed: {exc}") from None
         except EtcdStoreError as exc:
             raise RpcError(-32603, f"not committed to etcd: {exc}") from None
-        if self.role != OWNER:            # fenced while the call ran
+        if self.role != OWNER:
+            # Fenced while the call ran, but the commit above carried our owner compare
+            # and succeeded: the change is in the group's checkpoint (a peer taking over
+            # loads it), so it is acknowledged; refusing it would tell the user a change
+            # was not made that every later owner serves.
             self._make_inaccessible(state)
-            raise RpcError(-1, f"Operation not permitted: {self.refusal()}")
+            return
         with self._lock:
             self._sync_referrals(state)
 
