@@ -88,6 +88,8 @@ def run(workdir: Path, deaths: int, host_options: dict[str, float | str],
         finally:
             host.kill()
         lost = lost_changes(log, stored_hosts(lab))
+        with open(workdir / "churn-events.json", "w") as f:
+            json.dump({"events": log.events, "deaths": events}, f)
     ends = [e["at"] for e in events[1:]] + [None]
     for e, until in zip(events, ends, strict=True):
         e["stall_ms"] = round(stall_after(io, e["at"], until) * 1000, 1)

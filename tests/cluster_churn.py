@@ -38,14 +38,17 @@ class ChurnLog:
     unknown: set[tuple[str, int]] = field(default_factory=set)
     failed: set[tuple[str, int]] = field(default_factory=set)   # refused until the deadline
     refusals: dict[str, int] = field(default_factory=dict)       # message head -> count
+    refused: set[tuple[str, int]] = field(default_factory=set)   # refused at least once
     latencies: list[float] = field(default_factory=list)         # acknowledged calls
+    # every answer: (monotonic time, method, i, node, "ack"|"refused"|"unknown", message)
+    events: list[tuple[float, str, int, str, str, str]] = field(default_factory=list)
 
 
 class ConfigChurn:
     """Runs in a thread from :meth:`start` to :meth:`stop`."""
 
     def __init__(self, lab: ClusterLab, interval: float = 0.05, window: int = 32,
-                 give_up: float = 30.0) -> None:
+                 give_up: float = 15.0) -> None:
         self.lab, self.interval, self.window, self.give_up = lab, interval, window, give_up
         self.log = ChurnLog()
         self._stop = threading.Event()
@@ -85,12 +88,12 @@ class ConfigChurn:
         params = {"nqn": NQN, "host": host(i)}
         deadline = time.monotonic() + self.give_up
         while time.monotonic() < deadline:
-            sock = self._owner_socket()
-            if sock is None:
+            node = self._owner()
+            if node is None:
                 time.sleep(0.05)
                 continue
             try:
-                c = RpcClient.connect(sock, timeout=20)
+                c = RpcClient.connect(self.lab.nodes[node].sock, timeout=20)
             except (RpcError, OSError):
                 time.sleep(0.05)         # never sent: ask again
                 continue
@@ -98,27 +101,33 @@ class ConfigChurn:
             try:
                 with c:
                     c.call(method, params)
-            except RpcConnectionError:
+            except RpcConnectionError as err:
+                self._note(method, i, node, "unknown", err.message)
                 self.log.unknown.add((method, i))
                 return
             except RpcError as err:
+                self._note(method, i, node, "refused", err.message)
+                self.log.refused.add((method, i))
                 head = err.message[:60]
                 self.log.refusals[head] = self.log.refusals.get(head, 0) + 1
                 time.sleep(0.05)
                 continue
+            self._note(method, i, node, "ack", "")
             self.log.latencies.append(time.monotonic() - start)
             acked.add(i)
             return
         self.log.failed.add((method, i))
 
-    def _owner_socket(self) -> str | None:
+    def _note(self, method: str, i: int, node: int, outcome: str, message: str) -> None:
+        self.log.events.append((round(time.monotonic(), 4), method, i, f"n{node}", outcome,
+                                message))
+
+    def _owner(self) -> int | None:
         try:
             owner = self.lab.owner()
         except EtcdError:
             return None
-        if owner is None:
-            return None
-        return self.lab.nodes[node_number(owner)].sock
+        return node_number(owner) if owner is not None else None
 
 
 def stored_hosts(lab: ClusterLab) -> set[str]:
@@ -130,12 +139,16 @@ def stored_hosts(lab: ClusterLab) -> set[str]:
 
 
 def lost_changes(log: ChurnLog, stored: set[str]) -> dict[str, list[int]]:
-    """Acknowledged changes the stored configuration does not reflect."""
+    """Acknowledged changes the stored configuration does not reflect. An acknowledged
+    add is also counted when only a *refused* remove of it could explain its absence
+    (listed again under ``after_refused_remove``): the user was told that remove was not
+    done."""
     maybe_removed = log.acked_remove | {i for m, i in log.unknown
                                          if m == "nvmf_subsystem_remove_host"}
     adds = sorted(i for i in log.acked_add if i not in maybe_removed and host(i) not in stored)
     removes = sorted(i for i in log.acked_remove if host(i) in stored)
-    return {"adds": adds, "removes": removes}
+    refused = sorted(i for i in adds if ("nvmf_subsystem_remove_host", i) in log.refused)
+    return {"adds": adds, "removes": removes, "after_refused_remove": refused}
 
 
 def summary(log: ChurnLog, lost: dict[str, list[int]]) -> dict[str, Any]:
