@@ -31,7 +31,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tests.cluster_churn import ConfigChurn, lost_changes, stored_hosts, summary
-from tests.cluster_lab import ClusterLab, cluster_lab, node_number, stall_after
+from tests.cluster_host import stall_after
+from tests.cluster_lab import ClusterLab, cluster_lab, node_number
 from tests.waiting import wait_for
 
 

@@ -13,23 +13,32 @@ lab can wait for I/O to flow.
 ``write``: one write of a seeded pattern to one LBA through one address (a single path),
 printing whether the target acknowledged it; the fencing check then reads the shared
 file at that LBA.
+
+:class:`HostIO` and :func:`host_write` are the lab's side: they start these in the host
+namespace and read what they report.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
 import signal
+import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 from nvmf_phoenix.initiator.connection import NvmeError
 from nvmf_phoenix.initiator.host import Host
 from nvmf_phoenix.initiator.mpworkload import MultipathWorkload
 from nvmf_phoenix.initiator.multipath import MultipathHost
+
+from tests.netlab import netns_cmd
+from tests.waiting import wait_for
 
 
 def _addr(text: str) -> tuple[str, str]:
@@ -123,6 +132,102 @@ def main(argv: list[str] | None = None) -> int:
     if not args.discover and not args.path:
         p.error("--discover or --path")
     return run_io(args) if args.mode == "io" else run_write(args)
+
+
+# -- the lab's side: start the host in its namespace, read what it reports -------------
+class HostIO:
+    """``io`` running in namespace ``ns``; its files (progress, summary, log) in
+    ``workdir``. ``paths``: {"discover": "A:P"} or {"path": ["A:P", ...]}; ``options``:
+    the other flags (kato_ms, io_timeout, block_size, ...)."""
+
+    def __init__(self, ns: str, workdir: Path, nqn: str, paths: dict[str, Any],
+                 options: dict[str, float | str]) -> None:
+        self.progress = workdir / "host-progress.json"
+        self.log = workdir / "host.log"
+        self.out = workdir / "host.json"
+        with contextlib.suppress(FileNotFoundError):
+            self.progress.unlink()
+        argv = [sys.executable, "-m", "tests.cluster_host", "io", "--nqn", nqn,
+                "--progress", str(self.progress)]
+        if "discover" in paths:
+            argv += ["--discover", paths["discover"]]
+        for p in paths.get("path", []):
+            argv += ["--path", p]
+        for key, value in options.items():
+            argv += [f"--{key.replace('_', '-')}", str(value)]
+        with open(self.out, "wb") as out, open(self.log, "ab") as err:
+            self.proc = subprocess.Popen(netns_cmd(ns, argv), stdout=out, stderr=err,
+                                         stdin=subprocess.DEVNULL)
+
+    def status(self) -> dict[str, Any] | None:
+        try:
+            return dict(json.loads(self.progress.read_text()))
+        except (OSError, ValueError):
+            return None
+
+    def completed(self) -> int:
+        st = self.status()
+        return int(st["completed"]) if st else 0
+
+    def wait_flowing(self, more: int = 50, timeout: float = 60.0) -> None:
+        """Wait until ``more`` commands completed beyond the count now."""
+        base = self.completed()
+
+        def flowing() -> bool:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"host I/O ended early: {self.tail()}")
+            return self.completed() >= base + more
+        wait_for(flowing, timeout=timeout, interval=0.05,
+                 what=f"{more} more host I/O commands")
+
+    def tail(self) -> str:
+        try:
+            return self.log.read_text(errors="replace")[-3000:]
+        except OSError:
+            return ""
+
+    def stop(self, timeout: float = 120.0) -> dict[str, Any]:
+        """End the run (drain, read back, verify) and return its summary."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise AssertionError(f"host I/O did not finish in {timeout}s: "
+                                 f"{self.tail()}") from None
+        lines = self.out.read_text().strip().splitlines()
+        if not lines:
+            raise AssertionError(f"host I/O printed no summary: {self.tail()}")
+        return dict(json.loads(lines[-1]))
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+
+def host_write(ns: str, nqn: str, path: str, lba: int, seed: int, block_size: int,
+               timeout: float = 30.0) -> dict[str, Any]:
+    """``write`` run in namespace ``ns``: {"acknowledged": bool, "error": ...}."""
+    argv = [sys.executable, "-m", "tests.cluster_host", "write", "--nqn", nqn, "--path",
+            path, "--lba", str(lba), "--seed", str(seed), "--block-size", str(block_size),
+            "--io-timeout", "5"]
+    run = subprocess.run(netns_cmd(ns, argv), capture_output=True, text=True,
+                         timeout=timeout)
+    out = run.stdout.strip().splitlines()
+    if not out:
+        raise AssertionError(f"host write printed nothing: {run.stderr[-2000:]}")
+    return dict(json.loads(out[-1]))
+
+
+def stall_after(summary: dict[str, Any], at: float, until: float | None = None) -> float:
+    """The longest I/O stall in ``summary`` that ended after ``at`` (and before
+    ``until``, the next event); a gap is recorded at its end as (end, length). 0.0 if
+    none."""
+    end_by = until if until is not None else float("inf")
+    return max((length for end, length in summary["gaps"] if at < end <= end_by),
+               default=0.0)
 
 
 if __name__ == "__main__":

@@ -27,9 +27,7 @@ every namespace even when a test failed half-way.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -46,7 +44,7 @@ from nvmf_phoenix.rpc import bdev as rb
 from nvmf_phoenix.rpc import nvmf as rn
 
 from nvmf_phoenix.model import DISCOVERY_NQN
-from tests.cluster_host import pattern
+from tests.cluster_host import HostIO, host_write, pattern
 from tests.etcd_cluster import EtcdCluster
 from tests.netlab import NetLab, free_subnets, kill_netns_processes, netns_cmd, netns_pids
 from tests.phoenix_tools import BIN, drop_region
@@ -355,23 +353,21 @@ class ClusterLab:
     def paths(self) -> list[str]:
         return [f"{n.data_addr}:{IO_PORT}" for n in self.nodes.values()]
 
-    def host_write(self, node: Node, lba: int, seed: int, timeout: float = 30.0
-                   ) -> dict[str, Any]:
-        """One write of :func:`~tests.cluster_host.pattern` through ``node`` only."""
-        argv = [sys.executable, "-m", "tests.cluster_host", "write", "--nqn", NQN,
-                "--path", f"{node.data_addr}:{IO_PORT}", "--lba", str(lba), "--seed",
-                str(seed), "--block-size", str(BLOCK_SIZE), "--io-timeout", "5"]
-        run = subprocess.run(netns_cmd(self.host_ns, argv), capture_output=True, text=True,
-                             timeout=timeout)
-        out = run.stdout.strip().splitlines()
-        if not out:
-            raise AssertionError(f"host write printed nothing: {run.stderr[-2000:]}")
-        return dict(json.loads(out[-1]))
+    def host_write(self, node: Node, lba: int, seed: int) -> dict[str, Any]:
+        """One write of :func:`~tests.cluster_host.pattern` through ``node`` only:
+        {"acknowledged": bool, "error": ...}."""
+        return host_write(self.host_ns, NQN, f"{node.data_addr}:{IO_PORT}", lba, seed,
+                          BLOCK_SIZE)
 
     def host_io(self, options: dict[str, float | str], discover: bool = False) -> HostIO:
-        """Start the host's verified I/O; ``options`` are tests/cluster_host.py's flags
+        """Start the host's verified I/O over one path per node (or the paths discovery
+        at n1 and its referrals list); ``options`` are tests/cluster_host.py's flags
         (kato_ms, io_timeout, ...)."""
-        return HostIO(self, discover, options)
+        first = self.nodes[min(self.nodes)]
+        paths = {"discover": f"{first.data_addr}:{DISC_PORT}"} if discover else \
+            {"path": self.paths()}
+        return HostIO(self.host_ns, self.workdir, NQN, paths, {**options,
+                                                               "block_size": BLOCK_SIZE})
 
     def close(self) -> None:
         try:
@@ -391,94 +387,13 @@ class ClusterLab:
                 drop_region(node.state_dir)
 
 
-class HostIO:
-    """tests/cluster_host.py's ``io`` running in the host namespace."""
-
-    def __init__(self, lab: ClusterLab, discover: bool, options: dict[str, float | str]
-                 ) -> None:
-        self.lab = lab
-        self.progress = lab.workdir / "host-progress.json"
-        self.log = lab.workdir / "host.log"
-        with contextlib.suppress(FileNotFoundError):
-            self.progress.unlink()
-        argv = [sys.executable, "-m", "tests.cluster_host", "io", "--nqn", NQN,
-                "--block-size", str(BLOCK_SIZE), "--progress", str(self.progress)]
-        if discover:
-            first = next(iter(lab.nodes.values()))
-            argv += ["--discover", f"{first.data_addr}:{DISC_PORT}"]
-        else:
-            for p in lab.paths():
-                argv += ["--path", p]
-        for key, value in options.items():
-            argv += [f"--{key.replace('_', '-')}", str(value)]
-        self.out = lab.workdir / "host.json"
-        with open(self.out, "wb") as out, open(self.log, "ab") as err:
-            self.proc = subprocess.Popen(netns_cmd(lab.host_ns, argv), stdout=out,
-                                         stderr=err, stdin=subprocess.DEVNULL)
-
-    def status(self) -> dict[str, Any] | None:
-        try:
-            return dict(json.loads(self.progress.read_text()))
-        except (OSError, ValueError):
-            return None
-
-    def completed(self) -> int:
-        st = self.status()
-        return int(st["completed"]) if st else 0
-
-    def wait_flowing(self, more: int = 50, timeout: float = 60.0) -> None:
-        """Wait until ``more`` commands completed beyond the count now."""
-        base = self.completed()
-
-        def flowing() -> bool:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"host I/O ended early: {self.tail()}")
-            return self.completed() >= base + more
-        wait_for(flowing, timeout=timeout, interval=0.05,
-                 what=f"{more} more host I/O commands")
-
-    def tail(self) -> str:
-        try:
-            return self.log.read_text(errors="replace")[-3000:]
-        except OSError:
-            return ""
-
-    def stop(self, timeout: float = 120.0) -> dict[str, Any]:
-        """End the run (drain, read back, verify) and return its summary."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
-            raise AssertionError(f"host I/O did not finish in {timeout}s: "
-                                 f"{self.tail()}") from None
-        lines = self.out.read_text().strip().splitlines()
-        if not lines:
-            raise AssertionError(f"host I/O printed no summary: {self.tail()}")
-        return dict(json.loads(lines[-1]))
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
-
-
 def node_number(owner: dict[str, Any]) -> int:
     """k of an owner record naming node "nk"."""
     return int(str(owner["node"]).removeprefix("n"))
 
 
-def stall_after(summary: dict[str, Any], at: float, until: float | None = None) -> float:
-    """The longest I/O stall that ended after ``at`` (and before ``until``, the next
-    event); a gap is recorded at its end as (end, length). 0.0 if none."""
-    end_by = until if until is not None else float("inf")
-    return max((length for end, length in summary["gaps"] if at < end <= end_by),
-               default=0.0)
-
-
 def written_pattern(seed: int) -> bytes:
+    """The block ``host_write`` sends for ``seed``."""
     return pattern(seed, BLOCK_SIZE)
 
 

@@ -22,13 +22,8 @@ import pytest
 from nvmf_phoenix.persist.etcd import EtcdUnavailable
 
 from tests.cluster_churn import ConfigChurn, lost_changes, stored_hosts
-from tests.cluster_lab import (
-    ClusterLab,
-    node_number,
-    plain_target_command,
-    stall_after,
-    written_pattern,
-)
+from tests.cluster_host import stall_after
+from tests.cluster_lab import ClusterLab, node_number, plain_target_command, written_pattern
 from tests.netlab import why_no_netns
 from tests.phoenix_tools import BIN
 from tests.waiting import wait_for
