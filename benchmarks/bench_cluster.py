@@ -30,7 +30,13 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.cluster_churn import ConfigChurn, lost_changes, stored_hosts, summary
+from tests.cluster_churn import (
+    ConfigChurn,
+    divergence,
+    lost_changes,
+    stored_hosts,
+    summary,
+)
 from tests.cluster_host import stall_after
 from tests.cluster_lab import ClusterLab, cluster_lab, node_number
 from tests.waiting import wait_for
@@ -67,7 +73,7 @@ def stats(values: list[float]) -> dict[str, float]:
 
 
 def run(workdir: Path, deaths: int, host_options: dict[str, float | str],
-        lease_ttl: float, interval: float) -> dict[str, Any]:
+        lease_ttl: float, interval: float, check: bool = False) -> dict[str, Any]:
     with cluster_lab(workdir, lease_ttl=lease_ttl) as lab:
         lab.start()
         lab.configure()
@@ -81,6 +87,10 @@ def run(workdir: Path, deaths: int, host_options: dict[str, float | str],
                 for d in range(deaths):
                     events.append(one_death(lab, "loud" if d % 2 == 0 else "silent"))
                     host.wait_flowing(more=20, timeout=60)
+                    if check:
+                        churn.pause()
+                        events[-1]["divergence"] = divergence(lab)
+                        churn.resume()
                     print(json.dumps({k: v for k, v in events[-1].items() if k != "at"}),
                           file=sys.stderr, flush=True)
             finally:
@@ -101,7 +111,11 @@ def run(workdir: Path, deaths: int, host_options: dict[str, float | str],
                           ("owner_ms", "optimized_ms", "stall_ms", "standby_back_ms")}
         per_kind[kind]["epoch_steps_not_1"] = sum(e["epoch_step"] != 1 for e in mine)
         per_kind[kind]["owner_not_kept"] = sum(not e["owner_kept"] for e in mine)
+    diverged = [{"death": n, "kind": e["kind"], "node": e["node"], "peer": e["peer"],
+                 "divergence": e["divergence"]} for n, e in enumerate(events)
+                if e.get("divergence")]
     return {"deaths": len(events), "lease_ttl_s": lease_ttl, "host": host_options,
+            "diverged": diverged,
             "per_kind": per_kind,
             "io": {"completed": io["completed"], "errors": io["errors"],
                    "mismatches": io["mismatches"],
@@ -116,19 +130,26 @@ def main() -> int:
     ap.add_argument("--deaths", type=int, default=100)
     ap.add_argument("--lease-ttl", type=float, default=2, help="the owner's lease (s)")
     ap.add_argument("--kato-ms", type=int, default=3000, help="the host's keep-alive "
-                    "timeout; its I/O timeout is the same")
+                    "timeout (Keep Alive every half of it)")
+    ap.add_argument("--io-timeout", type=float, help="the host's I/O timeout: a command "
+                    "outstanding this long fails its path (default: the KATO)")
     ap.add_argument("--interval", type=float, default=0.05, help="pause between two "
                     "configuration changes (s)")
     ap.add_argument("--workdir", help="keep the lab's files (logs) here")
+    ap.add_argument("--check", action="store_true", help="after each death, pause the "
+                    "changes and compare every node's target with etcd's configuration")
     args = ap.parse_args()
-    host = {"kato_ms": args.kato_ms, "io_timeout": args.kato_ms / 1000,
+    io_timeout = args.io_timeout if args.io_timeout is not None else args.kato_ms / 1000
+    host = {"kato_ms": args.kato_ms, "io_timeout": io_timeout,
             "connect_timeout": 1.0, "reconnect_delay": 0.5}
     if args.workdir:
         Path(args.workdir).mkdir(parents=True, exist_ok=True)
-        result = run(Path(args.workdir), args.deaths, host, args.lease_ttl, args.interval)
+        result = run(Path(args.workdir), args.deaths, host, args.lease_ttl, args.interval,
+                     args.check)
     else:
         with tempfile.TemporaryDirectory(prefix="phx-bench-cluster-") as tmp:
-            result = run(Path(tmp), args.deaths, host, args.lease_ttl, args.interval)
+            result = run(Path(tmp), args.deaths, host, args.lease_ttl, args.interval,
+                         args.check)
     print(json.dumps(result, indent=2))
     bad = (result["io"]["errors"] or result["io"]["mismatches"]
            or result["changes"]["lost"])

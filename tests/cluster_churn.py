@@ -52,6 +52,9 @@ class ConfigChurn:
         self.lab, self.interval, self.window, self.give_up = lab, interval, window, give_up
         self.log = ChurnLog()
         self._stop = threading.Event()
+        self._go = threading.Event()
+        self._go.set()
+        self._idle = threading.Event()     # paused, no call under way
         self._thread = threading.Thread(target=self._run, daemon=True, name="churn")
         self.error: BaseException | None = None
 
@@ -68,6 +71,16 @@ class ConfigChurn:
             raise AssertionError(f"the configuration client failed: {self.error!r}")
         return self.log
 
+    def pause(self, timeout: float = 60.0) -> None:
+        """Stop sending after the change under way (bounded); :meth:`resume` goes on."""
+        self._go.clear()
+        if not self._idle.wait(timeout):
+            raise AssertionError("the configuration client did not pause")
+
+    def resume(self) -> None:
+        self._idle.clear()
+        self._go.set()
+
     def acked(self) -> int:
         return len(self.log.acked_add) + len(self.log.acked_remove)
 
@@ -75,6 +88,10 @@ class ConfigChurn:
         try:
             i = 0
             while not self._stop.is_set():
+                if not self._go.is_set():
+                    self._idle.set()
+                    self._go.wait(0.1)
+                    continue
                 self._change("nvmf_subsystem_add_host", i, self.log.acked_add)
                 if i - self.window in self.log.acked_add:
                     self._change("nvmf_subsystem_remove_host", i - self.window,
@@ -128,6 +145,37 @@ class ConfigChurn:
         except EtcdError:
             return None
         return node_number(owner) if owner is not None else None
+
+
+def target_hosts(lab: ClusterLab, k: int) -> set[str]:
+    """The subsystem's hosts on node ``k``'s target as it runs (its private socket)."""
+    with RpcClient.connect(lab.nodes[k].target_sock, timeout=10) as c:
+        subs = c.call("nvmf_get_subsystems")
+    return {h["nqn"] for s in subs if s["nqn"] == NQN for h in s.get("hosts", [])}
+
+
+def divergence(lab: ClusterLab, timeout: float = 20.0) -> dict[str, Any]:
+    """Wait (bounded) for every node's target to hold the hosts etcd holds; what still
+    differs then, per node: {"nK": {"extra": [...], "missing": [...]}} (empty: none)."""
+    def differences() -> dict[str, Any]:
+        stored = stored_hosts(lab)
+        out: dict[str, Any] = {}
+        for k in lab.nodes:
+            try:
+                live = target_hosts(lab, k)
+            except (RpcError, OSError) as exc:
+                out[f"n{k}"] = {"error": str(exc)}
+                continue
+            if live != stored:
+                out[f"n{k}"] = {"extra": sorted(live - stored),
+                                "missing": sorted(stored - live)}
+        return out
+    deadline = time.monotonic() + timeout
+    while True:
+        diff = differences()
+        if not diff or time.monotonic() > deadline:
+            return diff
+        time.sleep(0.2)
 
 
 def stored_hosts(lab: ClusterLab) -> set[str]:

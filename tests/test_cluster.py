@@ -177,6 +177,27 @@ def _death(lab: ClusterLab, kind: str) -> None:
 
 
 @cluster_only
+def test_host_finds_every_node_through_discovery(cluster: ClusterLab) -> None:
+    """Discovery at n1 lists n1's path and refers to the other nodes' discovery
+    services: the host ends up with one path per node, only the owner's optimized."""
+    host = cluster.host_io(HOST, discover=True)
+    try:
+        host.wait_flowing()
+        status = host.status()
+        assert status is not None
+        paths = {p["address"].split(":")[0]: p for p in status["paths"]}
+        assert set(paths) == {n.data_addr for n in cluster.nodes.values()}, paths
+        owner = cluster.owner_node()
+        ana = {addr: set(p["ana"].values()) for addr, p in paths.items()}
+        assert ana[owner.data_addr] == {"optimized"}, ana
+        assert all(v == {"non_optimized"} for a, v in ana.items() if a != owner.data_addr)
+        summary = host.stop()
+    finally:
+        host.kill()
+    assert summary["errors"] == 0 and summary["mismatches"] == 0, summary
+
+
+@cluster_only
 def test_loud_death_of_the_owner(cluster: ClusterLab) -> None:
     _death(cluster, "loud")
 
