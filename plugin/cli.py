@@ -227,7 +227,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics-hosts-interval", type=float, default=10.0, metavar="SECONDS",
                    help="poll connected hosts for metrics at most this often")
     p.add_argument("--floating-address", metavar="ADDR[/PREFIX]", help="put this address "
-                   "on --floating-dev before restoring (listeners on it can then bind)")
+                   "on --floating-dev before restoring (listeners on it can then bind); "
+                   "with --node: the group's owner alone holds it and listens on it too")
     p.add_argument("--floating-dev", metavar="DEV", help="interface for --floating-address")
     g = p.add_argument_group("checkpoint in etcd (more than one node)")
     g.add_argument("--store", metavar="etcd://HOST:PORT[,HOST:PORT...]/PREFIX",

@@ -5,10 +5,15 @@ node of a cluster for one group (:class:`~nvmf_phoenix.recovery.cluster.ClusterN
 ``nvmf-phoenix cluster status --store etcd://...`` reads the cluster from etcd alone: the
 nodes (address, slot, how long registered, lease time left), and per group the owner,
 epoch, newest committed seq and the nodes standing by, flagging a group with none.
+
+With ``--floating-address ADDR[/PREFIX] --floating-dev DEV`` the group also has an
+address that moves with ownership (``netplumb.Floating``): the owner holds it on DEV,
+announced by gratuitous ARP, and listens on it; hosts that know one address use it.
 """
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import shlex
 import signal
 import sys
@@ -21,7 +26,7 @@ from nvmf_phoenix.persist.etcd_keys import ClusterKeys, decode
 from nvmf_phoenix.plugin import metrics
 from nvmf_phoenix.plugin.cli_common import add_json, emit
 from nvmf_phoenix.plugin.ops import PhoenixError
-from nvmf_phoenix.recovery.cluster import ClusterNode
+from nvmf_phoenix.recovery.cluster import ClusterNode, FloatingAddress
 from nvmf_phoenix.recovery.ownership import DEFAULT_LEASE_TTL
 
 
@@ -45,6 +50,30 @@ def add_supervise_flags(p: argparse.ArgumentParser) -> None:
                    "last renewal")
 
 
+def floating_from(args: argparse.Namespace) -> FloatingAddress | None:
+    """``--floating-address``/``--floating-dev`` checked (PhoenixError says what is wrong)."""
+    if not args.floating_address:
+        return None
+    # Here, not at the top: pyroute2 takes half a second to import, which every other
+    # command would pay (cli.py and cli_checkpoint.py import netplumb the same way).
+    from nvmf_phoenix.plugin import netplumb
+
+    if not args.floating_dev:
+        raise PhoenixError("--floating-address needs --floating-dev (the interface the "
+                           "owner puts it on)")
+    try:
+        floating = netplumb.Floating(args.floating_address, args.floating_dev)
+        ip = ipaddress.ip_address(floating.address)
+        if floating.prefixlen is not None and not 0 < floating.prefixlen <= ip.max_prefixlen:
+            raise ValueError(f"prefix /{floating.prefixlen}")
+    except ValueError as exc:
+        raise PhoenixError(f"--floating-address {args.floating_address}: {exc}") from None
+    if floating.address == args.node_address:
+        raise PhoenixError("--floating-address must differ from --node-address (the "
+                           "node's own address stays with the node)")
+    return floating
+
+
 def supervise_node(args: argparse.Namespace) -> int:
     """``supervise --node``: run this node for the group in the foreground."""
     if not args.store or not args.node_address:
@@ -60,12 +89,18 @@ def supervise_node(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"nvmf-phoenix supervise: --store: {exc}", file=sys.stderr)
         return 2
+    try:
+        floating = floating_from(args)
+    except PhoenixError as exc:
+        print(f"nvmf-phoenix supervise: {exc}", file=sys.stderr)
+        return 2
     cmd = shlex.split(args.target_cmd) if args.target_cmd else \
         [sys.executable, "-m", "nvmf_phoenix.embedded"]
     node = ClusterNode(EtcdClient(ep.urls), ep.prefix, args.group, args.node,
                        args.node_address, cmd, args.target_socket, args.rpc_socket,
                        args.state_dir, lease_ttl=args.lease_ttl,
-                       ping_interval=args.ping_interval, misses=args.misses)
+                       ping_interval=args.ping_interval, misses=args.misses,
+                       floating=floating)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -88,7 +123,9 @@ def supervise_node(args: argparse.Namespace) -> int:
             return 1
     print(f"nvmf-phoenix supervisor ready: rpc={args.rpc_socket} target={args.target_socket}"
           f" state={args.state_dir} node={args.node} address={args.node_address} "
-          f"slot={node.lease.slot} group={args.group} store={args.store}", flush=True)
+          f"slot={node.lease.slot} group={args.group} store={args.store}"
+          + (f" floating={floating.address} dev={floating.dev}" if floating else ""),
+          flush=True)
     stop.wait()
     if server is not None:
         server.shutdown()
@@ -101,11 +138,16 @@ def node_lines(sup: dict[str, Any]) -> list[str]:
     """``status`` of a cluster node: its role, the owner, the epoch, its lease."""
     lease = sup["lease"]
     owner = f"{sup['owner']} at {sup['owner_address']}" if sup["owner"] else "nobody"
-    return [f"cluster: node {sup['node']} ({sup['address']}, slot {sup['slot']}) is "
-            f"{sup['role'].upper()} for group {sup['group']}, epoch {sup['epoch']}, "
-            f"owner {owner}; {sup['takeovers']} takeovers, {sup['fences']} fences",
-            f"  lease {lease['lease']}: ttl {lease['ttl']} s, {lease['ttl_left']} s left"
-            + (", FENCED" if lease["fenced"] else "")]
+    lines = [f"cluster: node {sup['node']} ({sup['address']}, slot {sup['slot']}) is "
+             f"{sup['role'].upper()} for group {sup['group']}, epoch {sup['epoch']}, "
+             f"owner {owner}; {sup['takeovers']} takeovers, {sup['fences']} fences",
+             f"  lease {lease['lease']}: ttl {lease['ttl']} s, {lease['ttl_left']} s left"
+             + (", FENCED" if lease["fenced"] else "")]
+    floating = sup.get("floating")
+    if floating:
+        lines.append(f"  floating address {floating['address']}: "
+                     + ("held by this node" if floating["held"] else "not held here"))
+    return lines
 
 
 # -- cluster status ----------------------------------------------------------------------
@@ -126,7 +168,7 @@ def cluster_status(client: EtcdClient, prefix: str) -> dict[str, Any]:
                 "address": doc.get("address"), "slot": doc.get("slot"),
                 "registered_s": round(now - float(doc.get("since", now)), 1),
                 "ttl_left": ttl, "alive": True, "group": doc.get("group"),
-                "role": doc.get("role")}
+                "role": doc.get("role"), "floating": doc.get("floating")}
         elif key.startswith(keys.slots):
             slots[int(key[len(keys.slots):])] = kv.value.decode()
         elif key.startswith(keys.groups):
@@ -141,11 +183,14 @@ def cluster_status(client: EtcdClient, prefix: str) -> dict[str, Any]:
     for slot, name in slots.items():
         nodes.setdefault(name, {"address": None, "slot": slot, "registered_s": None,
                                 "ttl_left": -1, "alive": False, "group": None,
-                                "role": None})
+                                "role": None, "floating": None})
     for name, g in groups.items():
         g["standbys"] = sorted(n for n, d in nodes.items() if d["alive"] and
                                d["group"] == name and d["role"] == "standby")
         g["no_standby"] = not g["standbys"]
+        # The owner registers the floating address it holds (nobody: none, or moving).
+        g["floating"] = {n: d["floating"] for n, d in nodes.items() if d["alive"] and
+                         d["group"] == name and d["floating"]}
     return {"prefix": prefix, "nodes": dict(sorted(nodes.items())),
             "groups": dict(sorted(groups.items()))}
 
@@ -162,7 +207,9 @@ def human_cluster(d: dict[str, Any]) -> str:
     for name, g in d["groups"].items():
         lines.append(f"  group {name}: owner {g['owner'] or 'NONE'}, epoch {g['epoch']}, "
                      f"seq {g['seq']}, standby "
-                     + (", ".join(g["standbys"]) if g["standbys"] else "NONE (no standby)"))
+                     + (", ".join(g["standbys"]) if g["standbys"] else "NONE (no standby)")
+                     + "".join(f"; floating address {a} held by {n}"
+                               for n, a in sorted(g["floating"].items())))
     return "\n".join(lines)
 
 

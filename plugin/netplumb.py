@@ -18,7 +18,7 @@ import struct
 from typing import Any
 
 from nvmf_phoenix.plugin.ops import PhoenixError
-from pyroute2 import IPRoute
+from pyroute2 import IPRoute, NetlinkError
 
 from nvmf_phoenix.model import TargetState
 
@@ -151,3 +151,28 @@ def prepare_state_addresses(state: TargetState, floating_dev: str | None = None,
     """prepare_listener_address for every listener of ``state``, before a restore."""
     return {addr: prepare_listener_address(addr, floating_dev, floating_prefix)
             for addr in sorted(listener_addresses(state))}
+
+
+class Floating:
+    """A cluster's floating address on this node's ``dev``: the owner takes it (added
+    and announced), every other node gives it up (a
+    :class:`~nvmf_phoenix.recovery.cluster.FloatingAddress`)."""
+
+    def __init__(self, spec: str, dev: str) -> None:
+        addr, _, prefix = spec.partition("/")
+        self.address, self.dev = addr, dev
+        self.prefixlen = int(prefix) if prefix else None
+
+    def take(self) -> None:
+        try:
+            if not add_address(self.address, self.dev, self.prefixlen):
+                gratuitous_arp(self.address, self.dev)   # ours already: say so
+        except (PhoenixError, NetlinkError) as exc:
+            raise OSError(f"floating address {self.address} on {self.dev}: {exc}") from None
+
+    def give_up(self) -> None:
+        try:
+            remove_address(self.address, self.dev)
+        except (PhoenixError, NetlinkError) as exc:
+            raise OSError(f"floating address {self.address} off {self.dev}: {exc}") \
+                from None

@@ -27,6 +27,12 @@ can expire.
 
 When the owner's local target dies the node resigns at once (a peer takes over in one
 etcd round trip instead of waiting for the target's restart) and comes back as standby.
+
+Hosts that know one address only connect to the group's *floating* address
+(:class:`FloatingAddress`): the owner holds it on its interface and its target listens on
+it too. Taking over puts the address on first (announced, so hosts' neighbour caches
+follow), then the listeners; whatever ends ownership (stepping down, fencing, starting as
+standby) takes the listeners away (or makes them inaccessible) first, then the address.
 """
 from __future__ import annotations
 
@@ -36,7 +42,7 @@ import os
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from nvmf_phoenix.persist.etcd import EtcdClient, EtcdError
 from nvmf_phoenix.persist.etcd_keys import ClusterKeys, decode
@@ -54,6 +60,7 @@ from nvmf_phoenix.recovery.pair_view import (
     NodePlace,
     PairRefusal,
     fence_calls,
+    floating_calls,
     for_member,
     member_view,
     referral_calls,
@@ -72,6 +79,21 @@ log = logging.getLogger(__name__)
 
 OWNER = "owner"
 ROLES = {OWNER: ACTIVE, STANDBY: STANDBY, FENCED: FENCED}   # node role -> view role
+
+
+class FloatingAddress(Protocol):
+    """The address hosts connect to when they know one only; the owner alone holds it.
+    Recovery never touches the network itself: the command line fills this in (with
+    pyroute2, :mod:`nvmf_phoenix.plugin.netplumb`). Both raise OSError on failure."""
+
+    address: str
+
+    def take(self) -> None:
+        """Put the address on this node's interface and announce it (gratuitous ARP),
+        also when it is there already."""
+
+    def give_up(self) -> None:
+        """Take the address off this node's interface (nothing if it is not there)."""
 
 
 @dataclass
@@ -96,7 +118,8 @@ class ClusterNode:
     def __init__(self, client: EtcdClient, prefix: str, group: str, node: str,
                  address: str, target_cmd: list[str], target_sock: str, public_sock: str,
                  state_dir: str, lease_ttl: float = DEFAULT_LEASE_TTL,
-                 ping_interval: float = 0.5, misses: int = 4) -> None:
+                 ping_interval: float = 0.5, misses: int = 4,
+                 floating: FloatingAddress | None = None) -> None:
         self.client, self.group, self.node, self.address = client, group, node, address
         self.keys = ClusterKeys(prefix)
         self.state_dir = state_dir
@@ -109,7 +132,10 @@ class ClusterNode:
         self.etcd.fence = self.ownership.fence_compares
         self.member = Member(node, list(target_cmd), target_sock,
                              os.path.join(state_dir, "target.log"))
-        self.layout = ClusterLayout({node: NodePlace(0, address)})
+        self.floating = floating
+        self.holds_floating = False
+        self.layout = ClusterLayout({node: NodePlace(0, address)},
+                                    floating=floating.address if floating else None)
         self.owner: dict[str, Any] | None = None
         self.ping_interval, self.misses = ping_interval, misses
         self.status = ClusterStatus()
@@ -138,6 +164,7 @@ class ClusterNode:
         self.owner = loaded.owner
         logical = loaded.state or self.store.load().state or TargetState.empty()
         self._bring_up(logical)
+        self._give_up_floating()      # a standby's target has no listener on it now
         self.status.state = "ready"
         self.ready.set()
         self.front.start()
@@ -156,6 +183,7 @@ class ClusterNode:
         self.lease.stop(revoke=True)
         with self._lock:
             self.member.end(planned=True)
+            self._give_up_floating()
         for t in self._threads:
             t.join(timeout=5)
         self.status.state = "stopped"
@@ -194,8 +222,9 @@ class ClusterNode:
             "node %s: %s -> %s (group %s)", self.node, self.role, role, self.group)
         self.status.role = role
         self.status.generation += 1
-        try:          # what `cluster status` shows: who stands by for which group
-            self.lease.register(group=self.group, role=role)
+        floating = self.floating.address if self.floating and role == OWNER else None
+        try:          # what `cluster status` shows: who stands by, who holds the address
+            self.lease.register(group=self.group, role=role, floating=floating)
         except EtcdError as exc:
             log.info("node %s: role not registered: %s", self.node, exc)
 
@@ -271,6 +300,7 @@ class ClusterNode:
                 # durable copy: no fsync on the way to optimized).
                 self.store.save(logical, durable=False)
                 desired = self._view(logical, OWNER)
+                self._take_floating()      # the address first: listeners on it can bind
                 with self.member.client() as c:
                     # Against what it holds, not what it was given: whatever is served
                     # optimized from now on must be exactly the committed state.
@@ -282,6 +312,7 @@ class ClusterNode:
                             self.node, self.group, exc)
                 with contextlib.suppress(EtcdError):
                     self.ownership.resign()
+                self._give_up_floating()
                 raise
             self.member.applied = desired
             self.owner = {"node": self.node, "epoch": self.ownership.epoch}
@@ -289,6 +320,7 @@ class ClusterNode:
             self.status.last_takeover_s = time.monotonic() - seen
             if self.lease.fenced:         # fenced meanwhile: unfencing makes us owner
                 self._make_inaccessible(desired)
+                self._give_up_floating()
                 return
             self._set_role(OWNER)
         log.warning("node %s: owner of group %s at epoch %d, optimized %.1f ms after the "
@@ -312,17 +344,24 @@ class ClusterNode:
 
     def _replan(self, role: str) -> None:
         """(Caller holds the lock.) The local target's view for ``role`` of the last
-        known configuration, planned against what it holds now."""
-        if self.member.state != "ready":
-            return
-        desired = self._view(self.store.current or TargetState.empty(), role)
-        with self.member.client() as c:
-            live = capture_config(c)
-            report = execute(c, plan(desired, live, prune=True))
-        self.member.applied = desired
-        if role != FENCED and self.lease.fenced:    # the clock ran out again meanwhile
-            self.status.role = FENCED
-            self._make_inaccessible(desired)
+        known configuration, planned against what it holds now; the floating address
+        taken before an owner's listeners, given up after anyone else's went."""
+        if role == OWNER:
+            self._take_floating()
+        try:
+            if self.member.state != "ready":
+                return
+            desired = self._view(self.store.current or TargetState.empty(), role)
+            with self.member.client() as c:
+                live = capture_config(c)
+                report = execute(c, plan(desired, live, prune=True))
+            self.member.applied = desired
+            if role != FENCED and self.lease.fenced:    # the clock ran out again meanwhile
+                self.status.role = FENCED
+                self._make_inaccessible(desired)
+        finally:
+            if role != OWNER or self.lease.fenced:
+                self._give_up_floating()
         if not report.ok:
             log.warning("node %s: %s view incomplete: %s", self.node, role,
                         "; ".join(str(f) for f in report.failures))
@@ -337,6 +376,7 @@ class ClusterNode:
         self.status.fences += 1
         self._make_inaccessible(self.member.applied)
         self.status.last_fence_s = time.monotonic() - start
+        self._give_up_floating()            # after its listeners went inaccessible
         log.warning("node %s fenced: listeners inaccessible in %.1f ms", self.node,
                     self.status.last_fence_s * 1e3)
         # A listener added since the view was last given: a second pass over the live state.
@@ -426,11 +466,15 @@ class ClusterNode:
             self._sync_referrals(state)
 
     def _sync_referrals(self, logical: TargetState) -> None:
-        """(Caller holds the lock.) The one thing a user's call does not give our target:
-        referrals to the other nodes' discovery services, which follow the nodes."""
+        """(Caller holds the lock.) What a user's call does not give our target:
+        referrals to the other nodes' discovery services, which follow the nodes, and
+        the copies of its listeners on the floating address."""
         desired = self._view(logical, self.role)
-        had = self.member.applied.referrals if self.member.applied is not None else []
-        calls = referral_calls(had, desired.referrals)
+        applied = self.member.applied
+        calls = referral_calls(applied.referrals if applied is not None else [],
+                               desired.referrals)
+        if self.holds_floating:
+            calls += floating_calls(applied, desired, self.layout.floating)
         self.member.applied = desired
         if calls and self.member.state == "ready":
             try:
@@ -438,6 +482,31 @@ class ClusterNode:
                     outcomes(c, calls)
             except (RpcError, OSError) as exc:
                 log.warning("node %s: referrals not updated: %s", self.node, exc)
+
+    # -- the floating address ------------------------------------------------------------
+    def _take_floating(self) -> None:
+        """The floating address on this node, announced (raises OSError)."""
+        if self.floating is not None:
+            self.floating.take()
+            self.holds_floating = True
+            log.warning("node %s: holds floating address %s", self.node,
+                        self.floating.address)
+
+    def _give_up_floating(self) -> None:
+        """The floating address off this node; a failure is logged (nothing else could
+        be done about it here: fencing already made its listeners inaccessible)."""
+        if self.floating is None:
+            return
+        try:
+            self.floating.give_up()
+        except OSError as exc:
+            self.status.last_error = f"floating address not removed: {exc}"
+            log.error("node %s: %s", self.node, self.status.last_error)
+            return
+        if self.holds_floating:
+            log.warning("node %s: gave up floating address %s", self.node,
+                        self.floating.address)
+        self.holds_floating = False
 
     # -- the other nodes -----------------------------------------------------------------
     def _refresh_nodes(self) -> bool:
@@ -452,7 +521,8 @@ class ClusterNode:
         if nodes == self.layout.nodes:
             return False
         known = self.layout.known | {p.address for p in self.layout.nodes.values()}
-        self.layout = ClusterLayout(nodes, frozenset(known - {self.address}))
+        self.layout = ClusterLayout(nodes, frozenset(known - {self.address}),
+                                    self.layout.floating)
         return True
 
     def _nodes_loop(self) -> None:
@@ -475,7 +545,10 @@ class ClusterNode:
         log.warning("node %s: target exited (%s)", self.node, self.role)
         if self.role == OWNER:
             # A peer's standby takes over in one round trip; waiting for our restart
-            # would leave hosts on non_optimized paths the whole time.
+            # would leave hosts on non_optimized paths the whole time. The floating
+            # address goes first (its listeners died with the target): the peer's
+            # announcement must be the last word on it.
+            self._give_up_floating()
             with contextlib.suppress(EtcdError):
                 self.ownership.resign()
             self.status.resigned += 1
@@ -537,6 +610,8 @@ class ClusterNode:
                 "last_error": st.last_error,
                 "nodes": {n: {"slot": p.slot, "address": p.address}
                           for n, p in sorted(self.layout.nodes.items())},
+                "floating": {"address": self.floating.address, "held": self.holds_floating}
+                if self.floating else None,
                 "last_restore_s": round(self.member.last_restore_s, 4)}
 
     def _control(self, method: str, params: Any) -> Any:

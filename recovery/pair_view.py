@@ -22,7 +22,10 @@ either member checkpoints the same logical state.
 The same views serve a cluster (:mod:`~.cluster`): there a member is a node holding a
 *slot* (one of :data:`SLOTS`), listening on its own address, with one of four disjoint
 cntlid ranges; :class:`ClusterLayout` places the members as :class:`PairLayout` does for
-a pair, and the functions below take either (both are a :class:`Placement`).
+a pair, and the functions below take either (both are a :class:`Placement`). A cluster
+may also have a *floating* address, for hosts that know one address only: the owner's
+view listens there too (a copy of each of its listeners, same port, ``optimized``); no
+other role's does, and :func:`to_logical` leaves those copies out of the checkpoint.
 """
 from __future__ import annotations
 
@@ -148,10 +151,12 @@ class ClusterLayout:
     placed on the node's address with the configuration's port (one address per node:
     two listeners differing only in address would collide on a node). ``known`` lists
     addresses of nodes seen before and gone now, so referrals to them are still
-    recognised as the cluster's own and never kept as the user's."""
+    recognised as the cluster's own and never kept as the user's. ``floating``: the
+    address the owner also listens on (held by the owner alone), if any."""
 
     nodes: dict[str, NodePlace] = field(default_factory=dict)
     known: frozenset[str] = frozenset()
+    floating: str | None = None
 
     def member_address(self, addr: ListenAddress, member: str) -> ListenAddress:
         return ListenAddress.make(self.nodes[member].address, addr.trsvcid, addr.trtype)
@@ -175,6 +180,24 @@ class ClusterLayout:
 
     def addresses(self) -> set[str]:
         return {p.address for p in self.nodes.values()} | set(self.known)
+
+    def floating_in(self, role: str) -> str | None:
+        """The floating address a member in ``role`` listens on: the owner's only."""
+        return self.floating if role == ACTIVE else None
+
+
+def _floating(layout: Placement, role: str) -> str | None:
+    return layout.floating_in(role) if isinstance(layout, ClusterLayout) else None
+
+
+def _add_floating(view: TargetState, floating: str) -> None:
+    """A copy of each listener of ``view`` on ``floating`` (same port and ANA states)."""
+    for sub in view.subsystems.values():
+        for ls in list(sub.listeners.values()):
+            copied = copy.deepcopy(ls)
+            copied.address = ListenAddress.make(floating, ls.address.trsvcid,
+                                                ls.address.trtype)
+            sub.listeners.setdefault(copied.address, copied)
 
 
 def ana_groups(sub: Subsystem, known: set[int]) -> list[int]:
@@ -227,10 +250,35 @@ def member_view(logical: TargetState, layout: Placement, member: str,
                 if not sub.is_discovery else {}
             moved[ls.address] = ls
         sub.listeners = moved
+    floating = _floating(layout, role)
+    if floating:
+        _add_floating(view, floating)
     view.referrals = [r for r in view.referrals
                       if not _ours(r, logical, layout, layout.members())]
     view.referrals += peer_referrals(logical, layout, member)
     return view
+
+
+def floating_calls(had: TargetState | None, desired: TargetState, floating: str | None
+                   ) -> list[tuple[str, dict[str, Any]]]:
+    """The calls that give a target holding view ``had`` the listeners on ``floating``
+    that ``desired`` has, once a user's call has given it the rest (a listener added or
+    removed on the node's own address: its copy on the floating address follows).
+    Subsystems ``desired`` lacks are left alone (deleting one took its listeners)."""
+    if not floating:
+        return []
+    calls = []
+    for nqn, sub in desired.subsystems.items():
+        old = had.subsystems.get(nqn) if had is not None else None
+        have = {a: ls for a, ls in (old.listeners.items() if old else [])
+                if a.traddr == floating}
+        want = {a: ls for a, ls in sub.listeners.items() if a.traddr == floating}
+        calls += [("nvmf_subsystem_add_listener", ls.to_create_params(nqn))
+                  for a, ls in sorted(want.items()) if a not in have]
+        calls += [("nvmf_subsystem_remove_listener",
+                   {"nqn": nqn, "listen_address": a.to_dict()})
+                  for a in sorted(have) if a not in want]
+    return calls
 
 
 def referral_calls(had: list[Referral], desired: list[Referral]
@@ -259,12 +307,15 @@ def to_logical(live: TargetState, layout: Placement, member: str,
     address cannot invert."""
     out = copy.deepcopy(live)
     known = _user_traddrs(logical)
+    floating = layout.floating if isinstance(layout, ClusterLayout) else None
     for sub in out.subsystems.values():
         if not sub.is_discovery:
             sub.min_cntlid, sub.max_cntlid = DEFAULT_CNTLID_RANGE
             sub.ana_reporting = True
         moved = {}
         for addr, ls in sub.listeners.items():
+            if floating is not None and addr.traddr == floating:
+                continue            # the owner's copy on the floating address
             ls.address = layout.user_address(addr, member, known.get(addr.trsvcid))
             ls.ana_states = {}
             moved[ls.address] = ls
