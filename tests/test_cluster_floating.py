@@ -131,9 +131,8 @@ def floating_address(lab: ClusterLab) -> str:
 
 
 def floating_command(lab: ClusterLab, node: Node) -> list[str]:
-    return supervise_command(lab, node) + ["--floating-address",
-                                           f"{floating_address(lab)}/24",
-                                           "--floating-dev", DATA_DEV]
+    return [*supervise_command(lab, node), "--floating-address",
+            f"{floating_address(lab)}/24", "--floating-dev", DATA_DEV]
 
 
 @pytest.fixture
