@@ -15,6 +15,7 @@ gone) and the third node takes the address. 0 I/O errors, 0 mismatches throughou
 """
 from __future__ import annotations
 
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -54,6 +55,7 @@ from tests.cluster_lab import (
     supervise_command,
 )
 from tests.netlab import why_no_netns
+from tests.phoenix_tools import BIN
 from tests.waiting import wait_for
 
 FLOAT = "192.0.2.100"
@@ -166,6 +168,12 @@ def node_status(node: Node) -> dict[str, Any]:
         return dict(c.call("phoenix_status"))
 
 
+def _cli(*argv: str) -> str:
+    run = subprocess.run([str(BIN / "nvmf-phoenix"), *argv], capture_output=True,
+                         text=True, timeout=60)
+    return run.stdout + run.stderr
+
+
 def wait_holder(lab: ClusterLab, k: int, timeout: float = 30.0) -> None:
     """Node ``k`` alone holds the floating address and listens on it optimized."""
     wait_for(lambda: holders(lab) == [k] and floating_ana(lab, k) == "optimized",
@@ -182,6 +190,11 @@ def test_floating_address_moves_to_the_peer(lab: ClusterLab) -> None:
     assert node_status(first)["floating"] == {"address": addr, "held": True}
     group = cluster_status(lab.client, PREFIX)["groups"]["default"]
     assert group["floating"] == {first.name: addr}, group
+    # What users read: `status` on the owner's socket, `cluster status` from etcd.
+    out = _cli("status", "-s", first.sock, "-d", first.state_dir)
+    assert f"floating address {addr}: held by this node" in out, out
+    out = _cli("cluster", "status", "--store", lab.store_url)
+    assert f"floating address {addr} held by {first.name}" in out, out
     host = HostIO(lab.host_ns, lab.workdir, NQN, {"path": [f"{addr}:{IO_PORT}"]},
                   {**HOST, "block_size": 4096})
     try:
