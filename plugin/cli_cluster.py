@@ -26,7 +26,8 @@ from nvmf_phoenix.persist.etcd_keys import ClusterKeys, decode
 from nvmf_phoenix.plugin import metrics
 from nvmf_phoenix.plugin.cli_common import add_json, emit
 from nvmf_phoenix.plugin.ops import PhoenixError
-from nvmf_phoenix.recovery.cluster import ClusterNode, FloatingAddress
+from nvmf_phoenix.recovery.cluster import ClusterNode
+from nvmf_phoenix.recovery.cluster_target import FloatingAddress
 from nvmf_phoenix.recovery.ownership import DEFAULT_LEASE_TTL
 
 

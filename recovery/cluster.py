@@ -29,10 +29,15 @@ When the owner's local target dies the node resigns at once (a peer takes over i
 etcd round trip instead of waiting for the target's restart) and comes back as standby.
 
 Hosts that know one address only connect to the group's *floating* address
-(:class:`FloatingAddress`): the owner holds it on its interface and its target listens on
-it too. Taking over puts the address on first (announced, so hosts' neighbour caches
-follow), then the listeners; whatever ends ownership (stepping down, fencing, starting as
-standby) takes the listeners away (or makes them inaccessible) first, then the address.
+(:class:`~.cluster_target.FloatingAddress`): the owner holds it on its interface and its
+target listens on it too. Taking over puts the address on first (announced, so hosts'
+neighbour caches follow), then the listeners; whatever ends ownership (stepping down,
+fencing, starting as standby) takes the listeners away (or makes them inaccessible)
+first, then the address.
+
+This module decides the role from etcd (lease, owner key, the group's checkpoint) and
+serves the front; carrying a role out on the local target (its view, fencing it, the
+floating address, its death and restart) is :class:`~.cluster_target.NodeTarget`'s.
 """
 from __future__ import annotations
 
@@ -41,76 +46,37 @@ import logging
 import os
 import threading
 import time
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 from nvmf_phoenix.persist.etcd import EtcdClient, EtcdError
 from nvmf_phoenix.persist.etcd_keys import ClusterKeys, decode
 from nvmf_phoenix.recovery.capture import capture_config
+from nvmf_phoenix.recovery.cluster_target import OWNER, FloatingAddress, NodeTarget
 from nvmf_phoenix.recovery.etcd_store import EtcdGroupStore, EtcdLoaded, EtcdStoreError, Fenced
 from nvmf_phoenix.recovery.executor import execute
 from nvmf_phoenix.recovery.front import Front
-from nvmf_phoenix.recovery.member import Member, Proc
+from nvmf_phoenix.recovery.member import Member
 from nvmf_phoenix.recovery.ownership import DEFAULT_LEASE_TTL, NodeLease, Ownership
 from nvmf_phoenix.recovery.pair_view import (
-    ACTIVE,
     FENCED,
     STANDBY,
     ClusterLayout,
     NodePlace,
     PairRefusal,
-    fence_calls,
-    floating_calls,
     for_member,
-    member_view,
-    referral_calls,
     to_logical,
 )
 from nvmf_phoenix.recovery.planner import plan
-from nvmf_phoenix.recovery.restore import restore
 from nvmf_phoenix.recovery.store import lock_state_dir
 from nvmf_phoenix.recovery.supervisor import checkpoint_store
-from nvmf_phoenix.rpc import RpcClient, RpcError
-from nvmf_phoenix.rpc.client import outcomes
+from nvmf_phoenix.rpc import RpcError
 
 from nvmf_phoenix.model import TargetState
 
 log = logging.getLogger(__name__)
 
-OWNER = "owner"
-ROLES = {OWNER: ACTIVE, STANDBY: STANDBY, FENCED: FENCED}   # node role -> view role
 
-
-class FloatingAddress(Protocol):
-    """The address hosts connect to when they know one only; the owner alone holds it.
-    Recovery never touches the network itself: the command line fills this in (with
-    pyroute2, :mod:`nvmf_phoenix.plugin.netplumb`). Both raise OSError on failure."""
-
-    address: str
-
-    def take(self) -> None:
-        """Put the address on this node's interface and announce it (gratuitous ARP),
-        also when it is there already."""
-
-    def give_up(self) -> None:
-        """Take the address off this node's interface (nothing if it is not there)."""
-
-
-@dataclass
-class ClusterStatus:
-    state: str = "starting"       # starting, ready, restarting, stopped
-    role: str = STANDBY
-    generation: int = 0           # bumped on every role change and target restart
-    takeovers: int = 0
-    last_takeover_s: float = 0.0  # owner key seen absent -> our listeners optimized
-    fences: int = 0
-    last_fence_s: float = 0.0     # fence decided -> every listener inaccessible
-    restarts: int = 0
-    resigned: int = 0
-    last_error: str = ""
-
-
-class ClusterNode:
+class ClusterNode(NodeTarget):
     """Node ``node`` (listening on ``address``) serving group ``group`` of the cluster
     at ``prefix`` in etcd; the local target runs ``target_cmd`` on ``target_sock``, users
     talk to ``public_sock``."""
@@ -120,37 +86,27 @@ class ClusterNode:
                  state_dir: str, lease_ttl: float = DEFAULT_LEASE_TTL,
                  ping_interval: float = 0.5, misses: int = 4,
                  floating: FloatingAddress | None = None) -> None:
-        self.client, self.group, self.node, self.address = client, group, node, address
+        self.client, self.group, self.address = client, group, address
         self.keys = ClusterKeys(prefix)
         self.state_dir = state_dir
-        self.store = checkpoint_store(state_dir)
-        self.etcd = EtcdGroupStore(client, self.keys.group(group))
         self.lease = NodeLease(client, self.keys, node, address, lease_ttl,
                                on_fence=self._fence, on_unfence=self._unfence,
                                on_rejoin=self._rejoin)
+        super().__init__(node, Member(node, list(target_cmd), target_sock,
+                                      os.path.join(state_dir, "target.log")),
+                         ClusterLayout({node: NodePlace(0, address)},
+                                       floating=floating.address if floating else None),
+                         checkpoint_store(state_dir), lambda: self.lease.fenced,
+                         floating, ping_interval, misses)
+        self.etcd = EtcdGroupStore(client, self.keys.group(group))
         self.ownership = Ownership(client, self.keys.group(group), node, self.lease)
         self.etcd.fence = self.ownership.fence_compares
-        self.member = Member(node, list(target_cmd), target_sock,
-                             os.path.join(state_dir, "target.log"))
-        self.floating = floating
-        self.holds_floating = False
-        self.layout = ClusterLayout({node: NodePlace(0, address)},
-                                    floating=floating.address if floating else None)
         self.owner: dict[str, Any] | None = None
-        self.ping_interval, self.misses = ping_interval, misses
-        self.status = ClusterStatus()
-        self.ready = threading.Event()
-        self._stop = threading.Event()
-        self._lock = threading.RLock()      # role and the local target's configuration
         self.front = Front(public_sock, target_sock, self.store, self.ready,
                            control=self._control, generation=lambda: self.status.generation,
                            notice_s=max(1.0, ping_interval * 2))
         self.front.pair = self
         self._threads: list[threading.Thread] = []
-
-    @property
-    def role(self) -> str:
-        return self.status.role
 
     # -- lifecycle -----------------------------------------------------------------------
     def start(self) -> None:
@@ -191,31 +147,6 @@ class ClusterNode:
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
-
-    def _bring_up(self, logical: TargetState) -> None:
-        """Start the local target (or adopt the one answering its socket) and give it the
-        standby view of ``logical``, pruning whatever else it holds."""
-        m = self.member
-        if os.path.exists(m.sock) and m.alive():
-            m.adopt()
-        else:
-            m.launch(self._stop).close()
-        self.store.save(logical, durable=False)
-        # A target restarted while fenced comes back fenced: it must not offer a path.
-        desired = self._view(logical, FENCED if self.lease.fenced else STANDBY)
-        with m.client() as c:
-            report = restore(c, desired, prune=True)
-        if not report.ok:
-            raise RpcError(-32603, "restore incomplete: " + "; ".join(
-                [str(f) for f in report.execution.failures] + report.plan.conflicts +
-                report.differences)[:2000])
-        m.applied, m.state = desired, "ready"
-        if m.proc is not None:
-            threading.Thread(target=self._reap, args=(m.proc,), name="cluster-reaper",
-                             daemon=True).start()
-
-    def _view(self, logical: TargetState, role: str) -> TargetState:
-        return member_view(logical, self.layout, self.node, ROLES[role])
 
     def _set_role(self, role: str) -> None:
         (log.warning if role != self.role else log.info)(
@@ -342,30 +273,6 @@ class ClusterNode:
             self._set_role(role)
             self._replan(role)
 
-    def _replan(self, role: str) -> None:
-        """(Caller holds the lock.) The local target's view for ``role`` of the last
-        known configuration, planned against what it holds now; the floating address
-        taken before an owner's listeners, given up after anyone else's went."""
-        if role == OWNER:
-            self._take_floating()
-        try:
-            if self.member.state != "ready":
-                return
-            desired = self._view(self.store.current or TargetState.empty(), role)
-            with self.member.client() as c:
-                live = capture_config(c)
-                report = execute(c, plan(desired, live, prune=True))
-            self.member.applied = desired
-            if role != FENCED and self.lease.fenced:    # the clock ran out again meanwhile
-                self.status.role = FENCED
-                self._make_inaccessible(desired)
-        finally:
-            if role != OWNER or self.lease.fenced:
-                self._give_up_floating()
-        if not report.ok:
-            log.warning("node %s: %s view incomplete: %s", self.node, role,
-                        "; ".join(str(f) for f in report.failures))
-
     # -- fencing -------------------------------------------------------------------------
     def _fence(self) -> None:
         """The lease clock ran out: every listener inaccessible now, before anything else
@@ -382,20 +289,6 @@ class ClusterNode:
         # A listener added since the view was last given: a second pass over the live state.
         with contextlib.suppress(RpcError, OSError), self.member.client(2.0) as c:
             self._make_inaccessible(capture_config(c))
-
-    def _make_inaccessible(self, state: TargetState | None) -> None:
-        """Every listener of ``state`` (in this node's addresses) inaccessible, in one
-        pipelined round trip; a target that cannot be told is ended (it restarts
-        fenced). Calls the target refuses (a listener gone meanwhile) are no matter."""
-        calls = fence_calls(state)
-        if not calls:
-            return
-        try:
-            with RpcClient.connect(self.member.sock, timeout=2.0) as c:
-                outcomes(c, calls)           # pipelined: one round trip for all
-        except (RpcError, OSError) as exc:
-            log.warning("node %s: fencing the target failed (%s): ending it", self.node, exc)
-            self.member.end(planned=False)
 
     def _unfence(self) -> None:
         """Our lease renewed again: owner again if etcd still names us, else standby."""
@@ -465,84 +358,8 @@ class ClusterNode:
         with self._lock:
             self._sync_referrals(state)
 
-    def _sync_referrals(self, logical: TargetState) -> None:
-        """(Caller holds the lock.) What a user's call does not give our target:
-        referrals to the other nodes' discovery services, which follow the nodes, and
-        the copies of its listeners on the floating address."""
-        desired = self._view(logical, self.role)
-        applied = self.member.applied
-        calls = referral_calls(applied.referrals if applied is not None else [],
-                               desired.referrals)
-        if self.holds_floating:
-            calls += floating_calls(applied, desired, self.layout.floating)
-        self.member.applied = desired
-        if calls and self.member.state == "ready":
-            try:
-                with self.member.client(2.0) as c:
-                    outcomes(c, calls)
-            except (RpcError, OSError) as exc:
-                log.warning("node %s: referrals not updated: %s", self.node, exc)
-
-    # -- the floating address ------------------------------------------------------------
-    def _take_floating(self) -> None:
-        """The floating address on this node, announced (raises OSError)."""
-        if self.floating is not None:
-            self.floating.take()
-            self.holds_floating = True
-            log.warning("node %s: holds floating address %s", self.node,
-                        self.floating.address)
-
-    def _give_up_floating(self) -> None:
-        """The floating address off this node; a failure is logged (nothing else could
-        be done about it here: fencing already made its listeners inaccessible)."""
-        if self.floating is None:
-            return
-        try:
-            self.floating.give_up()
-        except OSError as exc:
-            self.status.last_error = f"floating address not removed: {exc}"
-            log.error("node %s: %s", self.node, self.status.last_error)
-            return
-        if self.holds_floating:
-            log.warning("node %s: gave up floating address %s", self.node,
-                        self.floating.address)
-        self.holds_floating = False
-
-    # -- the other nodes -----------------------------------------------------------------
-    def _refresh_nodes(self) -> bool:
-        """Read the live nodes; True if the layout changed."""
-        _rev, kvs = self.client.prefix(self.keys.nodes)
-        nodes = {}
-        for kv in kvs:
-            with contextlib.suppress(ValueError, KeyError, TypeError):
-                doc = decode(kv.value)
-                nodes[doc["node"]] = NodePlace(int(doc["slot"]), str(doc["address"]))
-        nodes[self.node] = NodePlace(self.lease.slot, self.address)
-        if nodes == self.layout.nodes:
-            return False
-        known = self.layout.known | {p.address for p in self.layout.nodes.values()}
-        self.layout = ClusterLayout(nodes, frozenset(known - {self.address}),
-                                    self.layout.floating)
-        return True
-
-    def _nodes_loop(self) -> None:
-        while not self._stop.wait(0.5):
-            try:
-                if self._refresh_nodes() and self.role != FENCED:
-                    with self._lock:
-                        self._sync_referrals(self.store.current or TargetState.empty())
-            except EtcdError:
-                continue
-
-    # -- the local target ----------------------------------------------------------------
-    def _reap(self, proc: Proc) -> None:
-        proc.wait()
-        died_at = time.monotonic()
-        if self._stop.is_set() or self.member.proc is not proc:
-            return
-        self.ready.clear()
-        self.member.state = "down"
-        log.warning("node %s: target exited (%s)", self.node, self.role)
+    # -- the local target's death (NodeTarget's hooks) ------------------------------------
+    def _target_died(self) -> None:
         if self.role == OWNER:
             # A peer's standby takes over in one round trip; waiting for our restart
             # would leave hosts on non_optimized paths the whole time. The floating
@@ -553,45 +370,34 @@ class ClusterNode:
                 self.ownership.resign()
             self.status.resigned += 1
             self._step_down(STANDBY)
-        self._restart(died_at)
 
-    def _restart(self, died_at: float) -> None:
-        self.status.state = "restarting"
-        while not self._stop.is_set():
+    def _restore_state(self) -> TargetState | None:
+        try:
+            return self.etcd.load().state
+        except (EtcdError, EtcdStoreError) as exc:    # fenced, surely
+            log.warning("node %s: restoring from the local checkpoint: %s", self.node, exc)
+            return None
+
+    # -- the other nodes -----------------------------------------------------------------
+    def _refresh_nodes(self) -> bool:
+        """Read the live nodes; True if the layout changed."""
+        _rev, kvs = self.client.prefix(self.keys.nodes)
+        nodes: dict[str, NodePlace] = {}
+        for kv in kvs:
+            with contextlib.suppress(ValueError, KeyError, TypeError):
+                doc = decode(kv.value)
+                nodes[doc["node"]] = NodePlace(int(doc["slot"]), str(doc["address"]))
+        nodes[self.node] = NodePlace(self.lease.slot, self.address)
+        return self._place(nodes)
+
+    def _nodes_loop(self) -> None:
+        while not self._stop.wait(0.5):
             try:
-                with self._lock:
-                    try:
-                        logical = self.etcd.load().state
-                    except (EtcdError, EtcdStoreError) as exc:    # fenced, surely
-                        log.warning("node %s: restoring from the local checkpoint: %s",
-                                    self.node, exc)
-                        logical = None
-                    self.member.proc = None
-                    self._bring_up(logical or self.store.current or TargetState.empty())
-                break
-            except (RpcError, OSError) as exc:
-                self.status.last_error = f"restart failed: {exc}"
-                log.error("node %s: %s", self.node, self.status.last_error)
-                self.member.end(planned=False)
-                self._stop.wait(0.5)
-        self.status.restarts += 1
-        self.status.generation += 1
-        self.status.state = "ready"
-        self.ready.set()
-        log.info("node %s: target back as standby %.2f s after its death", self.node,
-                 time.monotonic() - died_at)
-
-    def _ping(self) -> None:
-        missed = 0
-        while not self._stop.wait(self.ping_interval):
-            if self.member.state != "ready":
-                missed = 0
+                if self._refresh_nodes() and self.role != FENCED:
+                    with self._lock:
+                        self._sync_referrals(self.store.current or TargetState.empty())
+            except EtcdError:
                 continue
-            missed = 0 if self.member.alive(self.ping_interval) else missed + 1
-            if missed >= self.misses:
-                log.warning("node %s: target missed %d pings: killing it", self.node, missed)
-                missed = 0
-                self.member.end(planned=False)
 
     # -- status --------------------------------------------------------------------------
     def status_dict(self) -> dict[str, Any]:
