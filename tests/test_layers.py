@@ -55,6 +55,9 @@ LAZY = {
         "the command line imports a mode's code only when that mode runs (start-up time)",
     ("plugin/cli.py", "nvmf_phoenix.recovery.pair_view"):
         "the command line imports a mode's code only when that mode runs (start-up time)",
+    ("plugin/cli_cluster.py", "nvmf_phoenix.plugin"):
+        "netplumb imports pyroute2 (half a second): only a node with a floating address "
+        "needs it",
     ("plugin/cli_checkpoint.py", "nvmf_phoenix.embedded.keeper_client"):
         "the command line imports a mode's code only when that mode runs (start-up time)",
     ("plugin/cli_checkpoint.py", "nvmf_phoenix.plugin"):
