@@ -100,3 +100,23 @@ def test_readme_pair_section_runs_as_written(tmp_path: Path) -> None:
 def test_readme_shared_memory_section_runs_as_written(tmp_path: Path) -> None:
     out = _run_section("## Where the bytes live", tmp_path)
     assert "would remove" in out
+
+
+def test_readme_cluster_section_names_real_options() -> None:
+    """The cluster section needs an etcd cluster and several machines, so it is not run
+    (tests/test_cluster_core.py and tests/test_cluster_floating.py run clusters); its
+    commands must still parse with the real command line, every option as written."""
+    import shlex
+
+    from nvmf_phoenix.plugin.cli import build_parser
+
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("## A cluster of nodes"):]
+    block = re.search(r"```sh\n(.*?)```", section, re.S)
+    assert block is not None
+    commands = [line for line in block.group(1).replace("\\\n", " ").splitlines()
+                if line.startswith("nvmf-phoenix ")]
+    assert [c.split()[1] for c in commands] == ["supervise", "cluster"]
+    parsed = [build_parser().parse_args(shlex.split(c)[1:]) for c in commands]
+    assert parsed[0].node == "n1" and parsed[0].floating_dev == "eth0"
+    assert parsed[1].cluster_command == "status"
