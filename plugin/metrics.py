@@ -277,7 +277,8 @@ def _pair(sup: dict[str, Any]) -> list[Metric]:
 
 
 def _cluster(sup: dict[str, Any]) -> list[Metric]:
-    """A cluster node: its role in its group, the group's epoch, its lease, fencing."""
+    """A cluster node: its role in its group, the group's epoch, its lease, fencing,
+    the floating address."""
     group, node = sup["group"], sup["node"]
     role = GaugeMetricFamily(P + "cluster_role", "this node's role in the group "
                              "(1 = current)", labels=["group", "node", "role"])
@@ -294,4 +295,11 @@ def _cluster(sup: dict[str, Any]) -> list[Metric]:
     fenced.add_metric([], 1 if sup["lease"]["fenced"] else 0)
     take = CounterMetricFamily(P + "cluster_takeovers", "groups this node took over")
     take.add_metric([], sup["takeovers"])
-    return [role, epoch, ttl, fenced, take]
+    out: list[Metric] = [role, epoch, ttl, fenced, take]
+    if sup.get("floating"):
+        held = GaugeMetricFamily(P + "cluster_floating_held", "1 while this node holds "
+                                 "the group's floating address", labels=["group", "address"])
+        held.add_metric([group, sup["floating"]["address"]],
+                        1 if sup["floating"]["held"] else 0)
+        out.append(held)
+    return out

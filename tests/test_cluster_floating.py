@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from nvmf_phoenix.plugin import metrics
 from nvmf_phoenix.plugin.cli_cluster import cluster_status
 from nvmf_phoenix.recovery.pair_view import (
     ACTIVE,
@@ -195,6 +196,11 @@ def test_floating_address_moves_to_the_peer(lab: ClusterLab) -> None:
     assert f"floating address {addr}: held by this node" in out, out
     out = _cli("cluster", "status", "--store", lab.store_url)
     assert f"floating address {addr} held by {first.name}" in out, out
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value for m in
+               metrics.PhoenixCollector(first.sock, first.state_dir).collect()
+               for s in m.samples}
+    assert samples[("nvmf_phoenix_cluster_floating_held",
+                    (("address", addr), ("group", "default")))] == 1, samples
     host = HostIO(lab.host_ns, lab.workdir, NQN, {"path": [f"{addr}:{IO_PORT}"]},
                   {**HOST, "block_size": 4096})
     try:
