@@ -72,6 +72,7 @@ def floating_from(args: argparse.Namespace) -> FloatingAddress | None:
     if floating.address == args.node_address:
         raise PhoenixError("--floating-address must differ from --node-address (the "
                            "node's own address stays with the node)")
+    floating.check()
     return floating
 
 

@@ -163,6 +163,11 @@ class Floating:
         self.address, self.dev = addr, dev
         self.prefixlen = int(prefix) if prefix else None
 
+    def check(self) -> None:
+        """Raise PhoenixError now if ``dev`` is not here (rather than at the takeover)."""
+        with IPRoute() as ip:
+            _index(ip, self.dev)
+
     def take(self) -> None:
         try:
             if not add_address(self.address, self.dev, self.prefixlen):

@@ -118,6 +118,25 @@ def test_floating_calls_follow_the_users_listener_changes() -> None:
     assert floating_calls(before, after, None) == []
 
 
+@pytest.mark.parametrize("extra, says", [
+    (["--floating-address", "192.0.2.100/24"], "--floating-address needs --floating-dev"),
+    (["--floating-address", "192.0.2.x", "--floating-dev", "lo"], "192.0.2.x"),
+    (["--floating-address", "192.0.2.100/40", "--floating-dev", "lo"], "prefix /40"),
+    (["--floating-address", "192.0.2.11", "--floating-dev", "lo"], "must differ"),
+    (["--floating-address", "192.0.2.100", "--floating-dev", "nosuchdev0"],
+     "no network interface 'nosuchdev0'"),
+])
+def test_floating_flags_are_checked_before_anything_starts(tmp_path: Path, extra: list[str],
+                                                           says: str) -> None:
+    run = subprocess.run([str(BIN / "nvmf-phoenix"), "supervise", "--store",
+                          "etcd://127.0.0.1:9/x", "--node", "n1", "--node-address",
+                          "192.0.2.11", "-d", str(tmp_path / "state"), "-s",
+                          str(tmp_path / "public.sock"), *extra],
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 2 and says in run.stderr, run.stderr
+    assert not (tmp_path / "state").exists()
+
+
 # -- the lab ------------------------------------------------------------------------------
 _reason = why_no_netns()
 lab_only = pytest.mark.skipif(_reason is not None, reason=_reason or "")
