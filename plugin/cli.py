@@ -57,6 +57,19 @@ def _cmd_supervise(args: argparse.Namespace) -> int:
     cmd = shlex.split(args.target_cmd) if args.target_cmd else \
         [sys.executable, "-m", "nvmf_phoenix.embedded"]
     sup: Supervisor | PairSupervisor
+    cluster_store = None
+    if args.store:
+        from nvmf_phoenix.recovery.etcd_store import EtcdGroupStore
+
+        if args.standby:
+            print("nvmf-phoenix supervise: --store with --standby is not supported",
+                  file=sys.stderr)
+            return 2
+        try:
+            cluster_store = EtcdGroupStore.open(args.store, args.group)
+        except ValueError as exc:
+            print(f"nvmf-phoenix supervise: --store: {exc}", file=sys.stderr)
+            return 2
     if args.standby:
         sup = PairSupervisor(
             (cmd, shlex.split(args.standby_target_cmd) if args.standby_target_cmd else cmd),
@@ -68,7 +81,8 @@ def _cmd_supervise(args: argparse.Namespace) -> int:
     else:
         sup = Supervisor(cmd, args.target_socket, args.rpc_socket, args.state_dir,
                          ping_interval=args.ping_interval, misses=args.misses,
-                         max_restarts=args.max_restarts, restart_window=args.restart_window)
+                         max_restarts=args.max_restarts, restart_window=args.restart_window,
+                         cluster_store=cluster_store)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -101,7 +115,8 @@ def _cmd_supervise(args: argparse.Namespace) -> int:
           + (f" standby={sup.members['b'].sock} ({sup.layout.describe()})"
              if isinstance(sup, PairSupervisor) else "")
           + (f" metrics=http://{args.metrics_address}:{args.metrics_port}/metrics"
-             if server else ""), flush=True)
+             if server else "")
+          + (f" store={args.store} group={args.group}" if args.store else ""), flush=True)
     failed = False
     while not stop.wait(0.5):
         if sup.status.state == "failed":
@@ -214,6 +229,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--floating-address", metavar="ADDR[/PREFIX]", help="put this address "
                    "on --floating-dev before restoring (listeners on it can then bind)")
     p.add_argument("--floating-dev", metavar="DEV", help="interface for --floating-address")
+    g = p.add_argument_group("checkpoint in etcd (more than one node)")
+    g.add_argument("--store", metavar="etcd://HOST:PORT[,HOST:PORT...]/PREFIX",
+                   help="also commit every checkpoint to this etcd cluster before answering; "
+                   "at start restore from it (default: the local state directory only)")
+    g.add_argument("--group", default="default", help="the configuration's name in --store "
+                   "(one supervisor per node and group)")
     g = p.add_argument_group("hot-standby pair (a crash becomes a path failover)")
     g.add_argument("--standby", action="store_true", help="run a second target as hot "
                    "standby: same configuration and identities, its listeners "

@@ -153,6 +153,8 @@ def human_status(d: dict[str, Any]) -> str:
             lines += pair_lines(sup)
         elif sup.get("mode") == "cluster":
             lines += cli_cluster.node_lines(sup)
+        if sup.get("store"):
+            lines.append(store_line(sup["store"]))
     else:
         lines.append("supervisor: none on this socket (unsupervised target)")
     pid = f", pid {tgt['pid']}" if tgt.get("pid") else ""
@@ -175,6 +177,13 @@ def human_status(d: dict[str, Any]) -> str:
         lines.append(f"checkpoint: none in {d['state_dir']} (take one with "
                      "`nvmf-phoenix checkpoint now`)")
     return "\n".join(lines)
+
+
+def store_line(st: dict[str, Any]) -> str:
+    """Where the cluster's copy of the checkpoint is, and whether it has every change."""
+    where = f"{','.join(st['endpoints'])}/{st.get('prefix', '?')} group {st.get('group', '?')}"
+    state = f"BEHIND ({st['behind']})" if st.get("behind") else "up to date"
+    return f"cluster store: etcd {where}: last committed seq {st['seq']}, {state}"
 
 
 def pair_lines(sup: dict[str, Any]) -> list[str]:

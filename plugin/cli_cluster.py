@@ -18,8 +18,10 @@ from typing import Any
 
 from nvmf_phoenix.persist.etcd import Endpoints, EtcdClient, EtcdError
 from nvmf_phoenix.persist.etcd_keys import ClusterKeys, decode
+from nvmf_phoenix.plugin import metrics
 from nvmf_phoenix.plugin.cli_common import add_json, emit
 from nvmf_phoenix.plugin.ops import PhoenixError
+from nvmf_phoenix.recovery.cluster import ClusterNode
 from nvmf_phoenix.recovery.ownership import DEFAULT_LEASE_TTL
 
 
@@ -45,8 +47,6 @@ def add_supervise_flags(p: argparse.ArgumentParser) -> None:
 
 def supervise_node(args: argparse.Namespace) -> int:
     """``supervise --node``: run this node for the group in the foreground."""
-    from nvmf_phoenix.recovery.cluster import ClusterNode
-
     if not args.store or not args.node_address:
         print("nvmf-phoenix supervise: --node needs --store etcd://... and --node-address",
               file=sys.stderr)
@@ -76,8 +76,6 @@ def supervise_node(args: argparse.Namespace) -> int:
         return 1
     server = None
     if args.metrics_port is not None:
-        from nvmf_phoenix.plugin import metrics
-
         collector = metrics.PhoenixCollector(args.target_socket, args.state_dir,
                                              status=lambda _c: node.status_dict(),
                                              hosts_interval=args.metrics_hosts_interval)

@@ -53,8 +53,10 @@ from nvmf_phoenix.recovery.pair_view import (
     ClusterLayout,
     NodePlace,
     PairRefusal,
+    fence_calls,
     for_member,
     member_view,
+    referral_calls,
     to_logical,
 )
 from nvmf_phoenix.recovery.planner import plan
@@ -171,7 +173,8 @@ class ClusterNode:
         else:
             m.launch(self._stop).close()
         self.store.save(logical, durable=False)
-        desired = self._view(logical, STANDBY)
+        # A target restarted while fenced comes back fenced: it must not offer a path.
+        desired = self._view(logical, FENCED if self.lease.fenced else STANDBY)
         with m.client() as c:
             report = restore(c, desired, prune=True)
         if not report.ok:
@@ -212,7 +215,7 @@ class ClusterNode:
                     continue
                 got = self.etcd.load() if not revision else \
                     self.etcd.follow(revision, timeout=1.0)
-                if got is None:
+                if got is None:         # nothing new (follow looks once at the end)
                     continue
                 revision = got.revision
                 self.owner = got.owner
@@ -233,13 +236,17 @@ class ClusterNode:
                 return
             logical = loaded.state or TargetState.empty()
             desired = self._view(logical, STANDBY)
-            steps = plan(desired, self.member.applied or TargetState.empty(), prune=True)
-            if steps.calls:
+            try:
                 with self.member.client() as c:
-                    report = execute(c, steps)
+                    # Against what it was given; after a failure, against what it holds.
+                    had = self.member.applied or capture_config(c)
+                    report = execute(c, plan(desired, had, prune=True))
                 if not report.ok:
                     raise RpcError(-32603, "standby apply: " + "; ".join(
                         str(f) for f in report.failures))
+            except (RpcError, OSError):
+                self.member.applied = None
+                raise
             self.member.applied = desired
             if self.role == FENCED:        # fenced while this ran: undo what it set
                 self._make_inaccessible(desired)
@@ -260,10 +267,14 @@ class ClusterNode:
                 if logical is None:        # a new cluster: our checkpoint, or nothing
                     logical = self.store.current or TargetState.empty()
                     self.etcd.commit_state(logical)
+                # The front checkpoints from it as soon as we are owner (etcd is the
+                # durable copy: no fsync on the way to optimized).
+                self.store.save(logical, durable=False)
                 desired = self._view(logical, OWNER)
                 with self.member.client() as c:
-                    report = execute(c, plan(desired, self.member.applied or
-                                             TargetState.empty(), prune=True))
+                    # Against what it holds, not what it was given: whatever is served
+                    # optimized from now on must be exactly the committed state.
+                    report = execute(c, plan(desired, capture_config(c), prune=True))
                 if not report.ok:
                     raise RpcError(-32603, "; ".join(str(f) for f in report.failures))
             except (EtcdError, EtcdStoreError, RpcError, OSError) as exc:
@@ -272,7 +283,6 @@ class ClusterNode:
                 with contextlib.suppress(EtcdError):
                     self.ownership.resign()
                 raise
-            self.store.save(logical)
             self.member.applied = desired
             self.owner = {"node": self.node, "epoch": self.ownership.epoch}
             self.status.takeovers += 1
@@ -310,6 +320,9 @@ class ClusterNode:
             live = capture_config(c)
             report = execute(c, plan(desired, live, prune=True))
         self.member.applied = desired
+        if role != FENCED and self.lease.fenced:    # the clock ran out again meanwhile
+            self.status.role = FENCED
+            self._make_inaccessible(desired)
         if not report.ok:
             log.warning("node %s: %s view incomplete: %s", self.node, role,
                         "; ".join(str(f) for f in report.failures))
@@ -331,10 +344,10 @@ class ClusterNode:
             self._make_inaccessible(capture_config(c))
 
     def _make_inaccessible(self, state: TargetState | None) -> None:
-        calls = [("nvmf_subsystem_listener_set_ana_state",
-                  {"nqn": nqn, "listen_address": addr.to_dict(), "ana_state": "inaccessible"})
-                 for nqn, sub in (state.subsystems.items() if state else [])
-                 if not sub.is_discovery and sub.ana_reporting for addr in sub.listeners]
+        """Every listener of ``state`` (in this node's addresses) inaccessible, in one
+        pipelined round trip; a target that cannot be told is ended (it restarts
+        fenced). Calls the target refuses (a listener gone meanwhile) are no matter."""
+        calls = fence_calls(state)
         if not calls:
             return
         try:
@@ -376,6 +389,11 @@ class ClusterNode:
             raise RpcError(-1, f"Operation not permitted: {exc}", method) from None
 
     def refusal(self) -> str:
+        if self.role == FENCED:
+            return (f"node {self.node} is fenced for group {self.group}: it could not "
+                    "renew its lease in etcd in time, serves no path and takes no "
+                    "configuration until etcd answers again (another node may own the "
+                    "group by then)")
         owner = (self.owner or {}).get("node")
         place = self.layout.nodes.get(owner) if owner else None
         where = f"node {owner} at {place.address if place else 'an unknown address'}" \
@@ -402,7 +420,7 @@ class ClusterNode:
             # and succeeded: the change is in the group's checkpoint (a peer taking over
             # loads it), so it is acknowledged; refusing it would tell the user a change
             # was not made that every later owner serves.
-            self._make_inaccessible(state)
+            self._make_inaccessible(self._view(state, FENCED))
             return
         with self._lock:
             self._sync_referrals(state)
@@ -412,10 +430,7 @@ class ClusterNode:
         referrals to the other nodes' discovery services, which follow the nodes."""
         desired = self._view(logical, self.role)
         had = self.member.applied.referrals if self.member.applied is not None else []
-        calls = [("nvmf_discovery_add_referral", r.to_create_params())
-                 for r in desired.referrals if r not in had] + \
-                [("nvmf_discovery_remove_referral", r.to_create_params())
-                 for r in had if r not in desired.referrals]
+        calls = referral_calls(had, desired.referrals)
         self.member.applied = desired
         if calls and self.member.state == "ready":
             try:
@@ -472,12 +487,16 @@ class ClusterNode:
         while not self._stop.is_set():
             try:
                 with self._lock:
-                    loaded = self.etcd.load()
+                    try:
+                        logical = self.etcd.load().state
+                    except (EtcdError, EtcdStoreError) as exc:    # fenced, surely
+                        log.warning("node %s: restoring from the local checkpoint: %s",
+                                    self.node, exc)
+                        logical = None
                     self.member.proc = None
-                    self._bring_up(loaded.state or self.store.current or
-                                   TargetState.empty())
+                    self._bring_up(logical or self.store.current or TargetState.empty())
                 break
-            except (EtcdError, EtcdStoreError, RpcError, OSError) as exc:
+            except (RpcError, OSError) as exc:
                 self.status.last_error = f"restart failed: {exc}"
                 log.error("node %s: %s", self.node, self.status.last_error)
                 self.member.end(planned=False)

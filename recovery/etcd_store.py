@@ -21,7 +21,6 @@ than mistaking our own write for another writer's.
 from __future__ import annotations
 
 import contextlib
-import copy
 import json
 import os
 import threading
@@ -33,6 +32,7 @@ from typing import Any
 
 from nvmf_phoenix.persist.etcd import (
     KV,
+    Endpoints,
     EtcdClient,
     EtcdError,
     EtcdUnavailable,
@@ -44,9 +44,9 @@ from nvmf_phoenix.persist.etcd import (
     range_op,
     unb64,
 )
-from nvmf_phoenix.persist.etcd_keys import GroupKeys, decode, encode
+from nvmf_phoenix.persist.etcd_keys import ClusterKeys, GroupKeys, decode, encode
 from nvmf_phoenix.recovery import changes
-from nvmf_phoenix.recovery.store import MAX_CHANGES
+from nvmf_phoenix.recovery.store import MAX_CHANGES, ReplicaError, ReplicaMismatch
 
 from nvmf_phoenix.model import TargetState
 
@@ -55,7 +55,7 @@ CHANGE_LIMIT = 512 << 10   # a change larger than this is committed as a whole s
 ZLIB_LEVEL = 3
 
 
-class EtcdStoreError(Exception):
+class EtcdStoreError(ReplicaError):
     """The group's checkpoint in etcd cannot be read or written (the message says which
     key, or what etcd answered)."""
 
@@ -66,6 +66,10 @@ class StoreConflict(EtcdStoreError):
 
 class Fenced(EtcdStoreError):
     """A fence compare failed: this node is not the group's owner (any more)."""
+
+
+class StoreMismatch(EtcdStoreError, ReplicaMismatch):
+    """The change does not fit the state in etcd (or there is none): commit a whole one."""
 
 
 class StoreUnavailable(EtcdStoreError, EtcdUnavailable):
@@ -90,7 +94,6 @@ class _Unsure:
     """A commit whose answer never came: what the head (and change key) hold if it landed."""
     head: bytes
     change: tuple[str, bytes] | None
-    ops: list[changes.Op] | None     # a change's operations (None: a whole state)
     state: TargetState | None        # a whole state's state
     orphans: str | None              # a whole state's chunk prefix (deleted if it did not land)
 
@@ -120,13 +123,34 @@ class EtcdGroupStore:
         self.fence: Callable[[], list[dict[str, Any]]] = lambda: []
         self.tag = os.urandom(4).hex()      # names this writer's state chunks
         self.lock = threading.RLock()
-        self.current: TargetState | None = None   # etcd's state as of our last read/write
+        self._current: TargetState | None = None  # etcd's state as of our last read/write
+        # or, after a load, how to build it (built at the first commit: a follower that
+        # only loads never pays for a second copy)
+        self._recipe: tuple[bytes, list[bytes]] | None = None
         self.seq = 0
         self.base = 0
         self._head: dict[str, Any] = {}
         self._head_rev: int | None = None   # None: never read
         self._unsure: _Unsure | None = None
         self.committed_at = 0.0             # time of the last successful commit
+        self.where: dict[str, Any] = {"endpoints": list(client.urls), "keys": keys.root}
+
+    @classmethod
+    def open(cls, url: str, group: str = "default",
+             timeout: float | None = None) -> EtcdGroupStore:
+        """The store of ``group`` in ``etcd://H:P[,H:P...]/PREFIX`` (ValueError if the
+        address is not one)."""
+        ends = Endpoints.parse(url)
+        client = EtcdClient(ends.urls, **({"timeout": timeout} if timeout else {}))
+        store = cls(client, ClusterKeys(ends.prefix).group(group))
+        store.where.update(prefix=ends.prefix, group=group)
+        return store
+
+    def describe(self) -> dict[str, Any]:
+        """Where the checkpoint is and what was last committed (for status)."""
+        return {"kind": "etcd", **self.where, "seq": self.seq, "base": self.base,
+                "head_revision": self._head_rev or 0,
+                "committed_at": self.committed_at}
 
     # -- reading -----------------------------------------------------------------------
     def load(self) -> EtcdLoaded:
@@ -137,20 +161,37 @@ class EtcdGroupStore:
                 revision, kvs = self.client.prefix(self.keys.all)
             except EtcdError as exc:
                 raise _store_error(exc, "read") from exc
-            loaded = self._decode(revision, {kv.key.decode(): kv for kv in kvs})
-            self._adopt(loaded)
+            loaded, recipe = self._decode(revision, {kv.key.decode(): kv for kv in kvs})
+            self._adopt(loaded, recipe)
             return loaded
 
-    def _decode(self, revision: int, kvs: dict[str, KV]) -> EtcdLoaded:
+    @property
+    def current(self) -> TargetState | None:
+        if self._recipe is not None:
+            raw, ops = self._recipe
+            self._recipe = None
+            self._current = TargetState.from_dict(json.loads(raw)["state"])
+            for one in ops:
+                changes.apply(self._current, json.loads(one)["ops"])
+        return self._current
+
+    @current.setter
+    def current(self, state: TargetState | None) -> None:
+        self._current, self._recipe = state, None
+
+    def _decode(self, revision: int, kvs: dict[str, KV]
+                ) -> tuple[EtcdLoaded, tuple[bytes, list[bytes]] | None]:
         keys = self.keys
         owner = _value(kvs, keys.owner)
         epoch = _value(kvs, keys.epoch)
         head_kv = kvs.get(keys.head)
         head = _value(kvs, keys.head) or {}
+        if not isinstance(epoch, (int, str, type(None))) or not str(epoch or 0).isdigit():
+            raise EtcdStoreError(f"{keys.epoch}: not an epoch ({epoch!r})")
         loaded = EtcdLoaded(None, 0, revision, head_kv.mod_revision if head_kv else 0,
                             int(epoch or 0), owner if isinstance(owner, dict) else None)
         if head_kv is None:
-            return loaded
+            return loaded, None
         try:
             seq, base, chunks = int(head["seq"]), int(head["base"]), int(head["chunks"])
             tag = str(head.get("tag", ""))
@@ -165,28 +206,33 @@ class EtcdGroupStore:
             parts.append(kvs[key].value)
         first = keys.state_chunk(base, 0, tag)
         try:
-            doc = json.loads(zlib.decompress(b"".join(parts)))
+            raw = zlib.decompress(b"".join(parts))
+            doc = json.loads(raw)
             state = TargetState.from_dict(doc["state"])
             if int(doc["seq"]) != base:
                 raise ValueError(f"holds seq {doc['seq']}, the head says {base}")
         except (zlib.error, ValueError, KeyError, TypeError, AttributeError) as exc:
             raise EtcdStoreError(f"{first}: the whole state at {base} does not decode "
                                  f"({exc!r})") from None
+        ops: list[bytes] = []
         for s in range(base + 1, seq + 1):
             key = keys.change(s)
             if key not in kvs:
                 raise EtcdStoreError(f"{key}: change {s} is missing (the head says {seq})")
+            ops.append(kvs[key].value)
             try:
-                changes.apply(state, json.loads(kvs[key].value)["ops"])
-            except (ValueError, KeyError, TypeError, changes.ModelMismatch) as exc:
+                changes.apply(state, json.loads(ops[-1])["ops"])
+            except (ValueError, KeyError, TypeError, AttributeError,
+                    changes.ModelMismatch) as exc:
                 raise EtcdStoreError(f"{key}: change {s} does not apply ({exc!r})") from None
         loaded.state, loaded.seq, loaded.base, loaded.changes = state, seq, base, seq - base
         self._head = head
-        return loaded
+        return loaded, (raw, ops)
 
-    def _adopt(self, loaded: EtcdLoaded) -> None:
+    def _adopt(self, loaded: EtcdLoaded, recipe: tuple[bytes, list[bytes]] | None) -> None:
         """What we read is what the next commit builds on."""
-        self.current = copy.deepcopy(loaded.state)
+        self.current = None
+        self._recipe = recipe
         self.seq, self.base = loaded.seq, loaded.base
         if loaded.state is None:
             self._head = {}
@@ -195,7 +241,12 @@ class EtcdGroupStore:
 
     def follow(self, after_revision: int, timeout: float) -> EtcdLoaded | None:
         """Wait (watch) until something under the group changes after ``after_revision``
-        and return the new load(); None when ``timeout`` passes first."""
+        and return the new load(); None when ``timeout`` passes first.
+
+        A watch can miss what it was asked for (etcd compacted that revision away and
+        cancelled the watch, or the stream broke): so a quiet wait ends with one small
+        read of the head, owner and epoch keys, and one written after ``after_revision``
+        is returned as a change."""
         deadline = time.monotonic() + timeout
         while (left := deadline - time.monotonic()) > 0:
             for _rev, _events in self.client.watch(
@@ -204,64 +255,83 @@ class EtcdGroupStore:
                 return self.load()
             # the stream ended early (a member went away): watch again, not in a spin
             time.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
-        return None
+        try:
+            res = self.client.txn([], [range_op(k) for k in (self.keys.head, self.keys.owner,
+                                                             self.keys.epoch)])
+        except EtcdError as exc:
+            raise _store_error(exc, "read") from exc
+        newest = max((kv.mod_revision for i in range(3) for kv in res.kvs(i)), default=0)
+        return self.load() if newest > after_revision else None
 
     # -- writing -----------------------------------------------------------------------
     def commit_change(self, ops: list[changes.Op]) -> int:
         """Commit one change after the newest seq; returns its seq. Raises StoreConflict
-        (another writer was first), Fenced, StoreUnavailable or EtcdStoreError."""
+        (another writer was first), Fenced, StoreUnavailable, StoreMismatch (commit a
+        whole state instead) or EtcdStoreError."""
         with self.lock:
             self._prepare()
             if self.current is None:
-                raise EtcdStoreError(f"{self.keys.head}: no whole state in etcd to apply a "
-                                     "change to (commit a whole state first)")
-            after = copy.deepcopy(self.current)
+                raise StoreMismatch(f"{self.keys.head}: no state known to apply a change "
+                                    "to (commit a whole state)")
             try:
-                changes.apply(after, ops)
+                changes.apply(self.current, ops)    # all or nothing
             except changes.ModelMismatch as exc:
-                raise EtcdStoreError(f"the change does not fit etcd's state ({exc})") from None
-            seq = self.seq + 1
-            value = encode({"seq": seq, "ops": ops, "writer": self.tag})
-            if seq - self.base > MAX_CHANGES or len(value) > CHANGE_LIMIT:
-                return self._commit_state(after)
-            head = encode({**self._head, "seq": seq})
-            change = (self.keys.change(seq), value)
-            res = self._txn([put_op(change[0], value), put_op(self.keys.head, head)],
-                            _Unsure(head, change, ops, None, None))
-            self.current, self.seq = after, seq
-            self._committed(res, {**self._head, "seq": seq})
-            return seq
+                raise StoreMismatch(f"the change does not fit etcd's state ({exc})") from None
+            try:
+                return self._commit_change(ops)
+            except EtcdStoreError:
+                if self._unsure is None:   # (unsure: settled on the next call)
+                    self.current = None    # holds a change etcd does not
+                raise
+
+    def _commit_change(self, ops: list[changes.Op]) -> int:
+        assert self.current is not None
+        seq = self.seq + 1
+        value = encode({"seq": seq, "ops": ops, "writer": self.tag})
+        if seq - self.base > MAX_CHANGES or len(value) > CHANGE_LIMIT:
+            return self._commit_state(self.current)
+        head = encode({**self._head, "seq": seq})
+        change = (self.keys.change(seq), value)
+        res = self._txn([put_op(change[0], value), put_op(self.keys.head, head)],
+                        _Unsure(head, change, None, None))
+        self.seq = seq
+        self._committed(res, {**self._head, "seq": seq})
+        return seq
 
     def commit_state(self, state: TargetState) -> int:
         """Commit a whole state (chunks first, then the head in one txn that also drops
         the older states and the changes); returns its seq."""
         with self.lock:
             self._prepare()
-            return self._commit_state(copy.deepcopy(state))
+            return self._commit_state(state, mine=False)
 
-    def _commit_state(self, state: TargetState) -> int:
+    def _commit_state(self, state: TargetState, mine: bool = True) -> int:
+        """``mine``: ``state`` is the store's own (else the caller's: copied)."""
         seq = self.seq + 1
-        payload = zlib.compress(json.dumps({"seq": seq, "state": state.to_dict()},
+        doc = state.to_dict()
+        payload = zlib.compress(json.dumps({"seq": seq, "state": doc},
                                            separators=(",", ":")).encode(), ZLIB_LEVEL)
+        if not mine:     # (rebuilt from the dict at hand: less than half a deepcopy's time)
+            state = TargetState.from_dict(doc)
         parts = [payload[i:i + CHUNK] for i in range(0, len(payload), CHUNK)]
-        mine = self.keys.state_of(seq, self.tag)
+        chunks = self.keys.state_of(seq, self.tag)
         try:
             for i, part in enumerate(parts):
                 self.client.put(self.keys.state_chunk(seq, i, self.tag), part)
         except EtcdError as exc:
-            self._drop_orphans(mine)
+            self._drop_orphans(chunks)
             raise _store_error(exc, "write the whole state") from exc
         head_doc = {"seq": seq, "base": seq, "chunks": len(parts), "tag": self.tag}
         head = encode(head_doc)
         states = self.keys.states
         ops = [put_op(self.keys.head, head),
-               delete_op(states, mine.encode()),                     # older (and lower)
-               delete_op(prefix_end(mine), prefix_end(states)),      # others' orphans
+               delete_op(states, chunks.encode()),                   # older (and lower)
+               delete_op(prefix_end(chunks), prefix_end(states)),    # others' orphans
                delete_op(self.keys.changes, prefix_end(self.keys.changes))]
         try:
-            res = self._txn(ops, _Unsure(head, None, None, state, mine))
+            res = self._txn(ops, _Unsure(head, None, state, chunks))
         except (StoreConflict, Fenced):
-            self._drop_orphans(mine)
+            self._drop_orphans(chunks)
             raise
         self.current, self.seq, self.base = state, seq, seq
         self._committed(res, head_doc)
@@ -331,11 +401,12 @@ class EtcdGroupStore:
         if not landed:
             if unsure.orphans:
                 self._drop_orphans(unsure.orphans)
-            return                 # etcd is as we last knew it (or moved: the txn says)
+            # etcd is as we last read it (or moved: the next txn says so), and the state
+            # we hold went ahead of it: the next commit must be a whole state
+            self.current = None
+            return
         doc = decode(unsure.head)
-        if unsure.ops is not None and self.current is not None:
-            changes.apply(self.current, unsure.ops)
-        elif unsure.state is not None:
+        if unsure.state is not None:
             self.current, self.base = unsure.state, int(doc["base"])
         assert head is not None
         self.seq, self._head, self._head_rev = int(doc["seq"]), doc, head.mod_revision

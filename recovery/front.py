@@ -20,6 +20,10 @@ for the target to be back, captures its live configuration and asks
 done; if not, it is sent once to the target as it is now. Calls that arrive, or were in
 flight, while the target restarts wait (bounded) for the restore to finish and are then
 served.
+
+With a cluster store (the local store's ``replica``, etcd) an acknowledged change is also
+committed there before the client is answered; when that commit fails the client gets an
+error saying the target has the change but the cluster store does not.
 """
 from __future__ import annotations
 
@@ -203,7 +207,6 @@ class Front:
         try:
             result, how = self._apply(method, params, seq)
             outcome.update(ok=True, how=how)
-            return result
         except RpcError as err:
             outcome.update(ok=False, code=err.code, message=err.message)
             raise
@@ -211,6 +214,13 @@ class Front:
             # Also makes the checkpoint taken in _apply durable: one fsync for both.
             journal.append(KIND_OUTCOME, json.dumps(outcome).encode(), sync=True)
             self.stats["mutations"] += 1
+        if self.store.replica_error:
+            # Acknowledged only once the cluster's copy has it too (other nodes restore
+            # from that one): the client must know this change is on this node only.
+            raise RpcError(None, f"the target has the change, but the cluster store "
+                           f"does not ({self.store.replica_error}); the next change "
+                           "commits the whole configuration to it", method)
+        return result
 
     def _whole_before(self, method: str, params: Any) -> None:
         """Before a call whose change is not modelled: if changes were journaled since
@@ -288,7 +298,8 @@ class Front:
                     if not self._serving(gen):
                         raise RpcConnectionError("target restarted before the change "
                                                  "was journaled")
-                    self.store.record(intent, ops)
+                    self.store.record(intent, ops, replicate=False)
+                self.store.replicate(ops)     # (outside the lock: see save_if_current)
                 self.stats["changes"] += 1
                 return
             except RpcConnectionError:
@@ -377,7 +388,10 @@ class Front:
         with self.store.lock:
             if not self._serving(gen):
                 raise RpcConnectionError("target restarted before the checkpoint was saved")
-            self.store.save(state, durable=durable)
+            self.store.save(state, durable=durable, replicate=False)
+        # The cluster store's commit waits for a network quorum: a restart (which loads
+        # the local checkpoint under the lock) must not wait for it.
+        self.store.replicate(None)
 
 
 class _Dispatch:

@@ -196,8 +196,10 @@ class NodeLease:
             if ttl > 0:
                 with self._cond:
                     self._extended(sent)
-                    was = self.fenced
-                    self.fenced = False
+                    # An answer that came too late to extend past now changes nothing.
+                    was = self.fenced and self.safe_until > time.monotonic()
+                    if was:
+                        self.fenced = False
                 if was:
                     log.warning("node %s: lease renewed again: unfencing", self.node)
                     self.on_unfence()
@@ -256,7 +258,10 @@ class Ownership:
     def try_acquire(self) -> bool:
         """Take the group if nobody owns it: one transaction comparing that the owner key
         is absent and the epoch is the one read, then writing epoch + 1 and the owner key
-        under our lease. False if another node got there first."""
+        under our lease. False if another node got there first, or if we have no lease
+        to put it under (an owner key without one would outlive us)."""
+        if not self.lease.id or self.lease.fenced:
+            return False
         kv = self.client.get(self.keys.epoch)
         read = int(kv.value) if kv is not None else 0
         epoch_cmp = compare(self.keys.epoch, "VALUE", str(read)) if kv is not None else \

@@ -233,6 +233,24 @@ def member_view(logical: TargetState, layout: Placement, member: str,
     return view
 
 
+def referral_calls(had: list[Referral], desired: list[Referral]
+                   ) -> list[tuple[str, dict[str, Any]]]:
+    """The calls that turn a target's referrals ``had`` into ``desired``."""
+    return [("nvmf_discovery_add_referral", r.to_create_params())
+            for r in desired if r not in had] + \
+        [("nvmf_discovery_remove_referral", r.to_create_params())
+         for r in had if r not in desired]
+
+
+def fence_calls(state: TargetState | None) -> list[tuple[str, dict[str, Any]]]:
+    """One call per listener of ``state`` that reports ANA, turning every ANA group of
+    it ``inaccessible`` (no anagrpid: all of them, in one call)."""
+    return [("nvmf_subsystem_listener_set_ana_state",
+             {"nqn": nqn, "listen_address": addr.to_dict(), "ana_state": "inaccessible"})
+            for nqn, sub in (state.subsystems.items() if state else [])
+            if not sub.is_discovery and sub.ana_reporting for addr in sub.listeners]
+
+
 def to_logical(live: TargetState, layout: Placement, member: str,
                logical: TargetState | None = None) -> TargetState:
     """What ``member`` reports, in the pair's logical form: member a's addresses, the

@@ -8,6 +8,13 @@ state is written again, so loading never replays many. ``load`` reads both copie
 what is wrong with either, takes the whole state from shared memory when it is valid and
 at least as new as the journal's, from the journal (or its compacted snapshot) otherwise,
 saying which and why, and replays the journal's changes newer than it.
+
+A store may have a ``replica``: a checkpoint kept elsewhere for other nodes (etcd,
+:mod:`~.etcd_store`). Every ``save`` and ``record`` is then committed to it as well, after
+the local write (which stays the fast path for restarts on this node). A replica commit
+that fails does not fail the local one: ``replica_error`` says why the replica is behind
+(the front turns it into an error for the call's client) and the next commit sends the
+whole state, so the replica catches up.
 """
 from __future__ import annotations
 
@@ -21,6 +28,7 @@ import re
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 from nvmf_phoenix.persist import shm
 from nvmf_phoenix.persist.region import (
@@ -69,6 +77,23 @@ def _encode(state: TargetState, seq: int) -> bytes:
 def _decode(payload: bytes) -> tuple[int, float, TargetState]:
     doc = json.loads(payload)
     return int(doc["seq"]), float(doc["saved_at"]), TargetState.from_dict(doc["state"])
+
+
+class ReplicaError(Exception):
+    """The replica (the cluster's copy of the checkpoint) did not take a commit."""
+
+
+class ReplicaMismatch(ReplicaError):
+    """The replica cannot take this change on its own (its state lacks what the change
+    touches, or it has no state yet): commit the whole state instead."""
+
+
+class Replica(Protocol):
+    def commit_change(self, ops: list[changes.Op]) -> int: ...
+
+    def commit_state(self, state: TargetState) -> int: ...
+
+    def describe(self) -> dict[str, Any]: ...
 
 
 class StateDirBusy(Exception):
@@ -168,6 +193,8 @@ class CheckpointStore:
         # recorded changes apply to it in place.
         self.current: TargetState | None = None
         self.pending = 0          # changes recorded since the last whole state
+        self.replica: Replica | None = None
+        self.replica_error = ""   # why the replica is behind ("": it has every commit)
         # Held across save and load, and by callers that must check something and save
         # atomically (the supervisor's front: "still the same target" then save).
         self.lock = threading.RLock()
@@ -204,9 +231,15 @@ class CheckpointStore:
     def region_path(self) -> str | None:
         return shm.find(self.region_name, self.region_dir)
 
-    def save(self, state: TargetState, durable: bool = True) -> int:
+    def save(self, state: TargetState, durable: bool = True, replicate: bool = True) -> int:
+        """Save a whole state; with ``replicate``, commit it to the replica too (callers
+        that hold ``lock`` pass False and call :meth:`replicate` after releasing it, so
+        a slow replica never delays a restart's load)."""
         with self.lock:
-            return self._save(state, durable)
+            seq = self._save(state, durable)
+            if replicate:
+                self.replicate(None)
+            return seq
 
     def _save(self, state: TargetState, durable: bool) -> int:
         seq = self.journal.last_seq + 1
@@ -225,7 +258,7 @@ class CheckpointStore:
             self.journal.compact(self.snapshot_path, payload)
         return seq
 
-    def record(self, intent: int, ops: list[changes.Op]) -> int:
+    def record(self, intent: int, ops: list[changes.Op], replicate: bool = True) -> int:
         """Journal the change the call journaled as ``intent`` made, and apply it to
         ``current``. Written, not fsync'd: the caller's outcome record makes both durable
         with one fsync. Raises ModelMismatch, writing nothing, when the change does not
@@ -244,7 +277,31 @@ class CheckpointStore:
             self.pending += 1
             if self.pending >= MAX_CHANGES:     # (which also compacts a long journal)
                 self._save(self.current, durable=False)
+            if replicate:
+                self.replicate(ops)
             return seq
+
+    def replicate(self, ops: list[changes.Op] | None) -> None:
+        """Commit to the replica what was just written locally: the change ``ops``, or
+        the whole state (``ops`` None, or the replica is behind)."""
+        if self.replica is None or self.current is None:
+            return
+        try:
+            if ops is None or self.replica_error:
+                self.replica.commit_state(self.current)
+            else:
+                try:
+                    self.replica.commit_change(ops)
+                except ReplicaMismatch:
+                    self.replica.commit_state(self.current)
+            if self.replica_error:
+                log.warning("cluster store up to date again")
+            self.replica_error = ""
+        except ReplicaError as exc:
+            if not self.replica_error:
+                log.warning("cluster store behind (the next commit sends the whole "
+                            "state): %s", exc)
+            self.replica_error = str(exc) or type(exc).__name__
 
     def close(self) -> None:
         if self._journal is not None:

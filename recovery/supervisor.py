@@ -16,6 +16,13 @@ Crash loops back off exponentially and end in a clear final status. A planned re
 (``phoenix_restart`` on the public socket, ``nvmf-phoenix restart``) checkpoints, stops
 the target, starts it (optionally a new command: an upgrade) and restores; a new command
 that does not come up is rolled back to the old one.
+
+With a cluster store (``cluster_store``, the group's checkpoint in etcd) every checkpoint
+is committed there too (the local store's replica), and at start the cluster's
+checkpoint is the authority: the target is restored from it when it has one (a new node,
+or one whose disk was lost), and a local checkpoint it lacks is committed to it first (a
+node moving to a cluster store). A cluster store that cannot be read stops the start:
+serving a configuration that may be older than the cluster's would be worse.
 """
 from __future__ import annotations
 
@@ -33,6 +40,7 @@ from nvmf_phoenix.recovery import inflight
 from nvmf_phoenix.recovery.capture import capture_config, capture_runtime
 from nvmf_phoenix.recovery.carry import Carried, missing
 from nvmf_phoenix.recovery.diff import diff
+from nvmf_phoenix.recovery.etcd_store import EtcdGroupStore, EtcdStoreError
 from nvmf_phoenix.recovery.front import Front
 from nvmf_phoenix.recovery.journal import KIND_OUTCOME
 from nvmf_phoenix.recovery.process import Adopted, answers, end_process, socket_owner
@@ -104,6 +112,10 @@ def resolve_pending(store: CheckpointStore, pending: list[Any], live: TargetStat
         store.journal.sync()
 
 
+class ClusterStoreError(Exception):
+    """The cluster store could not be read (or written) at start: nothing is served."""
+
+
 class UpgradeFailed(RpcError):
     """A planned restart with a new command failed; the old command was started again."""
 
@@ -112,8 +124,10 @@ class Supervisor:
     def __init__(self, target_cmd: list[str], private_sock: str, public_sock: str,
                  state_dir: str, ping_interval: float = 0.5, misses: int = 4,
                  max_restarts: int = 10, restart_window: float = 60.0,
-                 drift_interval: float = 10.0, reconnect_deadline: float = 60.0) -> None:
+                 drift_interval: float = 10.0, reconnect_deadline: float = 60.0,
+                 cluster_store: EtcdGroupStore | None = None) -> None:
         self.target_cmd = list(target_cmd)
+        self.cluster_store = cluster_store
         self.private_sock = private_sock
         self.state_dir = state_dir
         self.store = checkpoint_store(state_dir)
@@ -140,7 +154,10 @@ class Supervisor:
         self._watcher = threading.Thread(target=self._watch, name="supervisor", daemon=True)
 
     def status_dict(self) -> dict[str, Any]:
-        return self.status.to_dict()
+        d = self.status.to_dict()
+        if self.cluster_store is not None:
+            d["store"] = {**self.cluster_store.describe(), "behind": self.store.replica_error}
+        return d
 
     @property
     def generation(self) -> int:
@@ -155,6 +172,8 @@ class Supervisor:
         state directory: raises StateDirBusy when another process holds it.
         """
         self._lock_fd: int | None = lock_state_dir(self.store.directory)
+        if self.cluster_store is not None:
+            self._join_cluster_store(self.cluster_store)
         pending = self.store.unresolved()
         if (adopt or os.path.exists(self.private_sock)) and self._alive():
             with RpcClient.connect(self.private_sock, timeout=10) as c:
@@ -185,6 +204,26 @@ class Supervisor:
         if fd is not None:
             os.close(fd)
             self._lock_fd = None
+
+    def _join_cluster_store(self, cluster: EtcdGroupStore) -> None:
+        """Make the local store agree with the cluster's checkpoint, then replicate every
+        checkpoint to it. Raises ClusterStoreError when it cannot be read or written."""
+        try:
+            got = cluster.load()
+            local = self.store.load()
+            if got.state is not None:
+                if local.state is None or diff(local.state, got.state):
+                    log.info("restoring the cluster store's checkpoint (seq %d; the local "
+                             "one is %s)", got.seq, "different" if local.state else "none")
+                    self.store.save(got.state)
+            elif local.state is not None:
+                log.info("the cluster store has no checkpoint: committing the local one")
+                cluster.commit_state(local.state)
+        except EtcdStoreError as exc:
+            raise ClusterStoreError(
+                f"cluster store {','.join(cluster.where['endpoints'])} "
+                f"({cluster.where['keys']}): {exc}") from exc
+        self.store.replica = cluster
 
     def _resolve_pending(self, pending: list[Any], live: TargetState) -> None:
         resolve_pending(self.store, pending, live)
@@ -428,7 +467,9 @@ class Supervisor:
             if changes:
                 log.warning("configuration changed behind the supervisor's back: %s",
                             "; ".join(changes[:5]))
-            if changes or self.store.pending:
+            # (a cluster store that is behind catches up here too, not only at the
+            # next user call)
+            if changes or self.store.pending or self.store.replica_error:
                 self.front.save_if_current(live, gen)
         except RpcError:
             return

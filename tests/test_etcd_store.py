@@ -7,13 +7,20 @@ chunking keep the requests and the key count bounded; a damaged key is named.
 """
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
+import os
+import shutil
+import signal
+import subprocess
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 from nvmf_phoenix.persist.etcd import (
     Endpoints,
     EtcdClient,
@@ -22,6 +29,8 @@ from nvmf_phoenix.persist.etcd import (
     compare,
 )
 from nvmf_phoenix.persist.etcd_keys import ClusterKeys, GroupKeys, encode
+from nvmf_phoenix.recovery.capture import capture_config
+from nvmf_phoenix.recovery.diff import diff
 from nvmf_phoenix.recovery.etcd_store import (
     EtcdGroupStore,
     EtcdStoreError,
@@ -30,6 +39,8 @@ from nvmf_phoenix.recovery.etcd_store import (
     StoreUnavailable,
 )
 from nvmf_phoenix.recovery.store import MAX_CHANGES
+from nvmf_phoenix.rpc import RpcClient, RpcError
+from nvmf_phoenix.rpc import nvmf as rn
 
 from nvmf_phoenix.model import (
     Bdev,
@@ -45,8 +56,13 @@ from nvmf_phoenix.model import (
     Transport,
 )
 from tests.etcd_cluster import EtcdCluster
+from tests.phoenix_tools import BIN, drop_region, phoenix
+from tests.support import rich_config, supervised
+from tests.target_fixture import free_port
+from tests.waiting import wait_for
 
 NQN = "nqn.2016-06.io.phx:etcd"
+HOST = "nqn.2016-06.io.phx:host"
 _prefixes = itertools.count()
 
 
@@ -191,7 +207,15 @@ def test_a_damaged_key_is_named(cluster: EtcdCluster, keys: GroupKeys) -> None:
     c.put(keys.change(2), b"{not json")
     with pytest.raises(EtcdStoreError, match=keys.change(2)):
         EtcdGroupStore(c, keys).load()
+    c.put(keys.change(2), encode({"seq": 2, "ops": {"op": "host"}}))
+    with pytest.raises(EtcdStoreError, match=keys.change(2)):
+        EtcdGroupStore(c, keys).load()
     c.put(keys.change(2), encode({"seq": 2, "ops": add_host("y")}))
+    c.put(keys.epoch, b'"x"')
+    with pytest.raises(EtcdStoreError, match=keys.epoch):
+        EtcdGroupStore(c, keys).load()
+    c.put(keys.epoch, b"3")
+    assert EtcdGroupStore(c, keys).load().epoch == 3
     chunk = keys.state_chunk(1, 0, a.tag)
     c.put(chunk, b"\x78\x9cnot zlib")
     with pytest.raises(EtcdStoreError, match=chunk):
@@ -246,3 +270,191 @@ def test_follow_returns_the_new_load_or_none(cluster: EtcdCluster, keys: GroupKe
     got = b.follow(seen.revision, timeout=5)
     assert got is not None and got.seq == 2
     assert "nqn.watched" in got.state.subsystems[NQN].hosts
+    # etcd compacted the revision a follower waits from away: its watch is cancelled,
+    # and the change is still found (by the read that ends a quiet wait)
+    a.commit_change(add_host("nqn.compacted"))
+    rev = c.get(keys.head).mod_revision
+    r = requests.post(cluster.members[0].client_url + "/v3/kv/compaction",
+                      data=json.dumps({"revision": str(rev)}), timeout=5)
+    assert r.status_code == 200, r.text
+    got = b.follow(seen.revision, timeout=1)
+    assert got is not None and got.seq == 3
+    assert "nqn.compacted" in got.state.subsystems[NQN].hosts
+
+
+# -- through a supervisor ------------------------------------------------------------------
+def group_store(c: EtcdCluster, keys: GroupKeys) -> EtcdGroupStore:
+    return EtcdGroupStore(client(c), keys)
+
+
+def leader(c: EtcdCluster) -> int:
+    """The index of the member that leads the cluster now."""
+    for i, m in enumerate(c.members):
+        doc = requests.post(m.client_url + "/v3/maintenance/status", data="{}",
+                            timeout=2).json()
+        if doc["leader"] == doc["header"]["member_id"]:
+            return i
+    raise AssertionError("no member leads")
+
+
+def test_every_acknowledged_call_is_in_etcd_across_a_member_kill(
+        cluster: EtcdCluster, keys: GroupKeys, tmp_path: Path) -> None:
+    """A stream of mutating calls while one member is SIGKILLed and started again:
+    quorum holds, and every call the front acknowledged is in etcd's checkpoint."""
+    acked: list[tuple[str, int]] = []
+    refused = []
+    with supervised(tmp_path, cluster_store=group_store(cluster, keys)) as sup, \
+            RpcClient.connect(str(tmp_path / "public.sock")) as c:
+        rn.nvmf_create_transport(c, "TCP")
+        for i in range(36):
+            if i == 8:
+                victim = leader(cluster)          # the harder case: an election follows
+                cluster.kill(victim)
+            if i == 24:
+                cluster.start(victim)
+            nqn = f"{NQN}:s{i}"
+            for what, method, params in (
+                    ("sub", "nvmf_create_subsystem", {"nqn": nqn, "serial_number": f"S{i}"}),
+                    ("bdev", "bdev_malloc_create", {"num_blocks": 8, "block_size": 512,
+                                                    "name": f"B{i}"}),
+                    ("ns", "nvmf_subsystem_add_ns", {"nqn": nqn,
+                                                     "namespace": {"bdev_name": f"B{i}"}}),
+                    ("host", "nvmf_subsystem_add_host", {"nqn": nqn, "host": f"{HOST}{i}"})):
+                try:
+                    c.call(method, params)
+                    acked.append((what, i))
+                except RpcError as err:
+                    assert "cluster store does not" in err.message, err
+                    refused.append((what, i, err.message))
+        cluster.wait_healthy()
+        rn.nvmf_create_subsystem(c, f"{NQN}:last")       # the store is in step again
+        assert sup.status_dict()["store"]["behind"] == ""
+        live = capture_config(c)
+    got = group_store(cluster, keys).load().state
+    assert got is not None and diff(got, live, desired=True) == []
+    for what, i in acked:
+        sub = got.subsystems.get(f"{NQN}:s{i}")
+        assert {"sub": sub is not None, "bdev": f"B{i}" in got.bdevs,
+                "ns": sub is not None and any(n.bdev_name == f"B{i}"
+                                              for n in sub.namespaces.values()),
+                "host": sub is not None and f"{HOST}{i}" in sub.hosts}[what], (what, i)
+    print(f"acknowledged {len(acked)}, refused {len(refused)}: {refused}")
+    assert len(acked) >= 4 * 36 - 8, refused     # quorum held: (almost) all acknowledged
+
+
+def test_a_failed_commit_is_an_error_for_the_client_and_etcd_catches_up(
+        cluster: EtcdCluster, keys: GroupKeys, tmp_path: Path) -> None:
+    store = group_store(cluster, keys)
+    with supervised(tmp_path, cluster_store=store, drift_interval=0.3) as sup, \
+            RpcClient.connect(str(tmp_path / "public.sock")) as c:
+        rn.nvmf_create_subsystem(c, f"{NQN}:a")
+        store.fence = lambda: [compare(keys.owner, "VALUE", b"nobody")]   # not the owner
+        with pytest.raises(RpcError) as err:
+            rn.nvmf_create_subsystem(c, f"{NQN}:b")
+        assert "the target has the change, but the cluster store does not" in \
+            err.value.message and "not the owner" in err.value.message
+        assert rn.nvmf_get_subsystems(c, f"{NQN}:b")        # the target has it
+        assert "not the owner" in c.call("phoenix_status")["store"]["behind"]
+        assert f"{NQN}:b" not in group_store(cluster, keys).load().state.subsystems
+        store.fence = lambda: []
+        # the periodic check commits the whole state: etcd catches up without a call
+        wait_for(lambda: sup.store.replica_error == "", timeout=10, what="caught up")
+        assert f"{NQN}:b" in group_store(cluster, keys).load().state.subsystems
+        rn.nvmf_subsystem_add_host(c, f"{NQN}:a", f"{HOST}a")   # a change again
+        status = c.call("phoenix_status")["store"]
+        assert status["behind"] == "" and status["seq"] == status["base"] + 1
+    got = group_store(cluster, keys).load().state
+    assert {f"{NQN}:a", f"{NQN}:b"} <= set(got.subsystems)
+    assert f"{HOST}a" in got.subsystems[f"{NQN}:a"].hosts
+
+
+def test_a_local_checkpoint_moves_to_an_empty_cluster_store(
+        cluster: EtcdCluster, keys: GroupKeys, tmp_path: Path) -> None:
+    with supervised(tmp_path) as _sup, RpcClient.connect(str(tmp_path / "public.sock")) as c:
+        rn.nvmf_create_subsystem(c, f"{NQN}:local", serial_number="LOCAL1")
+    with supervised(tmp_path, cluster_store=group_store(cluster, keys)) as sup:
+        assert sup.status_dict()["store"]["seq"] == 1
+    got = group_store(cluster, keys).load().state
+    assert got.subsystems[f"{NQN}:local"].serial_number == "LOCAL1"
+
+
+def _supervise(tmp_path: Path, state: str, store: str) -> subprocess.Popen[str]:
+    """``nvmf-phoenix supervise --store`` in a session of its own (so a node's death,
+    supervisor and target at once, is one killpg)."""
+    return subprocess.Popen([str(BIN / "nvmf-phoenix"), "supervise",
+                             "-s", str(tmp_path / "pub.sock"),
+                             "--target-socket", str(tmp_path / "priv.sock"),
+                             "--state-dir", str(tmp_path / state), "--store", store],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+
+
+def _ready(proc: subprocess.Popen[str]) -> str:
+    assert proc.stdout is not None
+    line = proc.stdout.readline()       # ends when the supervisor does
+    assert "supervisor ready" in line, proc.stderr.read() if proc.stderr else line
+    return line
+
+
+def _kill_node(proc: subprocess.Popen[str]) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=10)
+
+
+def test_a_node_with_an_empty_disk_restores_from_etcd(cluster: EtcdCluster, keys: GroupKeys,
+                                                      tmp_path: Path) -> None:
+    """Supervisor and target SIGKILLed, the state directory gone: a new supervisor on an
+    empty one with the same --store serves the same configuration."""
+    url = cluster.url(keys.root.split("/groups/")[0])
+    image = tmp_path / "disk.img"
+    image.write_bytes(b"\0" * (1 << 20))
+    proc = _supervise(tmp_path, "state1", url)
+    try:
+        line = _ready(proc)
+        assert f"store={url} group=default" in line
+        with RpcClient.connect(str(tmp_path / "pub.sock")) as c:
+            rich_config(c, image, str(free_port()))
+            before = capture_config(c)
+        run = phoenix("status", "-s", str(tmp_path / "pub.sock"), "--state-dir",
+                      str(tmp_path / "state1"))
+        assert run.returncode == 0, run.stderr
+        assert "cluster store: etcd" in run.stdout and "up to date" in run.stdout
+    finally:
+        _kill_node(proc)
+    drop_region(tmp_path / "state1")
+    shutil.rmtree(tmp_path / "state1")
+    for sock in ("pub.sock", "priv.sock"):
+        (tmp_path / sock).unlink(missing_ok=True)
+    proc = _supervise(tmp_path, "state2", url)
+    try:
+        _ready(proc)
+        with RpcClient.connect(str(tmp_path / "pub.sock")) as c:
+            assert diff(before, capture_config(c), desired=True) == []
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        drop_region(tmp_path / "state2")
+    assert proc.returncode == 0
+
+
+def test_an_unreachable_store_at_start_is_a_clear_error(tmp_path: Path) -> None:
+    url = f"etcd://127.0.0.1:{free_port()}/nowhere"
+    proc = _supervise(tmp_path, "state", url)
+    try:
+        _out, err = proc.communicate(timeout=60)
+    finally:
+        _kill_node(proc)
+        drop_region(tmp_path / "state")
+    assert proc.returncode == 1
+    assert "cannot start: cluster store http://127.0.0.1" in err and "no member" in err
+    assert not (tmp_path / "priv.sock").exists()       # no target was started
+
+
+def test_store_usage_errors(tmp_path: Path) -> None:
+    base = ["supervise", "-s", str(tmp_path / "pub.sock"), "-d", str(tmp_path / "state")]
+    run = phoenix(*base, "--store", "http://127.0.0.1:2379/p")
+    assert run.returncode == 2 and "--store" in run.stderr and "etcd://" in run.stderr
+    run = phoenix(*base, "--store", "etcd://127.0.0.1:2379/p", "--standby")
+    assert run.returncode == 2 and "not supported" in run.stderr
+    assert not (tmp_path / "state").exists()

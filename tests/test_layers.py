@@ -49,6 +49,8 @@ LAZY = {
         "the command line imports a mode's code only when that mode runs (start-up time)",
     ("plugin/cli.py", "nvmf_phoenix.recovery.supervisor"):
         "the command line imports a mode's code only when that mode runs (start-up time)",
+    ("plugin/cli.py", "nvmf_phoenix.recovery.etcd_store"):
+        "the command line imports a mode's code only when that mode runs (start-up time)",
     ("plugin/cli.py", "nvmf_phoenix.recovery.pair"):
         "the command line imports a mode's code only when that mode runs (start-up time)",
     ("plugin/cli.py", "nvmf_phoenix.recovery.pair_view"):

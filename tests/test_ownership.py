@@ -18,6 +18,7 @@ from nvmf_phoenix.recovery.pair_view import (
     ClusterLayout,
     NodePlace,
     PairLayout,
+    fence_calls,
     for_member,
     member_view,
     slot_range,
@@ -103,6 +104,15 @@ def test_cluster_view_keeps_user_referrals_and_drops_gone_nodes() -> None:
     live = member_view(logical, layout, "n1", ACTIVE)
     live.referrals.append(gone)            # left from when 10.0.0.7 was a member
     assert to_logical(live, layout, "n1", logical).referrals == [user]
+
+
+def test_fence_calls_cover_every_ana_listener() -> None:
+    view = member_view(_logical(), _layout(), "n2", STANDBY)
+    calls = fence_calls(view)
+    assert calls == [("nvmf_subsystem_listener_set_ana_state", {
+        "nqn": "nqn.2016-06.io.spdk:c1", "ana_state": "inaccessible",
+        "listen_address": ListenAddress.make("10.0.0.2", 4420).to_dict()})]
+    assert fence_calls(None) == []
 
 
 def test_for_member_gives_the_nodes_range_and_address() -> None:
