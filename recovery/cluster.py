@@ -311,13 +311,18 @@ class ClusterNode:
             self._replan(role)
 
     def _replan(self, role: str) -> None:
-        """(Caller holds the lock.) The local target's view for ``role`` of the last
-        known configuration, planned against what it holds now."""
+        """(Caller holds the lock.) The local target's view for ``role`` of the
+        configuration it holds now: only what the role changes (ANA states, referrals)
+        is sent. Not planned from the last saved state: a configuration call may be
+        under way in the front (its lock is not ours), and replanning from the state
+        saved before it would undo it on the target, and the front's next whole capture
+        would commit the undone state to etcd (acknowledged changes lost; found by
+        benchmarks/bench_cluster.py)."""
         if self.member.state != "ready":
             return
-        desired = self._view(self.store.current or TargetState.empty(), role)
         with self.member.client() as c:
             live = capture_config(c)
+            desired = self._view(self.to_logical(live), role)
             report = execute(c, plan(desired, live, prune=True))
         self.member.applied = desired
         if role != FENCED and self.lease.fenced:    # the clock ran out again meanwhile
