@@ -25,6 +25,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -42,8 +43,10 @@ from tests.cluster_lab import ClusterLab, cluster_lab, node_number
 from tests.waiting import wait_for
 
 
-def one_death(lab: ClusterLab, kind: str) -> dict[str, Any]:
-    """Kill the owner, wait for the peer to serve, bring the node back as standby."""
+def one_death(lab: ClusterLab, kind: str,
+              probe: Callable[[], dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Kill the owner, wait for the peer to serve, (``probe`` it,) bring the node back as
+    standby."""
     old = lab.owner_node()
     epoch = lab.epoch()
     at = lab.kill_node_loud(old.k) if kind == "loud" else lab.kill_node_silent(old.k)
@@ -54,6 +57,7 @@ def one_death(lab: ClusterLab, kind: str) -> dict[str, Any]:
     wait_for(lambda: lab.serving_optimized(peer), timeout=60,
              what=f"n{peer} serving optimized")
     optimized = time.monotonic()
+    probed = probe() if probe is not None else {}
     lab.restart_node(old.k, reboot=kind == "silent")   # a silent node is reaped first
     back = lab.wait_roles(timeout=120)
     return {"kind": kind, "node": old.name, "peer": f"n{peer}", "at": at,
@@ -61,7 +65,7 @@ def one_death(lab: ClusterLab, kind: str) -> dict[str, Any]:
             "owner_ms": round((owned - at) * 1000, 1),
             "optimized_ms": round((optimized - at) * 1000, 1),
             "standby_back_ms": round((time.monotonic() - at) * 1000, 1),
-            "owner_kept": back.k == peer}
+            "owner_kept": back.k == peer, **probed}
 
 
 def stats(values: list[float]) -> dict[str, float]:
@@ -83,9 +87,19 @@ def run(workdir: Path, deaths: int, host_options: dict[str, float | str],
             host.wait_flowing()
             churn = ConfigChurn(lab, interval=interval).start()
             events: list[dict[str, Any]] = []
+
+            def probe() -> dict[str, Any]:
+                """Right after the takeover, changes paused: what etcd lost so far."""
+                churn.pause()
+                try:
+                    lost = lost_changes(churn.log, stored_hosts(lab))
+                finally:
+                    churn.resume()
+                return {"lost_at_takeover": lost["adds"] + lost["removes"]}
             try:
                 for d in range(deaths):
-                    events.append(one_death(lab, "loud" if d % 2 == 0 else "silent"))
+                    events.append(one_death(lab, "loud" if d % 2 == 0 else "silent",
+                                            probe if check else None))
                     host.wait_flowing(more=20, timeout=60)
                     if check:
                         churn.pause()

@@ -36,6 +36,7 @@ from nvmf_phoenix.recovery.pair_view import (
     floating_calls,
     member_view,
     referral_calls,
+    to_logical,
 )
 from nvmf_phoenix.recovery.planner import plan
 from nvmf_phoenix.recovery.restore import restore
@@ -150,17 +151,23 @@ class NodeTarget:
         return member_view(logical, self.layout, self.node, ROLES[role])
 
     def _replan(self, role: str) -> None:
-        """(Caller holds the lock.) The local target's view for ``role`` of the last
-        known configuration, planned against what it holds now; the floating address
-        taken before an owner's listeners, given up after anyone else's went."""
+        """(Caller holds the lock.) The local target's view for ``role`` of the
+        configuration it holds now: only what the role changes (ANA states, referrals,
+        listeners on the floating address) is sent. Not planned from the last saved
+        state: a configuration call may be under way in the front (its lock is not
+        ours), and replanning from the state saved before it would undo it on the
+        target, and the front's next whole capture would commit the undone state to etcd
+        (acknowledged changes lost; found by benchmarks/bench_cluster.py). The floating
+        address is taken before an owner's listeners, given up after anyone else's went."""
         if role == OWNER:
             self._take_floating()
         try:
             if self.member.state != "ready":
                 return
-            desired = self._view(self.store.current or TargetState.empty(), role)
             with self.member.client() as c:
                 live = capture_config(c)
+                logical = to_logical(live, self.layout, self.node, self.store.current)
+                desired = self._view(logical, role)
                 report = execute(c, plan(desired, live, prune=True))
             self.member.applied = desired
             if role != FENCED and self._fenced():    # the clock ran out again meanwhile

@@ -344,6 +344,8 @@ class EtcdGroupStore:
         compares = [compare(self.keys.head, "MOD", self._head_rev or 0), *fence]
         failure = [range_op(self.keys.head), range_op(self.keys.owner),
                    *(range_op(unb64(c["key"])) for c in fence)]
+        if unsure.change is not None:
+            failure.append(range_op(unsure.change[0]))
         try:
             res = self.client.txn(compares, success, failure)
         except EtcdUnavailable as exc:
@@ -357,6 +359,13 @@ class EtcdGroupStore:
             return res
         head = res.kvs(0)
         owner = res.kvs(1)
+        if head and head[0].value == unsure.head and (unsure.change is None or any(
+                kv.value == unsure.change[1] for kv in res.kvs(len(failure) - 1))):
+            # Our own commit, landed by an earlier attempt of this request: the client
+            # sends a txn again to another member after an ambiguous "timed out", and
+            # the second attempt's compare sees the first one's head. It succeeded
+            # (taking it for a conflict would drop the chunks the head now names).
+            return TxnResult(True, head[0].mod_revision, [])
         for i, c in enumerate(fence):
             got = res.kvs(2 + i)
             if not _fence_holds(c, got[0] if got else None):

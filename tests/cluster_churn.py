@@ -188,15 +188,13 @@ def stored_hosts(lab: ClusterLab) -> set[str]:
 
 def lost_changes(log: ChurnLog, stored: set[str]) -> dict[str, list[int]]:
     """Acknowledged changes the stored configuration does not reflect. An acknowledged
-    add is also counted when only a *refused* remove of it could explain its absence
-    (listed again under ``after_refused_remove``): the user was told that remove was not
-    done."""
+    add counts as lost unless an acknowledged or unknown remove explains its absence: a
+    *refused* remove does not (the user was told it was not done)."""
     maybe_removed = log.acked_remove | {i for m, i in log.unknown
                                          if m == "nvmf_subsystem_remove_host"}
     adds = sorted(i for i in log.acked_add if i not in maybe_removed and host(i) not in stored)
     removes = sorted(i for i in log.acked_remove if host(i) in stored)
-    refused = sorted(i for i in adds if ("nvmf_subsystem_remove_host", i) in log.refused)
-    return {"adds": adds, "removes": removes, "after_refused_remove": refused}
+    return {"adds": adds, "removes": removes}
 
 
 def summary(log: ChurnLog, lost: dict[str, list[int]]) -> dict[str, Any]:
