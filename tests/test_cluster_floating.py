@@ -11,7 +11,8 @@ verified I/O through it. The owner is killed loud: the peer takes the address (t
 neighbour entry for it moves to the peer's MAC), the host reconnects to it, and the dead
 node, started again, comes back as standby without the address. Then the new owner is cut
 off from etcd: it fences itself (listeners on the address inaccessible, then the address
-gone) and the third node takes the address. 0 I/O errors, 0 mismatches throughout.
+gone) and the third node takes the address; the third node, stopped as planned, hands it
+on. 0 I/O errors, 0 mismatches throughout.
 """
 from __future__ import annotations
 
@@ -261,6 +262,15 @@ def test_floating_address_moves_to_the_peer(lab: ClusterLab) -> None:
         wait_for(lambda: floating_ana(lab, peer.k) is None, timeout=30,
                  what=f"{peer.name} back as standby, no listener on {addr}")
         assert peer.k not in holders(lab)
+        # A planned stop of the owner: it resigns and takes the address off on its way.
+        last = lab.nodes[node_number(third)]
+        assert last.proc is not None
+        last.proc.terminate()
+        last.proc.wait(timeout=60)
+        heir = lab.wait_owner(lambda o: node_number(o) != last.k, timeout=30,
+                              what="an owner after the planned stop")
+        wait_holder(lab, node_number(heir))
+        host.wait_flowing(timeout=60)
         summary = host.stop()
     finally:
         host.kill()
