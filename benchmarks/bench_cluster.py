@@ -6,7 +6,8 @@ a control network, an etcd member each, ``nvmf-phoenix supervise --store etcd://
 initiator with verified random I/O over one path per node. ``--deaths N`` times, the node
 that owns the group dies, alternately *loud* (every process SIGKILLed: connections reset)
 and *silent* (both links dropped at the switch: no FIN, no RST; its processes killed only
-after a peer took over), then comes back and rejoins as standby before the next death.
+after a peer took over and the host moved on), then comes back and rejoins as standby
+before the next death.
 All along, a client keeps changing the configuration (adding and removing allowed hosts)
 through whichever node owns the group, retrying on refusals and recording every
 acknowledged change; at the end the configuration loaded from etcd must hold every one.
@@ -43,10 +44,12 @@ from tests.cluster_lab import ClusterLab, cluster_lab, node_number
 from tests.waiting import wait_for
 
 
-def one_death(lab: ClusterLab, kind: str,
+def one_death(lab: ClusterLab, kind: str, host_resumed: Callable[[], None],
               probe: Callable[[], dict[str, Any]] | None = None) -> dict[str, Any]:
-    """Kill the owner, wait for the peer to serve, (``probe`` it,) bring the node back as
-    standby."""
+    """Kill the owner, wait for the peer to serve and the host's I/O to flow again,
+    (``probe``,) bring the node back as standby. The node stays down until the host has
+    moved on by itself: a node coming back answers the host's retransmissions on the
+    old connections with resets, which would end a silent death's stall early."""
     old = lab.owner_node()
     epoch = lab.epoch()
     at = lab.kill_node_loud(old.k) if kind == "loud" else lab.kill_node_silent(old.k)
@@ -57,6 +60,7 @@ def one_death(lab: ClusterLab, kind: str,
     wait_for(lambda: lab.serving_optimized(peer), timeout=60,
              what=f"n{peer} serving optimized")
     optimized = time.monotonic()
+    host_resumed()
     probed = probe() if probe is not None else {}
     lab.restart_node(old.k, reboot=kind == "silent")   # a silent node is reaped first
     back = lab.wait_roles(timeout=120)
@@ -88,6 +92,9 @@ def run(workdir: Path, deaths: int, host_options: dict[str, float | str],
             churn = ConfigChurn(lab, interval=interval).start()
             events: list[dict[str, Any]] = []
 
+            def resumed() -> None:
+                host.wait_flowing(more=20, timeout=120)
+
             def probe() -> dict[str, Any]:
                 """Right after the takeover, changes paused: what etcd lost so far."""
                 churn.pause()
@@ -99,7 +106,7 @@ def run(workdir: Path, deaths: int, host_options: dict[str, float | str],
             try:
                 for d in range(deaths):
                     events.append(one_death(lab, "loud" if d % 2 == 0 else "silent",
-                                            probe if check else None))
+                                            resumed, probe if check else None))
                     host.wait_flowing(more=20, timeout=60)
                     if check:
                         churn.pause()
@@ -147,6 +154,8 @@ def main() -> int:
                     "timeout (Keep Alive every half of it)")
     ap.add_argument("--io-timeout", type=float, help="the host's I/O timeout: a command "
                     "outstanding this long fails its path (default: the KATO)")
+    ap.add_argument("--connect-timeout", type=float, default=1.0, help="how long the host "
+                    "waits for a connect or an admin command such as Keep Alive (s)")
     ap.add_argument("--interval", type=float, default=0.05, help="pause between two "
                     "configuration changes (s)")
     ap.add_argument("--workdir", help="keep the lab's files (logs) here")
@@ -155,7 +164,7 @@ def main() -> int:
     args = ap.parse_args()
     io_timeout = args.io_timeout if args.io_timeout is not None else args.kato_ms / 1000
     host = {"kato_ms": args.kato_ms, "io_timeout": io_timeout,
-            "connect_timeout": 1.0, "reconnect_delay": 0.5}
+            "connect_timeout": args.connect_timeout, "reconnect_delay": 0.5}
     if args.workdir:
         Path(args.workdir).mkdir(parents=True, exist_ok=True)
         result = run(Path(args.workdir), args.deaths, host, args.lease_ttl, args.interval,

@@ -7,10 +7,11 @@ the configuration stays small however long the run. Every call goes to the publi
 of the node etcd names as the owner, as a user's tooling would: a refusal (a standby's
 "not the owner", a node that is restoring) means the change was not made, so it is sent
 again, to whoever owns the group by then; a connection that breaks after the call was
-sent leaves the change *unknown* (it may or may not have been applied) and it is not
-resent. At the end, in the configuration as loaded from etcd: every acknowledged add
-whose host was not removed since must be there; every acknowledged remove must have
-stayed removed.
+sent, or an owner's "not committed to etcd" (it applied the change but etcd did not
+confirm it in time), leaves the change *unknown* (it may or may not have been applied)
+and it is not resent. At the end, in the configuration as loaded from etcd: every
+acknowledged add whose host was not removed since must be there; every acknowledged
+remove must have stayed removed.
 """
 from __future__ import annotations
 
@@ -123,6 +124,13 @@ class ConfigChurn:
                 self.log.unknown.add((method, i))
                 return
             except RpcError as err:
+                if err.message.startswith("not committed to etcd"):
+                    # The owner applied it but could not commit it (etcd did not answer,
+                    # or not in time): it may be in etcd already, and the owner's next
+                    # commit carries it anyway. Not a refusal: unknown.
+                    self._note(method, i, node, "unknown", err.message)
+                    self.log.unknown.add((method, i))
+                    return
                 self._note(method, i, node, "refused", err.message)
                 self.log.refused.add((method, i))
                 head = err.message[:60]

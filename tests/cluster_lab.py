@@ -20,9 +20,9 @@ Node deaths, as the cluster sees them:
   reach the node.
 
 The host runs tests/cluster_host.py (the project's multipath initiator with verified I/O)
-in its namespace; :class:`HostIO` starts it, waits for I/O to flow and collects its
-summary. Every wait is bounded; :meth:`ClusterLab.close` kills every process and removes
-every namespace even when a test failed half-way.
+in its namespace; :class:`~tests.cluster_host.HostIO` starts it, waits for I/O to flow
+and collects its summary. Every wait is bounded; :meth:`ClusterLab.close` kills every
+process and removes every namespace even when a test failed half-way.
 """
 from __future__ import annotations
 
@@ -103,6 +103,9 @@ def plain_target_command(lab: ClusterLab, node: Node) -> list[str]:
 
 
 class ClusterLab:
+    """The namespaces, etcd and node processes of one lab (see the module docstring);
+    ``command`` says what runs on a node (default: the product's cluster member)."""
+
     def __init__(self, workdir: Path, nodes: int = 3, lease_ttl: float | None = None,
                  command: NodeCommand = supervise_command) -> None:
         self.workdir, self.lease_ttl, self.command = workdir, lease_ttl, command

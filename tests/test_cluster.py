@@ -1,9 +1,19 @@
 """Node deaths in a cluster of three storage nodes, under verified multipath I/O.
 
 The lab (tests/cluster_lab.py): three node namespaces with a data and a control network,
-an etcd member on each node's control address, one shared backing file, and a host
-namespace running the project's multipath initiator with verified I/O. The host is given
-every node's I/O address (one path per node); it does not depend on discovery referrals.
+an etcd member on each node's control address, `nvmf-phoenix supervise --node` on each,
+one shared backing file, and a host namespace running the project's multipath initiator
+with verified I/O. The host is given every node's I/O address (one path per node), so
+the deaths do not depend on discovery; one test checks that discovery at one node (and
+its referrals) finds the same paths with the right ANA states.
+
+Deaths: loud (every process of the node SIGKILLed) and silent (the node's switch ports
+down, no FIN, no RST) of the owner; an etcd member killed during configuration changes;
+the owner cut from etcd only (it must fence itself: a write through it after the
+takeover is not acknowledged, checked in the shared file). Stalls are printed (-s) and
+bounded generously for loud deaths; for silent ones by the host's keep-alive timeout +
+1 s, which is the issue's figure. The real numbers come from benchmarks/bench_cluster.py
+(BENCHMARKS.md), which this module also runs with 6 deaths.
 
 ``test_lab_*`` check the lab itself with plain targets (three embedded targets serving
 the same file with the same identities, no supervisor), so a failure there is the lab's,
