@@ -156,7 +156,8 @@ def analyse(run: realhost.GuestRun, kills: list[tuple[str, float]],
     rep.ios = int(lat.fields["ios"]) if lat else 0
     rep.multipath = dict(mp.fields) if mp else {}
     paths = [m.fields for m in run.all("path")]
-    rep.paths_start, rep.paths_end = paths[:2], paths[2:]
+    count = int(rep.multipath.get("paths", 2))       # a pair has 2, a 3-node cluster 3
+    rep.paths_start, rep.paths_end = paths[:count], paths[count:]
     io_start = run.first("io-start")
     if not kills or io_start is None:
         return rep
