@@ -95,7 +95,6 @@ class _Unsure:
     head: bytes
     change: tuple[str, bytes] | None
     state: TargetState | None        # a whole state's state
-    orphans: str | None              # a whole state's chunk prefix (deleted if it did not land)
 
 
 def _fence_holds(cmp: dict[str, Any], kv: KV | None) -> bool:
@@ -293,7 +292,7 @@ class EtcdGroupStore:
         head = encode({**self._head, "seq": seq})
         change = (self.keys.change(seq), value)
         res = self._txn([put_op(change[0], value), put_op(self.keys.head, head)],
-                        _Unsure(head, change, None, None))
+                        _Unsure(head, change, None))
         self.seq = seq
         self._committed(res, {**self._head, "seq": seq})
         return seq
@@ -329,7 +328,7 @@ class EtcdGroupStore:
                delete_op(prefix_end(chunks), prefix_end(states)),    # others' orphans
                delete_op(self.keys.changes, prefix_end(self.keys.changes))]
         try:
-            res = self._txn(ops, _Unsure(head, None, state, chunks))
+            res = self._txn(ops, _Unsure(head, None, state))
         except (StoreConflict, Fenced):
             self._drop_orphans(chunks)
             raise
@@ -399,8 +398,11 @@ class EtcdGroupStore:
         landed = head is not None and head.value == unsure.head and (
             unsure.change is None or (change is not None and change.value == unsure.change[1]))
         if not landed:
-            if unsure.orphans:
-                self._drop_orphans(unsure.orphans)
+            # Its chunks stay: a txn etcd never answered may still be applied later (a
+            # proposal in the log of a leader on its way out), and until the head moves
+            # its compare holds, so the chunks it names must exist when it does. Our
+            # next txn moves the head (the late one then fails) and the next whole
+            # state's txn deletes every other state, these included.
             # etcd is as we last read it (or moved: the next txn says so), and the state
             # we hold went ahead of it: the next commit must be a whole state
             self.current = None
