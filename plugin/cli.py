@@ -96,20 +96,14 @@ def _cmd_supervise(args: argparse.Namespace) -> int:
     except Exception as exc:
         print(f"nvmf-phoenix supervise: cannot start: {exc}", file=sys.stderr)
         return 1
-    server = None
-    if args.metrics_port is not None:
-        from nvmf_phoenix.plugin import metrics
+    from nvmf_phoenix.plugin import metrics
 
-        collector = metrics.PhoenixCollector(args.target_socket, args.state_dir,
-                                             status=lambda _c: sup.status_dict(),
-                                             hosts_interval=args.metrics_hosts_interval)
-        try:
-            server = metrics.serve(collector, args.metrics_port, args.metrics_address)
-        except OSError as exc:
-            print(f"nvmf-phoenix supervise: metrics port {args.metrics_port}: "
-                  f"{exc.strerror}", file=sys.stderr)
-            sup.stop()
-            return 1
+    try:
+        server = metrics.serve_supervisor(args, sup.status_dict)
+    except metrics.MetricsPortError as exc:
+        print(exc, file=sys.stderr)
+        sup.stop()
+        return 1
     print(f"nvmf-phoenix supervisor ready: rpc={args.rpc_socket} "
           f"target={args.target_socket} state={args.state_dir}"
           + (f" standby={sup.members['b'].sock} ({sup.layout.describe()})"
@@ -123,9 +117,7 @@ def _cmd_supervise(args: argparse.Namespace) -> int:
             print(f"nvmf-phoenix supervise: {sup.status.last_error}", file=sys.stderr)
             failed = True
             break
-    if server is not None:
-        server.shutdown()
-        server.server_close()
+    metrics.shut(server)
     sup.stop()
     return 1 if failed else 0
 

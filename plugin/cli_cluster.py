@@ -111,27 +111,19 @@ def supervise_node(args: argparse.Namespace) -> int:
     except Exception as exc:
         print(f"nvmf-phoenix supervise: cannot start: {exc}", file=sys.stderr)
         return 1
-    server = None
-    if args.metrics_port is not None:
-        collector = metrics.PhoenixCollector(args.target_socket, args.state_dir,
-                                             status=lambda _c: node.status_dict(),
-                                             hosts_interval=args.metrics_hosts_interval)
-        try:
-            server = metrics.serve(collector, args.metrics_port, args.metrics_address)
-        except OSError as exc:
-            print(f"nvmf-phoenix supervise: metrics port {args.metrics_port}: "
-                  f"{exc.strerror}", file=sys.stderr)
-            node.stop()
-            return 1
+    try:
+        server = metrics.serve_supervisor(args, node.status_dict)
+    except metrics.MetricsPortError as exc:
+        print(exc, file=sys.stderr)
+        node.stop()
+        return 1
     print(f"nvmf-phoenix supervisor ready: rpc={args.rpc_socket} target={args.target_socket}"
           f" state={args.state_dir} node={args.node} address={args.node_address} "
           f"slot={node.lease.slot} group={args.group} store={args.store}"
           + (f" floating={floating.address} dev={floating.dev}" if floating else ""),
           flush=True)
     stop.wait()
-    if server is not None:
-        server.shutdown()
-        server.server_close()
+    metrics.shut(server)
     node.stop()
     return 0
 

@@ -260,6 +260,33 @@ def serve(collector: PhoenixCollector, port: int, address: str = "0.0.0.0") -> A
     return server
 
 
+class MetricsPortError(Exception):
+    """The supervisor's metrics port cannot be bound (the message is for the user)."""
+
+
+def serve_supervisor(args: Any, status: Callable[[], dict[str, Any]]) -> Any:
+    """``supervise``'s /metrics as its options ask (``--metrics-port``, address, hosts
+    interval), over ``status`` (a supervisor's, a pair's or a cluster node's status
+    dict); None without a port. Raises MetricsPortError when the port cannot be bound."""
+    if args.metrics_port is None:
+        return None
+    collector = PhoenixCollector(args.target_socket, args.state_dir,
+                                 status=lambda _c: status(),
+                                 hosts_interval=args.metrics_hosts_interval)
+    try:
+        return serve(collector, args.metrics_port, args.metrics_address)
+    except OSError as exc:
+        raise MetricsPortError(f"nvmf-phoenix supervise: metrics port {args.metrics_port}: "
+                               f"{exc.strerror}") from None
+
+
+def shut(server: Any) -> None:
+    """Stop what :func:`serve_supervisor` started (nothing for None)."""
+    if server is not None:
+        server.shutdown()
+        server.server_close()
+
+
 def _pair(sup: dict[str, Any]) -> list[Metric]:
     """A hot-standby pair: failovers, redundancy, and each member's role and state."""
     f = CounterMetricFamily(P + "pair_failovers", "active deaths turned into a failover")
