@@ -15,6 +15,7 @@ remove must have stayed removed.
 """
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from dataclasses import dataclass, field
@@ -26,6 +27,12 @@ from nvmf_phoenix.rpc import RpcClient, RpcError
 from nvmf_phoenix.rpc.errors import RpcConnectionError
 
 from tests.cluster_lab import GROUP, NQN, ClusterLab, node_number
+from tests.waiting import wait_for
+
+# Pacing between attempts at one change (bounded by its give-up deadline), as a client
+# backs off: not a synchronisation point. Not the stop event: a change under way when the
+# client is stopped must still get its answer (tests assert none was given up).
+RETRY_S = 0.05
 
 
 def host(i: int) -> str:
@@ -108,12 +115,12 @@ class ConfigChurn:
         while time.monotonic() < deadline:
             node = self._owner()
             if node is None:
-                time.sleep(0.05)
+                time.sleep(RETRY_S)       # a takeover is under way: ask again
                 continue
             try:
                 c = RpcClient.connect(self.lab.nodes[node].sock, timeout=20)
             except (RpcError, OSError):
-                time.sleep(0.05)         # never sent: ask again
+                time.sleep(RETRY_S)       # never sent: ask again
                 continue
             start = time.monotonic()
             try:
@@ -135,7 +142,7 @@ class ConfigChurn:
                 self.log.refused.add((method, i))
                 head = err.message[:60]
                 self.log.refusals[head] = self.log.refusals.get(head, 0) + 1
-                time.sleep(0.05)
+                time.sleep(RETRY_S)
                 continue
             self._note(method, i, node, "ack", "")
             self.log.latencies.append(time.monotonic() - start)
@@ -178,12 +185,10 @@ def divergence(lab: ClusterLab, timeout: float = 20.0) -> dict[str, Any]:
                 out[f"n{k}"] = {"extra": sorted(live - stored),
                                 "missing": sorted(stored - live)}
         return out
-    deadline = time.monotonic() + timeout
-    while True:
-        diff = differences()
-        if not diff or time.monotonic() > deadline:
-            return diff
-        time.sleep(0.2)
+    with contextlib.suppress(AssertionError):     # still differing: said by the return
+        wait_for(lambda: not differences(), timeout=timeout, interval=0.2,
+                 what="every target holding etcd's hosts")
+    return differences()
 
 
 def stored_hosts(lab: ClusterLab) -> set[str]:
