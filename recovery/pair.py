@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from nvmf_phoenix.recovery.capture import capture_config
+from nvmf_phoenix.recovery.deathwatch import DeathWatch
 from nvmf_phoenix.recovery.executor import execute
 from nvmf_phoenix.recovery.front import Front
 from nvmf_phoenix.recovery.member import Member, Proc
@@ -94,6 +95,8 @@ class PairSupervisor:
                            if self.status.state == "failed" else None)
         self.front.pair = self
         self._watcher = threading.Thread(target=self._watch, name="pair", daemon=True)
+        # A killed member's connections end at the kill, not ~40 ms later (deathwatch.py).
+        self.deathwatch = DeathWatch()
 
     # -- lifecycle -----------------------------------------------------------------------
     def start(self, adopt: bool = False) -> None:
@@ -152,6 +155,7 @@ class PairSupervisor:
             for m in self.members.values():
                 m.end(planned=True)
         self._watcher.join(timeout=5)
+        self.deathwatch.close()
         self.status.state = "stopped"
         self.store.close()
         fd = getattr(self, "_lock_fd", None)
@@ -254,12 +258,14 @@ class PairSupervisor:
 
     # -- deaths ------------------------------------------------------------------------------
     def _reap_in_background(self, m: Member, proc: Proc) -> None:
+        self.deathwatch.watch(proc.pid)
         threading.Thread(target=self._reap, args=(m, proc), name=f"reaper-{m.name}",
                          daemon=True).start()
 
     def _reap(self, m: Member, proc: Proc) -> None:
         status = proc.wait()
         died_at = time.monotonic()
+        self.deathwatch.unwatch(proc.pid)
         if self._stop.is_set() or m.proc is not proc:
             return
         self._died(m, died_at, f"target {m.name} exited (status {status})")

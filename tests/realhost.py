@@ -8,6 +8,7 @@ target while the guest's workload runs). Every run is bounded by a timeout.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -88,6 +89,14 @@ def parse(line: str, now: float) -> Marker | None:
     return Marker(event, fields, rest, now)
 
 
+def qemu_pinning() -> list[str]:
+    """$PHX_QEMU_CPUS (a taskset CPU list) pins the guest to its own CPUs: on a small
+    machine that stands in for a host on another machine, so the targets' work (a
+    restart, a restore) does not steal the emulated CPU's time. Unset: not pinned."""
+    cpus = os.environ.get("PHX_QEMU_CPUS", "")
+    return ["taskset", "-c", cpus] if cpus else []
+
+
 def boot(scenario: str, port: int = 0, nqn: str = "", hostnqn: str = "", opts: str = "",
          seconds: int = 5, hostfwd: int | None = None, timeout: float = 180,
          on_marker: Callable[[Marker], None] | None = None, addr: str = "",
@@ -107,7 +116,8 @@ def boot(scenario: str, port: int = 0, nqn: str = "", hostnqn: str = "", opts: s
         cmdline += f" phx.addr={addr}"
     cmdline += "".join(f" phx.{k}={v}" for k, v in (extra or {}).items())
     net = "user,id=n0" + (f",hostfwd=tcp:127.0.0.1:{hostfwd}-:4420" if hostfwd else "")
-    cmd = ["timeout", "-s", "KILL", str(int(timeout)), "qemu-system-x86_64", "-accel", "tcg",
+    cmd = ["timeout", "-s", "KILL", str(int(timeout)), *qemu_pinning(), "qemu-system-x86_64",
+           "-accel", "tcg",
            "-cpu", "max", "-m", "1024" if tools else "512", "-smp", "1", "-display", "none",
            "-monitor", "none", "-serial", "stdio", "-no-reboot", "-kernel", paths["kernel"],
            "-initrd", paths["initrd_tools" if tools else "initrd"], "-append", cmdline,
