@@ -11,22 +11,25 @@ costs it a keep-alive timeout (5 s) before its error recovery completes.
 
 So the pair supervisor listens to the kernel's process events (the netlink process
 connector: root, initial namespaces), and when a thread of a member exits by a fatal
-signal (the whole process is then dying) it shuts down the member's TCP sockets itself,
-through copies taken with pidfd_getfd from a thread that still holds the file table. The
-host sees the connection end within a millisecond of the kill. Where the connector is
-not available (not root, in a container) nothing changes: the connections end when the
-kernel closes them.
+signal (the whole process is then dying) it aborts the member's TCP sockets itself (the
+kernel's SOCK_DESTROY, as ``ss -K``: the host gets a reset), found through a thread that
+still holds the file table. The host sees the connection end within milliseconds of the
+kill. Where the connector or
+SOCK_DESTROY is not available (not root, in a container, a kernel without
+CONFIG_INET_DIAG_DESTROY) nothing changes: the connections end when the kernel closes
+them.
 """
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import logging
 import os
 import socket
 import struct
 import threading
 from collections.abc import Callable
+
+from nvmf_phoenix.wire.sockdiag import NLMSG_DONE, NLMSGHDR, destroy_inodes, open_diag
 
 log = logging.getLogger(__name__)
 
@@ -36,17 +39,10 @@ CN_IDX_PROC = 1
 CN_VAL_PROC = 1
 PROC_CN_MCAST_LISTEN = 1
 PROC_EVENT_EXIT = 0x80000000
-NLMSG_DONE = 3
-NLMSGHDR = struct.Struct("=IHHII")        # nlmsg_len, type, flags, seq, pid
 CN_MSG = struct.Struct("=IIIIHH")         # idx, val, seq, ack, len, flags
 PROC_EVENT = struct.Struct("=IIQ")        # what, cpu, timestamp_ns
 EXIT_EVENT = struct.Struct("=IIII")       # process_pid, process_tgid, exit_code, exit_signal
 EVENT_AT = NLMSGHDR.size + CN_MSG.size
-
-SYS_PIDFD_GETFD = 438                     # x86-64 and the generic syscall table
-PIDFD_THREAD = os.O_EXCL                  # linux/pidfd.h: a pidfd for one thread (6.9)
-_libc = ctypes.CDLL(None, use_errno=True)
-
 
 def killed_by(exit_code: int) -> int:
     """The fatal signal in a thread's wait status (0 if it exited normally)."""
@@ -54,19 +50,23 @@ def killed_by(exit_code: int) -> int:
 
 
 def release_sockets(pid: int) -> int:
-    """Shut down every TCP socket process ``pid`` holds; the number shut down.
+    """Abort every TCP socket process ``pid`` holds; the number aborted.
 
-    Meant for a process that is already dying: its peers see the connection end now.
-    Our copies are closed at once, so nothing here keeps a port or connection alive."""
+    Meant for a process that is already dying: its peers get a reset now. The threads
+    share one file table and namespace; the first thread that still has them serves (one
+    that finished exiting lists no files). Sockets are found by inode in the thread's
+    network namespace and destroyed there (wire/sockdiag.py)."""
     for tid in _threads(pid):
+        base = f"/proc/{pid}/task/{tid}"
+        inodes = _socket_inodes(f"{base}/fd")
+        if not inodes:
+            continue
         try:
-            tfd = os.pidfd_open(tid, PIDFD_THREAD)
-        except OSError:
-            continue                          # this thread has finished exiting
-        try:
-            return _shut_down_tcp(pid, tid, tfd)
-        finally:
-            os.close(tfd)
+            with open_diag(f"{base}/ns/net") as nl:
+                return destroy_inodes(nl, inodes)
+        except OSError as exc:
+            log.info("cannot end the connections of dying process %d: %s", pid, exc)
+            return 0
     return 0
 
 
@@ -77,24 +77,15 @@ def _threads(pid: int) -> list[int]:
         return []
 
 
-def _shut_down_tcp(pid: int, tid: int, tfd: int) -> int:
-    fd_dir = f"/proc/{pid}/task/{tid}/fd"
-    done = 0
+def _socket_inodes(fd_dir: str) -> set[int]:
+    inodes = set()
     with contextlib.suppress(OSError):
         for name in os.listdir(fd_dir):
             with contextlib.suppress(OSError):
-                if not os.readlink(f"{fd_dir}/{name}").startswith("socket:"):
-                    continue
-                copy = _libc.syscall(SYS_PIDFD_GETFD, tfd, int(name), 0)
-                if copy < 0:
-                    continue                  # closed meanwhile, or no file table left
-                with socket.socket(fileno=copy) as s:
-                    if s.family in (socket.AF_INET, socket.AF_INET6) \
-                            and s.type == socket.SOCK_STREAM:
-                        with contextlib.suppress(OSError):   # e.g. never connected
-                            s.shutdown(socket.SHUT_RDWR)
-                            done += 1
-    return done
+                link = os.readlink(f"{fd_dir}/{name}")
+                if link.startswith("socket:["):
+                    inodes.add(int(link[8:-1]))
+    return inodes
 
 
 def _listen_message() -> bytes:
@@ -175,6 +166,9 @@ class DeathWatch:
                     continue
                 self._pids.discard(event[1])  # once per process
             try:
-                self.on_killed(event[1])
+                result = self.on_killed(event[1])
+                log.info("process %d killed by signal %d: %s", event[1],
+                         killed_by(event[2]), f"{result} TCP connections aborted"
+                         if isinstance(result, int) else "handled")
             except Exception:                 # never let one failure stop the watch
                 log.exception("releasing the connections of dying process %d", event[1])
