@@ -14,9 +14,10 @@ range (its slot) — the views of :mod:`~.pair_view` with a :class:`ClusterLayou
   key disappears (the owner's lease expired, or it resigned) it takes the group in one
   transaction, epoch + 1, and turns its listeners ``optimized``.
 - **fenced**: the node could not renew its lease in time (it may be cut off from etcd and
-  a peer may be about to take over): every listener ``inaccessible`` at once, no
-  configuration calls. When etcd answers again it is owner again if its lease survived
-  and it still holds the owner key, else standby.
+  a peer may be about to take over): no configuration calls, and every listener
+  ``inaccessible`` (an owner's at once; a standby's one lease TTL later, so an etcd
+  election does not take paths away from hosts). When etcd answers again it is owner
+  again if its lease survived and it still holds the owner key, else standby.
 
 Standbys are safe next to the owner on shared storage because hosts decide: a Linux host
 (and the project's multipath initiator) sends I/O to ``optimized`` paths only while one
@@ -85,8 +86,11 @@ class ClusterNode(NodeTarget):
                  address: str, target_cmd: list[str], target_sock: str, public_sock: str,
                  state_dir: str, lease_ttl: float = DEFAULT_LEASE_TTL,
                  ping_interval: float = 0.5, misses: int = 4,
-                 floating: FloatingAddress | None = None) -> None:
+                 floating: FloatingAddress | None = None,
+                 standby_grace: float | None = None) -> None:
         self.client, self.group, self.address = client, group, address
+        self.standby_grace = lease_ttl if standby_grace is None else standby_grace
+        self._paths_fenced = False     # the listeners made inaccessible by a fence
         self.keys = ClusterKeys(prefix)
         self.state_dir = state_dir
         self.lease = NodeLease(client, self.keys, node, address, lease_ttl,
@@ -153,6 +157,7 @@ class ClusterNode(NodeTarget):
             "node %s: %s -> %s (group %s)", self.node, self.role, role, self.group)
         self.status.role = role
         self.status.generation += 1
+        self._paths_fenced = False
         floating = self.floating.address if self.floating and role == OWNER else None
         try:          # what `cluster status` shows: who stands by, who holds the address
             self.lease.register(group=self.group, role=role, floating=floating)
@@ -208,8 +213,8 @@ class ClusterNode(NodeTarget):
                 self.member.applied = None
                 raise
             self.member.applied = desired
-            if self.role == FENCED:        # fenced while this ran: undo what it set
-                self._make_inaccessible(desired)
+            if self.role == FENCED and self._paths_fenced:   # fenced while this ran:
+                self._make_inaccessible(desired)                # undo what it set
             if logical != self.store.current:
                 self.store.save(logical, durable=False)
 
@@ -275,12 +280,34 @@ class ClusterNode(NodeTarget):
 
     # -- fencing -------------------------------------------------------------------------
     def _fence(self) -> None:
-        """The lease clock ran out: every listener inaccessible now, before anything else
-        (no lock taken: whatever holds it may be waiting on etcd)."""
-        start = time.monotonic()
+        """The lease clock ran out. An owner's listeners go inaccessible now, before
+        anything else (no lock taken: whatever holds it may be waiting on etcd). A
+        standby's stay non_optimized for one more lease TTL: an etcd leader election
+        (the usual reason for a late renewal, and the dead node's member is often the
+        leader) must not take away the paths hosts are failing over to at that moment.
+        Its configuration is then at most that much behind; longer, it goes too."""
+        was = self.status.role
         self.status.role = FENCED
         self.status.generation += 1
         self.status.fences += 1
+        if was == STANDBY and self.standby_grace > 0:
+            log.warning("node %s fenced as standby: paths stay non_optimized for %.1f s "
+                        "unless etcd answers", self.node, self.standby_grace)
+            timer = threading.Timer(self.standby_grace, self._fence_paths,
+                                    args=(self.status.generation,))
+            timer.daemon = True
+            timer.start()
+            return
+        self._fence_paths(self.status.generation)
+
+    def _fence_paths(self, generation: int) -> None:
+        """Every listener inaccessible, then the floating address gone; nothing if the
+        node was unfenced (or fenced anew) since ``generation``."""
+        if self._stop.is_set() or self.status.role != FENCED \
+                or self.status.generation != generation:
+            return
+        start = time.monotonic()
+        self._paths_fenced = True
         self._make_inaccessible(self.member.applied)
         self.status.last_fence_s = time.monotonic() - start
         self._give_up_floating()            # after its listeners went inaccessible

@@ -379,7 +379,9 @@ def test_owner_target_death_hands_the_group_over(tmp_path: Path, etcd: EtcdClust
 def test_a_standby_cut_from_etcd_fences_and_catches_up(tmp_path: Path,
                                                       etcd: EtcdCluster) -> None:
     """A standby that cannot reach etcd may hold a stale configuration: it goes
-    inaccessible, and when etcd answers again it is standby again with what changed."""
+    inaccessible (one lease TTL after its lease clock ran out: an etcd election must not
+    take paths away), and when etcd answers again it is standby again with what
+    changed."""
     port, disc = free_port(), free_port()
     proxies = [CutProxy(("127.0.0.1", m.client_port)) for m in etcd.members]
     try:
@@ -391,7 +393,10 @@ def test_a_standby_cut_from_etcd_fences_and_catches_up(tmp_path: Path,
             wait_for(partial(follows, nodes[1]), timeout=10, what="the standby follows")
             for p in proxies:
                 p.cut()
-            wait_for(lambda: nodes[1].ana() == {"inaccessible"}, timeout=TTL,
+            wait_for(lambda: nodes[1].role() == "fenced", timeout=TTL,
+                     what="the standby's lease clock ran out")
+            assert nodes[1].ana() == {"non_optimized"}, "a standby's paths went at once"
+            wait_for(lambda: nodes[1].ana() == {"inaccessible"}, timeout=2 * TTL,
                      what="the standby fenced")
             nodes[0].call("nvmf_subsystem_add_host", {"nqn": NQN, "host": H1}, public=True)
             assert nodes[0].ana() == {"optimized"} and nodes[0].status()["epoch"] == 1
