@@ -1,7 +1,8 @@
 """Node deaths in a three-node cluster under a real Linux host: what each costs.
 
     python benchmarks/bench_cluster_realhost.py [--deaths 4] [--how loud|silent]
-                                                [--opts keep_alive_tmo=2] [--json]
+                                                [--opts keep_alive_tmo=2] [--guest-cpu 1]
+                                                [--json]
 
 The lab of tests/cluster_lab.py (three storage-node namespaces with a data and a control
 network, an etcd member and an ``nvmf-phoenix supervise --store etcd://... --node``
@@ -40,8 +41,13 @@ def main() -> int:
     ap.add_argument("--how", choices=("loud", "silent"), default="loud")
     ap.add_argument("--opts", default="", help="connect options, kernel names "
                     "(e.g. keep_alive_tmo=2); default: none")
+    ap.add_argument("--guest-cpu", type=int, default=None,
+                    help="run the guest alone on this CPU and the targets on the others, "
+                    "as a host on its own machine (default: not pinned)")
     ap.add_argument("--json", action="store_true", help="print one JSON object only")
     args = ap.parse_args()
+    if args.guest_cpu is not None:
+        realhost.pin_guest(args.guest_cpu)
     why = realhost.unavailable_reason()
     if why is not None:
         print(f"cannot run: {why}", file=sys.stderr)

@@ -1,7 +1,8 @@
 """Hot-standby pair under a real Linux host: what a SIGKILL of the active member costs.
 
     python benchmarks/bench_pair_realhost.py [--kills 20] [--opts reconnect_delay=1]
-                                             [--kind embedded|spdk] [--json]
+                                             [--kind embedded|spdk] [--guest-cpu 1]
+                                             [--json]
 
 Debian's kernel under qemu (TCG) finds the pair through discovery and the referral between
 the two discovery services (nvme-cli, default connect options unless --opts), runs fio
@@ -42,8 +43,13 @@ def main() -> int:
     ap.add_argument("--kind", choices=("embedded", "spdk"), default=pair_kind())
     ap.add_argument("--slow-ms", type=int, default=30,
                     help="latencies from this up are reported one by one by the guest")
+    ap.add_argument("--guest-cpu", type=int, default=None,
+                    help="run the guest alone on this CPU and the targets on the others, "
+                    "as a host on its own machine (default: not pinned)")
     ap.add_argument("--json", action="store_true", help="print one JSON object only")
     args = ap.parse_args()
+    if args.guest_cpu is not None:
+        realhost.pin_guest(args.guest_cpu)
     why = realhost.unavailable_reason()
     if why is not None:
         print(f"cannot run: {why}", file=sys.stderr)

@@ -97,6 +97,16 @@ def qemu_pinning() -> list[str]:
     return ["taskset", "-c", cpus] if cpus else []
 
 
+def pin_guest(cpu: int) -> None:
+    """The guest on ``cpu`` alone, this process (and the targets it starts) on the
+    others: what benchmarks' --guest-cpu does."""
+    others = os.sched_getaffinity(0) - {cpu}
+    if cpu not in os.sched_getaffinity(0) or not others:
+        raise SystemExit(f"--guest-cpu {cpu}: needs that CPU and at least one other")
+    os.environ["PHX_QEMU_CPUS"] = str(cpu)
+    os.sched_setaffinity(0, others)
+
+
 def boot(scenario: str, port: int = 0, nqn: str = "", hostnqn: str = "", opts: str = "",
          seconds: int = 5, hostfwd: int | None = None, timeout: float = 180,
          on_marker: Callable[[Marker], None] | None = None, addr: str = "",

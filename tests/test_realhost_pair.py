@@ -18,7 +18,9 @@ turns the worst-latency-per-kill bound into an assertion (the issue's is 100 ms)
     SPDK_NVMF_TGT=/path/nvmf_tgt SPDK_NVMF_TGT_ARGS="-m 0x1 --num-trace-entries 0
         --no-huge -s 1024" .venv/bin/python -m pytest -q -s tests/test_realhost_pair.py
 
-$PHX_PAIR_KILLS sets the number of kills (20).
+$PHX_PAIR_KILLS sets the number of kills (20). $PHX_QEMU_CPUS pins the guest (a taskset
+CPU list); BENCHMARKS.md's figures pin it alone on CPU 1 and the test (so the pair) on CPU
+0, as a host on its own machine: ``PHX_QEMU_CPUS=1 taskset -c 0 python -m pytest ...``.
 """
 from __future__ import annotations
 
