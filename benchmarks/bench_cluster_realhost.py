@@ -2,7 +2,7 @@
 
     python benchmarks/bench_cluster_realhost.py [--deaths 4] [--how loud|silent]
                                                 [--opts keep_alive_tmo=2] [--guest-cpu 1]
-                                                [--json]
+                                                [--kmsg] [--json]
 
 The lab of tests/cluster_lab.py (three storage-node namespaces with a data and a control
 network, an etcd member and an ``nvmf-phoenix supervise --store etcd://... --node``
@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tests import realhost
 from tests.cluster_lab import cluster_lab
 from tests.realhost_cluster import ClusterAsPair, run_cluster
-from tests.realhost_pair import format_report
+from tests.realhost_pair import format_report, kmsg_by_kill
 
 
 def main() -> int:
@@ -44,6 +44,8 @@ def main() -> int:
     ap.add_argument("--guest-cpu", type=int, default=None,
                     help="run the guest alone on this CPU and the targets on the others, "
                     "as a host on its own machine (default: not pinned)")
+    ap.add_argument("--kmsg", action="store_true",
+                    help="also print the guest's kernel messages around each death")
     ap.add_argument("--json", action="store_true", help="print one JSON object only")
     args = ap.parse_args()
     if args.guest_cpu is not None:
@@ -66,6 +68,8 @@ def main() -> int:
                   takeover_s_max=round(max(takeover), 2) if takeover else None)
     if not args.json:
         print(format_report(rep))
+        if args.kmsg:
+            print("\n".join(kmsg_by_kill(rep)))
     print(json.dumps(result))
     return 0 if rep.errors == [] and result["io_errors"] == "0" else 1
 

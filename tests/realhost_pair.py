@@ -13,6 +13,7 @@ The pair only has to offer ``active``, ``addr``, ``disc_port`` and ``failover(na
 """
 from __future__ import annotations
 
+import re
 import statistics
 import threading
 import time
@@ -233,3 +234,22 @@ def format_report(rep: PairReport) -> str:
                      f"{back:>11}")
     lines.append(f"summary: {rep.summary()}")
     return "\n".join(lines)
+
+
+def kmsg_by_kill(rep: PairReport, after_s: float = 14.0) -> list[str]:
+    """The guest's kernel messages (its dmesg at the end of the run) from 1 s before each
+    kill to ``after_s`` after it, in seconds from the kill (the guest's clock)."""
+    if rep.run is None:
+        return []
+    stamped = []
+    for text in rep.run.kmsg():
+        found = re.search(r"\[\s*([0-9.]+)\]", text)
+        if found:
+            stamped.append((float(found.group(1)), text))
+    lines = []
+    for i, k in enumerate(rep.kills, 1):
+        lines.append(f"kill {i} ({k.member}):")
+        at = k.at_ms / 1000
+        lines += [f"  {t - at:6.2f} s  {text}" for t, text in stamped if -1 < t - at < after_s]
+    return lines
+
