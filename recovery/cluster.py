@@ -146,6 +146,7 @@ class ClusterNode(NodeTarget):
             self._give_up_floating()
         for t in self._threads:
             t.join(timeout=5)
+        self.deathwatch.close()
         self.status.state = "stopped"
         self.store.close()
         if self._lock_fd is not None:

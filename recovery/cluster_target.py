@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from nvmf_phoenix.recovery.capture import capture_config
+from nvmf_phoenix.recovery.deathwatch import DeathWatch
 from nvmf_phoenix.recovery.executor import execute
 from nvmf_phoenix.recovery.member import Member, Proc
 from nvmf_phoenix.recovery.pair_view import (
@@ -101,6 +102,8 @@ class NodeTarget:
         self.ready = threading.Event()
         self._stop = threading.Event()
         self._lock = threading.RLock()      # role and the local target's configuration
+        # A killed target's connections end at the kill: hosts move to a peer sooner.
+        self.deathwatch = DeathWatch()
 
     @property
     def role(self) -> str:
@@ -144,6 +147,7 @@ class NodeTarget:
                 report.differences)[:2000])
         m.applied, m.state = desired, "ready"
         if m.proc is not None:
+            self.deathwatch.watch(m.proc.pid)
             threading.Thread(target=self._reap, args=(m.proc,), name="cluster-reaper",
                              daemon=True).start()
 
@@ -241,6 +245,7 @@ class NodeTarget:
     def _reap(self, proc: Proc) -> None:
         proc.wait()
         died_at = time.monotonic()
+        self.deathwatch.unwatch(proc.pid)
         if self._stop.is_set() or self.member.proc is not proc:
             return
         self.ready.clear()
