@@ -7,10 +7,12 @@ as the JSON-RPC server does.
 """
 from __future__ import annotations
 
+import random
 import socket
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TypeVar
 
 from nvmf_phoenix.embedded.bdev import open_bdev
@@ -24,8 +26,34 @@ HOSTNQN = "nqn.2014-08.org.nvmexpress:uuid:6e767068-6f65-6e69-7800-000000000001"
 T = TypeVar("T")
 
 
-def free_port() -> int:
+_ports = random.Random()
+
+
+def _bindable(port: int) -> bool:
     with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port() -> int:
+    """A port nothing is bound to, with the next one free as well (a pair's standby
+    listens on port + 1). Chosen below the kernel's ephemeral range: a port the kernel
+    hands out for bind(0) may be taken by any client connection (another test run's,
+    too) before the test binds it, one below that range only by an explicit bind."""
+    try:
+        first = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0]
+        high = int(first) - 2
+    except (OSError, ValueError, IndexError):
+        high = 32766
+    for _ in range(500):
+        # Even ports only: two calls never return p and p + 1 (a pair's port + 1).
+        port = _ports.randrange(20000, max(high, 20002), 2)
+        if _bindable(port) and _bindable(port + 1):
+            return port
+    with socket.socket() as s:       # a crowded machine: any port the kernel offers
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 
