@@ -14,14 +14,14 @@ connector: root, initial namespaces), and when a thread of a member exits by a f
 signal (the whole process is then dying) it aborts the member's TCP sockets itself (the
 kernel's SOCK_DESTROY, as ``ss -K``: the host gets a reset), found through a thread that
 still holds the file table. The host sees the connection end within milliseconds of the
-kill. Where the connector or
-SOCK_DESTROY is not available (not root, in a container, a kernel without
-CONFIG_INET_DIAG_DESTROY) nothing changes: the connections end when the kernel closes
-them.
+kill. Where the connector or SOCK_DESTROY is not available (not root, in a container, a
+kernel without CONFIG_INET_DIAG_DESTROY) nothing changes: the connections end when the
+kernel closes them.
 """
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import socket
@@ -43,6 +43,7 @@ CN_MSG = struct.Struct("=IIIIHH")         # idx, val, seq, ack, len, flags
 PROC_EVENT = struct.Struct("=IIQ")        # what, cpu, timestamp_ns
 EXIT_EVENT = struct.Struct("=IIII")       # process_pid, process_tgid, exit_code, exit_signal
 EVENT_AT = NLMSGHDR.size + CN_MSG.size
+
 
 def killed_by(exit_code: int) -> int:
     """The fatal signal in a thread's wait status (0 if it exited normally)."""
@@ -153,7 +154,7 @@ class DeathWatch:
             try:
                 message = sock.recv(4096)
             except OSError as exc:
-                if exc.errno == 105:          # ENOBUFS: events were dropped; go on
+                if exc.errno == errno.ENOBUFS:    # events were dropped; go on
                     continue
                 return
             if not message:
@@ -165,10 +166,11 @@ class DeathWatch:
                 if event[1] not in self._pids:
                     continue
                 self._pids.discard(event[1])  # once per process
+            pid, sig = event[1], killed_by(event[2])
             try:
-                result = self.on_killed(event[1])
-                log.info("process %d killed by signal %d: %s", event[1],
-                         killed_by(event[2]), f"{result} TCP connections aborted"
+                result = self.on_killed(pid)
+                log.info("process %d killed by signal %d: %s", pid, sig,
+                         f"{result} TCP connections aborted"
                          if isinstance(result, int) else "handled")
             except Exception:                 # never let one failure stop the watch
-                log.exception("releasing the connections of dying process %d", event[1])
+                log.exception("releasing the connections of dying process %d", pid)
