@@ -11,6 +11,12 @@ every library ``ldd`` lists (packages this machine lacks are fetched with ``apt-
 download`` too): the "pair" scenario needs them, and the other scenarios boot faster
 without 38 MB of them.
 
+With NVMF_PHOENIX_REALHOST_SUITE set (e.g. ``bookworm-backports``), the kernel comes
+from that Debian suite instead of this machine's own: apt runs with a private sources list
+and package lists under the cache, so the machine's apt configuration is not touched. The
+guest's tools still come from this machine's suite (user space does not change the host's
+NVMe behaviour; its kernel does).
+
 Prints the paths as JSON on the last line: {"kernel": ..., "initrd": ..., "version": ...,
 and with --tools "initrd_tools": ...}.
 """
@@ -50,14 +56,29 @@ def cache_dir() -> Path:
     return Path(os.environ.get("NVMF_PHOENIX_REALHOST_CACHE", default))
 
 
-def kernel_package() -> str:
+def kernel_apt(cache: Path) -> list[str]:
+    """apt options that resolve the kernel from NVMF_PHOENIX_REALHOST_SUITE (none: this
+    machine's own sources)."""
+    suite = os.environ.get("NVMF_PHOENIX_REALHOST_SUITE", "")
+    if not suite:
+        return []
+    if not suite.replace("-", "").isalnum():
+        raise SystemExit(f"NVMF_PHOENIX_REALHOST_SUITE={suite!r} is not a Debian suite name")
+    apt = cache / f"apt-{suite}"
+    (apt / "lists" / "partial").mkdir(parents=True, exist_ok=True)
+    (apt / "sources.list").write_text(f"deb http://deb.debian.org/debian {suite} main\n")
+    return [f"-oDir::Etc::sourcelist={apt / 'sources.list'}", "-oDir::Etc::sourceparts=-",
+            f"-oDir::State::lists={apt / 'lists'}", "-oAPT::Get::List-Cleanup=0"]
+
+
+def kernel_package(apt: list[str]) -> str:
     try:
-        deps = run(["apt-cache", "depends", "linux-image-amd64"], 60)
+        deps = run(["apt-cache", *apt, "depends", "linux-image-amd64"], 60)
     except subprocess.CalledProcessError:
         deps = ""
     if "linux-image-" not in deps.replace("linux-image-amd64", ""):
-        run(["apt-get", "update", "-qq"], 600)
-        deps = run(["apt-cache", "depends", "linux-image-amd64"], 60)
+        run(["apt-get", *apt, "update", "-qq"], 600)
+        deps = run(["apt-cache", *apt, "depends", "linux-image-amd64"], 60)
     for line in deps.splitlines():
         line = line.strip()
         if line.startswith("Depends: linux-image-"):
@@ -65,13 +86,13 @@ def kernel_package() -> str:
     raise SystemExit("cannot resolve the kernel package behind linux-image-amd64")
 
 
-def extract_kernel(pkg: str, cache: Path) -> Path:
+def extract_kernel(pkg: str, cache: Path, apt: list[str]) -> Path:
     root = cache / pkg
     if (root / "done").exists():
         return root
     shutil.rmtree(root, ignore_errors=True)
     root.mkdir(parents=True)
-    run(["apt-get", "download", pkg], 600, cwd=str(root))
+    run(["apt-get", *apt, "download", pkg], 600, cwd=str(root))
     deb = next(root.glob("*.deb"))
     run(["dpkg-deb", "-x", str(deb), str(root / "x")], 300)
     deb.unlink()
@@ -152,13 +173,23 @@ def stage_tools(tools: Path, stage: Path) -> None:
     shutil.copy(HERE / "pair.sh", stage / "pair.sh")
 
 
+def module_name(path: str) -> str:
+    return Path(path).name.split(".ko")[0].replace("_", "-")
+
+
 def module_order(moddir: Path) -> list[Path]:
-    """Modules and their dependencies (modinfo), dependencies first."""
-    index = {p.name.split(".ko")[0].replace("_", "-"): p for p in moddir.rglob("*.ko*")}
+    """Modules and their dependencies (modinfo), dependencies first; those built into
+    this kernel (newer kernels build in some crypto and virtio) are skipped."""
+    index = {module_name(p.name): p for p in moddir.rglob("*.ko*")}
+    builtin_list = moddir.parent / "modules.builtin"
+    builtin = ({module_name(line) for line in builtin_list.read_text().split()}
+               if builtin_list.exists() else set())
     order: list[Path] = []
 
     def visit(name: str) -> None:
-        path = index[name.replace("_", "-")]
+        if module_name(name) in builtin:
+            return
+        path = index[module_name(name)]
         if path in order:
             return
         deps = run(["/sbin/modinfo", "-F", "depends", str(path)], 30).strip()
@@ -171,6 +202,16 @@ def module_order(moddir: Path) -> list[Path]:
     return order
 
 
+def copy_module(src: Path, dst: Path) -> None:
+    """Copy a module uncompressed: busybox's insmod loads plain .ko files only."""
+    if src.name.endswith(".ko"):
+        shutil.copy(src, dst)
+        return
+    tool = {".xz": "xz", ".zst": "zstd", ".gz": "gzip"}[src.suffix]
+    with open(dst, "wb") as out:
+        subprocess.run([tool, "-dc", str(src)], stdout=out, check=True, timeout=60)
+
+
 def build_initrd(root: Path, out: Path, tools: Path | None = None) -> None:
     version = next((root / "x" / "lib" / "modules").iterdir()).name
     mods = module_order(root / "x" / "lib" / "modules" / version / "kernel")
@@ -181,7 +222,7 @@ def build_initrd(root: Path, out: Path, tools: Path | None = None) -> None:
     busybox = shutil.which("busybox") or "/bin/busybox"
     shutil.copy(busybox, stage / "bin" / "busybox")
     for i, m in enumerate(mods):
-        shutil.copy(m, stage / "mods" / f"{i:02d}-{m.name}")
+        copy_module(m, stage / "mods" / f"{i:02d}-{m.name.split('.ko')[0]}.ko")
     shutil.copy(HERE / "init.sh", stage / "init")
     (stage / "init").chmod(0o755)
     if tools is not None:
@@ -204,8 +245,9 @@ def main(tools: bool) -> None:
                          "(run .ci/install-system-deps as root)")
     cache = cache_dir()
     cache.mkdir(parents=True, exist_ok=True)
-    pkg = kernel_package()
-    root = extract_kernel(pkg, cache)
+    apt = kernel_apt(cache)
+    pkg = kernel_package(apt)
+    root = extract_kernel(pkg, cache, apt)
     kernel = next((root / "x" / "boot").glob("vmlinuz-*"))
     initrd = root / "initrd.gz"
     stamp = root / "initrd.stamp"
