@@ -10,7 +10,9 @@
    before the answer), on an empty target and on one holding 64 subsystems x 4
    namespaces. Medians and 99th percentiles.
 2. The group store alone (recovery/etcd_store.py): ``commit_state`` of the 64x4 state
-   (encode, compress, chunk puts, head txn), ``commit_change`` of one host, ``load``.
+   (encode, compress, chunk puts, head txn), ``commit_change`` of one host, ``load``,
+   and ``commit_as_change`` of the state with one more host (what a cluster's owner
+   commits per call: the two states compared, then one change).
 
 etcd members run with the test suite's timing (tests/etcd_cluster.py: 50 ms heartbeats)
 and their data on the same disk as everything else; etcd fsyncs its WAL on every commit,
@@ -19,6 +21,7 @@ so the disk's fsync latency is most of an etcd commit.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import statistics
 import sys
@@ -40,6 +43,7 @@ from nvmf_phoenix.recovery.restore import restore
 from nvmf_phoenix.recovery.supervisor import Supervisor
 from nvmf_phoenix.rpc import RpcClient
 
+from nvmf_phoenix.model import Host
 from tests.etcd_cluster import EtcdCluster
 from tests.target_fixture import free_port
 
@@ -103,7 +107,7 @@ def front_latency(cluster: EtcdCluster, calls: int, subsystems: int, per_sub: in
 def store_costs(cluster: EtcdCluster, states: int) -> dict[str, Any]:
     state = desired_state(64, 4, 4420)
     store = _store(cluster)
-    whole, change, load = [], [], []
+    whole, change, load, as_change = [], [], [], []
     host = {"op": "host", "nqn": "nqn.2016-06.io.phoenix:bench0000"}
     for i in range(states):
         t = time.perf_counter()
@@ -116,11 +120,19 @@ def store_costs(cluster: EtcdCluster, states: int) -> dict[str, Any]:
         t = time.perf_counter()
         store.load()
         load.append(time.perf_counter() - t)
+        nxt = copy.deepcopy(store.current)
+        assert nxt is not None
+        sub = nxt.subsystems[host["nqn"]]
+        sub.hosts[f"{name}-as"] = Host(nqn=f"{name}-as")
+        t = time.perf_counter()
+        store.commit_as_change(nxt)
+        as_change.append(time.perf_counter() - t)
     head = json.loads(store.client.get(store.keys.head).value)
     _, chunks = store.client.prefix(store.keys.states)
     store.client.close()
     return {"config": "64x4", "runs": states, "commit_state": _ms(whole),
             "commit_change": _ms(change), "load": _ms(load),
+            "commit_as_change": _ms(as_change),
             "state_bytes_compressed": sum(len(kv.value) for kv in chunks),
             "state_bytes_json": len(json.dumps(state.to_dict(), separators=(",", ":"))),
             "chunks": int(head.get("chunks", 0) or len(chunks))}

@@ -17,6 +17,7 @@ operations' journal form is described in :mod:`nvmf_phoenix.rpc.method_rules`.
 """
 from __future__ import annotations
 
+from dataclasses import fields
 from typing import Any
 
 from nvmf_phoenix.recovery.capture import ana_states
@@ -42,8 +43,8 @@ from nvmf_phoenix.model import (
     TargetState,
 )
 
-__all__ = ["MODELLED", "Call", "ModelMismatch", "NotModelled", "Op", "apply", "is_modelled",
-           "ops_for", "readback"]
+__all__ = ["MODELLED", "Call", "ModelMismatch", "NotModelled", "Op", "apply", "between",
+           "is_modelled", "ops_for", "readback"]
 
 # The methods whose change is journaled on its own.
 MODELLED = tuple(m.name for m in METHODS.values() if m.ops is not None)
@@ -163,3 +164,60 @@ def _set(where: dict[Any, Any], key: Any, value: Any) -> None:
         where.pop(key, None)
     else:
         where[key] = value
+
+
+def between(old: TargetState, new: TargetState) -> list[Op] | None:
+    """Operations that turn ``old`` into ``new`` (so that ``apply(old, ops)`` equals
+    ``new``), or None when something differs that no operation describes (startup
+    options, transports, referrals, opaque entries, runtime): commit a whole state then.
+
+    For writers that learn a change as a whole new state (a cluster's owner captures its
+    target whole, in its own form, and turns it into the logical one) but should still
+    send only the change: objects are compared as dataclasses, which costs far less than
+    encoding and sending the whole state.
+    """
+    if (old.startup, old.transports, old.referrals, old.opaque, old.runtime) != \
+            (new.startup, new.transports, new.referrals, new.opaque, new.runtime):
+        return None
+    ops: list[Op] = []
+    _named(ops, Kind.KEY, "name", old.keys, new.keys)
+    _named(ops, Kind.BDEV, "name", old.bdevs, new.bdevs)
+    for nqn in [*old.subsystems, *(n for n in new.subsystems if n not in old.subsystems)]:
+        was, now = old.subsystems.get(nqn), new.subsystems.get(nqn)
+        if was == now:
+            continue
+        if was is None or now is None or was.is_discovery or now.is_discovery or \
+                _own_fields(was) != _own_fields(now):
+            ops.append({"op": Kind.SUBSYSTEM, "nqn": nqn,
+                        "value": now.to_dict() if now else None})
+            continue
+        _named(ops, Kind.HOST, "host", was.hosts, now.hosts, nqn)
+        _named(ops, Kind.NS, "nsid", was.namespaces, now.namespaces, nqn)
+        for addr in [*was.listeners, *(a for a in now.listeners if a not in was.listeners)]:
+            a, b = was.listeners.get(addr), now.listeners.get(addr)
+            if a != b:
+                ops.append({"op": Kind.LISTENER, "nqn": nqn, "address": addr.to_dict(),
+                            "value": b.to_dict() if b else None})
+        if was.allow_any_host != now.allow_any_host:
+            ops.append({"op": Kind.ALLOW_ANY_HOST, "nqn": nqn, "value": now.allow_any_host})
+    return ops
+
+
+# What a subsystem's own operations change (everything else changes it whole).
+_SUBSYSTEM_PARTS = frozenset({"hosts", "namespaces", "listeners", "allow_any_host"})
+
+
+def _own_fields(sub: Subsystem) -> dict[str, Any]:
+    """A subsystem's own attributes: what no host, namespace or listener op changes."""
+    return {f.name: getattr(sub, f.name) for f in fields(sub)
+            if f.name not in _SUBSYSTEM_PARTS}
+
+
+def _named(ops: list[Op], kind: Kind, key: str, old: dict[Any, Any], new: dict[Any, Any],
+           nqn: str | None = None) -> None:
+    """Put or drop operations for the objects of one kind that differ between two maps."""
+    for name in [*old, *(n for n in new if n not in old)]:
+        was, now = old.get(name), new.get(name)
+        if was != now:
+            ops.append({"op": kind, **({"nqn": nqn} if nqn else {}), key: name,
+                        "value": now.to_dict() if now is not None else None})

@@ -370,7 +370,7 @@ class ClusterNode(NodeTarget):
         (fenced by our owner key), then give our target its referrals."""
         state = self.store.current or TargetState.empty()
         try:
-            self.etcd.commit_state(state)
+            self.etcd.commit_as_change(state)
         except Fenced as exc:
             self._step_down(STANDBY)
             raise RpcError(-1, f"not committed: {exc}") from None

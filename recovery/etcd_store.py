@@ -304,6 +304,18 @@ class EtcdGroupStore:
             self._prepare()
             return self._commit_state(state, mine=False)
 
+    def commit_as_change(self, state: TargetState) -> int:
+        """Commit ``state``, sending only how it differs from etcd's when operations
+        describe that (:func:`~.changes.between`: one small key instead of every
+        chunk), else the whole state; returns its seq. Raises as the other commits."""
+        with self.lock:
+            self._prepare()
+            ops = changes.between(self.current, state) if self.current is not None else None
+            if ops is not None:
+                with contextlib.suppress(StoreMismatch):
+                    return self.commit_change(ops)
+            return self._commit_state(state, mine=False)
+
     def _commit_state(self, state: TargetState, mine: bool = True) -> int:
         """``mine``: ``state`` is the store's own (else the caller's: copied)."""
         seq = self.seq + 1

@@ -4,6 +4,7 @@
 prepare.py); ``boot()`` runs one scenario and returns the guest's marker lines, calling
 ``on_marker`` for each as it arrives (that is where crash tests kill and restart the
 target while the guest's workload runs). Every run is bounded by a timeout.
+NVMF_PHOENIX_REALHOST_SUITE picks the guest kernel's Debian suite (prepare.py).
 """
 from __future__ import annotations
 

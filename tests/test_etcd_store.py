@@ -8,6 +8,7 @@ chunking keep the requests and the key count bounded; a damaged key is named.
 from __future__ import annotations
 
 import contextlib
+import copy
 import itertools
 import json
 import os
@@ -28,7 +29,7 @@ from nvmf_phoenix.persist.etcd import (
     TxnResult,
     compare,
 )
-from nvmf_phoenix.persist.etcd_keys import ClusterKeys, GroupKeys, encode
+from nvmf_phoenix.persist.etcd_keys import ClusterKeys, GroupKeys, decode, encode
 from nvmf_phoenix.recovery.capture import capture_config
 from nvmf_phoenix.recovery.diff import diff
 from nvmf_phoenix.recovery.etcd_store import (
@@ -177,6 +178,30 @@ def test_compaction_keeps_at_most_max_changes(cluster: EtcdCluster, keys: GroupK
     assert got.base == MAX_CHANGES + 2 and got.changes == 4
     assert len(c.prefix(keys.changes)[1]) <= MAX_CHANGES
     assert len({kv.key.rsplit(b"/", 1)[0] for kv in c.prefix(keys.states)[1]}) == 1
+
+
+def test_a_new_whole_state_is_committed_as_its_change(cluster: EtcdCluster,
+                                                     keys: GroupKeys) -> None:
+    """A cluster owner knows each change as a new whole state: etcd gets one change key
+    for it, a reader sees exactly that state, and what no operation describes (a new
+    transport) goes whole."""
+    c = client(cluster)
+    a = EtcdGroupStore(c, keys)
+    st = rich_state()
+    assert a.commit_as_change(st) == 1                      # nothing in etcd: whole
+    st = copy.deepcopy(st)
+    st.subsystems[NQN].hosts["nqn.h2"] = Host(nqn="nqn.h2")
+    del st.bdevs["a0"]
+    assert a.commit_as_change(st) == 2
+    change = decode(c.get(keys.change(2)).value)
+    assert [op["op"] for op in change["ops"]] == ["bdev", "host"]
+    got = EtcdGroupStore(c, keys).load()
+    assert got.state == st and got.base == 1 and got.changes == 1
+    st = copy.deepcopy(st)
+    st.transports["RDMA"] = Transport(trtype="RDMA")
+    assert a.commit_as_change(st) == 3
+    got = EtcdGroupStore(c, keys).load()
+    assert got.state == st and got.base == 3 and got.changes == 0
 
 
 def test_a_large_state_is_chunked_and_round_trips(cluster: EtcdCluster,
