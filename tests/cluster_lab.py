@@ -4,7 +4,8 @@ Three node namespaces (n1..n3) and a host namespace (h) on two networks built by
 tests/netlab.py: *data* (NVMe/TCP; the nodes and the host) and *control* (etcd and the
 supervisors' store traffic; the nodes only). Each node runs one etcd member on its
 control address and one ``nvmf-phoenix supervise --store etcd://... --node nK
---node-address <data address>`` (the embedded target under it); all of them open one
+--node-address <data address>`` (the embedded target under it, or SPDK's nvmf_tgt when
+$SPDK_NVMF_TGT names one); all of them open one
 shared backing file (namespaces share the filesystem: the lab's SAN). The root namespace
 has a port on each network, so the test process reaches etcd and the nodes, and a qemu
 guest behind it could reach the data addresses.
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -47,6 +49,7 @@ from nvmf_phoenix.model import DISCOVERY_NQN
 from tests.cluster_host import HostIO, host_write, pattern
 from tests.etcd_cluster import EtcdCluster
 from tests.netlab import NetLab, free_subnets, kill_netns_processes, netns_cmd, netns_pids
+from tests.pair_lab import member_command, pair_kind
 from tests.phoenix_tools import BIN, drop_region
 from tests.waiting import wait_for
 
@@ -94,6 +97,8 @@ def supervise_command(lab: ClusterLab, node: Node) -> list[str]:
             "--max-restarts", "1000"]
     if lab.lease_ttl is not None:
         argv += ["--lease-ttl", str(lab.lease_ttl)]
+    if pair_kind() == "spdk":     # SPDK's nvmf_tgt when $SPDK_NVMF_TGT names one
+        argv += ["--target-cmd", shlex.join(member_command("spdk"))]
     return argv
 
 
